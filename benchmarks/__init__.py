@@ -1,0 +1,1 @@
+"""On-device benchmarks (issue 6); not built yet."""

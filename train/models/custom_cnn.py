@@ -1,0 +1,49 @@
+"""The paper's custom CNN, and a leaner variant with a global-average-pooling head."""
+
+from __future__ import annotations
+
+from .registry import register_model
+
+FILTERS = (32, 64, 128)
+
+
+def _features(x, layers):
+    for i, f in enumerate(FILTERS, start=1):
+        x = layers.Conv2D(f, 3, padding="same", activation="relu", name=f"block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
+        x = layers.Dropout(0.25, name=f"block{i}_dropout")(x)
+    return x
+
+
+def _output(x, layers):
+    logit = layers.Dense(1, name="logit")(x)
+    # float32 output even under mixed precision, so probabilities are not rounded to fp16.
+    return layers.Activation("sigmoid", dtype="float32", name="prob")(logit)
+
+
+@register_model("custom_cnn", input_size=128, gradcam_layer="block3_conv", default_epochs=30,
+                pretrained=False, description="paper: 3x(Conv-BN-MaxPool-Dropout), Flatten, Dense(128), Dense(1)")
+def custom_cnn():
+    import keras
+    from keras import layers
+
+    inp = keras.Input((128, 128, 1), name="image")
+    x = _features(inp, layers)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(128, activation="relu", name="dense")(x)
+    x = layers.Dropout(0.5, name="head_dropout")(x)
+    return keras.Model(inp, _output(x, layers), name="custom_cnn")
+
+
+@register_model("custom_cnn_gap", input_size=128, gradcam_layer="block3_conv", default_epochs=30,
+                pretrained=False, description="ours: same 3 blocks, GlobalAveragePooling head (~45x fewer params)")
+def custom_cnn_gap():
+    import keras
+    from keras import layers
+
+    inp = keras.Input((128, 128, 1), name="image")
+    x = _features(inp, layers)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="head_dropout")(x)
+    return keras.Model(inp, _output(x, layers), name="custom_cnn_gap")

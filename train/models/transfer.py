@@ -1,0 +1,79 @@
+"""Transfer-learning baselines: frozen ImageNet base, GAP, Dense(64, ReLU), Dense(1, sigmoid).
+
+The grayscale input is replicated to three channels and scaled to what each base expects inside
+the model, so every model takes the same [0, 1] input from edge_runtime.preprocess. The base is
+built on that tensor (not nested), which keeps its last conv layer reachable for Grad-CAM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .registry import register_model
+
+# Keras's own file names for the no-top ImageNet weights, so `--weights DIR` can hold all three.
+WEIGHT_FILES = {
+    "efficientnetb0": "efficientnetb0_notop.h5",
+    "mobilenetv2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+}
+
+
+class WeightsError(RuntimeError):
+    pass
+
+
+def resolve_weights(name: str, weights: str):
+    """'imagenet' | 'none' | a weights file | a folder holding Keras's file name for this model."""
+    if weights in (None, "none"):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    p = Path(weights).expanduser()
+    if p.is_dir():
+        p = p / WEIGHT_FILES[name]
+    if not p.is_file():
+        raise WeightsError(f"{p}: weights file for {name} not found")
+    return str(p)
+
+
+def _transfer(name: str, app: str, scale: float, offset, weights: str):
+    import keras
+    from keras import layers
+
+    inp = keras.Input((224, 224, 1), name="image")
+    x = layers.Concatenate(name="gray_to_rgb")([inp, inp, inp])
+    x = layers.Rescaling(scale, offset=offset, name="imagenet_scaling")(x)
+    w = resolve_weights(name, weights)
+    try:
+        base = getattr(keras.applications, app)(include_top=False, weights=w, input_tensor=x)
+    except Exception as exc:  # network failure, wrong file: say which and what to do
+        raise WeightsError(
+            f"{name}: could not load weights {w!r} ({type(exc).__name__}: {exc}). Without internet, "
+            f"pass --weights PATH (a file, or a folder with {WEIGHT_FILES[name]}) or --weights none") from exc
+    for layer in base.layers:
+        layer.trainable = False
+    y = layers.GlobalAveragePooling2D(name="gap")(base.output)
+    y = layers.Dense(64, activation="relu", name="dense")(y)
+    logit = layers.Dense(1, name="logit")(y)
+    out = layers.Activation("sigmoid", dtype="float32", name="prob")(logit)
+    return keras.Model(inp, out, name=name)
+
+
+@register_model("efficientnetb0", input_size=224, gradcam_layer="top_activation", default_epochs=5,
+                pretrained=True, description="EfficientNetB0 base (expects 0-255)")
+def efficientnetb0(weights: str = "imagenet"):
+    return _transfer("efficientnetb0", "EfficientNetB0", 255.0, 0.0, weights)
+
+
+@register_model("mobilenetv2", input_size=224, gradcam_layer="out_relu", default_epochs=5,
+                pretrained=True, description="MobileNetV2 base (expects [-1, 1])")
+def mobilenetv2(weights: str = "imagenet"):
+    return _transfer("mobilenetv2", "MobileNetV2", 2.0, -1.0, weights)
+
+
+@register_model("resnet50", input_size=224, gradcam_layer="conv5_block3_out", default_epochs=5,
+                pretrained=True, description="ResNet50 base (caffe: BGR means subtracted from 0-255)")
+def resnet50(weights: str = "imagenet"):
+    # Gray replicated, so the BGR order of the caffe means only decides which channel gets which.
+    return _transfer("resnet50", "ResNet50", 255.0, [-103.939, -116.779, -123.68], weights)
