@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -166,6 +167,12 @@ def load_data(arg: Optional[str], phantom_images: int = 800, phantom_seed: int =
     if choice.path is not None:
         ds = read_fracatlas(choice.path)
         ds.provenance = {"source": choice.reason, "path": str(choice.path)}
+        marker = choice.path / "phantom.json"
+        if marker.is_file():  # a phantom folder passed by path is still phantom, never "FracAtlas"
+            ds.name, ds.phantom = "phantom", True
+            ds.provenance.update({f"phantom_{k}": v for k, v in json.loads(marker.read_text()).items()})
+            if not quiet:
+                print(PHANTOM_BANNER, file=sys.stderr)
         readme = choice.path / "README.md"
         if readme.is_file():
             ds.provenance["readme_first_line"] = readme.read_text(errors="replace").strip().splitlines()[0][:200]

@@ -99,7 +99,7 @@ def _dataset_for_run(run: Dict, data_arg: Optional[str]) -> Dataset:
     prov = run["data"]["provenance"]
     if data_arg:
         return load_data(data_arg)
-    if run["data"]["phantom"]:
+    if run["data"]["phantom"] and "phantom_images" in prov:
         return load_data("phantom", phantom_images=prov["phantom_images"], phantom_seed=prov["phantom_seed"])
     if Path(prov.get("path", "")).is_dir():
         return load_data(prov["path"])

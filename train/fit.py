@@ -87,7 +87,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     t0 = time.time()
     with contextlib.redirect_stdout(sys.stderr) if quiet_stdout else contextlib.nullcontext():
         model.fit(make_tf_dataset(train, batch_size, True, seed), validation_data=make_tf_dataset(val, batch_size, False, seed),
-                  epochs=epochs, class_weight=cw, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
+                  epochs=epochs, class_weight=cw, shuffle=False, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     train_seconds = time.time() - t0
     model.load_weights(ckpt)
     ckpt.unlink()

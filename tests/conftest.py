@@ -1,0 +1,45 @@
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from train.phantom import CSV_COLUMNS, generate_phantom_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """A small phantom FracAtlas folder shared by the slow tests (60 images, small sizes)."""
+    return generate_phantom_dataset(tmp_path_factory.mktemp("phantom"), n_images=60, seed=7, size=(180, 150))
+
+
+def write_fake_fracatlas(root: Path, rows, image_size=(40, 32)) -> Path:
+    """A FracAtlas-shaped folder from dict rows (image_id, fractured, region flags...)."""
+    for d in ("Fractured", "Non_fractured"):
+        (root / "images" / d).mkdir(parents=True, exist_ok=True)
+    with open(root / "dataset.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for i, row in enumerate(rows):
+            full = {c: 0 for c in CSV_COLUMNS}
+            full.update(row)
+            w.writerow(full)
+            folder = "Fractured" if int(full["fractured"]) else "Non_fractured"
+            arr = (np.random.default_rng(i).random(image_size) * 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / "images" / folder / full["image_id"])
+    return root
+
+
+@pytest.fixture
+def fake_fracatlas(tmp_path) -> Path:
+    rows = []
+    for i in range(12):
+        region = ["hand", "leg", "hip", "shoulder"][i % 4]
+        rows.append({"image_id": f"IMG{i:07d}.jpg", "fractured": int(i % 3 == 0), region: 1,
+                     "hardware": int(i == 5), "frontal": 1, "lateral": int(i == 2)})
+    rows.append({"image_id": "IMG0000099.jpg", "fractured": 1, "hand": 1, "leg": 1, "mixed": 1})
+    return write_fake_fracatlas(tmp_path / "fracatlas", rows)

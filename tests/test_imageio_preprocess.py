@@ -1,0 +1,119 @@
+"""The shared decoder and THE preprocessing function: shapes, ranges, and clear errors."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import edge_runtime.imageio as imageio
+from edge_runtime.errors import ImageReadError
+from edge_runtime.imageio import read_grayscale
+from edge_runtime.preprocess import PreprocessSpec, preprocess
+
+
+def _gradient(h=60, w=40):
+    return np.tile(np.linspace(0, 255, w, dtype=np.float32), (h, 1))
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox"])
+def test_preprocess_shape_range_dtype(resize):
+    spec = PreprocessSpec(size=128, resize=resize)
+    out = preprocess(np.random.default_rng(0).random((300, 200)).astype(np.float32), spec)
+    assert out.shape == (128, 128, 1)
+    assert out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_letterbox_pads_and_keeps_aspect():
+    spec = PreprocessSpec(size=100, resize="letterbox", pad_value=0.0)
+    out = preprocess(np.ones((200, 100), np.float32), spec)[:, :, 0]
+    assert np.allclose(out[:, :20], 0.0) and np.allclose(out[:, -20:], 0.0)
+    assert np.allclose(out[:, 30:70], 1.0)
+
+
+def test_stretch_is_bilinear_resize_of_the_whole_image():
+    spec = PreprocessSpec(size=32)
+    img = np.zeros((64, 64), np.float32)
+    img[:, 32:] = 1.0
+    out = preprocess(img, spec)[:, :, 0]
+    assert np.allclose(out[:, :15], 0.0) and np.allclose(out[:, 17:], 1.0)
+
+
+def test_spec_round_trip_and_validation():
+    spec = PreprocessSpec(size=224, resize="letterbox")
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="resize"):
+        PreprocessSpec(resize="crop")
+    with pytest.raises(ValueError, match="size"):
+        PreprocessSpec(size=0)
+
+
+def test_reads_8_and_16_bit_png_to_same_scale(tmp_path):
+    g8 = _gradient().astype(np.uint8)
+    Image.fromarray(g8).save(tmp_path / "a.png")
+    Image.fromarray((g8.astype(np.uint16) * 257)).save(tmp_path / "b16.png")
+    a, b = read_grayscale(tmp_path / "a.png"), read_grayscale(tmp_path / "b16.png")
+    assert b.source_mode.startswith("I")
+    assert a.pixels.dtype == np.float32 and a.pixels.max() <= 1.0
+    np.testing.assert_allclose(a.pixels, b.pixels, atol=1e-6)
+
+
+def test_colour_image_is_converted_with_a_warning(tmp_path):
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    d = read_grayscale(tmp_path / "c.png")
+    assert d.pixels.ndim == 2 and any("colour" in w for w in d.warnings)
+    gray_rgb = np.repeat(_gradient().astype(np.uint8)[:, :, None], 3, axis=2)
+    Image.fromarray(gray_rgb).save(tmp_path / "g.png")
+    assert read_grayscale(tmp_path / "g.png").warnings == []
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    arr = np.zeros((20, 40), np.uint8)  # wide
+    img = Image.fromarray(arr)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert read_grayscale(tmp_path / "r.jpg").pixels.shape == (40, 20)
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("missing", "not found"), ("empty", "empty"), ("text", "not an image"),
+    ("truncated", "truncated"), ("dir", "not a regular file"), ("tiny", "too small"),
+])
+def test_bad_inputs_name_the_file_and_reason(tmp_path, kind, reason):
+    p = tmp_path / f"{kind}.jpg"
+    if kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "text":
+        p.write_text("patient notes, not a radiograph\n")
+    elif kind == "truncated":
+        Image.fromarray(_gradient(400, 400).astype(np.uint8)).save(tmp_path / "full.jpg")
+        p.write_bytes((tmp_path / "full.jpg").read_bytes()[:600])
+    elif kind == "dir":
+        p.mkdir()
+    elif kind == "tiny":
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(p)
+    with pytest.raises(ImageReadError) as err:
+        read_grayscale(p)
+    assert str(p) in str(err.value) and reason in str(err.value)
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 5_000)
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        read_grayscale(tmp_path / "big.png")
+
+
+def test_jpeg_draft_decode_matches_full_decode_after_preprocess(tmp_path):
+    from train.phantom import render_phantom
+
+    arr = render_phantom(np.random.default_rng(1), "leg", True, size=(1200, 1000))
+    Image.fromarray(arr).save(tmp_path / "big.jpg", quality=92)
+    spec = PreprocessSpec(size=128)
+    full = preprocess(read_grayscale(tmp_path / "big.jpg").pixels, spec)
+    fast_decoded = read_grayscale(tmp_path / "big.jpg", draft_size=(128, 128))
+    assert fast_decoded.pixels.shape[0] < 1200  # the draft really decoded smaller
+    fast = preprocess(fast_decoded.pixels, spec)
+    assert np.abs(full - fast).mean() < 0.01

@@ -1,0 +1,70 @@
+"""Metric code against values computed by hand."""
+
+import numpy as np
+import pytest
+
+from train import metrics as M
+
+# 4 fractured, 6 not; probabilities chosen so every number below is countable by eye.
+Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+P = np.array([0.9, 0.8, 0.55, 0.3, 0.6, 0.4, 0.35, 0.2, 0.1, 0.05])
+
+
+def test_confusion_and_sens_spec_at_half():
+    r = M.at_threshold(Y, P, 0.5)
+    assert r["confusion"] == {"tp": 3, "fn": 1, "fp": 1, "tn": 5}
+    assert r["sensitivity"] == pytest.approx(3 / 4)
+    assert r["specificity"] == pytest.approx(5 / 6)
+    t = r["table"]
+    assert t["accuracy"] == pytest.approx(8 / 10)
+    assert t["classes"]["fractured"]["precision"] == pytest.approx(3 / 4)
+    assert t["classes"]["fractured"]["recall"] == pytest.approx(3 / 4)
+    assert t["classes"]["non-fractured"]["precision"] == pytest.approx(5 / 6)
+    assert t["classes"]["non-fractured"]["f1"] == pytest.approx(5 / 6)
+    assert t["classes"]["fractured"]["support"] == 4 and t["classes"]["non-fractured"]["support"] == 6
+
+
+def test_auc_by_pair_counting():
+    # Pairs (fractured, non-fractured) ranked correctly: 0.9,0.8 beat all 6 (12); 0.55 beats 5;
+    # 0.3 beats 0.2, 0.1, 0.05 (3): 20 of 24.
+    assert M.auc(Y, P) == pytest.approx(20 / 24)
+    assert M.auc(np.ones(3), np.ones(3)) is None
+
+
+def test_youden_threshold():
+    # J = TPR - FPR: 0.9->0.25, 0.8->0.5, 0.6->0.33, 0.55->0.583, 0.4->0.417, 0.3->0.5: best 0.55.
+    assert M.choose_threshold(Y, P, "youden") == pytest.approx(0.55)
+
+
+def test_sensitivity_rule_threshold():
+    assert M.choose_threshold(Y, P, "sensitivity=1.0") == pytest.approx(0.3)
+    assert M.choose_threshold(Y, P, "sensitivity=0.5") == pytest.approx(0.8)
+    with pytest.raises(ValueError):
+        M.parse_rule("f1")
+
+
+def test_bootstrap_ci_brackets_the_point_and_is_seeded():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    p = np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1)
+    a = M.bootstrap_auc_ci(y, p, n_boot=300, seed=1)
+    b = M.bootstrap_auc_ci(y, p, n_boot=300, seed=1)
+    assert a == b
+    assert a["ci_low"] < a["auc"] < a["ci_high"]
+    assert a["ci_high"] - a["ci_low"] < 0.2
+
+
+def test_per_region_metrics():
+    regions = ["hand"] * 5 + ["leg"] * 5
+    out = M.per_group(Y, P, regions, 0.5)
+    assert out["hand"]["n"] == 5 and out["hand"]["fractured"] == 4
+    assert out["hand"]["sensitivity"] == pytest.approx(3 / 4)
+    assert out["leg"]["auc"] is None and out["leg"]["specificity"] == pytest.approx(1.0)
+
+
+def test_threshold_is_chosen_on_validation_not_test():
+    y_val, p_val = Y, P
+    y_test, p_test = 1 - Y, P  # a test set where the best cut would be very different
+    r = M.evaluate_predictions(y_val, p_val, y_test, p_test, ["hand"] * 10, n_boot=50)
+    assert r["threshold"]["value"] == pytest.approx(0.55)
+    assert r["threshold"]["chosen_on"] == "validation split"

@@ -1,0 +1,117 @@
+"""One short fit on phantom data writes every run artifact; evaluation reruns; bad data is handled."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from train.cli import main as train_main
+from train.evaluate import main as evaluate_main
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = ["model.keras", "split.csv", "history.csv", "curves.png", "roc.png", "confusion.png",
+             "metrics.json", "predictions.csv", "run.json"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(phantom_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "cnn"
+    rc = train_main(["--model", "custom_cnn_gap", "--data", str(phantom_dir), "--out", str(out),
+                     "--epochs", "1", "--batch-size", "16", "--bootstrap", "100"])
+    assert rc == 0
+    return out
+
+
+def test_one_epoch_fit_writes_every_artifact(run_dir):
+    for name in ARTIFACTS:
+        assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
+    assert list((run_dir / "gradcam").glob("*.png"))
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["data"]["phantom"] is True and run["training"]["epochs_run"] == 1
+    assert run["versions"]["tensorflow"] and run["command"].startswith("python -m train")
+    assert run["preprocess"]["resize"] == "stretch" and run["preprocess"]["size"] == 128
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["demonstration_only"] is True and m["split_sha256"] == run["split"]["sha256"]
+    assert set(m["test"]["at_chosen_threshold"]["table"]["classes"]) == {"non-fractured", "fractured"}
+    assert m["threshold"]["chosen_on"] == "validation split"
+
+
+def test_no_image_in_two_splits_and_predictions_only_on_val_and_test(run_dir):
+    with open(run_dir / "split.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    ids = [r["image_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 60
+    with open(run_dir / "predictions.csv") as fh:
+        preds = list(csv.DictReader(fh))
+    split_of = {r["image_id"]: r["split"] for r in rows}
+    assert {p["split"] for p in preds} == {"val", "test"}
+    assert all(split_of[p["image_id"]] == p["split"] for p in preds)
+
+
+def test_evaluate_reruns_the_saved_run(run_dir, capsys):
+    before = json.loads((run_dir / "metrics.json").read_text())
+    assert evaluate_main([str(run_dir), "--json"]) == 0
+    after = json.loads(capsys.readouterr().out)["cnn"]
+    assert after["test"]["roc_auc"]["auc"] == pytest.approx(before["test"]["roc_auc"]["auc"], abs=1e-6)
+    assert after["threshold"]["value"] == pytest.approx(before["threshold"]["value"], abs=1e-6)
+
+
+def test_evaluate_refuses_a_changed_split(run_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    lines = (copy / "split.csv").read_text().splitlines()
+    lines[1], lines[2] = lines[1].replace(",train,", ",test,"), lines[2]
+    (copy / "split.csv").write_text("\n".join(lines) + "\n")
+    assert evaluate_main([str(copy)]) == 2
+
+
+def test_augmentation_only_touches_training_batches(phantom_dir):
+    from edge_runtime.preprocess import PreprocessSpec
+    from train.data import read_fracatlas
+    from train.dataset import load_images, make_tf_dataset
+
+    split = load_images(read_fracatlas(phantom_dir).records[:8], PreprocessSpec(size=64), progress=False)
+    plain = np.concatenate([x.numpy() for x, _ in make_tf_dataset(split, 4, training=False, seed=0)])
+    np.testing.assert_array_equal(plain, split.images)
+    aug = np.concatenate([x.numpy() for x, _ in make_tf_dataset(split, 8, training=True, seed=0)])
+    assert not np.allclose(np.sort(aug.ravel()), np.sort(split.images.ravel()), atol=1e-3)
+
+
+def test_unreadable_images_are_skipped_counted_or_stop_the_run(phantom_dir, tmp_path, capsys):
+    import shutil
+
+    from edge_runtime.preprocess import PreprocessSpec
+    from train.data import DataError, read_fracatlas
+    from train.dataset import load_images
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir, data)
+    recs = read_fracatlas(data).records
+    recs[0].path.write_bytes(b"not a jpeg")
+    recs[1].path.unlink()
+    loaded = load_images(recs, PreprocessSpec(size=32), progress=False, max_skip_fraction=0.05)
+    assert len(loaded.records) == len(recs) - 2 and len(loaded.skipped) == 2
+    assert str(recs[0].path) in loaded.skipped[0] and "not an image" in loaded.skipped[0]
+    assert "file not found" in loaded.skipped[1]
+    with pytest.raises(DataError, match="unreadable"):
+        load_images(recs, PreprocessSpec(size=32), progress=False, max_skip_fraction=0.01)
+
+
+def test_cli_refuses_to_overwrite_and_reports_bad_input(run_dir, tmp_path, capsys):
+    assert train_main(["--data", "phantom", "--out", str(run_dir), "--epochs", "1"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert train_main(["--model", "resnet5", "--out", str(tmp_path / "x")]) == 2
+    assert "did you mean 'resnet50'" in capsys.readouterr().err
+    assert train_main(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "y")]) == 2
+    assert "absent: --data folder not found" in capsys.readouterr().err
+
+
+def test_help_lists_the_data_policy(capsys):
+    with pytest.raises(SystemExit) as e:
+        train_main(["--help"])
+    assert e.value.code == 0
+    assert "skipped" in capsys.readouterr().out
