@@ -115,3 +115,12 @@ def test_help_lists_the_data_policy(capsys):
         train_main(["--help"])
     assert e.value.code == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_report_copies_the_measured_numbers(run_dir):
+    from train.report import render
+
+    text = render([run_dir])
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert f"{m['test']['roc_auc']['auc']:.3f}" in text
+    assert "PHANTOM" in text and "| fractured |" in text

@@ -37,7 +37,8 @@ def parse_args(argv: Optional[List[str]]):
     ap.add_argument("--epochs", type=int, help="max epochs (default: the paper's, 30 for the CNN, 5 for baselines)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    ap.add_argument("--patience", type=int, default=5, help="EarlyStopping patience on validation loss")
+    ap.add_argument("--patience", type=int, default=8,
+                    help="EarlyStopping patience on validation loss (ReduceLROnPlateau waits patience // 2 - 1)")
     ap.add_argument("--seed", type=int, default=42, help="seeds the split, weights, shuffling and augmentation")
     ap.add_argument("--weights", default="imagenet",
                     help="baselines only: imagenet (needs internet), none, or a local file/folder of Keras weights")
@@ -45,7 +46,7 @@ def parse_args(argv: Optional[List[str]]):
     ap.add_argument("--threshold-rule", default="youden",
                     help="how the decision threshold is chosen on the validation split: youden or sensitivity=0.9")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the test AUC CI")
-    ap.add_argument("--phantom-images", type=int, default=800, help="size of the phantom set when it is used")
+    ap.add_argument("--phantom-images", type=int, default=1200, help="size of the phantom set when it is used")
     ap.add_argument("--max-skip-fraction", type=float, default=0.02, help="stop if more images than this are unreadable")
     ap.add_argument("--json", action="store_true", help="print all metrics as JSON on stdout (progress on stderr)")
     return ap.parse_args(argv)

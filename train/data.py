@@ -160,7 +160,7 @@ def default_phantom_dir(n_images: int, seed: int) -> Path:
     return cache / "fracture-edge" / f"phantom-v{GENERATOR_VERSION}-n{n_images}-seed{seed}"
 
 
-def load_data(arg: Optional[str], phantom_images: int = 800, phantom_seed: int = 0,
+def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int = 0,
               phantom_dir: Optional[Path] = None, quiet: bool = False) -> Dataset:
     """Resolve and read the data; generate the phantom set (cached) when that is the choice."""
     choice = resolve_data(arg)

@@ -57,7 +57,7 @@ def class_weights(labels: np.ndarray) -> Dict[int, float]:
 def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_info: Dict, out_dir: Path, *,
               epochs: Optional[int] = None, batch_size: int = 32, lr: float = 1e-3, seed: int = 42,
               weights: str = "imagenet", mixed_precision: bool = False, threshold_rule: str = "youden",
-              n_boot: int = 2000, patience: int = 5, argv: Optional[List[str]] = None,
+              n_boot: int = 2000, patience: int = 8, argv: Optional[List[str]] = None,
               quiet_stdout: bool = False) -> Dict:
     import keras
 
@@ -80,7 +80,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
         keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, patience // 2), min_lr=1e-6),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, patience // 2 - 1), min_lr=1e-6),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv")),
     ]
     title = f"{name} on {'PHANTOM data (demonstration)' if dataset.phantom else dataset.name}"

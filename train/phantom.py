@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageFilter
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 CSV_COLUMNS = ("image_id", "hand", "leg", "hip", "shoulder", "mixed", "hardware", "multiscan",
                "fractured", "fracture_count", "frontal", "lateral", "oblique")
 # Roughly FracAtlas's mix (717 of 4,083 fractured; mostly legs and hands).
@@ -115,14 +115,14 @@ def render_phantom(rng: np.random.Generator, region: str, fractured: bool,
         slope = rng.uniform(-0.8, 0.8) / length
         jag = (rng.uniform(1.5, 4.0) / length) * np.sin(perp / rng.uniform(2.5, 6.0) + rng.uniform(0, 6.3))
         line = t_c + slope * perp + jag
-        shift = rng.normal(0, 1.0, 2) * b["r"] * 0.12
+        shift = rng.normal(0, 1.0, 2) * b["r"] * 0.4
         dist2, _ = _capsule_distance(yy - shift[0], xx - shift[1], b["p0"], b["p1"])
         near = _bone_intensity(dist, b["r"], cortex, medulla)
         far = _bone_intensity(dist2, b["r"], cortex, medulla)
         bone = np.where(t < line, near, far)
-        gap_half = rng.uniform(2.5, 4.5) / length
+        gap_half = max(b["r"] * 0.3, h * 0.014) * rng.uniform(0.8, 1.3) / length
         gap = np.clip(1.0 - (np.abs(t - line) - gap_half) * length / 1.2, 0.0, 1.0)
-        bone_layer = np.maximum(bone_layer, bone * (1.0 - 0.85 * gap))
+        bone_layer = np.maximum(bone_layer, bone * (1.0 - 0.95 * gap))
     img = img + bone_layer
     if hardware:  # metal plate or screw: the brightest thing on the film
         b = bones[long_bones[0] if long_bones else 0]
@@ -158,7 +158,7 @@ def phantom_rows(n_images: int, seed: int) -> List[Dict]:
     return rows
 
 
-def generate_phantom_dataset(out: Path, n_images: int = 800, seed: int = 0, progress: bool = False,
+def generate_phantom_dataset(out: Path, n_images: int = 1200, seed: int = 0, progress: bool = False,
                              size: Optional[Tuple[int, int]] = None) -> Path:
     """Write dataset.csv and images/{Fractured,Non_fractured}; reuse a complete earlier run."""
     out = Path(out)

@@ -10,7 +10,9 @@ FILTERS = (32, 64, 128)
 def _features(x, layers):
     for i, f in enumerate(FILTERS, start=1):
         x = layers.Conv2D(f, 3, padding="same", activation="relu", name=f"block{i}_conv")(x)
-        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        # momentum 0.9, not Keras's 0.99: with ~90 steps an epoch the moving statistics must
+        # catch up within an epoch or validation (inference-mode BN) sees garbage.
+        x = layers.BatchNormalization(momentum=0.9, name=f"block{i}_bn")(x)
         x = layers.MaxPooling2D(2, name=f"block{i}_pool")(x)
         x = layers.Dropout(0.25, name=f"block{i}_dropout")(x)
     return x
