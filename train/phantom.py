@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageFilter
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 5
 CSV_COLUMNS = ("image_id", "hand", "leg", "hip", "shoulder", "mixed", "hardware", "multiscan",
                "fractured", "fracture_count", "frontal", "lateral", "oblique")
 # Roughly FracAtlas's mix (717 of 4,083 fractured; mostly legs and hands).
@@ -115,12 +115,18 @@ def render_phantom(rng: np.random.Generator, region: str, fractured: bool,
         slope = rng.uniform(-0.8, 0.8) / length
         jag = (rng.uniform(1.5, 4.0) / length) * np.sin(perp / rng.uniform(2.5, 6.0) + rng.uniform(0, 6.3))
         line = t_c + slope * perp + jag
-        shift = rng.normal(0, 1.0, 2) * b["r"] * 0.4
-        dist2, _ = _capsule_distance(yy - shift[0], xx - shift[1], b["p0"], b["p1"])
+        # Distal fragment: angulated about the break and displaced, as in a displaced fracture.
+        centre = b["p0"] + axis * t_c
+        theta = np.deg2rad(rng.uniform(10.0, 25.0)) * rng.choice([-1, 1])
+        shift = normal * b["r"] * rng.uniform(0.4, 0.9) * rng.choice([-1, 1])
+        dy, dx = yy - centre[0] - shift[0], xx - centre[1] - shift[1]
+        ry = centre[0] + np.cos(theta) * dy - np.sin(theta) * dx
+        rx = centre[1] + np.sin(theta) * dy + np.cos(theta) * dx
+        dist2, _ = _capsule_distance(ry, rx, b["p0"], b["p1"])
         near = _bone_intensity(dist, b["r"], cortex, medulla)
         far = _bone_intensity(dist2, b["r"], cortex, medulla)
         bone = np.where(t < line, near, far)
-        gap_half = max(b["r"] * 0.3, h * 0.014) * rng.uniform(0.8, 1.3) / length
+        gap_half = max(b["r"] * 0.45, h * 0.02) * rng.uniform(0.8, 1.3) / length
         gap = np.clip(1.0 - (np.abs(t - line) - gap_half) * length / 1.2, 0.0, 1.0)
         bone_layer = np.maximum(bone_layer, bone * (1.0 - 0.95 * gap))
     img = img + bone_layer
