@@ -124,3 +124,20 @@ def test_report_copies_the_measured_numbers(run_dir):
     m = json.loads((run_dir / "metrics.json").read_text())
     assert f"{m['test']['roc_auc']['auc']:.3f}" in text
     assert "PHANTOM" in text and "| fractured |" in text
+
+
+def test_several_models_share_one_split_and_mixed_precision_saves_float32(phantom_dir, tmp_path):
+    import keras
+
+    out = tmp_path / "two"
+    rc = train_main(["--model", "custom_cnn_gap,custom_cnn_gmp", "--data", str(phantom_dir), "--out", str(out),
+                     "--epochs", "1", "--batch-size", "16", "--bootstrap", "50", "--mixed-precision"])
+    assert rc == 0
+    shas = {json.loads((out / n / "run.json").read_text())["split"]["sha256"] for n in ("custom_cnn_gap", "custom_cnn_gmp")}
+    assert len(shas) == 1 and (out / "summary.txt").read_text().count("AUC") == 2
+    run = json.loads((out / "custom_cnn_gmp" / "run.json").read_text())
+    assert run["training"]["mixed_precision"] is True
+    model = keras.models.load_model(out / "custom_cnn_gmp" / "model.keras", compile=False)
+    assert {w.dtype for w in model.weights} == {"float32"}
+    assert all(l.dtype_policy.name == "float32" for l in model.layers)
+    keras.mixed_precision.set_global_policy("float32")

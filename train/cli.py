@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -89,14 +88,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (DataError, UnknownModelError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .evaluate import summary_line
     from .data import PHANTOM_BANNER
+    from .evaluate import print_results
 
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for name, m in results.items():
-            print(summary_line(name, m))
+    print_results(results, args.json)
+    if not args.json:
         print(f"run directory: {out}")
     if dataset.phantom:
         print(PHANTOM_BANNER, file=sys.stderr)

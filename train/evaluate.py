@@ -95,6 +95,15 @@ def summary_line(name: str, m: Dict) -> str:
             f"threshold {m['threshold']['value']:.3f}")
 
 
+def print_results(results: Dict[str, Dict], as_json: bool) -> None:
+    """JSON for machines, or one summary line a model for people."""
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    for m in results.values():
+        print(summary_line(m["model"], m) + ("   [PHANTOM: demonstration only]" if m["phantom"] else ""))
+
+
 def _dataset_for_run(run: Dict, data_arg: Optional[str]) -> Dataset:
     prov = run["data"]["provenance"]
     if data_arg:
@@ -168,11 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for name, m in results.items():
-            print(summary_line(m["model"], m) + ("   [PHANTOM: demonstration only]" if m["phantom"] else ""))
+    print_results(results, args.json)
     return 0
 
 

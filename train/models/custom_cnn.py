@@ -42,27 +42,25 @@ def custom_cnn():
     return keras.Model(inp, _output(x, layers), name="custom_cnn")
 
 
-@register_model("custom_cnn_gap", input_size=128, gradcam_layer="block3_conv", default_epochs=30,
-                pretrained=False, description="ours: same 3 blocks, GlobalAveragePooling head (~45x fewer params)")
-def custom_cnn_gap():
+def _lean(name: str, pooling: str):
     import keras
     from keras import layers
 
     inp = keras.Input((128, 128, 1), name="image")
     x = _features(inp, layers)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    pool = layers.GlobalMaxPooling2D if pooling == "gmp" else layers.GlobalAveragePooling2D
+    x = pool(name=pooling)(x)
     x = layers.Dropout(0.3, name="head_dropout")(x)
-    return keras.Model(inp, _output(x, layers), name="custom_cnn_gap")
+    return keras.Model(inp, _output(x, layers), name=name)
 
 
 @register_model("custom_cnn_gmp", input_size=128, gradcam_layer="block3_conv", default_epochs=30,
                 pretrained=False, description="ours: same 3 blocks, GlobalMaxPooling head (~45x fewer params)")
 def custom_cnn_gmp():
-    import keras
-    from keras import layers
+    return _lean("custom_cnn_gmp", "gmp")
 
-    inp = keras.Input((128, 128, 1), name="image")
-    x = _features(inp, layers)
-    x = layers.GlobalMaxPooling2D(name="gmp")(x)
-    x = layers.Dropout(0.3, name="head_dropout")(x)
-    return keras.Model(inp, _output(x, layers), name="custom_cnn_gmp")
+
+@register_model("custom_cnn_gap", input_size=128, gradcam_layer="block3_conv", default_epochs=30,
+                pretrained=False, description="ours: same 3 blocks, GlobalAveragePooling head (~45x fewer params)")
+def custom_cnn_gap():
+    return _lean("custom_cnn_gap", "gap")
