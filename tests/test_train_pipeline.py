@@ -141,3 +141,12 @@ def test_several_models_share_one_split_and_mixed_precision_saves_float32(phanto
     assert {w.dtype for w in model.weights} == {"float32"}
     assert all(l.dtype_policy.name == "float32" for l in model.layers)
     keras.mixed_precision.set_global_policy("float32")
+
+
+def test_missing_baseline_weights_stop_before_any_training(phantom_dir, tmp_path, capsys):
+    out = tmp_path / "w"
+    rc = train_main(["--model", "custom_cnn_gmp,mobilenetv2", "--data", str(phantom_dir), "--out", str(out),
+                     "--weights", str(tmp_path / "no-such-weights"), "--epochs", "1"])
+    assert rc == 2
+    assert "weights file for mobilenetv2 not found" in capsys.readouterr().err
+    assert not (out / "custom_cnn_gmp").exists()

@@ -104,9 +104,12 @@ def run_training(names: List[str], dataset, out: Path, args, raw_argv: List[str]
 
     from .dataset import load_images
     from .fit import train_one
-    from .models import get_config
+    from .models import build_model, get_config
     from .split import file_sha256, load_split, make_split, records_by_split, save_split
 
+    for name in names:  # fail before hours of training, not after: fetch or find every model's weights now
+        if get_config(name).pretrained:
+            build_model(name, weights=args.weights)
     split_path = out / "split.csv"
     if args.split:
         assignment = load_split(args.split, dataset)

@@ -19,8 +19,8 @@ WEIGHT_FILES = {
 }
 
 
-class WeightsError(RuntimeError):
-    pass
+class WeightsError(ValueError):
+    """Pretrained weights could not be found or loaded; the message says what to pass instead."""
 
 
 def resolve_weights(name: str, weights: str):
@@ -46,7 +46,8 @@ def _transfer(name: str, app: str, scale: float, offset, weights: str):
     x = layers.Rescaling(scale, offset=offset, name="imagenet_scaling")(x)
     w = resolve_weights(name, weights)
     try:
-        base = getattr(keras.applications, app)(include_top=False, weights=w, input_tensor=x)
+        base = getattr(keras.applications, app)(include_top=False, weights=w, input_tensor=x,
+                                                input_shape=(224, 224, 3))
     except Exception as exc:  # network failure, wrong file: say which and what to do
         raise WeightsError(
             f"{name}: could not load weights {w!r} ({type(exc).__name__}: {exc}). Without internet, "
