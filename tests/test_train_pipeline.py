@@ -150,3 +150,13 @@ def test_missing_baseline_weights_stop_before_any_training(phantom_dir, tmp_path
     assert rc == 2
     assert "weights file for mobilenetv2 not found" in capsys.readouterr().err
     assert not (out / "custom_cnn_gmp").exists()
+
+
+def test_validation_batches_carry_the_training_class_weights(phantom_dir):
+    from edge_runtime.preprocess import PreprocessSpec
+    from train.data import read_fracatlas
+    from train.dataset import load_images, make_tf_dataset
+
+    split = load_images(read_fracatlas(phantom_dir).records[:12], PreprocessSpec(size=32), progress=False)
+    x, y, w = next(iter(make_tf_dataset(split, 12, training=False, seed=0, class_weight={0: 0.5, 1: 3.0})))
+    np.testing.assert_array_equal(w.numpy(), np.where(y.numpy() == 1, 3.0, 0.5))

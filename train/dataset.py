@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -66,16 +66,26 @@ def augmenter(seed: int):
     ], name="augment")
 
 
-def make_tf_dataset(split: LoadedSplit, batch_size: int, training: bool, seed: int):
-    """Cached and prefetched; shuffled and augmented only when `training`."""
+def make_tf_dataset(split: LoadedSplit, batch_size: int, training: bool, seed: int,
+                    class_weight: Optional[Dict[int, float]] = None):
+    """Cached and prefetched; shuffled and augmented only when `training`.
+
+    `class_weight` adds per-image weights, used on validation so that its loss is the same
+    class-weighted loss the model trains on; unweighted, it rises as the model learns to flag
+    the rare class, and EarlyStopping would keep the epoch that flags nothing.
+    """
     import tensorflow as tf
 
     images, labels = split.images, split.labels.astype(np.float32)
     spec = (tf.TensorSpec(images.shape[1:], tf.float32), tf.TensorSpec((), tf.float32))
+    weights = None
+    if class_weight is not None:
+        weights = np.where(split.labels == 1, class_weight[1], class_weight[0]).astype(np.float32)
+        spec = spec + (tf.TensorSpec((), tf.float32),)
 
     def gen():  # a generator keeps the arrays out of the graph (no 2 GB constant limit)
         for i in range(len(images)):
-            yield images[i], labels[i]
+            yield (images[i], labels[i]) if weights is None else (images[i], labels[i], weights[i])
 
     ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(images))).cache()

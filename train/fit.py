@@ -86,7 +86,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     title = f"{name} on {'PHANTOM data (demonstration)' if dataset.phantom else dataset.name}"
     t0 = time.time()
     with contextlib.redirect_stdout(sys.stderr) if quiet_stdout else contextlib.nullcontext():
-        model.fit(make_tf_dataset(train, batch_size, True, seed), validation_data=make_tf_dataset(val, batch_size, False, seed),
+        model.fit(make_tf_dataset(train, batch_size, True, seed), validation_data=make_tf_dataset(val, batch_size, False, seed, class_weight=cw),
                   epochs=epochs, class_weight=cw, shuffle=False, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     train_seconds = time.time() - t0
     model.load_weights(ckpt)
@@ -109,6 +109,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
         "training": {"epochs_max": epochs, "epochs_run": len(model.history.history.get("loss", [])),
                      "batch_size": batch_size, "learning_rate": lr, "optimizer": "Adam",
                      "loss": "binary_crossentropy", "class_weight": cw, "seed": seed,
+                     "validation_loss": "class-weighted like training (EarlyStopping, checkpoint)",
                      "mixed_precision": mixed_precision, "early_stopping_patience": patience,
                      "augmentation": {**AUGMENT, "applied_to": "training split only, on the fly"}},
         "preprocess": spec.to_dict(),
