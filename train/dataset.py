@@ -94,5 +94,7 @@ def make_tf_dataset(split: LoadedSplit, batch_size: int, training: bool, seed: i
     ds = ds.batch(batch_size)
     if training:
         aug = augmenter(seed)
-        ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # Sequential on purpose: the layers draw from one seed state, and parallel calls would
+        # take it in a different order each run, so the same --seed would give another model.
+        ds = ds.map(lambda x, y: (aug(x, training=True), y))
     return ds.prefetch(tf.data.AUTOTUNE)

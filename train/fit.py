@@ -46,6 +46,13 @@ def _strategy():
         else tf.distribute.get_strategy()
 
 
+def _deterministic_ops() -> None:
+    """Same seed, same model: TensorFlow otherwise picks non-deterministic kernels (oneDNN, cuDNN)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+
+
 def class_weights(labels: np.ndarray) -> Dict[int, float]:
     """'balanced' weights, so 717 fractured count as much as 3,366 non-fractured."""
     from sklearn.utils.class_weight import compute_class_weight
@@ -69,6 +76,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     epochs = epochs or cfg.default_epochs
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
+    _deterministic_ops()
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     with _strategy().scope():
         model = build_model(name, weights=weights)
