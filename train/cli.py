@@ -42,6 +42,8 @@ def parse_args(argv: Optional[List[str]]):
     ap.add_argument("--weights", default="imagenet",
                     help="baselines only: imagenet (needs internet), none, or a local file/folder of Keras weights")
     ap.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (worth it on a GPU only)")
+    ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
+                    help="TensorFlow op determinism, so one --seed gives one model (--no-deterministic: faster on GPU)")
     ap.add_argument("--threshold-rule", default="youden",
                     help="how the decision threshold is chosen on the validation split: youden or sensitivity=0.9")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the test AUC CI")
@@ -139,7 +141,7 @@ def run_training(names: List[str], dataset, out: Path, args, raw_argv: List[str]
             name, dataset, cache[size], split_info, model_dir, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, seed=args.seed, weights=args.weights, mixed_precision=args.mixed_precision,
             threshold_rule=args.threshold_rule, n_boot=args.bootstrap, patience=args.patience,
-            argv=raw_argv, quiet_stdout=args.json)
+            argv=raw_argv, quiet_stdout=args.json, deterministic=args.deterministic)
     if len(names) > 1:
         from .evaluate import summary_line
         (out / "summary.txt").write_text("\n".join(summary_line(n, m) for n, m in results.items()) + "\n")

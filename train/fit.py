@@ -65,7 +65,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
               epochs: Optional[int] = None, batch_size: int = 32, lr: float = 1e-3, seed: int = 42,
               weights: str = "imagenet", mixed_precision: bool = False, threshold_rule: str = "youden",
               n_boot: int = 2000, patience: int = 8, argv: Optional[List[str]] = None,
-              quiet_stdout: bool = False) -> Dict:
+              quiet_stdout: bool = False, deterministic: bool = True) -> Dict:
     import keras
 
     from .models import build_model, get_config
@@ -76,7 +76,8 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     epochs = epochs or cfg.default_epochs
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    _deterministic_ops()
+    if deterministic:
+        _deterministic_ops()
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
     with _strategy().scope():
         model = build_model(name, weights=weights)
@@ -119,6 +120,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
                      "loss": "binary_crossentropy", "class_weight": cw, "seed": seed,
                      "validation_loss": "class-weighted like training (EarlyStopping, checkpoint)",
                      "mixed_precision": mixed_precision, "early_stopping_patience": patience,
+                     "deterministic_ops": deterministic,
                      "augmentation": {**AUGMENT, "applied_to": "training split only, on the fly"}},
         "preprocess": spec.to_dict(),
         "data": {"name": dataset.name, "phantom": dataset.phantom, "provenance": dataset.provenance,
