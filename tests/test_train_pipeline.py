@@ -173,3 +173,10 @@ def test_same_seed_same_model(phantom_dir, tmp_path):
     wa = keras.models.load_model(tmp_path / "a" / "model.keras").get_weights()
     wb = keras.models.load_model(tmp_path / "b" / "model.keras").get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+def test_seed_table_lists_each_run(run_dir):
+    from train.report import seed_table
+
+    rows = seed_table([run_dir, run_dir])
+    assert len(rows) == 4 and rows[2].startswith("| custom_cnn_gap |") and "(0.000)" in rows[2]

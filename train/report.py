@@ -60,6 +60,28 @@ def summary_table(rows: List[Dict]) -> List[str]:
     return out + [""]
 
 
+def seed_table(paths: List[Path]) -> List[str]:
+    """Test AUC per model across runs (seeds), with mean and spread: one seed ranks nothing."""
+    import statistics
+
+    by_model: Dict[str, List] = {}
+    for p in paths:
+        for d in run_dirs_under(p):
+            run, m = json.loads((d / "run.json").read_text()), json.loads((d / "metrics.json").read_text())
+            by_model.setdefault(m["model"], []).append((run["training"]["seed"], m["test"]["roc_auc"], m["validation_auc"]))
+    seeds = sorted({s for rows in by_model.values() for s, _, _ in rows})
+    out = ["| model | " + " | ".join(f"seed {s}: test AUC [95% CI]" for s in seeds) + " | mean test AUC (sd) | mean val AUC |",
+           "|---|" + "---|" * len(seeds) + "---:|---:|"]
+    for model, rows in by_model.items():
+        cells = {s: f"{_f(a['auc'])} [{_f(a['ci_low'])}, {_f(a['ci_high'])}]" for s, a, _ in rows}
+        aucs = [a["auc"] for _, a, _ in rows if a["auc"] is not None]
+        vals = [v for _, _, v in rows if v is not None]
+        sd = f" ({statistics.stdev(aucs):.3f})" if len(aucs) > 1 else ""
+        out.append(f"| {model} | " + " | ".join(cells.get(s, "—") for s in seeds) +
+                   f" | {_f(statistics.mean(aucs)) if aucs else 'n/a'}{sd} | {_f(statistics.mean(vals)) if vals else 'n/a'} |")
+    return out + [""]
+
+
 def render(paths: List[Path]) -> str:
     rows = []
     for p in paths:
@@ -81,8 +103,10 @@ def render(paths: List[Path]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.report", description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run directories or folders of them")
+    ap.add_argument("--seeds", action="store_true",
+                    help="only the cross-run table: each model's test AUC per seed, mean and spread")
     args = ap.parse_args(argv)
-    print(render(args.runs))
+    print("\n".join(seed_table(args.runs)) if args.seeds else render(args.runs))
     return 0
 
 
