@@ -108,6 +108,8 @@ def test_cli_refuses_to_overwrite_and_reports_bad_input(run_dir, tmp_path, capsy
     assert "did you mean 'resnet50'" in capsys.readouterr().err
     assert train_main(["--data", str(tmp_path / "absent"), "--out", str(tmp_path / "y")]) == 2
     assert "absent: --data folder not found" in capsys.readouterr().err
+    assert train_main(["--threshold-rule", "f1", "--out", str(tmp_path / "z")]) == 2
+    assert "unknown threshold rule 'f1'" in capsys.readouterr().err
 
 
 def test_help_lists_the_data_policy(capsys):
@@ -134,7 +136,8 @@ def test_several_models_share_one_split_and_mixed_precision_saves_float32(phanto
                      "--epochs", "1", "--batch-size", "16", "--bootstrap", "50", "--mixed-precision"])
     assert rc == 0
     shas = {json.loads((out / n / "run.json").read_text())["split"]["sha256"] for n in ("custom_cnn_gap", "custom_cnn_gmp")}
-    assert len(shas) == 1 and (out / "summary.txt").read_text().count("AUC") == 2
+    summary = (out / "summary.txt").read_text()
+    assert len(shas) == 1 and summary.count("AUC") == 2 and summary.startswith("PHANTOM")
     run = json.loads((out / "custom_cnn_gmp" / "run.json").read_text())
     assert run["training"]["mixed_precision"] is True
     model = keras.models.load_model(out / "custom_cnn_gmp" / "model.keras", compile=False)

@@ -83,6 +83,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         names = _models(args.model)
+        from .metrics import parse_rule
+        parse_rule(args.threshold_rule)  # a typo here should not cost a training run
         out = args.out or Path("runs") / f"{args.model.replace(',', '+')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         _prepare_out(out, args.overwrite)
         dataset = load_data(args.data, phantom_images=args.phantom_images, quiet=False)
@@ -144,5 +146,6 @@ def run_training(names: List[str], dataset, out: Path, args, raw_argv: List[str]
             argv=raw_argv, quiet_stdout=args.json, deterministic=args.deterministic)
     if len(names) > 1:
         from .evaluate import summary_line
-        (out / "summary.txt").write_text("\n".join(summary_line(n, m) for n, m in results.items()) + "\n")
+        head = ["PHANTOM DATA: demonstration only, not clinical results"] if dataset.phantom else []
+        (out / "summary.txt").write_text("\n".join(head + [summary_line(n, m) for n, m in results.items()]) + "\n")
     return results
