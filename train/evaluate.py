@@ -32,7 +32,7 @@ def predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64).reshape(-1)
 
 
-def _gradcam_examples(records, y, p, threshold: float, n: int) -> List[int]:
+def _gradcam_examples(y, p, threshold: float, n: int) -> List[int]:
     """A few telling cases: confident true positives, missed fractures, false alarms."""
     idx = np.arange(len(y))
     tp = idx[(y == 1) & (p >= threshold)][np.argsort(-p[(y == 1) & (p >= threshold)])]
@@ -48,7 +48,7 @@ def write_gradcams(model, layer: str, split: LoadedSplit, p: np.ndarray, thresho
                    out_dir: Path, n: int = 6) -> List[str]:
     from .gradcam import gradcam
 
-    picks = _gradcam_examples(split.records, split.labels, p, threshold, n)
+    picks = _gradcam_examples(split.labels, p, threshold, n)
     if not picks:
         return []
     _, heat, _ = gradcam(model, split.images[picks], layer)
