@@ -1,7 +1,7 @@
 """The paper's custom CNN, and two lean variants of ours that replace its 4.2 M-weight Dense head.
 
-Global max pooling suits a finding that can sit anywhere in the film and covers a few pixels: it
-keeps the strongest local response instead of averaging it away over 256 positions.
+Max pooling keeps the strongest local response of a few-pixel finding; average pooling is the
+usual head. Which serves FracAtlas better is measured, not assumed (docs/results.md).
 """
 
 from __future__ import annotations
