@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from .evaluate import run_dirs_under
 
@@ -60,15 +60,19 @@ def summary_table(rows: List[Dict]) -> List[str]:
     return out + [""]
 
 
+def load_runs(paths: List[Path]) -> List[Tuple[Dict, Dict]]:
+    """(run.json, metrics.json) of every run directory under the given paths."""
+    return [(json.loads((d / "run.json").read_text()), json.loads((d / "metrics.json").read_text()))
+            for p in paths for d in run_dirs_under(p)]
+
+
 def seed_table(paths: List[Path]) -> List[str]:
     """Test AUC per model across runs (seeds), with mean and spread: one seed ranks nothing."""
     import statistics
 
     by_model: Dict[str, List] = {}
-    for p in paths:
-        for d in run_dirs_under(p):
-            run, m = json.loads((d / "run.json").read_text()), json.loads((d / "metrics.json").read_text())
-            by_model.setdefault(m["model"], []).append((run["training"]["seed"], m["test"]["roc_auc"], m["validation_auc"]))
+    for run, m in load_runs(paths):
+        by_model.setdefault(m["model"], []).append((run["training"]["seed"], m["test"]["roc_auc"], m["validation_auc"]))
     seeds = sorted({s for rows in by_model.values() for s, _, _ in rows})
     out = ["| model | " + " | ".join(f"seed {s}: test AUC [95% CI]" for s in seeds) + " | mean test AUC (sd) | mean val AUC |",
            "|---|" + "---|" * len(seeds) + "---:|---:|"]
@@ -83,10 +87,7 @@ def seed_table(paths: List[Path]) -> List[str]:
 
 
 def render(paths: List[Path]) -> str:
-    rows = []
-    for p in paths:
-        for d in run_dirs_under(p):
-            rows.append((json.loads((d / "run.json").read_text()), json.loads((d / "metrics.json").read_text())))
+    rows = load_runs(paths)
     run0 = rows[0][0]
     split = run0["split"]
     lines = [f"Command: `{run0['command']}`", "",
