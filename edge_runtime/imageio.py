@@ -31,6 +31,15 @@ class DecodedImage:
     warnings: List[str] = field(default_factory=list)
 
 
+def container_bits(peak: float, mode: str) -> int:
+    """Bits actually used by a 16-bit image: CR readers often store 10-, 12- or 14-bit data in
+    16-bit PNG/TIFF, which divided by 65535 would look almost black. Rounded up to an even count."""
+    if mode == "I" and peak <= 255:
+        return 8
+    used = max(int(peak).bit_length(), 10)
+    return min(16, used + (used % 2))
+
+
 def _is_colour(img: Image.Image) -> bool:
     rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
     spread = rgb.max(axis=2) - rgb.min(axis=2)
@@ -67,8 +76,10 @@ def read_grayscale(path: Union[str, Path], draft_size: Optional[Tuple[int, int]]
             mode = img.mode
             if mode in _SIXTEEN_BIT_MODES:
                 arr = np.asarray(img, dtype=np.float32)
-                top = 65535.0 if arr.max() > 255 or mode != "I" else 255.0
-                pixels = arr / top
+                bits = container_bits(float(arr.max()), mode)
+                if bits not in (8, 16):
+                    warnings.append(f"{bits}-bit data in a 16-bit file: scaled by {2 ** bits - 1}")
+                pixels = arr / float(2 ** bits - 1)
             elif mode == "F":
                 arr = np.asarray(img, dtype=np.float32)
                 lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -35,8 +35,18 @@ def blend(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> Path:
+def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4,
+                 max_side: Optional[int] = None) -> Path:
+    """Write the overlay PNG; `max_side` shrinks a full-size radiograph first (cheaper, still readable)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    g = np.asarray(gray, dtype=np.float32)
+    if g.ndim == 3:
+        g = g[:, :, 0]
+    if max_side and max(g.shape) > max_side:
+        scale = max_side / max(g.shape)
+        size = (max(1, round(g.shape[1] * scale)), max(1, round(g.shape[0] * scale)))
+        g = np.asarray(Image.fromarray(np.ascontiguousarray(g)).resize(size, Image.Resampling.BOX), np.float32)
+    gray = g
     Image.fromarray(blend(gray, heat, alpha)).save(path)
     return path

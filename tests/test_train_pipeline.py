@@ -16,12 +16,8 @@ ARTIFACTS = ["model.keras", "split.csv", "history.csv", "curves.png", "roc.png",
 
 
 @pytest.fixture(scope="module")
-def run_dir(phantom_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "cnn"
-    rc = train_main(["--model", "custom_cnn_gap", "--data", str(phantom_dir), "--out", str(out),
-                     "--epochs", "1", "--batch-size", "16", "--bootstrap", "100"])
-    assert rc == 0
-    return out
+def run_dir(tiny_run):
+    return tiny_run
 
 
 def test_one_epoch_fit_writes_every_artifact(run_dir):

@@ -14,8 +14,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from edge_runtime.errors import ImageReadError
-from edge_runtime.imageio import read_grayscale
-from edge_runtime.preprocess import PreprocessSpec, preprocess
+from edge_runtime.inputs import load_input
+from edge_runtime.preprocess import PreprocessSpec
 
 from .data import DataError, Record
 
@@ -41,12 +41,12 @@ def load_images(records: Sequence[Record], spec: PreprocessSpec, desc: str = "im
     kept, arrays, skipped = [], [], []
     for r in tqdm(records, desc=desc, unit="img", disable=None if progress else True, leave=False):
         try:
-            decoded = read_grayscale(r.path, draft_size=(spec.size, spec.size))
+            x, _ = load_input(r.path, spec)
         except ImageReadError as exc:
             skipped.append(str(exc))
             print(f"skipped: {exc}", file=sys.stderr)
             continue
-        arrays.append(preprocess(decoded.pixels, spec))
+        arrays.append(x)
         kept.append(r)
     if records and len(skipped) / len(records) > max_skip_fraction:
         raise DataError(f"{len(skipped)} of {len(records)} {desc} unreadable (limit "

@@ -104,7 +104,7 @@ def print_results(results: Dict[str, Dict], as_json: bool) -> None:
         print(summary_line(m["model"], m) + ("   [PHANTOM: demonstration only]" if m["phantom"] else ""))
 
 
-def _dataset_for_run(run: Dict, data_arg: Optional[str]) -> Dataset:
+def dataset_for_run(run: Dict, data_arg: Optional[str]) -> Dataset:
     prov = run["data"]["provenance"]
     if data_arg:
         return load_data(data_arg)
@@ -126,7 +126,7 @@ def evaluate_run(run_dir: Path, data_arg: Optional[str] = None, rule: Optional[s
     if not run_file.is_file():
         raise DataError(f"{run_file}: not a run directory (run.json missing)")
     run = json.loads(run_file.read_text())
-    dataset = _dataset_for_run(run, data_arg)
+    dataset = dataset_for_run(run, data_arg)
     split_path = run_dir / "split.csv"
     sha = file_sha256(split_path)
     if sha != run["split"]["sha256"]:

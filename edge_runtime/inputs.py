@@ -1,0 +1,26 @@
+"""One way in for every image, on the device and in training: decode (Pillow or DICOM), then THE
+preprocess. JPEGs decode at a reduced DCT scale no smaller than the model input, which training
+uses too, so the device sees exactly the pixels the model was trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Tuple, Union
+
+import numpy as np
+
+from .dicom import looks_like_dicom, read_dicom
+from .imageio import DecodedImage, read_grayscale
+from .preprocess import PreprocessSpec, preprocess
+
+
+def read_image(path: Union[str, Path], spec: PreprocessSpec) -> DecodedImage:
+    if looks_like_dicom(path):
+        return read_dicom(path)
+    return read_grayscale(path, draft_size=(spec.size, spec.size))
+
+
+def load_input(path: Union[str, Path], spec: PreprocessSpec) -> Tuple[np.ndarray, DecodedImage]:
+    """(model input (size, size, 1) float32, the decoded image) for one file."""
+    decoded = read_image(path, spec)
+    return preprocess(decoded.pixels, spec), decoded

@@ -1,0 +1,117 @@
+"""python -m export.quantize: trained float model(s) -> int8 TFLite + ONNX bundles, checked against
+the float model through the edge runtime; a bundle that drifts is not shipped.
+
+With no arguments it exports the committed reference model (models/fracatlas/... where the real
+run is committed, else the labelled phantom demonstration model) and checks it on the data the
+model was trained on (FracAtlas where present, else the phantom set regenerated from its seed).
+
+Exit status: 0 every bundle accepted; 1 at least one rejected (written to OUT.rejected, which
+the runtime refuses to load); 2 bad arguments or data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from train.data import DataError
+
+DEFAULT_OUT = Path("runs/export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .check import Tolerances
+    from .convert import ARTIFACTS, DEFAULT_ARTIFACTS
+
+    t = Tolerances()
+    ap = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.split("\n\n")[0],
+                                 epilog="Tolerance defaults are justified in export/check.py and the README.")
+    ap.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
+                    help="run directory, folder of run directories, or MODEL.keras (with --split); "
+                         "default: the committed reference model")
+    ap.add_argument("--model", help="pick runs by name from the sources: NAME[,NAME...] or 'all' "
+                                    "(the paper's four: custom_cnn, efficientnetb0, mobilenetv2, resnet50)")
+    ap.add_argument("--split", type=Path, help="split file for a bare .keras model")
+    ap.add_argument("--data", help="data folder or 'phantom' (default: what the run was trained on)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                    help=f"bundle folder for one model; for several, one subfolder each (default: {DEFAULT_OUT}/<model>)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    ap.add_argument("--artifacts", default=",".join(DEFAULT_ARTIFACTS),
+                    help=f"comma list from {', '.join(ARTIFACTS)} (default: %(default)s)")
+    ap.add_argument("--calibration-size", type=int, default=200,
+                    help="training-split images that calibrate int8, stratified by label x region (default: %(default)s)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default: %(default)s)")
+    ap.add_argument("--max-auc-drop", type=float, default=t.max_auc_drop, help="largest |ΔAUC| (default: %(default)s)")
+    ap.add_argument("--min-agreement", type=float, default=t.min_agreement,
+                    help="smallest share of test images with the float model's decision (default: %(default)s)")
+    ap.add_argument("--max-mean-abs-diff", type=float, default=t.max_mean_abs_diff,
+                    help="largest mean |p_quantized - p_float| (default: %(default)s)")
+    ap.add_argument("--max-abs-diff", type=float, default=t.max_abs_diff,
+                    help="largest |p_quantized - p_float| on any image (default: %(default)s)")
+    ap.add_argument("--json", action="store_true", help="print the manifests' reports as JSON on stdout")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    from .check import Tolerances
+    from .convert import ARTIFACTS
+    from .pipeline import Settings, export_one
+    from .report import render
+    from .sources import resolve_sources
+
+    artifacts = [a.strip() for a in args.artifacts.split(",") if a.strip()]
+    unknown = [a for a in artifacts if a not in ARTIFACTS]
+    if unknown or not artifacts:
+        print(f"error: unknown artifacts {unknown}; choose from {', '.join(ARTIFACTS)}", file=sys.stderr)
+        return 2
+    command = "python -m export.quantize " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    settings = Settings(data=args.data, artifacts=artifacts, calibration_size=args.calibration_size, seed=args.seed,
+                        tolerances=Tolerances(args.max_auc_drop, args.min_agreement, args.max_mean_abs_diff,
+                                              args.max_abs_diff),
+                        overwrite=args.overwrite, progress=sys.stderr.isatty(), command=command.strip())
+    try:
+        models = [m.strip() for m in args.model.split(",")] if args.model else None
+        sources = resolve_sources(args.sources, models, args.split)
+        several = len(sources) > 1
+        base = args.out
+        if not several and args.out == DEFAULT_OUT:
+            base = DEFAULT_OUT / sources[0].name
+        if several:
+            clash = [base / s.name for s in sources if (base / s.name).exists() and not args.overwrite]
+            if clash:
+                raise DataError(f"{clash[0]}: already exists; pass --overwrite to replace it")
+        manifests = []
+        for s in sources:
+            if s.phantom:
+                print(f"[{s.name}] PHANTOM model: this export is a fidelity check of a demonstration model, "
+                      "not a clinical result", file=sys.stderr)
+            manifests.append(export_one(s, base / s.name if several else base, settings))
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if several:
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "report.md").write_text(render(manifests, settings.command))
+    if args.json:
+        print(json.dumps([{k: v for k, v in m.items() if k != "files"} for m in manifests], indent=2))
+    else:
+        for m in manifests:
+            verdict = "ACCEPTED" if m["status"] == "accepted" else "REJECTED (not shipped)"
+            print(f"{m['model']['name']}: {verdict} -> {m['bundle_path']}")
+            for key, a in m["artifacts"].items():
+                am = a["metrics"]
+                print(f"  {key:15s} {a['bytes'] / 1e6:6.2f} MB  AUC {am['auc'] if am['auc'] is None else round(am['auc'], 4)}"
+                      f"  agreement {am['agreement']:.3f}  mean|Δp| {am['mean_abs_diff']:.4f}"
+                      + ("" if a["check"]["passed"] else "  FAIL: " + "; ".join(a["check"]["failures"])))
+    return 0 if all(m["status"] == "accepted" for m in manifests) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

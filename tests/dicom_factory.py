@@ -1,0 +1,40 @@
+"""Small DICOM files built with pydicom for the runtime's tests (never real patient data)."""
+
+from pathlib import Path
+
+import numpy as np
+
+PATIENT_NAME = "DOE^JANE"
+PATIENT_ID = "PID-7719-SECRET"
+
+
+def write_dicom(path: Path, arr: np.ndarray, photometric: str = "MONOCHROME2", slope: float = 1.0,
+                intercept: float = 0.0, window=None, pixels: bool = True, bits_stored: int = 12,
+                syntax: str = "1.2.840.10008.1.2.1") -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1")  # CR image storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = UID(syntax)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, "19700101"
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if pixels:
+        if syntax == "1.2.840.10008.1.2.1":
+            ds.PixelData = arr.astype("<u2").tobytes()
+        else:  # an encapsulated (compressed) stream this machine has no decoder for
+            from pydicom.encaps import encapsulate
+            ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(64)])
+            ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path

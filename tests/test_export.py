@@ -1,0 +1,131 @@
+"""export.quantize on a one-epoch phantom model: artifacts, manifest, the fidelity gate, calibration."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edge_runtime.bundle import FORMAT_VERSION, BundleError, load_bundle, sha256_file
+from export.quantize import main as export_main
+from tests.conftest import OPEN_TOLERANCES
+
+pytestmark = pytest.mark.slow
+
+
+def _manifest(bundle):
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def test_every_artifact_is_written_loads_and_is_checksummed(tiny_bundle):
+    m = _manifest(tiny_bundle)
+    assert m["format_version"] == FORMAT_VERSION and m["status"] == "accepted"
+    assert set(m["artifacts"]) == {"tflite_int8", "onnx_float", "onnx_int8", "tflite_float"}
+    for name, sha in m["files"].items():
+        assert sha256_file(tiny_bundle / name) == sha
+    assert {"model_int8.tflite", "model_int8.onnx", "model_float.onnx", "gradcam_head.f32", "report.md"} <= set(m["files"])
+    b = load_bundle(tiny_bundle)  # verifies every checksum
+    assert b.default_artifact("tflite").key == "tflite_int8" and b.default_artifact("onnx").key == "onnx_int8"
+    io = m["artifacts"]["tflite_int8"]["io"]
+    assert io["input"]["dtype"] == "int8" and io["input"]["scale"] > 0
+    assert m["demonstration_only"] is True and m["data"]["phantom"] is True
+    assert m["preprocess"]["size"] == 128 and m["decision"]["chosen_on"] == "validation split"
+    assert m["gradcam"]["needs"] == ["features"] and m["model"]["export_rewrite"]["applied"] is True
+    for a in m["artifacts"].values():
+        assert a["check"]["passed"] and 0 <= a["metrics"]["agreement"] <= 1 and a["metrics"]["n"] > 0
+    report = (tiny_bundle / "report.md").read_text()
+    assert "float Keras (reference)" in report and "tflite_int8" in report and "PHANTOM" in report
+
+
+def test_float_artifacts_reproduce_the_float_model_and_its_gradcam(tiny_bundle):
+    m = _manifest(tiny_bundle)
+    for key in ("onnx_float", "tflite_float"):
+        a = m["artifacts"][key]["metrics"]
+        assert a["max_abs_diff"] < 1e-4 and a["agreement"] == 1.0
+        assert a["gradcam_max_abs_diff"] is None or a["gradcam_max_abs_diff"] < 1e-3
+
+
+def test_calibration_comes_from_the_training_split_only(tiny_bundle, tiny_run):
+    m = _manifest(tiny_bundle)
+    with open(tiny_run / "split.csv") as fh:
+        split_of = {r["image_id"]: r["split"] for r in csv.DictReader(fh)}
+    ids = m["data"]["calibration"]["ids"]
+    assert len(ids) == m["data"]["calibration"]["n"] == 20
+    assert {split_of[i] for i in ids} == {"train"}
+    assert m["data"]["split_sha256"] == sha256_file(tiny_run / "split.csv")
+
+
+def test_rerun_writes_the_same_metrics(tiny_bundle, tiny_run, tmp_path):
+    out = tmp_path / "again"
+    assert export_main([str(tiny_run), "--out", str(out), "--calibration-size", "20",
+                        "--artifacts", "tflite_int8,onnx_float,onnx_int8,tflite_float", *OPEN_TOLERANCES]) == 0
+    a, b = _manifest(tiny_bundle), _manifest(out)
+    for key in a["artifacts"]:
+        assert a["artifacts"][key]["metrics"] == b["artifacts"][key]["metrics"], key
+        if key.startswith("tflite"):  # tf2onnx numbers its nodes per process, so ONNX bytes may differ
+            assert a["artifacts"][key]["sha256"] == b["artifacts"][key]["sha256"], key
+    assert a["data"]["calibration"] == b["data"]["calibration"]
+
+
+def test_zero_tolerance_rejects_and_ships_nothing(tiny_run, tmp_path, capsys):
+    out = tmp_path / "strict"
+    rc = export_main([str(tiny_run), "--out", str(out), "--calibration-size", "20",
+                      "--artifacts", "tflite_int8", "--max-mean-abs-diff", "0"])
+    assert rc == 1
+    assert not out.exists()
+    rejected = tmp_path / "strict.rejected"
+    m = _manifest(rejected)
+    assert m["status"] == "rejected"
+    assert any("mean |Δp|" in f for f in m["artifacts"]["tflite_int8"]["check"]["failures"])
+    assert "REJECTED" in capsys.readouterr().out
+    with pytest.raises(BundleError, match="did not accept"):
+        load_bundle(rejected)
+
+
+def test_a_planted_wrong_calibration_is_caught(tiny_run, phantom_dir, tmp_path):
+    """The committed demonstration model (it separates phantom fractures well), calibrated on blank
+    film: int8 ranges collapse, and the check must see the drift the right calibration avoids."""
+    from export.pipeline import Settings, export_one
+    from export.sources import reference_dir, resolve_sources
+
+    model = tmp_path / "custom_cnn_gap.keras"
+    shutil.copy(reference_dir() / "model.keras", model)
+    source = resolve_sources([model], split=tiny_run / "split.csv")[0]
+    dark = np.full((20, 128, 128, 1), 0.02, np.float32)
+    kw = dict(data=str(phantom_dir), artifacts=["tflite_int8"], calibration_size=20, progress=False)
+    right = export_one(source, tmp_path / "right", Settings(**kw))
+    wrong = export_one(source, tmp_path / "wrong", Settings(**kw, calibration_override=dark))
+    r, w = right["artifacts"]["tflite_int8"], wrong["artifacts"]["tflite_int8"]
+    assert wrong["status"] == "rejected" and not w["check"]["passed"]
+    assert w["metrics"]["mean_abs_diff"] > 5 * r["metrics"]["mean_abs_diff"]
+    assert wrong["data"]["calibration"]["planted_fault"] is True
+    assert not (tmp_path / "wrong").exists() and (tmp_path / "wrong.rejected").is_dir()
+
+
+def test_bare_keras_model_needs_its_split_and_refuses_overwrite(tiny_run, tiny_bundle, tmp_path, capsys):
+    assert export_main([str(tiny_run / "model.keras"), "--out", str(tmp_path / "x")]) == 2
+    assert "needs --split" in capsys.readouterr().err
+    assert export_main([str(tiny_run), "--out", str(tiny_bundle)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_bare_keras_model_with_split_chooses_threshold_on_validation(tiny_run, phantom_dir, tmp_path):
+    model = tmp_path / "custom_cnn_gap.keras"
+    shutil.copy(tiny_run / "model.keras", model)
+    out = tmp_path / "bare"
+    assert export_main([str(model), "--split", str(tiny_run / "split.csv"), "--data", str(phantom_dir),
+                        "--out", str(out), "--calibration-size", "10", "--artifacts", "onnx_float",
+                        *OPEN_TOLERANCES]) == 0
+    m = _manifest(out)
+    assert m["decision"]["rule"] == "youden" and "at export" in m["decision"]["chosen_on"]
+    assert m["demonstration_only"] is True
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        export_main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model", "--split", "--data", "--out", "--overwrite", "--artifacts", "--calibration-size",
+                 "--seed", "--max-auc-drop", "--min-agreement", "--max-mean-abs-diff", "--max-abs-diff", "--json"):
+        assert flag in text
