@@ -243,7 +243,7 @@ def _write_stage(stage: Path, source: Source, serving, head, head_note, calibrat
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "title": f"{source.name} on " + ("PHANTOM data: DEMONSTRATION ONLY, not for patients"
                                          if source.phantom else run.get("data", {}).get("name", "unknown data")),
-        "demonstration_only": bool(source.phantom or not run),
+        "demonstration_only": bool(source.phantom or data["phantom"]),
         "model": {"name": source.name, "description": run.get("model", {}).get("description"),
                   "complexity": run.get("model", {}).get("complexity"),
                   "input": {"name": "image", "shape": [1, spec.size, spec.size, 1], "dtype": "float32",

@@ -129,3 +129,32 @@ def test_help_documents_every_flag(capsys):
     for flag in ("--model", "--split", "--data", "--out", "--overwrite", "--artifacts", "--calibration-size",
                  "--seed", "--max-auc-drop", "--min-agreement", "--max-mean-abs-diff", "--max-abs-diff", "--json"):
         assert flag in text
+
+
+@pytest.mark.parametrize("name", ["custom_cnn", "custom_cnn_gmp", "custom_cnn_gap"])
+def test_bn_folding_and_gradcam_head_are_exact_for_every_head(name):
+    """Flatten+Dense, global max and global average heads: the rewritten model gives the same
+    probabilities, and the folded Grad-CAM head gives the GradientTape reference map."""
+    import keras
+
+    from edge_runtime.gradcam import GradCamHead
+    from export.gradcam_head import derive_head
+    from export.rewrite import check_equivalent, fold_batchnorm_after_relu
+    from export.sources import MODELS_DIR
+    from train.gradcam import gradcam
+
+    model = keras.models.load_model(MODELS_DIR / "phantom-demo" / name / "model.keras", compile=False)
+    x = np.random.default_rng(3).random((4, 128, 128, 1)).astype(np.float32)
+    folded = fold_batchnorm_after_relu(model)
+    assert check_equivalent(model, folded, x, tol=1e-5) < 1e-5
+    assert not any(type(layer).__name__ == "BatchNormalization" for layer in folded.layers)
+    _, ref, _ = gradcam(model, x, "block3_conv")
+    spec = derive_head(folded, "block3_conv")
+    assert (spec.hidden_layer is not None) == (name == "custom_cnn")
+    outs = [folded.get_layer("block3_conv").output] + ([folded.get_layer(spec.hidden_layer).output]
+                                                       if spec.hidden_layer else [])
+    feats = keras.Model(folded.inputs, outs).predict(x, verbose=0)
+    feats = feats if isinstance(feats, list) else [feats]
+    head = GradCamHead("block3_conv", spec.arrays.get("alpha"), spec.arrays.get("mix"), spec.arrays.get("w_out"))
+    ours = np.stack([head.cam(feats[0][i], feats[1][i] if spec.hidden_layer else None)[1] for i in range(4)])
+    assert np.abs(ours - ref).max() < 1e-4
