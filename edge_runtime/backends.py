@@ -87,11 +87,24 @@ def _roles_by_shape(shapes: Sequence[Tuple[int, ...]], expected: Dict[str, Dict]
 class TFLiteSession:
     def __init__(self, backend: str, artifact: Artifact, outputs: Dict[str, Dict], threads: Optional[int]):
         module = importlib.import_module(_MODULE[backend])
+        self.delegate = "default (XNNPACK)"
         try:
             self.interpreter = module.Interpreter(model_path=str(artifact.path), num_threads=threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise BundleError(artifact.path, f"{backend} cannot load this model ({exc})") from None
+            # XNNPACK refuses some int8 graphs (LiteRT 2.3 on ResNet50's); the built-in kernels
+            # still run them, slower but correct, and export's check then covers that path.
+            resolver = getattr(getattr(module, "OpResolverType", None), "BUILTIN_WITHOUT_DEFAULT_DELEGATES", None)
+            if resolver is None:
+                raise BundleError(artifact.path, f"{backend} cannot load this model ({exc})") from None
+            try:
+                self.interpreter = module.Interpreter(model_path=str(artifact.path), num_threads=threads,
+                                                      experimental_op_resolver_type=resolver)
+                self.interpreter.allocate_tensors()
+            except (ValueError, RuntimeError) as exc2:
+                raise BundleError(artifact.path, f"{backend} cannot load this model ({exc}; without "
+                                                 f"delegates: {exc2})") from None
+            self.delegate = "none (XNNPACK refused the graph)"
         self.backend, self.artifact = backend, artifact
         self.input = self.interpreter.get_input_details()[0]
         details = self.interpreter.get_output_details()

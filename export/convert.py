@@ -78,18 +78,32 @@ def to_tflite(serving, precision: str, calibration: Optional[np.ndarray] = None)
 
 
 def to_onnx_float(serving, path: Path) -> Path:
+    """Through the frozen SavedModel signature: tf2onnx's from_function leaves some Keras 3 state
+    (EfficientNet's Normalization constants) as graph inputs, which onnxruntime then demands."""
+    import onnx
     import tensorflow as tf
     import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    size = [int(d) for d in serving.inputs[0].shape[1:]]
-    signature = [tf.TensorSpec([None] + size, tf.float32, name="image")]
-
-    @tf.autograph.experimental.do_not_convert
-    def serve(x):
-        return serving(x, training=False)
-
-    fn = tf.function(serve, input_signature=signature)
-    tf2onnx.convert.from_function(fn, input_signature=signature, opset=ONNX_OPSET, output_path=str(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        serving.export(tmp, format="tf_saved_model", verbose=False)
+        loaded = tf.saved_model.load(tmp)  # must outlive the freezing: the signature only holds weak refs
+        frozen = convert_variables_to_constants_v2(loaded.signatures["serving_default"])
+    # Name each frozen output by its shape (output_spec guarantees the shapes differ).
+    by_shape = {tuple(v["shape"][1:]): k for k, v in output_spec(serving).items()}
+    roles = [by_shape[tuple(int(d) for d in t.shape[1:])] for t in frozen.outputs]
+    inputs, outputs = [t.name for t in frozen.inputs], [t.name for t in frozen.outputs]
+    proto, _ = tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=inputs,
+                                              output_names=outputs, opset=ONNX_OPSET)
+    renames = {inputs[0]: "image", **dict(zip(outputs, roles))}
+    graph = proto.graph
+    for value in list(graph.input) + list(graph.output):
+        value.name = renames.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
     return path
 
 

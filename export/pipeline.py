@@ -104,7 +104,8 @@ def _run_artifact(bundle, key: str, test: LoadedSplit, with_cam: bool):
     io = None
     if hasattr(pred.session, "input"):
         s = pred.session
-        io = {"input": {"dtype": np.dtype(s.input["dtype"]).name, "scale": float(s.input["quantization"][0]),
+        io = {"delegate": s.delegate,
+              "input": {"dtype": np.dtype(s.input["dtype"]).name, "scale": float(s.input["quantization"][0]),
                         "zero_point": int(s.input["quantization"][1])},
               "outputs": {role: {"dtype": np.dtype(d["dtype"]).name, "scale": float(d["quantization"][0]),
                                  "zero_point": int(d["quantization"][1])} for role, d in s.outputs}}

@@ -6,7 +6,8 @@ run is committed, else the labelled phantom demonstration model) and checks it o
 model was trained on (FracAtlas where present, else the phantom set regenerated from its seed).
 
 Exit status: 0 every bundle accepted; 1 at least one rejected (written to OUT.rejected, which
-the runtime refuses to load); 2 bad arguments or data.
+the runtime refuses to load); 2 bad arguments or data, or a model that could not be exported (with
+several models, the others are still exported and reported).
 """
 
 from __future__ import annotations
@@ -87,18 +88,28 @@ def main(argv: Optional[List[str]] = None) -> int:
             clash = [base / s.name for s in sources if (base / s.name).exists() and not args.overwrite]
             if clash:
                 raise DataError(f"{clash[0]}: already exists; pass --overwrite to replace it")
-        manifests = []
-        for s in sources:
-            if s.phantom:
-                print(f"[{s.name}] PHANTOM model: this export is a fidelity check of a demonstration model, "
-                      "not a clinical result", file=sys.stderr)
-            manifests.append(export_one(s, base / s.name if several else base, settings))
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    manifests, errors = [], []
+    for s in sources:  # one model's failure does not stop the others
+        if s.phantom:
+            print(f"[{s.name}] PHANTOM model: this export is a fidelity check of a demonstration model, "
+                  "not a clinical result", file=sys.stderr)
+        try:
+            manifests.append(export_one(s, base / s.name if several else base, settings))
+        except Exception as exc:  # converters raise many types; name the model and go on
+            if not several:
+                print(f"error: {s.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 2
+            errors.append(f"{s.name}: {type(exc).__name__}: {exc}")
+            print(f"error: {errors[-1]} (going on with the other models)", file=sys.stderr)
     if several:
         base.mkdir(parents=True, exist_ok=True)
-        (base / "report.md").write_text(render(manifests, settings.command))
+        text = render(manifests, settings.command)
+        if errors:
+            text += "\n## Not exported\n\n" + "\n".join(f"- {e}" for e in errors) + "\n"
+        (base / "report.md").write_text(text)
     if args.json:
         print(json.dumps([{k: v for k, v in m.items() if k != "files"} for m in manifests], indent=2))
     else:
@@ -110,6 +121,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"  {key:15s} {a['bytes'] / 1e6:6.2f} MB  AUC {am['auc'] if am['auc'] is None else round(am['auc'], 4)}"
                       f"  agreement {am['agreement']:.3f}  mean|Δp| {am['mean_abs_diff']:.4f}"
                       + ("" if a["check"]["passed"] else "  FAIL: " + "; ".join(a["check"]["failures"])))
+    if errors:
+        return 2
     return 0 if all(m["status"] == "accepted" for m in manifests) else 1
 
 

@@ -1,0 +1,87 @@
+"""The issue's targets as ratios from one run, and the markdown table a person reads."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+
+def _row(rows: List[Dict], backend_in, artifact: Optional[str], threads: int = 1) -> Optional[Dict]:
+    for r in rows:
+        if r["backend"] in backend_in and (artifact is None or r["artifact"] == artifact) \
+                and r["threads"] == threads and "error" not in r:
+            return r
+    return None
+
+
+def _target(name: str, measured: Optional[float], limit: float, higher_is_better: bool, unit: str = "") -> Dict:
+    if measured is None:
+        return {"target": name, "measured": None, "limit": limit, "met": None, "note": "not measured in this run"}
+    met = measured >= limit if higher_is_better else measured <= limit
+    miss = None if met else (limit / measured if higher_is_better else measured / limit)
+    return {"target": name, "measured": measured, "limit": limit, "met": met, "unit": unit,
+            "note": "met" if met else f"missed by a factor of {miss:.2f}"}
+
+
+def targets(res: Dict) -> List[Dict]:
+    rows = res["backends"]
+    keras = _row(rows, ("keras",), None)
+    int8 = _row(rows, ("litert", "tflite"), "tflite_int8")
+    out = [
+        _target("int8 TFLite, 1 thread, >= 10x faster per image than TensorFlow float Keras",
+                keras["p50_ms"] / int8["p50_ms"] if keras and int8 else None, 10.0, True, "x"),
+        _target("int8 TFLite peak memory <= 1/12 of TensorFlow's",
+                int8["peak_rss_mb"] / keras["peak_rss_mb"] if keras and int8 else None, 1 / 12, False),
+        _target("int8 TFLite cold start <= 1/20 of TensorFlow's",
+                int8["cold_start_s"] / keras["cold_start_s"] if keras and int8 else None, 1 / 20, False),
+    ]
+    e2e = res["end_to_end"].get("jpeg")
+    out.append(_target("full-size JPEG: everything after decoding <= 30% on top of the decode",
+                       e2e["overhead_over_decode"] if e2e else None, 0.30, False))
+    out.append(_target("Grad-CAM <= half of one inference",
+                       e2e["gradcam_ms"] / e2e["inference_ms"] if e2e else None, 0.5, False))
+    deltas = [a["delta_auc"] for a in res["accuracy"]["artifacts"].values() if a.get("delta_auc") is not None]
+    out.append(_target("int8 within 0.01 AUC of float on the test split",
+                       max(abs(d) for d in deltas) if deltas else None, 0.01, False))
+    return out
+
+
+def _f(v, fmt=".2f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def markdown(res: Dict) -> str:
+    d = res["device"]
+    lines = [f"# Benchmark — {res['model']}" + (" (PHANTOM demonstration model)" if res["demonstration_only"] else ""),
+             "", f"{res['date']}; `{res['command']}`" + ("; **quick mode**" if res["quick"] else ""), "",
+             f"Device: {d['cpu']} ({d['machine']}, {d['cores']} cores), Python {d['python']}, numpy {d['numpy']}, "
+             f"interpreters {', '.join(f'{k} {v}' for k, v in d['interpreters'].items() if v)}, "
+             f"TensorFlow {d['tensorflow'] or 'absent'}. Nominal peak: {_f(d['peak']['gops_fp32'], '.0f')} GOPS "
+             f"({d['peak']['basis']}; {d['peak']['note']}).", "",
+             "## Per backend (one 128x128 image per call; each row its own process)", "",
+             "| backend | artifact | threads | p50 ms | p90 ms | p99 ms | images/s | cold start s | peak RSS MB | file MB | GOPS |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["backends"]:
+        if "error" in r:
+            lines.append(f"| {r['backend']} | {r['artifact']} | {r['threads']} | error: {r['error']} | | | | | | | |")
+            continue
+        lines.append(f"| {r['backend']} | {r['artifact']} | {r['threads']} | {_f(r['p50_ms'], '.3f')} | "
+                     f"{_f(r['p90_ms'], '.3f')} | {_f(r['p99_ms'], '.3f')} | {_f(r['throughput_images_per_s'], '.0f')} | "
+                     f"{_f(r['cold_start_s'])} | {_f(r['peak_rss_mb'], '.0f')} | {_f(r['file_mb'])} | "
+                     f"{_f(r.get('achieved_gops'), '.1f')} |")
+    lines += ["", "## End to end from a file (medians; Grad-CAM included, overlay not drawn)", "",
+              "| file | size | decode full ms | decode fast ms | preprocess ms | inference ms | Grad-CAM ms | "
+              "answer total ms | total over fast decode |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind, e in res["end_to_end"].items():
+        lines.append(f"| {kind} | {e['bytes'] / 1e6:.1f} MB | {e['decode_full_ms']:.1f} | {e['decode_fast_ms']:.1f} | "
+                     f"{e['preprocess_ms']:.2f} | {e['inference_ms']:.2f} | {e['gradcam_ms']:.3f} | "
+                     f"{e['predict_file_total_ms']:.1f} | +{e['overhead_over_decode']:.0%} |")
+    acc = res["accuracy"]
+    lines += ["", f"## Accuracy ({acc['source']}; float AUC {_f(acc['float_auc'], '.3f')})", "",
+              "| artifact | AUC | ΔAUC | agreement |", "|---|---:|---:|---:|"]
+    for k, a in acc["artifacts"].items():
+        lines.append(f"| {k} | {_f(a['auc'], '.3f')} | {_f(a['delta_auc'], '+.4f')} | {_f(a['agreement'], '.3f')} |")
+    lines += ["", "## Targets (ratios from this run)", "", "| target | measured | limit | verdict |", "|---|---:|---:|---|"]
+    for t in res["targets"]:
+        verdict = t["note"] if t["met"] is None else ("met" if t["met"] else f"**MISSED** ({t['note']})")
+        lines.append(f"| {t['target']} | {_f(t['measured'], '.3f')} | {t['limit']:.3g} | {verdict} |")
+    return "\n".join(lines) + "\n"

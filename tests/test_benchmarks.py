@@ -1,0 +1,36 @@
+"""The benchmark's quick mode on a bundle made on the fly: every field present, numbers sane."""
+
+import json
+
+import pytest
+
+from benchmarks.cli import main as bench_main
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_benchmark_writes_complete_sane_json(tiny_bundle, tiny_run, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench_main(["--quick", "--bundle", str(tiny_bundle), "--keras", str(tiny_run / "model.keras"),
+                       "--out", str(out), "--image-size", "600x750", "--json"]) == 0
+    res = json.loads((out / "benchmark.json").read_text())
+    assert json.loads(capsys.readouterr().out)["model"] == res["model"] == "custom_cnn_gap"
+    for key in ("cpu", "cores", "python", "numpy", "interpreters", "peak"):
+        assert key in res["device"]
+    rows = res["backends"]
+    assert {r["backend"] for r in rows} >= {"keras", "onnx"} and any(r["artifact"] == "tflite_int8" for r in rows)
+    for r in rows:
+        assert "error" not in r, r
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["peak_rss_mb"] > 0 and r["cold_start_s"] > 0 and r["file_mb"] > 0
+        assert r["throughput_images_per_s"] > 0 and r["achieved_gops"] > 0 and r["runs"] == 20
+    for kind in ("jpeg", "png"):
+        e = res["end_to_end"][kind]
+        assert all(e[k] > 0 for k in ("decode_full_ms", "decode_fast_ms", "inference_ms", "gradcam_ms",
+                                      "predict_file_total_ms"))
+        assert e["predict_file_total_ms"] >= e["inference_ms"]
+    names = [t["target"] for t in res["targets"]]
+    assert len(names) == 6 and all(t["met"] in (True, False) for t in res["targets"])
+    md = (out / "benchmark.md").read_text()
+    assert "| litert | tflite_int8 | 1 |" in md or "| tflite | tflite_int8 | 1 |" in md
+    assert "Targets" in md and "quick mode" in md
