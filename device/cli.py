@@ -1,0 +1,151 @@
+"""python -m device: what a clinic runs.
+
+  film PHOTO...     photos of film on a lightbox -> flattened radiograph, quality gate, prediction
+  capture           take one photo with the Pi camera into the service's queue
+  serve             the service: watched folders + captures -> results log + results page
+  film-agreement    same decision from a photographed film as from the file? (simulated photos)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from edge_runtime.backends import BackendError
+from edge_runtime.bundle import BundleError
+from edge_runtime.cli import DISCLAIMER
+
+
+def _film(args) -> int:
+    from edge_runtime.predictor import Predictor
+
+    from .triage import triage_photo
+
+    predictor = Predictor(args.bundle, args.backend, None, args.threads)
+    failed = 0
+    for i, photo in enumerate(args.photos):
+        heat = args.heatmap / f"{photo.stem}_gradcam.png" if args.heatmap else None
+        rec = triage_photo(predictor, photo, args.keep, heat)
+        failed += bool(rec.get("error"))
+        if args.json:
+            print(json.dumps(rec), flush=True)
+        elif rec.get("error"):
+            print(f"{photo}: ERROR {rec['error']}")
+        elif rec.get("retake"):
+            print(f"{photo}: RETAKE — " + "; ".join(rec["quality"]["reasons"]))
+        else:
+            flag = "FRACTURE SUSPECTED" if rec["decision"] == "fractured" else "no fracture found"
+            print(f"{photo}: p={rec['probability']:.3f} (threshold {rec['threshold']:.3f}) {flag}"
+                  f"  [flattened: {rec['flattened']}]")
+    if not args.json:
+        print(DISCLAIMER, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _capture(args) -> int:
+    from .camera import CameraUnavailable, open_camera
+    from .service import Spool
+
+    try:
+        cam = open_camera(args.camera, args.files)
+    except CameraUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        path = Spool(args.data).add_photo(cam.capture())
+    finally:
+        cam.close()
+    print(path)
+    return 0
+
+
+def _serve(args) -> int:
+    from .service import Service
+
+    service = Service(args.data, args.watch, args.bundle, backend=args.backend, threads=args.threads,
+                      settle_s=args.settle)
+    if args.once:
+        n = service.run_once()
+        print(f"processed {n} new file(s); log: {service.ledger.path}", file=sys.stderr)
+        return 0
+    page = None
+    if not args.no_page:
+        from .page import start_page
+        page = start_page(service.ledger, service.store, args.host, args.port)
+        print(f"results page on http://{args.host}:{page.server_address[1]}/", file=sys.stderr)
+    try:
+        service.run_forever(args.interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if page:
+            page.shutdown()
+    return 0
+
+
+def _agreement(args) -> int:
+    from edge_runtime.predictor import Predictor
+
+    from .agreement import collect, film_agreement
+
+    files = collect(args.files, args.limit)
+    if not files:
+        print("error: no image files found", file=sys.stderr)
+        return 2
+    predictor = Predictor(args.bundle, args.backend, None, args.threads, gradcam=False)
+    res = film_agreement(predictor, files, args.faults.split(","), args.seed)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        for fault, r in res.items():
+            same = "–" if r["same_decision"] is None else f"{r['same_decision']:.3f}"
+            print(f"{fault:8s} images {r['images']:4d}  retakes {r['retakes']:4d}  same decision {same}  "
+                  f"mean |dp| {r['mean_abs_diff'] if r['mean_abs_diff'] is None else round(r['mean_abs_diff'], 4)}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m device", description=__doc__.splitlines()[0], epilog=DISCLAIMER)
+    sub = ap.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bundle", type=Path, help="bundle folder (default: $FRACTURE_EDGE_BUNDLE, else the reference bundle)")
+    common.add_argument("--backend", default="auto", help="auto | litert | tflite | onnx")
+    common.add_argument("--threads", type=int, help="interpreter threads")
+    f = sub.add_parser("film", parents=[common], help="predict from photos of film on a lightbox")
+    f.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
+    f.add_argument("--keep", type=Path, default=Path("runs/film"), help="where flattened radiographs go (default: %(default)s)")
+    f.add_argument("--heatmap", type=Path, metavar="OUT_DIR", help="write Grad-CAM overlays here")
+    f.add_argument("--json", action="store_true", help="one JSON object per photo")
+    f.set_defaults(func=_film)
+    c = sub.add_parser("capture", help="take a photo with the camera into the service's queue")
+    c.add_argument("--data", type=Path, default=Path("/var/lib/fracture-edge"), help="service data folder (default: %(default)s)")
+    c.add_argument("--camera", default="pi", choices=("pi", "file"), help="pi (picamera2) or file (for testing)")
+    c.add_argument("--files", nargs="*", type=Path, default=[], help="photo files for --camera file")
+    c.set_defaults(func=_capture)
+    s = sub.add_parser("serve", parents=[common], help="the service: queue, results log, results page")
+    s.add_argument("--data", type=Path, default=Path("/var/lib/fracture-edge"), help="data folder: queue, store, log (default: %(default)s)")
+    s.add_argument("--watch", type=Path, action="append", default=[], help="a folder a CR reader exports into (repeatable)")
+    s.add_argument("--once", action="store_true", help="process what is waiting, then exit")
+    s.add_argument("--interval", type=float, default=2.0, help="seconds between folder scans (default: %(default)s)")
+    s.add_argument("--settle", type=float, default=2.0, help="ignore files changed within this many seconds (still being written)")
+    s.add_argument("--host", default="127.0.0.1", help="results page address; 0.0.0.0 or the LAN address lets phones on the "
+                                                       "local network see it (default: %(default)s, this device only)")
+    s.add_argument("--port", type=int, default=8080, help="results page port (default: %(default)s)")
+    s.add_argument("--no-page", action="store_true", help="do not serve the results page")
+    s.set_defaults(func=_serve)
+    a = sub.add_parser("film-agreement", parents=[common], help="photo vs file decisions on simulated photos")
+    a.add_argument("files", nargs="+", type=Path, metavar="FILE_OR_DIR", help="radiograph files or folders (e.g. a test split)")
+    a.add_argument("--faults", default="clean,cast,uneven,moire", help="simulated photo conditions (default: %(default)s)")
+    a.add_argument("--limit", type=int, default=0, help="at most this many files (default: all)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=_agreement)
+    args = ap.parse_args(argv)
+    try:
+        return args.func(args)
+    except (BundleError, BackendError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,97 @@
+"""The results page: the latest results with their overlays, served by the device itself.
+
+Standard library only (http.server), no external resources (inline CSS, images from the device's
+own store), read-only, and bound to 127.0.0.1 unless the configuration names the clinic's network
+address. It reads the results log on every request, so it needs no state of its own.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Dict, List
+
+from edge_runtime.cli import DISCLAIMER
+
+from .service import Ledger
+
+LATEST = 30
+_IMAGE = re.compile(r"^/img/([0-9a-f]{32})/(gradcam\.png|original_flat\.png)$")
+
+CSS = """body{font-family:sans-serif;margin:0;background:#f4f4f4;color:#222}
+header{background:#1d3557;color:#fff;padding:12px 16px}h1{font-size:20px;margin:0}
+.disclaimer{background:#ffe8a3;padding:10px 16px;font-weight:bold}
+.demo{background:#f8d7da;padding:10px 16px;font-weight:bold}
+.grid{display:flex;flex-wrap:wrap;gap:12px;padding:12px}
+.card{background:#fff;border-radius:6px;box-shadow:0 1px 3px #0003;width:300px;padding:10px}
+.card img{width:100%;border-radius:4px;background:#000}
+.badge{display:inline-block;padding:4px 8px;border-radius:4px;font-weight:bold;color:#fff}
+.pos{background:#c1121f}.neg{background:#2a9d8f}.retake{background:#e76f51}.err{background:#6c757d}
+.small{font-size:12px;color:#555;word-break:break-all}"""
+
+
+def _card(r: Dict) -> str:
+    name = html.escape(Path(r.get("source", r.get("file", "?"))).name)
+    when = html.escape(r.get("received_utc", ""))
+    if r.get("error"):
+        body = f'<span class="badge err">could not read</span><p>{html.escape(r["error"])}</p>'
+    elif r.get("retake"):
+        reasons = "".join(f"<li>{html.escape(x)}</li>" for x in r.get("quality", {}).get("reasons", []))
+        body = f'<span class="badge retake">RETAKE PHOTO</span><ul>{reasons}</ul>'
+    else:
+        pos = r.get("decision") == "fractured"
+        label = "FRACTURE SUSPECTED — refer / review" if pos else "no fracture found"
+        img = (f'<img alt="radiograph with Grad-CAM heatmap" src="/img/{r["id"]}/gradcam.png">'
+               if r.get("heatmap") else "")
+        body = (f'{img}<p><span class="badge {"pos" if pos else "neg"}">{label}</span></p>'
+                f'<p>probability {r["probability"]:.3f} (threshold {r["threshold"]:.3f})</p>')
+    return f'<div class="card"><b>{name}</b><div class="small">{when}</div>{body}</div>'
+
+
+def render(records: List[Dict]) -> str:
+    latest = list(reversed(records))[:LATEST]
+    demo = any(r.get("demonstration_only") for r in latest)
+    cards = "".join(_card(r) for r in latest) or "<p>No results yet.</p>"
+    return ("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+            "<meta http-equiv='refresh' content='10'><title>Fracture screening — results</title>"
+            f"<style>{CSS}</style></head><body><header><h1>Fracture screening — latest results</h1></header>"
+            f"<div class='disclaimer'>{html.escape(DISCLAIMER)}</div>"
+            + ("<div class='demo'>DEMONSTRATION MODEL (trained on synthetic images): not for patients.</div>" if demo else "")
+            + f"<div class='grid'>{cards}</div></body></html>")
+
+
+def make_handler(ledger: Ledger, store: Path):
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802 - http.server's name
+            path = self.path.split("?", 1)[0]
+            if path == "/":
+                return self._send(200, render(ledger.records()).encode(), "text/html; charset=utf-8")
+            if path == "/api/results":
+                return self._send(200, json.dumps(ledger.records()[-LATEST:]).encode(), "application/json")
+            m = _IMAGE.match(path)
+            if m and (store / m.group(1) / m.group(2)).is_file():
+                return self._send(200, (store / m.group(1) / m.group(2)).read_bytes(), "image/png")
+            return self._send(404, b"not found", "text/plain")
+
+        def log_message(self, fmt, *args):  # no request log: file names could identify a patient
+            pass
+
+    return Handler
+
+
+def start_page(ledger: Ledger, store: Path, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(ledger, Path(store)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
