@@ -14,9 +14,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from edge_runtime.backends import BackendError
-from edge_runtime.bundle import BundleError
-from edge_runtime.cli import DISCLAIMER
+from edge_runtime.cli import DISCLAIMER, run_command
 
 
 def _film(args) -> int:
@@ -143,9 +141,4 @@ def main(argv: Optional[List[str]] = None) -> int:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_agreement)
-    args = ap.parse_args(argv)
-    try:
-        return args.func(args)
-    except (BundleError, BackendError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(ap.parse_args(argv))

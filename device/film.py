@@ -22,6 +22,7 @@ from PIL import Image, ImageFilter
 
 WORK_SIDE = 400  # the analysis runs on a copy this size; the warp samples the full-size photo
 CROP = 0.02  # share of each side trimmed after flattening (film edge, tape, clips)
+MAX_PHOTO_SIDE = 3000  # larger photos are box-reduced first: the model sees 128 px anyway
 
 
 class FilmNotFound(ValueError):
@@ -132,6 +133,10 @@ def _perspective_coeffs(dst: np.ndarray, src: np.ndarray) -> List[float]:
 
 def flatten_film(photo: Image.Image, out_long_side: int = 1024) -> Flattened:
     """Locate the film, undo the cast, the uneven light and the perspective; raise FilmNotFound."""
+    reduced = 1.0
+    if max(photo.size) > MAX_PHOTO_SIDE:  # a 12 MP still would cost ~0.5 GB of float arrays on a Pi
+        reduced = MAX_PHOTO_SIDE / max(photo.size)
+        photo = photo.resize((round(photo.size[0] * reduced), round(photo.size[1] * reduced)), Image.Resampling.BOX)
     W, H = photo.size
     scale = WORK_SIDE / max(W, H)
     small = photo.convert("RGB").resize((max(1, round(W * scale)), max(1, round(H * scale))), Image.Resampling.BOX)
@@ -182,5 +187,5 @@ def flatten_film(photo: Image.Image, out_long_side: int = 1024) -> Flattened:
     if spread > 1.15:
         notes.append(f"uneven lightbox corrected ({spread:.2f}x brighter at its brightest)")
     film_px = float(min(fw, fh))
-    return Flattened(np.clip(arr, 0, 1).astype(np.float32), corners, frac, touches, level, notes,
-                     transmission=np.clip(raw, 0, 1).astype(np.float32), film_short_side_px=film_px)
+    return Flattened(np.clip(arr, 0, 1).astype(np.float32), corners / reduced, frac, touches, level, notes,
+                     transmission=np.clip(raw, 0, 1).astype(np.float32), film_short_side_px=film_px / reduced)

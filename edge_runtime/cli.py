@@ -89,7 +89,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.set_defaults(func=_predict)
     i = sub.add_parser("info", parents=[common], help="verify a bundle and show what it holds")
     i.set_defaults(func=_info)
-    args = ap.parse_args(argv)
+    return run_command(ap.parse_args(argv))
+
+
+def run_command(args) -> int:
+    """Run the chosen subcommand; an unusable bundle or interpreter is exit status 2 with its reason."""
     try:
         return args.func(args)
     except (BundleError, BackendError) as exc:

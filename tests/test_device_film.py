@@ -164,3 +164,12 @@ def test_without_picamera2_the_camera_says_why(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_picamera)
     with pytest.raises(CameraUnavailable, match="apt install python3-picamera2"):
         PiCamera()
+
+
+def test_a_large_still_is_reduced_first_and_corners_stay_in_its_frame(radiographs):
+    from device.simulate import PhotoSettings
+
+    photo, corners = photo_of_film(radiographs[0][1], PhotoSettings(size=(4000, 3000)), seed=0)
+    flat = flatten_film(photo)
+    assert np.abs(flat.corners - corners).max() < 25 and flat.film_short_side_px > 1500
+    assert max(flat.pixels.shape) <= 1024
