@@ -154,10 +154,14 @@ class Service:
         original = dest / f"original{path.suffix.lower()}"
         shutil.copy2(path, original)
         heat = dest / "gradcam.png"
-        if mode == "film":
-            rec = triage_photo(self.predictor, original, dest, heat)
-        else:
-            rec = triage_file(self.predictor, original, heat)
+        try:
+            if mode == "film":
+                rec = triage_photo(self.predictor, original, dest, heat)
+            else:
+                rec = triage_file(self.predictor, original, heat)
+        except Exception as exc:  # a bug on one image must not crash-loop the service on it
+            rec = {"file": str(original), "mode": mode, "error": f"internal error ({type(exc).__name__}: {exc})",
+                   "warnings": []}
         rec.update(id=fid, source=str(path), original=str(original), received_utc=time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), demonstration_only=self.predictor.bundle.demonstration_only)
         self.ledger.append(rec)

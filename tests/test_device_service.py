@@ -141,3 +141,26 @@ def test_results_page_renders_and_stays_local(tiny_bundle, phantom_dir, tmp_path
         assert share((29, 53, 87)) > 0.01  # the header
     finally:
         server.shutdown()
+
+
+def test_an_internal_error_on_one_image_is_logged_and_the_queue_goes_on(tiny_bundle, phantom_dir, tmp_path,
+                                                                        monkeypatch):
+    import device.service as service_mod
+
+    data, watch = tmp_path / "data", tmp_path / "cr"
+    _fill(watch, phantom_dir, 3)
+    real = service_mod.triage_file
+    calls = []
+
+    def flaky(predictor, path, heat=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("simulated bug")
+        return real(predictor, path, heat)
+
+    monkeypatch.setattr(service_mod, "triage_file", flaky)
+    service = Service(data, [watch], tiny_bundle, settle_s=0)
+    assert service.run_once() == 3
+    recs = service.ledger.records()
+    assert sum("probability" in r for r in recs) == 2
+    assert any("internal error (RuntimeError: simulated bug)" in r.get("error", "") for r in recs)
