@@ -17,7 +17,7 @@ import numpy as np
 
 from .bundle import Artifact, Bundle, BundleError
 
-# Preference order for `auto`: LiteRT's int8 kernels are the fastest on ARM and x86 alike.
+# Preference order for `auto`: LiteRT int8 measured fastest here (docs/benchmarks.md); ARM is owed.
 BACKENDS = ("litert", "tflite", "onnx")
 _MODULE = {"litert": "ai_edge_litert.interpreter", "tflite": "tflite_runtime.interpreter",
            "onnx": "onnxruntime"}

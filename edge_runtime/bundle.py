@@ -23,8 +23,6 @@ ENV_VAR = "FRACTURE_EDGE_BUNDLE"
 # The committed reference bundle, found relative to a source checkout (installs pass --bundle or
 # set $FRACTURE_EDGE_BUNDLE; device/install puts it in a fixed place and sets the variable).
 REPO_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "reference-bundle"
-# Which artifact each interpreter family runs by default: the int8 one export checked.
-FORMATS = ("tflite", "onnx")
 
 
 class BundleError(ValueError):

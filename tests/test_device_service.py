@@ -130,15 +130,15 @@ def test_results_page_renders_and_stays_local(tiny_bundle, phantom_dir, tmp_path
             pytest.skip("Debian's chromium is not installed (apt install chromium): page checked over HTTP only")
         shot = Path(os.environ.get("PAGE_SCREENSHOT", tmp_path / "page.png"))
         subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        f"--screenshot={shot}", "--window-size=1000,900", base + "/"],
+                        f"--screenshot={shot}", "--window-size=1000,2400", base + "/"],
                        capture_output=True, timeout=120)
         img = np.asarray(Image.open(shot).convert("RGB"), np.int16)
-        assert img.shape[:2] == (900, 1000) and img.std() > 20
+        assert img.shape[:2] == (2400, 1000) and img.std() > 20  # tall enough for every card
         def share(rgb):
             return float((np.abs(img - np.array(rgb)).sum(axis=2) < 30).mean())
-        assert share((255, 232, 163)) > 0.005  # the disclaimer banner
-        assert share((231, 111, 81)) > 0.0005  # a RETAKE badge
-        assert share((29, 53, 87)) > 0.01  # the header
+        assert share((255, 232, 163)) > 0.002  # the disclaimer banner
+        assert share((231, 111, 81)) > 0.0002  # a RETAKE badge
+        assert share((29, 53, 87)) > 0.004  # the header
     finally:
         server.shutdown()
 
