@@ -24,7 +24,7 @@ def _film(args) -> int:
 
     predictor = Predictor(args.bundle, args.backend, None, args.threads)
     failed = 0
-    for i, photo in enumerate(args.photos):
+    for photo in args.photos:
         heat = args.heatmap / f"{photo.stem}_gradcam.png" if args.heatmap else None
         rec = triage_photo(predictor, photo, args.keep, heat)
         failed += bool(rec.get("error"))

@@ -141,12 +141,12 @@ def flatten_film(photo: Image.Image, out_long_side: int = 1024) -> Flattened:
     scale = WORK_SIDE / max(W, H)
     small = photo.convert("RGB").resize((max(1, round(W * scale)), max(1, round(H * scale))), Image.Resampling.BOX)
     rgb = _to_array(small)
-    lightbox, _ = _lightbox_mask(_gray(rgb))
+    lightbox, _ = _lightbox_mask(_gray(rgb))  # first pass: only to find the white reference
     if lightbox.mean() < 0.03:
         raise FilmNotFound("no lit lightbox around the film: photograph the film on a lit lightbox")
     rgb, gains = white_balance(rgb, lightbox)
     gray = _gray(rgb)
-    lightbox, illum = _lightbox_mask(gray)
+    lightbox, illum = _lightbox_mask(gray)  # again on the balanced photo, where a cast no longer skews it
     film = ~lightbox
     img = Image.fromarray((film * 255).astype(np.uint8)).filter(ImageFilter.MinFilter(5)).filter(ImageFilter.MaxFilter(5))
     film = np.asarray(img) > 127

@@ -12,7 +12,6 @@ anywhere, and records carry no DICOM tag values.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from PIL import Image
 
+from edge_runtime.bundle import sha256_file
 from edge_runtime.predictor import Predictor
 
 from .triage import triage_file, triage_photo
@@ -108,11 +108,7 @@ class Spool:
 
 
 def file_id(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:32]
+    return sha256_file(path)[:32]
 
 
 class Service:
@@ -135,9 +131,8 @@ class Service:
         for folder, mode in self.sources:
             if not folder.is_dir():
                 continue
-            files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-            for p in sorted(files, key=lambda q: (q.stat().st_mtime, q.name)):
-                st = p.stat()
+            files = [(p, p.stat()) for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+            for p, st in sorted(files, key=lambda f: (f[1].st_mtime, f[0].name)):  # one stat per file per scan
                 if now - st.st_mtime < self.settle_s:
                     continue  # a CR reader may still be writing it
                 key = (str(p), st.st_size, st.st_mtime_ns)

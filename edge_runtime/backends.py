@@ -111,6 +111,14 @@ class TFLiteSession:
         self.outputs = list(zip(_roles_by_shape([tuple(d["shape"]) for d in details], outputs, str(artifact.path)),
                                 details))
 
+    def io_spec(self) -> Dict[str, object]:
+        """Input and output dtypes, scales and zero points as the model file carries them."""
+        def q(d):
+            return {"dtype": np.dtype(d["dtype"]).name, "scale": float(d["quantization"][0]),
+                    "zero_point": int(d["quantization"][1])}
+        return {"delegate": self.delegate, "input": q(self.input),
+                "outputs": {role: q(d) for role, d in self.outputs}}
+
     def run(self, x: np.ndarray) -> Dict[str, np.ndarray]:
         x = np.asarray(x, dtype=np.float32).reshape(self.input["shape"])
         scale, zero = self.input["quantization"]
@@ -149,6 +157,9 @@ class OnnxSession:
         if missing:
             raise BundleError(artifact.path, f"model lacks outputs {sorted(missing)}; it has {names}")
         self.names = list(outputs)
+
+    def io_spec(self) -> None:
+        return None  # float input and outputs; QDQ quantization lives inside the graph
 
     def run(self, x: np.ndarray) -> Dict[str, np.ndarray]:
         x = np.asarray(x, dtype=np.float32)

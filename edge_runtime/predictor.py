@@ -91,6 +91,8 @@ class Predictor:
             if heatmap_path is not None:
                 t0 = time.perf_counter()
                 base = decoded.pixels
+                # The model's decode is drafted down to ~128 px; a readable overlay needs more, and
+                # decoding bigger for everyone would change what the model sees. Only with --heatmap.
                 if max(base.shape) < OVERLAY_SIDE and not decoded.source_mode.startswith("DICOM"):
                     base = read_grayscale(path, draft_size=(OVERLAY_SIDE, OVERLAY_SIDE)).pixels
                 rec["heatmap"] = str(save_overlay(heatmap_path, base, heat, max_side=OVERLAY_SIDE))

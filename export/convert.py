@@ -10,8 +10,9 @@ from_keras fails on Keras 3 models. Both int8 paths calibrate on the same images
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -56,28 +57,32 @@ def _representative(calibration: np.ndarray) -> Iterator[List[np.ndarray]]:
         yield [calibration[i:i + 1].astype(np.float32)]
 
 
-def to_tflite(serving, precision: str, calibration: Optional[np.ndarray] = None) -> bytes:
+def export_saved_model(serving, directory: Path) -> Path:
+    """Once per model: every converter below starts from this SavedModel."""
+    serving.export(str(directory), format="tf_saved_model", verbose=False)
+    return Path(directory)
+
+
+def to_tflite(saved_model: Path, precision: str, calibration: Optional[np.ndarray] = None) -> bytes:
     """Full-integer int8 (int8 input and outputs, calibrated), float32, or float16 weights."""
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory() as tmp:
-        serving.export(tmp, format="tf_saved_model", verbose=False)
-        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        if precision == "int8":
-            if calibration is None or not len(calibration):
-                raise ValueError("int8 TFLite needs calibration images")
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.representative_dataset = lambda: _representative(calibration)
-            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            conv.inference_input_type = tf.int8
-            conv.inference_output_type = tf.int8
-        elif precision == "float16":
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            conv.target_spec.supported_types = [tf.float16]
-        return conv.convert()
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if precision == "int8":
+        if calibration is None or not len(calibration):
+            raise ValueError("int8 TFLite needs calibration images")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: _representative(calibration)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.int8
+        conv.inference_output_type = tf.int8
+    elif precision == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    return conv.convert()
 
 
-def to_onnx_float(serving, path: Path) -> Path:
+def to_onnx_float(saved_model: Path, outputs: Dict[str, Dict[str, List[int]]], path: Path) -> Path:
     """Through the frozen SavedModel signature: tf2onnx's from_function leaves some Keras 3 state
     (EfficientNet's Normalization constants) as graph inputs, which onnxruntime then demands."""
     import onnx
@@ -85,12 +90,10 @@ def to_onnx_float(serving, path: Path) -> Path:
     import tf2onnx
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    with tempfile.TemporaryDirectory() as tmp:
-        serving.export(tmp, format="tf_saved_model", verbose=False)
-        loaded = tf.saved_model.load(tmp)  # must outlive the freezing: the signature only holds weak refs
-        frozen = convert_variables_to_constants_v2(loaded.signatures["serving_default"])
+    loaded = tf.saved_model.load(str(saved_model))  # must outlive the freezing: the signature only holds weak refs
+    frozen = convert_variables_to_constants_v2(loaded.signatures["serving_default"])
     # Name each frozen output by its shape (output_spec guarantees the shapes differ).
-    by_shape = {tuple(v["shape"][1:]): k for k, v in output_spec(serving).items()}
+    by_shape = {tuple(v["shape"][1:]): k for k, v in outputs.items()}
     roles = [by_shape[tuple(int(d) for d in t.shape[1:])] for t in frozen.outputs]
     inputs, outputs = [t.name for t in frozen.inputs], [t.name for t in frozen.outputs]
     proto, _ = tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=inputs,
@@ -130,17 +133,25 @@ def to_onnx_int8(float_path: Path, path: Path, calibration: np.ndarray) -> Path:
     return path
 
 
-def write_artifact(key: str, serving, out_dir: Path, calibration: np.ndarray,
-                   onnx_float_path: Optional[Path] = None) -> Path:
-    fmt, precision = ARTIFACTS[key]
-    path = out_dir / FILE_NAMES[key]
-    if fmt == "tflite":
-        path.write_bytes(to_tflite(serving, precision, calibration if precision == "int8" else None))
-    elif precision == "float32":
-        to_onnx_float(serving, path)
-    else:
-        if onnx_float_path is None or not onnx_float_path.is_file():
-            with tempfile.TemporaryDirectory() as tmp:
-                return to_onnx_int8(to_onnx_float(serving, Path(tmp) / "f.onnx"), path, calibration)
-        to_onnx_int8(onnx_float_path, path, calibration)
-    return path
+def write_artifacts(keys: Sequence[str], serving, out_dir: Path,
+                    calibration: np.ndarray) -> Iterator[Tuple[str, Path, float]]:
+    """Write each requested artifact into out_dir, yielding (key, path, seconds) as each is done.
+
+    One SavedModel serves every converter; float ONNX is made first when int8 ONNX needs it."""
+    outputs = output_spec(serving)
+    order = sorted(keys, key=lambda k: k != "onnx_float")
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = export_saved_model(serving, Path(tmp) / "saved_model")
+        onnx_float: Optional[Path] = None
+        for key in order:
+            t0 = time.time()
+            fmt, precision = ARTIFACTS[key]
+            path = out_dir / FILE_NAMES[key]
+            if fmt == "tflite":
+                path.write_bytes(to_tflite(saved, precision, calibration if precision == "int8" else None))
+            elif precision == "float32":
+                onnx_float = to_onnx_float(saved, outputs, path)
+            else:
+                source = onnx_float or to_onnx_float(saved, outputs, Path(tmp) / "float.onnx")
+                to_onnx_int8(source, path, calibration)
+            yield key, path, time.time() - t0

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
@@ -23,6 +21,7 @@ from edge_runtime.predictor import Predictor
 from edge_runtime.preprocess import PreprocessSpec
 from train.data import DataError, load_data
 from train.dataset import LoadedSplit, load_images
+from train.fit import versions
 from train.split import file_sha256, load_split, records_by_split, split_summary
 
 from . import convert
@@ -34,6 +33,7 @@ from .rewrite import NotFoldable, check_equivalent, fold_batchnorm_after_relu
 from .sources import Source
 
 HEAD_FILE = "gradcam_head.f32"
+EXPORT_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy", "pillow")
 REPORT = "report.md"
 
 
@@ -52,16 +52,6 @@ class Settings:
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _versions() -> Dict[str, Optional[str]]:
-    out: Dict[str, Optional[str]] = {"python": platform.python_version()}
-    for pkg in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy", "pillow"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def rejected_path(out: Path) -> Path:
@@ -101,15 +91,7 @@ def _run_artifact(bundle, key: str, test: LoadedSplit, with_cam: bool):
         probs.append(float(out["prob"].reshape(-1)[0]))
         if with_cam:
             cams.append(pred.head.cam(out["features"], out.get("hidden"))[0])
-    io = None
-    if hasattr(pred.session, "input"):
-        s = pred.session
-        io = {"delegate": s.delegate,
-              "input": {"dtype": np.dtype(s.input["dtype"]).name, "scale": float(s.input["quantization"][0]),
-                        "zero_point": int(s.input["quantization"][1])},
-              "outputs": {role: {"dtype": np.dtype(d["dtype"]).name, "scale": float(d["quantization"][0]),
-                                 "zero_point": int(d["quantization"][1])} for role, d in s.outputs}}
-    return np.array(probs), (np.stack(cams) if with_cam else None), pred.backend, io
+    return np.array(probs), (np.stack(cams) if with_cam else None), pred.backend, pred.session.io_spec()
 
 
 def export_one(source: Source, out: Path, settings: Settings) -> Dict:
@@ -215,17 +197,11 @@ def export_one(source: Source, out: Path, settings: Settings) -> Dict:
 def _write_stage(stage: Path, source: Source, serving, head, head_note, calibration, spec, threshold,
                  data: Dict, rewrite: Dict, settings: Settings, tag: str) -> Dict:
     artifacts: Dict[str, Dict] = {}
-    onnx_float = None
-    order = sorted(settings.artifacts, key=lambda k: k != "onnx_float")  # float ONNX first: int8 ONNX starts from it
-    for key in order:
-        t0 = time.time()
-        path = convert.write_artifact(key, serving, stage, calibration, onnx_float)
-        if key == "onnx_float":
-            onnx_float = path
+    for key, path, seconds in convert.write_artifacts(settings.artifacts, serving, stage, calibration):
         fmt, precision = convert.ARTIFACTS[key]
         artifacts[key] = {"file": path.name, "format": fmt, "precision": precision,
                           "bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        log(f"{tag} wrote {path.name} ({path.stat().st_size / 1e6:.2f} MB, {time.time() - t0:.1f} s)")
+        log(f"{tag} wrote {path.name} ({path.stat().st_size / 1e6:.2f} MB, {seconds:.1f} s)")
     artifacts = {k: artifacts[k] for k in settings.artifacts}
     files = {a["file"]: a["sha256"] for a in artifacts.values()}
     gradcam = None
@@ -257,7 +233,7 @@ def _write_stage(stage: Path, source: Source, serving, head, head_note, calibrat
         "gradcam": gradcam, "gradcam_unavailable": head_note,
         "artifacts": artifacts,
         "data": data,
-        "provenance": {"export_command": settings.command, "versions": _versions(),
+        "provenance": {"export_command": settings.command, "versions": versions(EXPORT_PACKAGES),
                        "training_command": run.get("command"), "training_seed": run.get("training", {}).get("seed"),
                        "trained_with": run.get("versions")},
         "files": files,

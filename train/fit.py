@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -19,16 +19,20 @@ from .dataset import AUGMENT, LoadedSplit, make_tf_dataset
 from .evaluate import _header, evaluate_model
 from .split import split_summary
 
+TRAIN_PACKAGES = ("tensorflow", "keras", "numpy", "pillow", "scikit-learn", "matplotlib")
 
-def versions() -> Dict[str, str]:
+
+def versions(packages: Sequence[str] = TRAIN_PACKAGES) -> Dict[str, Optional[str]]:
+    """Python, platform and each package's installed version (None where it is absent)."""
     import importlib.metadata as md
 
-    out = {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine()}
-    for pkg in ("tensorflow", "keras", "numpy", "pillow", "scikit-learn", "matplotlib"):
+    out: Dict[str, Optional[str]] = {"python": platform.python_version(), "platform": platform.platform(),
+                                     "machine": platform.machine()}
+    for pkg in packages:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
-            pass
+            out[pkg] = None
     return out
 
 

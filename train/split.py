@@ -7,10 +7,11 @@ another split; its sha256 is recorded in every run and, later, in every bundle.
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
+
+from edge_runtime.bundle import sha256_file as file_sha256  # noqa: F401 - one sha256 for every file
 
 from .data import DataError, Dataset, Record
 
@@ -60,14 +61,6 @@ def save_split(assignment: Dict[str, str], dataset: Dataset, path: Path) -> str:
             r = by_id[image_id]
             w.writerow([image_id, assignment[image_id], r.label, r.region])
     return file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_split(path: Path, dataset: Dataset) -> Dict[str, str]:
