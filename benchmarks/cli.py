@@ -111,7 +111,8 @@ def run_worker(cmd: List[str], timeout: float) -> Dict[str, object]:
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["worker failed"])[-1]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["cold_start_s"] = out["t_first_answer"] - t_spawn
+    if "t_first_answer" in out:
+        out["cold_start_s"] = out["t_first_answer"] - t_spawn
     return out
 
 
@@ -176,6 +177,25 @@ def end_to_end(bundle, files: Dict[str, Path], repeats: int) -> Dict[str, Dict[s
     return out
 
 
+def film_path(bundle, photos: Dict[str, Path], runs: int) -> Dict[str, Dict[str, object]]:
+    """The film path on phone-style JPEGs, each size in its own process (its peak memory is its own)."""
+    out = {}
+    for name, path in photos.items():
+        r = run_worker(["--film", str(path), "--bundle", str(bundle.path), "--threads", "1", "--runs", str(runs),
+                        "--warmup", "1"], timeout=900)
+        if "error" in r:
+            out[name] = {"error": r["error"]}
+            continue
+        stages = sorted({k for t in r["timings_ms"] for k in t})
+        med = {f"{k}_ms": statistics.median(t[k] for t in r["timings_ms"] if k in t) for k in stages}
+        from PIL import Image
+        with Image.open(path) as img:
+            size = img.size
+        out[name] = {"file": str(path), "bytes": path.stat().st_size, "pixels": size, "runs": r["runs"],
+                     "answered": r["answered"], "codes": r["codes"], "peak_rss_mb": r["peak_rss_mb"], **med}
+    return out
+
+
 def accuracy(bundle) -> Dict[str, object]:
     """From the manifest: export measured every artifact through this runtime on the test split."""
     m = bundle.manifest
@@ -210,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     keras_path = None
     if not args.no_keras and importlib.util.find_spec("tensorflow") is not None:
         keras_path = _keras_model(bundle, args.keras)
-    from .inputs import write_inputs
+    from .inputs import write_inputs, write_phone_photos
 
     w, h = (int(v) for v in args.image_size.lower().split("x"))
     progress = sys.stderr.isatty() or not args.json
@@ -224,6 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "keras_baseline": str(keras_path) if keras_path else None,
         "backends": measure_backends(bundle, keras_path, threads, args.runs, args.warmup, args.batch, progress),
         "end_to_end": end_to_end(bundle, write_inputs(args.out / "inputs", (w, h)), args.repeats),
+        "film_path": film_path(bundle, write_phone_photos(args.out / "inputs", quick=args.quick), max(3, args.repeats)),
         "accuracy": accuracy(bundle),
     }
     result["targets"] = targets(result)

@@ -35,3 +35,29 @@ def write_inputs(out: Path, size: Tuple[int, int] = (2000, 2500)) -> Dict[str, P
     Image.fromarray(arr).save(paths["jpeg"], quality=92)
     Image.fromarray(arr).save(paths["png"], optimize=False)
     return paths
+
+
+PHONE_SIZES = {"12MP": (4000, 3000), "48MP": (8000, 6000)}
+
+
+def write_phone_photos(out: Path, sizes: Dict[str, Tuple[int, int]] = PHONE_SIZES, seed: int = 0,
+                       quick: bool = False) -> Dict[str, Path]:
+    """Phone-style JPEGs of a film on a lightbox in a room (device/simulate.py), made once per size
+    (`quick`: the 12 MP one only)."""
+    if quick:
+        sizes = {k: v for k, v in sizes.items() if k == "12MP"}
+    from dataclasses import replace
+
+    from device.simulate import draw_scene, render_photo
+
+    out.mkdir(parents=True, exist_ok=True)
+    radiograph = synthetic_radiograph((1000, 1250), seed).astype(np.float32) / 255.0
+    paths = {}
+    for name, size in sizes.items():
+        path = out / f"phone_{name}_{size[0]}x{size[1]}.jpg"
+        if not path.is_file():
+            rng = np.random.default_rng([seed, size[0]])
+            scene = replace(draw_scene("room", 1.25, rng, photo_size=size), jpeg_quality=92)  # a phone camera's quality
+            path.write_bytes(render_photo(radiograph, scene))
+        paths[name] = path
+    return paths

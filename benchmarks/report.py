@@ -39,6 +39,10 @@ def targets(res: Dict) -> List[Dict]:
                        e2e["overhead_over_decode"] if e2e else None, 0.30, False))
     out.append(_target("Grad-CAM <= half of one inference",
                        e2e["gradcam_ms"] / e2e["inference_ms"] if e2e else None, 0.5, False))
+    film = res.get("film_path", {}).get("12MP", {})
+    out.append(_target("film path, 12 MP JPEG: <= 0.3 s", film.get("total_ms") / 1000 if film.get("total_ms") else None,
+                       0.3, False, "s"))
+    out.append(_target("film path, 12 MP JPEG: <= 300 MB peak RSS", film.get("peak_rss_mb"), 300, False, "MB"))
     deltas = [a["delta_auc"] for a in res["accuracy"]["artifacts"].values() if a.get("delta_auc") is not None]
     out.append(_target("int8 within 0.01 AUC of float on the test split",
                        max(abs(d) for d in deltas) if deltas else None, 0.01, False))
@@ -75,6 +79,19 @@ def markdown(res: Dict) -> str:
         lines.append(f"| {kind} | {e['bytes'] / 1e6:.1f} MB | {e['decode_full_ms']:.1f} | {e['decode_fast_ms']:.1f} | "
                      f"{e['preprocess_ms']:.2f} | {e['inference_ms']:.2f} | {e['gradcam_ms']:.3f} | "
                      f"{e['predict_file_total_ms']:.1f} | +{e['overhead_over_decode']:.0%} |")
+    if res.get("film_path"):
+        lines += ["", "## Film path: a phone photo of film on a lightbox to the answer (medians, 1 thread, kept "
+                      "image written, no overlay)", "",
+                  "| photo | pixels | file MB | decode ms | checks+find+flatten+gate ms | keep ms | preprocess ms | "
+                  "inference ms | Grad-CAM ms | total ms | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, e in res["film_path"].items():
+            if "error" in e:
+                lines.append(f"| {name} | error: {e['error']} | | | | | | | | | |")
+                continue
+            lines.append(f"| {name} | {e['pixels'][0]}x{e['pixels'][1]} | {e['bytes'] / 1e6:.1f} | {_f(e.get('decode_ms'), '.0f')} | "
+                         f"{_f(e.get('film_ms'), '.0f')} | {_f(e.get('keep_ms'), '.0f')} | {_f(e.get('preprocess_ms'), '.1f')} | "
+                         f"{_f(e.get('inference_ms'), '.1f')} | {_f(e.get('gradcam_ms'), '.2f')} | {_f(e.get('total_ms'), '.0f')} | "
+                         f"{_f(e.get('peak_rss_mb'), '.0f')} |")
     acc = res["accuracy"]
     lines += ["", f"## Accuracy ({acc['source']}; float AUC {_f(acc['float_auc'], '.3f')})", "",
               "| artifact | AUC | ΔAUC | agreement |", "|---|---:|---:|---:|"]

@@ -1,15 +1,15 @@
-"""From a photo of film on a lightbox to the radiograph, with numpy and Pillow only.
+"""From a photo of film on a lightbox to the film's transmission, with numpy and Pillow only.
 
-The lightbox is the brightest thing in the photo; the film is the darker quadrilateral on it (its
-bones are bright too, but they lie inside the film, so the film is "what the lit lightbox region
-does not reach from the photo's edge"). Steps:
-
-1. White balance on the lightbox pixels (it is white light; a cast from the camera or the tube
-   shows up there), then gray.
-2. Illumination: fit a smooth (quadratic) surface to the lightbox brightness around the film and
-   divide by it, so an unevenly lit box gives the film's own transmission in [0, 1].
-3. The film's four corners (extremes of x+y and x-y of the film mask), a perspective transform
-   to a rectangle, and a small crop that drops the film's edge.
+1. Find the film (device/film_finder.py) on a small copy of the photo.
+2. White balance from the bare lightbox beside the film: it is white light, so a cast from the
+   camera or the tubes shows up there.
+3. Rectify: a perspective warp of the film's quadrilateral to a rectangle, from the photo as
+   decoded (a few times the model's input size, never the full 12-108 MP).
+4. Light: a smooth surface fitted to the lightbox around the film, corrected side by side by the
+   lightbox's brightness just outside each edge and spread over the film as a Coons patch, so
+   fluorescent tubes behind the diffuser (stripes along either axis) and uneven boxes cancel.
+   Dividing by it gives the film's transmission; no window or contrast is applied here, because
+   THE preprocessing function (edge_runtime/preprocess.py) normalises intensity for every input.
 """
 
 from __future__ import annotations
@@ -18,174 +18,231 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
-WORK_SIDE = 400  # the analysis runs on a copy this size; the warp samples the full-size photo
-CROP = 0.02  # share of each side trimmed after flattening (film edge, tape, clips)
-MAX_PHOTO_SIDE = 3000  # larger photos are box-reduced first: the model sees 128 px anyway
+from . import geometry as geo
+from .film_finder import FilmNotFound, Found, locate, working_copy
+from .imageops import dilate
 
+OUT_LONG_SIDE = 1024  # the rectified film's long side at most (the model reads 128-224 px)
+INSET = 0.006  # share of each side dropped after rectifying: the film's edge, not its content
+PROFILE_OFFSETS = (0.015, 0.025, 0.035)  # where the lightbox is sampled outside each edge, x film size
+GRID = 48  # the light correction is computed on this grid over the film, then upsampled
 
-class FilmNotFound(ValueError):
-    """No film could be located; the reason is for the technician."""
+__all__ = ["Flattened", "FilmNotFound", "flatten_film"]
 
 
 @dataclass
 class Flattened:
-    pixels: np.ndarray  # 2-D float32 in [0, 1], bone bright, as the radiograph file would show
-    corners: np.ndarray  # (4, 2) film corners in the photo (x, y): TL, TR, BR, BL
-    film_fraction: float  # film area / photo area
-    touches_edge: bool  # the film mask reaches the photo's border: probably cut off
-    lightbox_level: float  # median lightbox brightness before correction, 0..1
+    pixels: np.ndarray  # 2-D float32 transmission in [0, 1]: the radiograph, bone bright
+    corners: np.ndarray  # (4, 2) film corners in the photo's original pixels: TL, TR, BR, BL
+    film_short_side_px: float  # in the original photo's pixels
+    film_share: float  # film area / photo area
+    lightbox_level: float  # median of the bare lightbox beside the film, 0..1 as encoded
+    cut_off: bool  # the film runs off the photo's edge
+    raw_peak_share: float  # share of film pixels at the sensor's clip level (over-exposure, glare)
+    glare_share: float  # share of film pixels brighter than the lightbox behind them
+    edge_width: Optional[float] = None  # 10-90% width of the film's border step, share of its short side (camera blur)
     notes: List[str] = field(default_factory=list)
-    transmission: Optional[np.ndarray] = None  # before the auto-window, for the glare check
-    film_short_side_px: float = 0.0  # the film's shorter side in the photo
+    found: Optional[Found] = None
 
 
-def _to_array(photo: Image.Image) -> np.ndarray:
-    return np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
+def _bilinear(img: np.ndarray, pts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Values of a 2-D array at float (x, y) points, and whether each point is inside it."""
+    h, w = img.shape
+    x, y = pts[..., 0], pts[..., 1]
+    ok = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+    x, y = np.clip(x, 0, w - 1.001), np.clip(y, 0, h - 1.001)
+    x0, y0 = x.astype(int), y.astype(int)
+    fx, fy = x - x0, y - y0
+    v = (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
+         + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
+    return v, ok
 
 
-def white_balance(rgb: np.ndarray, lightbox: np.ndarray) -> Tuple[np.ndarray, List[float]]:
-    """Scale channels so the lightbox is neutral (gray-world on the one region known to be white)."""
-    ref = np.median(rgb[lightbox], axis=0) if lightbox.any() else np.median(rgb.reshape(-1, 3), axis=0)
-    gains = ref.mean() / np.maximum(ref, 1e-3)
-    return np.clip(rgb * gains, 0.0, 1.0), [float(g) for g in gains]
+def _quadratic_fit(g: np.ndarray, mask: np.ndarray):
+    """Coefficients of a quadratic surface through g on mask (image coordinates); None if too few."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 50:
+        return None
+    if len(xs) > 8000:
+        step = len(xs) // 8000
+        xs, ys = xs[::step], ys[::step]
+    vals = g[ys, xs]
+    for _ in range(2):  # fingers and clips on the lightbox: drop the darkest fifth and refit
+        basis = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=1).astype(np.float64) / \
+            np.array([1, g.shape[1], g.shape[0], g.shape[1] ** 2, g.shape[0] * g.shape[1], g.shape[0] ** 2])
+        coef, *_ = np.linalg.lstsq(basis, vals, rcond=None)
+        resid = vals - basis @ coef
+        keep = resid > np.percentile(resid, 20)
+        xs, ys, vals = xs[keep], ys[keep], vals[keep]
+    return coef, g.shape
 
 
-def _gray(rgb: np.ndarray) -> np.ndarray:
-    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+def _eval_quadratic(fit, pts: np.ndarray) -> np.ndarray:
+    coef, (h, w) = fit
+    x, y = pts[..., 0], pts[..., 1]
+    return (coef[0] + coef[1] * x / w + coef[2] * y / h + coef[3] * x * x / w ** 2 + coef[4] * x * y / (w * h)
+            + coef[5] * y * y / h ** 2)
 
 
-def _otsu(values: np.ndarray) -> float:
-    hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
-    p = hist / max(hist.sum(), 1)
-    w0 = np.cumsum(p)
-    mu = np.cumsum(p * np.arange(256))
-    between = (mu[-1] * w0 - mu) ** 2 / np.maximum(w0 * (1 - w0), 1e-12)
-    return float(edges[int(np.argmax(between)) + 1])
+def _coons(top: np.ndarray, bottom: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The surface on [0,1]^2 that matches four boundary curves; exact for anything that varies
+    along one axis only (tubes) plus a bilinear gradient."""
+    n = len(top)
+    u = np.linspace(0, 1, n)[None, :]
+    v = np.linspace(0, 1, n)[:, None]
+    ruled_v = (1 - v) * top[None, :] + v * bottom[None, :]
+    ruled_u = (1 - u) * left[:, None] + u * right[:, None]
+    corners = ((1 - u) * (1 - v) * top[0] + u * (1 - v) * top[-1] + (1 - u) * v * bottom[0] + u * v * bottom[-1])
+    return ruled_v + ruled_u - corners
 
 
-def _from_border(mask: np.ndarray) -> np.ndarray:
-    """The part of `mask` connected to the photo's border (geodesic growth from the border)."""
-    img = Image.fromarray((mask * 255).astype(np.uint8))
-    mask = np.asarray(img.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))) > 127  # close gaps
-    region = np.zeros_like(mask)
-    region[0], region[-1], region[:, 0], region[:, -1] = mask[0], mask[-1], mask[:, 0], mask[:, -1]
-    while True:
-        before = int(region.sum())
-        for _ in range(8):
-            grown = region.copy()
-            grown[1:] |= region[:-1]
-            grown[:-1] |= region[1:]
-            grown[:, 1:] |= region[:, :-1]
-            grown[:, :-1] |= region[:, 1:]
-            region = grown & mask
-        if int(region.sum()) == before:
-            return region
+def _side_ratio(gray: np.ndarray, fit, quad: np.ndarray, side: int, n: int, level: float) -> np.ndarray:
+    """Lightbox brightness just outside one side, relative to the fitted surface, along the side
+    (1 where the lightbox is not visible there: off the photo, a finger, the housing)."""
+    a, b = quad[side], quad[(side + 1) % 4]
+    centre = quad.mean(axis=0)
+    d = b - a
+    nrm = np.array([-d[1], d[0]]) / (np.linalg.norm(d) or 1.0)
+    if nrm @ (a - centre) < 0:
+        nrm = -nrm
+    size = max(geo.side_lengths(quad))
+    t = np.linspace(0, 1, n)[:, None]
+    ratios = []
+    for off in PROFILE_OFFSETS:
+        p = a + d * t + nrm * off * size
+        v, ok = _bilinear(gray, p)
+        f = _eval_quadratic(fit, p)
+        r = v / np.maximum(f, 1e-3)
+        ok &= (v > 0.75 * level) & (r > 0.7) & (r < 1.4)
+        ratios.append(np.where(ok, r, np.nan))
+    stack = np.array(ratios)
+    good = np.isfinite(stack).any(axis=0)
+    if good.mean() < 0.3:
+        return np.ones(n)
+    r = np.full(n, np.nan)
+    r[good] = np.nanmedian(stack[:, good], axis=0)
+    idx = np.arange(n)
+    return np.interp(idx, idx[good], r[good])
 
 
-# The clearest film base passes ~85% of the light, so anything within 8% of the lightbox's own
-# (fitted) brightness is lightbox, even where the box is unevenly lit and bone runs to the edge.
-LIGHTBOX_RATIO = 0.92
+def edge_width(gray: np.ndarray, quad: np.ndarray, level: float) -> Optional[float]:
+    """How wide the film's own border is in the photo: the 10-90% width of the step from lightbox
+    to film, median over profiles across the sides, as a share of the film's short side.
+
+    The border of a film is a sharp step whatever the radiograph shows, so this measures the
+    camera's blur (focus, shake) and not how soft the radiograph itself is. None when no side
+    shows a clear step (dense film against dark housing everywhere)."""
+    centre = quad.mean(axis=0)
+    short = min(geo.side_lengths(quad))
+    reach = max(4.0, 0.04 * short)
+    steps = np.linspace(-reach, reach, int(4 * reach) + 1)  # quarter-pixel samples across the border
+    widths = []
+    for i in range(4):
+        a, b = quad[i], quad[(i + 1) % 4]
+        d = b - a
+        n = np.array([-d[1], d[0]]) / (np.linalg.norm(d) or 1.0)
+        if n @ (a - centre) < 0:
+            n = -n
+        t = np.linspace(0.15, 0.85, 24)
+        pts = (a + d * t[:, None])[:, None, :] + steps[None, :, None] * n[None, None, :]
+        prof, ok = _bilinear(gray, pts)  # (24, samples): inside -> outside
+        for row, good in zip(prof, ok.all(axis=1)):
+            k = max(2, len(row) // 6)
+            lo, hi = float(np.median(row[:k])), float(np.median(row[-k:]))
+            if not good or hi - lo < 0.2 * level:
+                continue
+            u = (row - lo) / (hi - lo)
+            if u[:k].max() > 0.5 or u[-k:].min() < 0.5:
+                continue  # a finger, a clip, a bone at the border: not a clean step
+            x10 = steps[np.argmax(u >= 0.1)]
+            x90 = steps[len(u) - 1 - np.argmax(u[::-1] <= 0.9)]
+            widths.append(max(0.0, float(x90 - x10)))
+    if len(widths) < 6:
+        return None
+    return float(np.median(widths)) / max(short, 1.0)
 
 
-def _lightbox_mask(gray: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(lightbox pixels reachable from the border, fitted illumination surface)."""
-    rough = _from_border(gray > _otsu(gray))
-    illum = _illumination(gray, rough) if rough.mean() > 0.01 else np.full_like(gray, max(gray.max(), 1e-3))
-    for _ in range(2):
-        box = _from_border(gray / illum > LIGHTBOX_RATIO)
-        if box.mean() < 0.01:
-            break
-        illum = _illumination(gray, box)
-    return _from_border(gray / illum > LIGHTBOX_RATIO), illum
+def _light_field(gray: np.ndarray, lit: np.ndarray, quad: np.ndarray, out_to_small: np.ndarray,
+                 size: Tuple[int, int], level: float) -> np.ndarray:
+    """The lightbox's brightness behind every pixel of the rectified film (oh, ow), estimated on
+    the small working copy (`gray`, `lit`, `quad` in its pixels): light varies slowly."""
+    ow, oh = size
+    film = geo.fill_polygon(gray.shape, quad)
+    ring = dilate(film, max(3, int(0.12 * max(geo.side_lengths(quad))))) & lit & ~film
+    fit = _quadratic_fit(gray, ring)
+    if fit is None:
+        return np.full((oh, ow), max(level, 1e-3), np.float32)
+    uu, vv = np.meshgrid(np.linspace(0, ow, GRID), np.linspace(0, oh, GRID))
+    pts = geo.apply_homography(out_to_small, np.column_stack([uu.ravel(), vv.ravel()])).reshape(GRID, GRID, 2)
+    base = _eval_quadratic(fit, pts)
+    sides = [_side_ratio(gray, fit, quad, k, GRID, level) for k in range(4)]
+    top, right, bottom, left = sides[0], sides[1], sides[2][::-1], sides[3][::-1]
+    light = np.clip(base * _coons(top, bottom, left, right), 0.02, None).astype(np.float32)
+    return np.asarray(Image.fromarray(light).resize((ow, oh), Image.Resampling.BILINEAR), np.float32)
 
 
-def _corners(film: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(film)
-    s, d = xs + ys, xs - ys
-    return np.array([[xs[s.argmin()], ys[s.argmin()]], [xs[d.argmax()], ys[d.argmax()]],
-                     [xs[s.argmax()], ys[s.argmax()]], [xs[d.argmin()], ys[d.argmin()]]], dtype=np.float64)
+def flatten_film(photo: Image.Image, out_long_side: int = OUT_LONG_SIDE,
+                 original_size: Optional[Tuple[int, int]] = None,
+                 small: Optional[Tuple[np.ndarray, float]] = None) -> Flattened:
+    """Locate the film in `photo` (RGB, as decoded), undo cast, light and perspective.
 
-
-def _illumination(gray: np.ndarray, lightbox: np.ndarray) -> np.ndarray:
-    """Least-squares quadratic surface through the lightbox brightness, evaluated everywhere."""
-    h, w = gray.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    x, y = xx / w - 0.5, yy / h - 0.5
-    basis = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=-1).reshape(-1, 6)
-    idx = np.flatnonzero(lightbox.reshape(-1))
-    if idx.size > 4000:
-        idx = idx[:: idx.size // 4000]
-    coef, *_ = np.linalg.lstsq(basis[idx], gray.reshape(-1)[idx], rcond=None)
-    return np.clip((basis @ coef).reshape(h, w), 0.05, None).astype(np.float32)
-
-
-def _perspective_coeffs(dst: np.ndarray, src: np.ndarray) -> List[float]:
-    """Pillow's PERSPECTIVE maps output (x, y) to input; solve the 8 coefficients from 4 pairs."""
-    rows, rhs = [], []
-    for (x, y), (u, v) in zip(dst, src):
-        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
-        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
-        rhs.extend([u, v])
-    return np.linalg.solve(np.array(rows, float), np.array(rhs, float)).tolist()
-
-
-def flatten_film(photo: Image.Image, out_long_side: int = 1024) -> Flattened:
-    """Locate the film, undo the cast, the uneven light and the perspective; raise FilmNotFound."""
-    reduced = 1.0
-    if max(photo.size) > MAX_PHOTO_SIDE:  # a 12 MP still would cost ~0.5 GB of float arrays on a Pi
-        reduced = MAX_PHOTO_SIDE / max(photo.size)
-        photo = photo.resize((round(photo.size[0] * reduced), round(photo.size[1] * reduced)), Image.Resampling.BOX)
+    Raises FilmNotFound. `original_size` is the photo's size as stored, when `photo` was reduced
+    while decoding; reported sizes and corners are in those pixels. `small` is the finder's
+    working copy when the caller already made it.
+    """
     W, H = photo.size
-    scale = WORK_SIDE / max(W, H)
-    small = photo.convert("RGB").resize((max(1, round(W * scale)), max(1, round(H * scale))), Image.Resampling.BOX)
-    rgb = _to_array(small)
-    lightbox, _ = _lightbox_mask(_gray(rgb))  # first pass: only to find the white reference
-    if lightbox.mean() < 0.03:
-        raise FilmNotFound("no lit lightbox around the film: photograph the film on a lit lightbox")
-    rgb, gains = white_balance(rgb, lightbox)
-    gray = _gray(rgb)
-    lightbox, illum = _lightbox_mask(gray)  # again on the balanced photo, where a cast no longer skews it
-    film = ~lightbox
-    img = Image.fromarray((film * 255).astype(np.uint8)).filter(ImageFilter.MinFilter(5)).filter(ImageFilter.MaxFilter(5))
-    film = np.asarray(img) > 127
-    frac = float(film.mean())
-    if frac < 0.05:
-        raise FilmNotFound("film not found: nothing darker than the lightbox covers enough of the photo")
-    h, w = film.shape
-    edge = np.concatenate([film[0], film[-1], film[:, 0], film[:, -1]])
-    touches = bool(edge.mean() > 0.02)
-    corners_small = _corners(film)
-    level = float(np.median(gray[lightbox]))
+    to_original = (original_size[0] / W) if original_size else 1.0
+    small, s = small if small is not None else working_copy(photo)
+    found = locate(small, s)
+    gray_small = small @ np.array([0.299, 0.587, 0.114], np.float32)
+    near = dilate(found.mask, max(3, int(0.06 * max(small.shape)))) & found.lit & ~found.mask
+    if near.sum() < 20:
+        near = found.lit
+    ref = np.median(small[near], axis=0)
+    gains = float(ref.mean()) / np.maximum(ref, 1e-3)
+    level = float(np.median(gray_small[near]))
 
-    # Full resolution: balance, divide by the (upsampled) illumination, then warp the quad.
-    full = _to_array(photo)
-    full = np.clip(full * np.array(gains, np.float32), 0.0, 1.0)
-    illum_full = np.asarray(Image.fromarray(illum).resize((W, H), Image.Resampling.BILINEAR), np.float32)
-    transmission = np.clip(_gray(full) / illum_full, 0.0, 1.0)
-    corners = corners_small / scale
-    top, bottom = np.linalg.norm(corners[1] - corners[0]), np.linalg.norm(corners[2] - corners[3])
-    left, right = np.linalg.norm(corners[3] - corners[0]), np.linalg.norm(corners[2] - corners[1])
-    fw, fh = (top + bottom) / 2, (left + right) / 2
-    k = out_long_side / max(fw, fh) if max(fw, fh) > out_long_side else 1.0
+    quad = found.quad / s  # in the decoded photo's pixels
+    fw, fh = geo.side_lengths(quad)
+    k = min(1.0, out_long_side / max(fw, fh))
     ow, oh = max(16, round(fw * k)), max(16, round(fh * k))
+    # Gray with the lightbox's white balance; reduce first when the film is far larger than the
+    # output (Pillow's perspective warp samples without averaging).
+    gains = gains / (0.299 * gains[0] + 0.587 * gains[1] + 0.114 * gains[2])  # the lightbox keeps its gray level
+    wts = np.array([0.299, 0.587, 0.114]) * gains
+    gray_img = photo.convert("L", matrix=(float(wts[0]), float(wts[1]), float(wts[2]), 0.0))
+    factor = int(max(fw, fh) / max(ow, oh) / 1.5)
+    if factor >= 2:
+        gray_img = gray_img.reduce(factor)
+        quad_g = quad / factor
+    else:
+        factor, quad_g = 1, quad
     dst = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], float)
-    coeffs = _perspective_coeffs(dst, corners)
-    warped = Image.fromarray(transmission).transform((ow, oh), Image.Transform.PERSPECTIVE, coeffs,
-                                                     Image.Resampling.BILINEAR)
-    arr = np.asarray(warped, np.float32)
-    cy, cx = int(oh * CROP), int(ow * CROP)
-    arr = arr[cy:oh - cy, cx:ow - cx]
-    raw = arr  # transmission: film base passes <= ~85%, so values near 1 mean extra light (glare)
-    lo, hi = np.percentile(arr, [0.5, 99.5])  # a viewer's auto-window, as a CR export would be
-    arr = (arr - lo) / (hi - lo) if hi - lo > 1e-3 else np.zeros_like(arr)
+    out_to_photo = geo.homography_from_points(dst, quad_g)
+    warped = np.asarray(gray_img.transform((ow, oh), Image.Transform.PERSPECTIVE, geo.pil_perspective(out_to_photo),
+                                           Image.Resampling.BILINEAR), np.float32) / 255.0
+    balanced_small = (small * gains.astype(np.float32)[None, None, :]) @ np.array([0.299, 0.587, 0.114], np.float32)
+    out_to_small = geo.homography_from_points(dst, found.quad)
+    light = _light_field(balanced_small, found.lit, found.quad, out_to_small, (ow, oh), level)
+    width = edge_width(np.asarray(gray_img, np.float32) / 255.0, quad_g, level)
+    transmission = warped / light
+    cy, cx = int(round(oh * INSET)), int(round(ow * INSET))
+    transmission = transmission[cy:oh - cy, cx:ow - cx]
+    raw = warped[cy:oh - cy, cx:ow - cx]
+
     notes = []
     if max(abs(g - 1) for g in gains) > 0.05:
         notes.append("colour cast corrected")
-    spread = float(illum.max() / max(illum.min(), 1e-3))
-    if spread > 1.15:
-        notes.append(f"uneven lightbox corrected ({spread:.2f}x brighter at its brightest)")
-    film_px = float(min(fw, fh))
-    return Flattened(np.clip(arr, 0, 1).astype(np.float32), corners / reduced, frac, touches, level, notes,
-                     transmission=np.clip(raw, 0, 1).astype(np.float32), film_short_side_px=film_px / reduced)
+    if found.other_films:
+        notes.append(f"{found.other_films + 1} films in the photo: read the one nearest the centre")
+    if found.unlit_sides:
+        notes.append("the film runs past the lightbox's edge: what lies beyond it is not read")
+    corners = quad * to_original
+    short = min(geo.side_lengths(corners))
+    return Flattened(
+        pixels=np.clip(transmission, 0.0, 1.0).astype(np.float32), corners=corners, film_short_side_px=short,
+        film_share=float(found.mask.mean()), lightbox_level=level, cut_off=found.cut_off,
+        raw_peak_share=float((raw >= 0.985).mean()), glare_share=float((transmission > 1.03).mean()),
+        edge_width=width, notes=notes, found=found)

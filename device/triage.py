@@ -1,68 +1,96 @@
 """One input -> one result record, for the `film` command and the service alike.
 
-A film photo is flattened and checked first; a photo that fails the gate gets `retake: true`,
-the reasons, and no probability. A file from a CR reader goes straight to the runtime.
+A film photo is decoded reduced, checked, flattened and gated; a photo that fails gets
+`retake: true`, the reasons (text and code) and no probability. One that passes is predicted
+from the flattened array itself, through the same preprocessing a file gets. A file from a CR
+reader goes straight to the runtime.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from edge_runtime.imageio import MAX_PIXELS
+from edge_runtime.errors import ImageReadError
+from edge_runtime.imageio import DecodedImage
 from edge_runtime.predictor import Predictor
+from edge_runtime.preprocess import window
 
-from .film import FilmNotFound, flatten_film
-from .quality import assess
+from . import quality
+from .film import FilmNotFound, Flattened, flatten_film
+from .film_finder import working_copy
+from .photo import chroma_spread, open_photo
+
+FLAT_SUFFIX = "_flat.png"
 
 
-def _open_photo(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise ValueError("file not found" if not path.exists() else "not a regular file")
-    if path.stat().st_size == 0:
-        raise ValueError("file is empty")
+def display_image(flat: Flattened) -> np.ndarray:
+    """The flattened film as a viewer would show it (auto-window); for people, not the model."""
+    return window(flat.pixels, (0.5, 99.5))
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 2)
+
+
+def read_film(photo) -> Dict[str, Any]:
+    """{"quality": Quality, "flat": Flattened or None} for a decoded Photo."""
+    small, scale = working_copy(photo.image)
+    gray_file = photo.source_mode not in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "P", "PA") \
+        or chroma_spread(small) < quality.GRAY_CHROMA
+    early = quality.before_finding(photo.original_size, small, gray_file)
+    if early is not None:
+        return {"quality": quality.Quality(False, [early]), "flat": None}
     try:
-        with Image.open(path) as img:
-            if img.size[0] * img.size[1] > MAX_PIXELS:
-                raise ValueError(f"photo is {img.size[0]}x{img.size[1]} px, above the {MAX_PIXELS:,} px limit")
-            img.load()
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except UnidentifiedImageError:
-        raise ValueError("not an image, or an image format Pillow cannot read") from None
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"corrupt or truncated image ({exc})") from None
+        flat = flatten_film(photo.image, original_size=photo.original_size, small=(small, scale))
+    except FilmNotFound:
+        return {"quality": quality.Quality(False, [quality.not_found(small)]), "flat": None}
+    return {"quality": quality.assess(flat), "flat": flat}
 
 
-def triage_photo(predictor: Predictor, path: Path, keep_dir: Path,
+def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
                  heatmap_path: Optional[Path] = None) -> Dict[str, Any]:
     path = Path(path)
     rec: Dict[str, Any] = {"file": str(path), "mode": "film", "model": predictor.bundle.model_name,
                            "threshold": predictor.threshold}
+    t_all = t0 = time.perf_counter()
     try:
-        photo = _open_photo(path)
-    except ValueError as exc:
-        rec.update(error=str(exc), warnings=[])
+        photo = open_photo(path)
+    except ImageReadError as exc:
+        rec.update(error=exc.reason, warnings=[])
         return rec
-    try:
-        flat = flatten_film(photo)
-    except FilmNotFound as exc:
-        rec.update(retake=True, decision="retake", quality={"ok": False, "reasons": [str(exc)], "metrics": {}},
-                   warnings=[])
+    timings = {"decode": _ms(t0)}
+    t0 = time.perf_counter()
+    got = read_film(photo)
+    timings["film"] = _ms(t0)  # checks, finding, flattening and the gate
+    q, flat = got["quality"], got["flat"]
+    rec["quality"] = q.to_dict()
+    if flat is not None:
+        rec["film"] = {"corners": np.round(flat.corners, 1).tolist(), "notes": flat.notes,
+                       "short_side_px": round(flat.film_short_side_px, 1)}
+        if keep_dir is not None:
+            t0 = time.perf_counter()
+            keep_dir.mkdir(parents=True, exist_ok=True)
+            flat_path = keep_dir / f"{path.stem}{FLAT_SUFFIX}"
+            Image.fromarray((display_image(flat) * 255.0 + 0.5).astype(np.uint8)).save(flat_path, compress_level=1)
+            rec["flattened"] = str(flat_path)
+            timings["keep"] = _ms(t0)
+    if not q.ok:
+        timings["total"] = _ms(t_all)
+        rec.update(retake=True, decision="retake", warnings=[], timings_ms=timings)
         return rec
-    quality = assess(photo, flat)
-    keep_dir.mkdir(parents=True, exist_ok=True)
-    flat_path = keep_dir / f"{path.stem}_flat.png"
-    Image.fromarray((flat.pixels * 255.0 + 0.5).astype(np.uint8)).save(flat_path)
-    rec.update(quality=quality.to_dict(), flattened=str(flat_path), film_notes=flat.notes)
-    if not quality.ok:
-        rec.update(retake=True, decision="retake", warnings=[])
-        return rec
-    result = predictor.predict_file(flat_path, heatmap_path)
-    result.update(file=str(path), mode="film", flattened=str(flat_path), quality=quality.to_dict(),
-                  film_notes=flat.notes, retake=False)
+    decoded = DecodedImage(flat.pixels, f"film photo ({photo.source_mode})", photo.original_size, [])
+    result = predictor.predict_pixels(decoded, path, heatmap_path, lambda: display_image(flat))
+    result.update(mode="film", retake=False, quality=rec["quality"], film=rec["film"])
+    if "flattened" in rec:
+        result["flattened"] = rec["flattened"]
+    if "timings_ms" in result:
+        model_ms = {k: v for k, v in result["timings_ms"].items() if k != "total"}
+        result["timings_ms"] = {**timings, **model_ms, "total": _ms(t_all)}
     return result
 
 

@@ -40,11 +40,31 @@ def container_bits(peak: float, mode: str) -> int:
     return min(16, used + (used % 2))
 
 
+def reduce_factor(size: Tuple[int, int], draft_size: Tuple[int, int]) -> int:
+    """JPEG draft mode's choice: the largest of 1, 2, 4, 8 that keeps both sides >= draft_size."""
+    w, h = size
+    return max([f for f in (2, 4, 8) if w // f >= draft_size[0] and h // f >= draft_size[1]], default=1)
+
+
+def box_reduce(pixels: np.ndarray, draft_size: Tuple[int, int]) -> np.ndarray:
+    """The same reduction on a decoded array (DICOM), so every format reaches the model alike."""
+    h, w = pixels.shape
+    f = reduce_factor((w, h), draft_size)
+    if f == 1:
+        return pixels
+    # As Image.reduce (and the JPEG codec) do: a partial last block is averaged over what it has.
+    H, W = -(-h // f), -(-w // f)
+    total = np.zeros((H * f, W * f), np.float64)
+    count = np.zeros((H * f, W * f), np.float64)
+    total[:h, :w], count[:h, :w] = pixels, 1.0
+    sums = total.reshape(H, f, W, f).sum(axis=(1, 3))
+    return (sums / count.reshape(H, f, W, f).sum(axis=(1, 3))).astype(np.float32)
+
+
 def _reduce(img: Image.Image, draft_size: Tuple[int, int]) -> Image.Image:
     """What JPEG's draft mode does for other formats: box-average by 2, 4 or 8, never below
     draft_size, so a full-size PNG or TIFF is not resized from millions of float pixels."""
-    w, h = img.size
-    factor = max([f for f in (2, 4, 8) if w // f >= draft_size[0] and h // f >= draft_size[1]], default=1)
+    factor = reduce_factor(img.size, draft_size)
     if factor == 1 or img.mode not in ("L", "RGB", "RGBA", "LA", "I", "F") + tuple(_SIXTEEN_BIT_MODES):
         return img
     if img.mode.startswith("I;16"):

@@ -10,14 +10,20 @@ from typing import Tuple, Union
 import numpy as np
 
 from .dicom import looks_like_dicom, read_dicom
-from .imageio import DecodedImage, read_grayscale
+from .imageio import DecodedImage, box_reduce, read_grayscale
 from .preprocess import PreprocessSpec, preprocess
 
 
 def read_image(path: Union[str, Path], spec: PreprocessSpec) -> DecodedImage:
+    """Decoded and reduced the same way whatever the format: JPEG by its codec's DCT scaling, the
+    others by box averaging with the same factor, so one radiograph as JPEG, PNG or DICOM gives
+    the model the same pixels."""
+    draft = (spec.size, spec.size)
     if looks_like_dicom(path):
-        return read_dicom(path)
-    return read_grayscale(path, draft_size=(spec.size, spec.size))
+        decoded = read_dicom(path)
+        decoded.pixels = box_reduce(decoded.pixels, draft)
+        return decoded
+    return read_grayscale(path, draft_size=draft)
 
 
 def load_input(path: Union[str, Path], spec: PreprocessSpec) -> Tuple[np.ndarray, DecodedImage]:

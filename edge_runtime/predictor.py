@@ -1,14 +1,16 @@
 """Bundle + interpreter + Grad-CAM head: one image file in, one result record out.
 
-A file that cannot be read gives a record with `error` set and no probability; the caller's batch
-goes on. Each stage is timed so the device (and benchmarks/) can see where the time goes.
+A file that cannot be read, or holds nothing to read (blank, flat, noise), gives a record with
+`error` set and no probability; the caller's batch goes on. A flattened film photo enters through
+`predict_pixels`, after decoding, so it meets exactly the preprocessing a file does. Each stage
+is timed so the device (and benchmarks/) can see where the time goes.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
@@ -16,10 +18,11 @@ from .backends import open_session
 from .bundle import Bundle, load_bundle
 from .errors import ImageReadError
 from .gradcam import load_head
-from .imageio import read_grayscale
+from .dicom import read_dicom
+from .imageio import DecodedImage, box_reduce, read_grayscale
 from .inputs import read_image
 from .overlay import save_overlay
-from .preprocess import preprocess
+from .preprocess import content_problem, merge_maps, normalize_intensity, resize_input, views
 
 POSITIVE, NEGATIVE = "fractured", "non-fractured"
 OVERLAY_SIDE = 768  # long side of the overlay PNG: readable on a phone, cheap to write
@@ -60,41 +63,72 @@ class Predictor:
             return None
         return self.head.cam(outputs["features"], outputs.get("hidden"))[1]
 
+    def answer(self, x: np.ndarray, timings: Optional[Dict[str, float]] = None) -> Tuple[float, Optional[np.ndarray]]:
+        """(probability, raw Grad-CAM map or None) for one preprocessed image (size, size, 1):
+        the mean over the spec's views, each view's map turned back before averaging."""
+        t0 = time.perf_counter()
+        outs = [self.infer(v) for v in views(x, self.spec)]
+        p = float(np.mean([float(o["prob"].reshape(-1)[0]) for o in outs]))
+        if timings is not None:
+            timings["inference"] = _ms(t0)
+        if self.head is None:
+            return p, None
+        t0 = time.perf_counter()
+        raw = merge_maps(np.stack([self.head.cam(o["features"], o.get("hidden"))[0] for o in outs]), self.spec)
+        if timings is not None:
+            timings["gradcam"] = _ms(t0)
+        return p, raw
+
     def predict_file(self, path: Union[str, Path], heatmap_path: Optional[Path] = None) -> Dict[str, Any]:
         path = Path(path)
-        rec: Dict[str, Any] = {"file": str(path), "model": self.bundle.model_name, "backend": self.backend,
-                               "artifact": self.artifact, "threshold": self.threshold}
-        t_all = time.perf_counter()
-        timings: Dict[str, float] = {}
+        t0 = time.perf_counter()
         try:
-            t0 = time.perf_counter()
             decoded = read_image(path, self.spec)
-            timings["decode"] = _ms(t0)
         except ImageReadError as exc:
-            rec.update(error=exc.reason, warnings=[])
+            return {**self._header(path), "error": exc.reason, "warnings": []}
+        decode_ms = _ms(t0)
+
+        def display() -> np.ndarray:
+            # The model's decode is reduced to ~128 px; a readable overlay needs more, and
+            # decoding bigger for everyone would change what the model sees. Only with --heatmap.
+            if max(decoded.pixels.shape) >= OVERLAY_SIDE:
+                return decoded.pixels
+            if decoded.source_mode.startswith("DICOM"):
+                return box_reduce(read_dicom(path).pixels, (OVERLAY_SIDE, OVERLAY_SIDE))
+            return read_grayscale(path, draft_size=(OVERLAY_SIDE, OVERLAY_SIDE)).pixels
+
+        rec = self.predict_pixels(decoded, path, heatmap_path, display, t_start=t0)
+        if "timings_ms" in rec:
+            rec["timings_ms"] = {"decode": decode_ms, **rec["timings_ms"]}
+        return rec
+
+    def predict_pixels(self, decoded: DecodedImage, name: Union[str, Path], heatmap_path: Optional[Path] = None,
+                       display: Optional[Callable[[], np.ndarray]] = None, t_start: Optional[float] = None) -> Dict[str, Any]:
+        """One decoded image (a file's pixels, or a flattened film) -> its result record."""
+        rec = self._header(name)
+        t_all = t_start if t_start is not None else time.perf_counter()
+        timings: Dict[str, float] = {}
+        t0 = time.perf_counter()
+        small = resize_input(decoded.pixels, self.spec)
+        problem = content_problem(small)
+        if problem:
+            rec.update(error=problem, warnings=list(decoded.warnings))
             return rec
-        t0 = time.perf_counter()
-        x = preprocess(decoded.pixels, self.spec)
+        x = normalize_intensity(small, self.spec)[:, :, None]
         timings["preprocess"] = _ms(t0)
-        t0 = time.perf_counter()
-        out = self.infer(x)
-        timings["inference"] = _ms(t0)
-        p = float(out["prob"].reshape(-1)[0])
+        p, raw = self.answer(x, timings)
         rec.update(probability=round(p, 6), decision=POSITIVE if p >= self.threshold else NEGATIVE,
                    source={"mode": decoded.source_mode, "width": decoded.source_size[0],
                            "height": decoded.source_size[1]},
                    warnings=list(decoded.warnings))
-        if self.head is not None:
-            t0 = time.perf_counter()
-            heat = self.heatmap(out)
-            timings["gradcam"] = _ms(t0)
+        if self.spec.n_views > 1:
+            rec["views"] = self.spec.n_views
+        if raw is not None:
+            peak = float(raw.max())
+            heat = raw / peak if peak > 0 else np.zeros_like(raw)
             if heatmap_path is not None:
                 t0 = time.perf_counter()
-                base = decoded.pixels
-                # The model's decode is drafted down to ~128 px; a readable overlay needs more, and
-                # decoding bigger for everyone would change what the model sees. Only with --heatmap.
-                if max(base.shape) < OVERLAY_SIDE and not decoded.source_mode.startswith("DICOM"):
-                    base = read_grayscale(path, draft_size=(OVERLAY_SIDE, OVERLAY_SIDE)).pixels
+                base = display() if display is not None else decoded.pixels
                 rec["heatmap"] = str(save_overlay(heatmap_path, base, heat, max_side=OVERLAY_SIDE))
                 timings["overlay"] = _ms(t0)
         elif heatmap_path is not None:
@@ -102,6 +136,10 @@ class Predictor:
         timings["total"] = _ms(t_all)
         rec["timings_ms"] = timings
         return rec
+
+    def _header(self, name: Union[str, Path]) -> Dict[str, Any]:
+        return {"file": str(name), "model": self.bundle.model_name, "backend": self.backend,
+                "artifact": self.artifact, "threshold": self.threshold}
 
     def predict_files(self, paths: Iterable[Union[str, Path]],
                       heatmap_dir: Optional[Path] = None) -> Iterator[Dict[str, Any]]:

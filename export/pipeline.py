@@ -70,16 +70,17 @@ def _threshold(source: Source, model, load_val: Callable[[], LoadedSplit]) -> Di
     if source.metrics and "threshold" in source.metrics:
         t = source.metrics["threshold"]
         return {"threshold": float(t["value"]), "rule": t["rule"], "chosen_on": t["chosen_on"]}
+    from train.evaluate import predict
     from train.metrics import choose_threshold
     val = load_val()
-    p = model.predict(val.images, verbose=0).reshape(-1)
+    p = predict(model, val.images, val.spec)
     return {"threshold": choose_threshold(val.labels, p, "youden"), "rule": "youden",
             "chosen_on": "validation split (at export: the model file came without metrics.json)"}
 
 
-def _reference_cams(model, layer: str, images: np.ndarray) -> np.ndarray:
-    from train.gradcam import gradcam
-    return np.concatenate([gradcam(model, images[i:i + 32], layer)[0] for i in range(0, len(images), 32)])
+def _reference_cams(model, layer: str, images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    from train.gradcam import gradcam_views
+    return np.concatenate([gradcam_views(model, images[i:i + 32], layer, spec)[0] for i in range(0, len(images), 32)])
 
 
 def _run_artifact(bundle, key: str, test: LoadedSplit, with_cam: bool):
@@ -87,10 +88,10 @@ def _run_artifact(bundle, key: str, test: LoadedSplit, with_cam: bool):
     pred = Predictor(bundle, artifact=key, gradcam=with_cam)
     probs, cams = [], []
     for x in test.images:
-        out = pred.infer(x)
-        probs.append(float(out["prob"].reshape(-1)[0]))
+        p, cam = pred.answer(x)
+        probs.append(p)
         if with_cam:
-            cams.append(pred.head.cam(out["features"], out.get("hidden"))[0])
+            cams.append(cam)
     return np.array(probs), (np.stack(cams) if with_cam else None), pred.backend, pred.session.io_spec()
 
 
@@ -150,8 +151,9 @@ def export_one(source: Source, out: Path, settings: Settings) -> Dict:
                                 data, rewrite, settings, tag)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # pending, for the check
         bundle = load_bundle(stage, require_accepted=False)
-        p_float = model.predict(test.images, verbose=0).reshape(-1)
-        cams_ref = _reference_cams(model, head.layer, test.images) if head else None
+        from train.evaluate import predict
+        p_float = predict(model, test.images, spec)
+        cams_ref = _reference_cams(model, head.layer, test.images, spec) if head else None
         ref = classification(test.labels, p_float, threshold["threshold"])
         passed = True
         for key in manifest["artifacts"]:

@@ -1,111 +1,201 @@
-"""Film on a lightbox: simulated photos of phantom radiographs, flattened, gated, predicted."""
+"""Film on a lightbox: simulated phone photos (device/simulate.py) found, flattened, gated, read.
+
+Scenes here are drawn from seeds 5000 and up; the reader's thresholds were tuned on seeds below
+100, so these photos are new to it. Each condition varies every parameter widely.
+"""
 
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from device.camera import CameraUnavailable, FileSource, PiCamera
-from device.film import FilmNotFound, flatten_film
-from device.quality import assess
-from device.simulate import default_faults, photo_of_film, radiograph_from_file
+from device.film import flatten_film
+from device.film_finder import FilmNotFound, locate, working_copy
+from device.photo import open_photo
+from device.simulate import (ANSWER_CONDITIONS, REFUSE_CONDITIONS, SAME_REASON, draw_scene, film_corners,
+                             open_jpeg, render_photo, simulate, visible_film_corners)
+from device.triage import read_film
 
 pytestmark = pytest.mark.slow
+SEED = 5000
+CORNER_TOLERANCE = 0.015  # of the photo's long side (~24 px of 1600): sub-pixel at the model's 128 px
+# A film past the lightbox's edge ends, on that side, where the light ends: dark film on the
+# lightbox beside dark film on the housing, a weak step, so that one side is less certain.
+OVERHANG_TOLERANCE = 0.035
 
 
 @pytest.fixture(scope="module")
-def radiographs(tmp_path_factory):
-    """Four phantom radiographs at a film-like resolution (the shared phantom set is thumbnail-sized)."""
+def radiographs():
+    """Four phantom radiographs at a film-like resolution, both classes, three regions."""
     from train.phantom import render_phantom
 
-    out = tmp_path_factory.mktemp("radiographs")
-    files = []
+    out = []
     for i, (region, fractured) in enumerate([("leg", True), ("hand", True), ("leg", False), ("hip", False)]):
-        arr = render_phantom(np.random.default_rng(i), region, fractured, size=(620, 760))
-        Image.fromarray(arr).save(out / f"r{i}.jpg", quality=95)
-        files.append(out / f"r{i}.jpg")
-    return [(f, radiograph_from_file(f)) for f in files]
+        arr = render_phantom(np.random.default_rng(i), region, fractured, size=(620, 500))
+        out.append(arr.astype(np.float32) / 255.0)
+    return out
 
 
-def _corr(a, b):
-    """Correlation of the flattened film with the radiograph, cropped the same way."""
-    from device.film import CROP
-
-    h, w = b.shape
-    b = b[int(h * CROP):h - int(h * CROP), int(w * CROP):w - int(w * CROP)]
-    a = np.asarray(Image.fromarray(a).resize((128, 128)), np.float32).ravel()
-    b = np.asarray(Image.fromarray(b).resize((128, 128)), np.float32).ravel()
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-@pytest.mark.parametrize("fault", ["clean", "cast", "uneven", "moire"])
-def test_flattening_recovers_the_radiograph_and_passes_the_gate(radiographs, fault):
-    for i, (_, r) in enumerate(radiographs):
-        photo, corners = photo_of_film(r, default_faults(fault), seed=i)
-        flat = flatten_film(photo)
-        assert np.abs(flat.corners - corners).max() < 15  # px in a 1600 x 1200 photo
-        assert _corr(flat.pixels, r) > 0.9
-        q = assess(photo, flat)
-        assert q.ok, (fault, q.reasons)
-    if fault == "cast":
-        assert "colour cast corrected" in flat.notes
+def _photo(radiograph, condition, k, tmp_path=None):
+    rng = np.random.default_rng([SEED, k, ANSWER_CONDITIONS.index(condition) if condition in ANSWER_CONDITIONS else 99])
+    data, scene = simulate(radiograph, condition, rng)
+    if tmp_path is not None:
+        path = Path(tmp_path) / f"{condition}_{k}.jpg"
+        path.write_bytes(data)
+        return path, scene
+    return open_jpeg(data), scene
 
 
-@pytest.mark.parametrize("fault, reason", [("blur", "blurred"), ("glare", "glare"), ("dark", "under-exposed"),
-                                           ("bright", "over-exposed"), ("cut_off", "cut off"), ("small", "too small")])
-def test_each_fault_is_refused_with_its_reason(radiographs, fault, reason):
-    for i, (_, r) in enumerate(radiographs):
-        photo, _ = photo_of_film(r, default_faults(fault), seed=i)
-        q = assess(photo, flatten_film(photo))
-        assert not q.ok and any(reason in x for x in q.reasons), (fault, q.reasons)
+def _corner_error(found, truth):
+    return min(np.abs(np.roll(found, s, axis=0) - truth).max() for s in range(4))
 
 
-def test_no_lightbox_means_film_not_found():
-    dark_room = Image.fromarray((np.random.default_rng(0).random((600, 800, 3)) * 40).astype(np.uint8))
-    with pytest.raises(FilmNotFound, match="lightbox"):
-        flatten_film(dark_room)
+@pytest.mark.parametrize("condition", ANSWER_CONDITIONS)
+def test_the_film_is_found_in_every_framing(radiographs, condition):
+    unlit_reported = 0
+    for k, r in enumerate(radiographs):
+        photo, scene = _photo(r, condition, k)
+        small, s = working_copy(photo)
+        found = locate(small, s)
+        unlit_reported += bool(found.unlit_sides)
+        truth = visible_film_corners(scene) if condition == "overhang" else film_corners(scene)
+        if len(truth) == 4:
+            err = _corner_error(found.quad / s, truth) / max(photo.size)
+            assert err < (OVERHANG_TOLERANCE if condition == "overhang" else CORNER_TOLERANCE), (condition, k, err)
+        if condition == "two_films":
+            assert found.other_films >= 1
+    if condition == "overhang":
+        assert unlit_reported >= 3, "the side past the lightbox's edge is reported"
 
 
-def test_film_command_gives_retake_or_answer_per_photo(tiny_bundle, radiographs, tmp_path, capsys):
+@pytest.mark.parametrize("condition", ANSWER_CONDITIONS)
+def test_clean_photos_pass_the_gate_and_flatten_to_the_radiograph(radiographs, condition, tmp_path):
+    from edge_runtime.preprocess import PreprocessSpec, preprocess
+
+    spec = PreprocessSpec(normalize="window")
+    for k, r in enumerate(radiographs):
+        path, _ = _photo(r, condition, k, tmp_path)
+        got = read_film(open_photo(path))
+        assert got["quality"].ok, (condition, k, got["quality"].codes)
+        if condition == "overhang":
+            continue  # part of the film is not lit: film-agreement measures what that costs
+        a = preprocess(got["flat"].pixels, spec)[:, :, 0]
+        b = preprocess(r, spec)[:, :, 0]
+        best = max(np.corrcoef(np.rot90(v, q).ravel(), b.ravel())[0, 1] for v in (a, a[:, ::-1]) for q in range(4))
+        assert best > 0.8, (condition, k, best)
+
+
+@pytest.mark.parametrize("condition", sorted(REFUSE_CONDITIONS))
+def test_each_fault_is_refused_with_its_reason(radiographs, condition, tmp_path):
+    expected = (REFUSE_CONDITIONS[condition],) + SAME_REASON.get(REFUSE_CONDITIONS[condition], ())
+    right = 0
+    for k, r in enumerate(radiographs):
+        path, _ = _photo(r, condition, k, tmp_path)
+        q = read_film(open_photo(path))["quality"]
+        assert not q.ok, (condition, k)  # never answered
+        right += any(code in q.codes for code in expected)
+        assert all(reason.text for reason in q.reasons)
+    assert right >= 3, (condition, right)  # at least 3 of 4 for the stated reason
+
+
+def test_a_plain_radiograph_file_is_sent_to_predict(radiographs, tmp_path):
+    for mode in ("L", "RGB"):
+        p = tmp_path / f"file_{mode}.png"
+        Image.fromarray((radiographs[0] * 255).astype(np.uint8)).convert(mode).save(p)
+        q = read_film(open_photo(p))["quality"]
+        assert q.codes == ["radiograph_file"] and "edge_runtime predict" in q.reasons[0].text
+
+
+def test_blank_and_tiny_photos_are_called_so(radiographs, tmp_path):
+    Image.new("RGB", (1200, 900), (12, 12, 12)).save(tmp_path / "black.jpg")
+    Image.new("RGB", (1200, 900), (200, 200, 205)).save(tmp_path / "wall.jpg")
+    Image.new("RGB", (200, 150), (90, 80, 70)).save(tmp_path / "tiny_blank.jpg")
+    tiny, _ = _photo(radiographs[0], "tiny", 0, tmp_path)
+    for name in ("black.jpg", "wall.jpg", "tiny_blank.jpg"):
+        assert read_film(open_photo(tmp_path / name))["quality"].codes == ["blank"], name
+    q = read_film(open_photo(tiny))["quality"]
+    assert q.codes == ["photo_too_small"] and "too small" in q.reasons[0].text
+
+
+def test_no_lightbox_means_no_film_and_the_reason_names_screens():
+    dark_room = (np.random.default_rng(0).random((600, 800, 3)) * 120).astype(np.uint8)
+    small, s = working_copy(Image.fromarray(dark_room))
+    with pytest.raises(FilmNotFound):
+        locate(small, s)
+    from device.quality import not_found
+    assert "screen" in not_found(small).text
+
+
+def test_a_108_megapixel_photo_is_decoded_reduced(tmp_path):
+    p = tmp_path / "big.jpg"
+    Image.new("RGB", (12000, 9000), (120, 110, 100)).save(p, quality=80)
+    photo = open_photo(p)
+    assert photo.original_size == (12000, 9000) and max(photo.image.size) <= 2000 and photo.scale == pytest.approx(1 / 8)
+
+
+def test_exif_rotated_phone_photo_is_read_upright(radiographs, tmp_path):
+    photo, _ = _photo(radiographs[0], "room", 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the phone was held sideways: rotate 90 degrees on display
+    photo.save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=92)
+    got = open_photo(tmp_path / "rot.jpg")
+    w, h = photo.size
+    assert got.original_size == (h, w) and got.image.size == (h, w)
+    assert read_film(got)["quality"].ok
+
+
+def test_flattening_a_photo_reduced_while_decoding_reports_original_pixels(radiographs):
+    rng = np.random.default_rng([SEED, 77])
+    scene = draw_scene("room", 620 / 500, rng, photo_size=(4000, 3000))
+    photo = open_jpeg(render_photo(radiographs[0], scene))
+    small = photo.resize((1000, 750))
+    flat = flatten_film(small, original_size=photo.size)
+    assert _corner_error(flat.corners, film_corners(scene)) / 4000 < CORNER_TOLERANCE
+    assert flat.film_short_side_px > 600
+
+
+def test_film_command_answers_refuses_and_labels_the_demonstration(tiny_bundle, radiographs, tmp_path, capsys):
     from device.cli import main as device_main
 
-    good, _ = photo_of_film(radiographs[0][1], default_faults("clean"), seed=0)
-    blurred, _ = photo_of_film(radiographs[0][1], default_faults("blur"), seed=0)
-    good.save(tmp_path / "good.jpg", quality=92)
-    blurred.save(tmp_path / "blurred.jpg", quality=92)
+    good, _ = _photo(radiographs[0], "room", 1, tmp_path)
+    blurred, _ = _photo(radiographs[0], "blur", 1, tmp_path)
     (tmp_path / "notes.jpg").write_text("not a photo")
     rc = device_main(["film", "--bundle", str(tiny_bundle), "--keep", str(tmp_path / "keep"), "--json",
-                      "--heatmap", str(tmp_path / "heat"), str(tmp_path / "good.jpg"), str(tmp_path / "blurred.jpg"),
-                      str(tmp_path / "notes.jpg")])
-    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+                      "--heatmap", str(tmp_path / "heat"), str(good), str(blurred), str(tmp_path / "notes.jpg")])
+    out = capsys.readouterr()
+    recs = [json.loads(line) for line in out.out.splitlines()]
     assert rc == 1 and len(recs) == 3
     ok, retake, bad = recs
     assert ok["quality"]["ok"] and 0 <= ok["probability"] <= 1 and ok["decision"] in ("fractured", "non-fractured")
-    assert (tmp_path / "keep" / "good_flat.png").is_file() and ok["flattened"].endswith("good_flat.png")
-    assert ok["file"].endswith("good.jpg") and "timings_ms" in ok and ok["heatmap"]
-    assert retake["retake"] and "probability" not in retake and not retake["quality"]["ok"]
-    assert any("blurred" in r for r in retake["quality"]["reasons"])
+    assert Path(ok["flattened"]).is_file() and ok["heatmap"] and ok["demonstration_only"] is True
+    assert {"decode", "film", "inference", "total"} <= set(ok["timings_ms"])
+    assert retake["retake"] and "probability" not in retake and "blur" in retake["quality"]["codes"]
     assert "not an image" in bad["error"] and "probability" not in bad
+    assert "DEMONSTRATION" in out.err
+
+    rc = device_main(["film", "--bundle", str(tiny_bundle), "--keep", str(tmp_path / "keep2"), str(good)])
+    text = capsys.readouterr()
+    assert rc == 0 and "[DEMONSTRATION MODEL]" in text.out and "DEMONSTRATION" in text.err
 
 
-def test_flattened_photos_give_the_files_decision(tiny_bundle, radiographs):
-    """Same decision from the photo as from the file: measured here on phantom images only."""
+def test_the_film_is_predicted_from_the_array_through_the_same_preprocessing(tiny_bundle, radiographs, tmp_path):
+    """No PNG round trip: the record's probability is predict_pixels on the flattened film itself."""
+    from edge_runtime.imageio import DecodedImage
     from edge_runtime.predictor import Predictor
     from device.triage import triage_photo
-    import tempfile
-    from pathlib import Path
 
     pred = Predictor(tiny_bundle, gradcam=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        for i, (path, r) in enumerate(radiographs):
-            photo, _ = photo_of_film(r, default_faults("clean"), seed=i)
-            photo.save(Path(tmp) / f"p{i}.jpg", quality=92)
-            rec = triage_photo(pred, Path(tmp) / f"p{i}.jpg", Path(tmp))
-            direct = pred.predict_file(path)
-            assert abs(rec["probability"] - direct["probability"]) < 0.25
+    path, _ = _photo(radiographs[1], "full", 2, tmp_path)
+    rec = triage_photo(pred, path, None)
+    flat = read_film(open_photo(path))["flat"]
+    again = pred.predict_pixels(DecodedImage(flat.pixels, "film", (1, 1), []), "x")
+    assert rec["probability"] == pytest.approx(again["probability"], abs=1e-6)
+    assert "flattened" not in rec  # nothing written without --keep
 
 
 class FakePicamera2:
@@ -134,14 +224,15 @@ class FakePicamera2:
 
 
 def test_pi_camera_through_a_fake_picamera2(radiographs, tmp_path):
-    photo, _ = photo_of_film(radiographs[0][1], default_faults("cast"), seed=0)
+    photo, _ = _photo(radiographs[0], "room", 3)
     fake = FakePicamera2(np.asarray(photo))
     cam = PiCamera(fake)
     got = cam.capture()
     cam.close()
     assert np.array_equal(np.asarray(got), np.asarray(photo))  # BGR order undone
     assert [c[0] for c in fake.calls] == ["config", "configure", "start", "capture", "stop"]
-    assert assess(got, flatten_film(got)).ok
+    got.save(tmp_path / "pi.jpg", quality=95)
+    assert read_film(open_photo(tmp_path / "pi.jpg"))["quality"].ok
 
     photo.save(tmp_path / "phone.jpg")
     src = FileSource([tmp_path / "phone.jpg"])
@@ -166,10 +257,26 @@ def test_without_picamera2_the_camera_says_why(monkeypatch):
         PiCamera()
 
 
-def test_a_large_still_is_reduced_first_and_corners_stay_in_its_frame(radiographs):
-    from device.simulate import PhotoSettings
+def test_film_agreement_reports_every_condition(tiny_bundle, phantom_dir, tmp_path, capsys):
+    """The command on two phantom radiographs: per condition, photos, acceptance and flips add up."""
+    from device.cli import main as device_main
 
-    photo, corners = photo_of_film(radiographs[0][1], PhotoSettings(size=(4000, 3000)), seed=0)
-    flat = flatten_film(photo)
-    assert np.abs(flat.corners - corners).max() < 25 and flat.film_short_side_px > 1500
-    assert max(flat.pixels.shape) <= 1024
+    split = tmp_path / "split.csv"
+    names = sorted(p.name for p in phantom_dir.rglob("*.jpg"))[:2]
+    split.write_text("image_id,split,label,region\n" + "".join(f"{n},test,0,leg\n" for n in names)
+                     + f"{sorted(p.name for p in phantom_dir.rglob('*.jpg'))[2]},val,0,leg\n")
+    out = tmp_path / "agr"
+    rc = device_main(["film-agreement", str(phantom_dir), "--split", str(split), "--bundle", str(tiny_bundle),
+                      "--conditions", "room,rotated,blur,radiograph_file", "--out", str(out), "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["meta"]["files"] == 2 and res["meta"]["part"] == "test"
+    conds = res["conditions"]
+    for c in ("room", "rotated"):
+        r = conds[c]
+        assert r["expect"] == "answer" and r["photos"] == 2
+        if r["accepted"]:
+            assert 0 <= r["same_decision"] <= 1 and r["fracture_lost"] + r["fracture_added"] <= r["accepted"]
+            assert 0 <= r["mean_abs_dp"] <= r["p95_abs_dp"] + 1e-9
+    assert conds["blur"]["expect"] == "blur" and conds["blur"]["accepted"] == 0
+    assert conds["radiograph_file"]["right_reason"] == 2
+    assert (out / "agreement.md").read_text().startswith("### ") and len((out / "photos.csv").read_text().splitlines()) == 9

@@ -72,16 +72,14 @@ def test_kill_9_mid_batch_loses_nothing_and_duplicates_nothing(tiny_bundle, phan
 
 def _queue_and_process(tiny_bundle, phantom_dir, tmp_path):
     """Two CR files, a broken file, a good and a blurred capture -> one queue -> five records."""
-    from device.simulate import default_faults, photo_of_film
+    from device.simulate import simulate
     from train.phantom import render_phantom
 
     data, watch = tmp_path / "data", tmp_path / "cr"
     _fill(watch, phantom_dir, 2)
-    arr = render_phantom(np.random.default_rng(5), "leg", True, size=(620, 760))
-    photo, _ = photo_of_film(arr.astype(np.float32) / 255.0, default_faults("clean"))
-    blurred, _ = photo_of_film(arr.astype(np.float32) / 255.0, default_faults("blur"))
-    photo.save(tmp_path / "phone.jpg", quality=92)
-    blurred.save(tmp_path / "shaky.jpg", quality=92)
+    arr = render_phantom(np.random.default_rng(5), "leg", True, size=(620, 760)).astype(np.float32) / 255.0
+    (tmp_path / "phone.jpg").write_bytes(simulate(arr, "room", np.random.default_rng(5001))[0])
+    (tmp_path / "shaky.jpg").write_bytes(simulate(arr, "blur", np.random.default_rng(5002))[0])
     for f in ("phone.jpg", "shaky.jpg"):
         out = subprocess.run([sys.executable, "-m", "device", "capture", "--camera", "file", "--files",
                               str(tmp_path / f), "--data", str(data)], cwd=ROOT, capture_output=True, text=True,

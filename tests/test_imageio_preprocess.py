@@ -39,12 +39,39 @@ def test_stretch_is_bilinear_resize_of_the_whole_image():
 
 
 def test_spec_round_trip_and_validation():
-    spec = PreprocessSpec(size=224, resize="letterbox")
+    spec = PreprocessSpec(size=224, resize="letterbox", normalize="clahe", views="dihedral",
+                          window_percentiles=(2.0, 98.0))
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    assert spec.n_views == 8 and PreprocessSpec().n_views == 1
     with pytest.raises(ValueError, match="resize"):
         PreprocessSpec(resize="crop")
     with pytest.raises(ValueError, match="size"):
         PreprocessSpec(size=0)
+    with pytest.raises(ValueError, match="normalize"):
+        PreprocessSpec(normalize="histogram")
+    with pytest.raises(ValueError, match="window_percentiles"):
+        PreprocessSpec(window_percentiles=(99.0, 1.0))
+    with pytest.raises(ValueError, match="views"):
+        PreprocessSpec(views="four")
+
+
+def test_an_older_manifest_means_no_normalisation_and_one_view():
+    old = {"size": 128, "resize": "stretch", "resample": "bilinear", "pad_value": 0.0, "channels": 1}
+    spec = PreprocessSpec.from_dict(old)
+    assert spec.normalize == "none" and spec.views == "single"
+
+
+@pytest.mark.parametrize("normalize", ["window", "clahe"])
+def test_normalisation_removes_gain_and_offset(normalize):
+    """The same anatomy under another window, gain or bit depth gives the same model input."""
+    from train.phantom import render_phantom
+
+    spec = PreprocessSpec(normalize=normalize)
+    x = render_phantom(np.random.default_rng(0), "hand", True, size=(300, 240)).astype(np.float32) / 255.0
+    base = preprocess(x, spec)
+    for gain, offset in ((0.5, 0.1), (0.25, 0.6), (0.9, 0.0)):
+        np.testing.assert_allclose(preprocess(x * gain + offset, spec), base, atol=2e-3)
+    assert not np.allclose(preprocess(x * 0.5 + 0.1, PreprocessSpec()), preprocess(x, PreprocessSpec()), atol=0.05)
 
 
 def test_reads_8_and_16_bit_png_to_same_scale(tmp_path):

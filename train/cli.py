@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from edge_runtime.preprocess import NORMALIZATIONS, VIEW_MODES
+
 PAPER_MODELS = ["custom_cnn", "efficientnetb0", "mobilenetv2", "resnet50"]
+DEFAULT_NORMALIZE = "window"  # chosen by measurement: docs/results.md, "Intensity normalisation"
 
 EPILOG = """\
 data: --data PATH, else $FRACATLAS_DIR, else ../shared/data/fracatlas, else PHANTOM data
@@ -44,6 +47,14 @@ def parse_args(argv: Optional[List[str]]):
     ap.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (worth it on a GPU only)")
     ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                     help="TensorFlow op determinism, so one --seed gives one model (--no-deterministic: faster on GPU)")
+    ap.add_argument("--normalize", default=DEFAULT_NORMALIZE, choices=NORMALIZATIONS,
+                    help="intensity normalisation inside THE preprocessing, here and on the device (default: %(default)s)")
+    ap.add_argument("--views", default="dihedral", choices=VIEW_MODES,
+                    help="dihedral: train on every orientation and answer with the mean over the eight; "
+                         "single: as the paper (default: %(default)s)")
+    ap.add_argument("--photo-augment", action=argparse.BooleanOptionalAction, default=True,
+                    help="augment training images with what photos of film do: gamma, contrast, fog, uneven light, "
+                         "noise, blur, JPEG, perspective (train/augment.py)")
     ap.add_argument("--threshold-rule", default="youden",
                     help="how the decision threshold is chosen on the validation split: youden or sensitivity=0.9")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the test AUC CI")
@@ -131,7 +142,7 @@ def run_training(names: List[str], dataset, out: Path, args, raw_argv: List[str]
     for name in names:
         size = get_config(name).input_size
         if size not in cache:
-            spec = PreprocessSpec(size=size)
+            spec = PreprocessSpec(size=size, normalize=args.normalize, views=args.views)
             cache[size] = {s: load_images(rs, spec, f"{s} images {size}px", sys.stderr.isatty(), args.max_skip_fraction)
                            for s, rs in records.items()}
         model_dir = out if len(names) == 1 else out / name
@@ -143,7 +154,7 @@ def run_training(names: List[str], dataset, out: Path, args, raw_argv: List[str]
             name, dataset, cache[size], split_info, model_dir, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, seed=args.seed, weights=args.weights, mixed_precision=args.mixed_precision,
             threshold_rule=args.threshold_rule, n_boot=args.bootstrap, patience=args.patience,
-            argv=raw_argv, quiet_stdout=args.json, deterministic=args.deterministic)
+            argv=raw_argv, quiet_stdout=args.json, deterministic=args.deterministic, photo_augment=args.photo_augment)
     if len(names) > 1:
         from .evaluate import summary_line
         head = ["PHANTOM DATA: demonstration only, not clinical results"] if dataset.phantom else []

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_runtime.imageio import read_grayscale
 from edge_runtime.overlay import save_overlay
-from edge_runtime.preprocess import PreprocessSpec
+from edge_runtime.preprocess import PreprocessSpec, views
 
 from . import metrics as M
 from .data import DataError, Dataset, load_data
@@ -26,10 +26,19 @@ from .dataset import LoadedSplit, load_images
 from .split import file_sha256, load_split, records_by_split
 
 
-def predict(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def predict(model, images: np.ndarray, spec: Optional[PreprocessSpec] = None, batch_size: int = 32) -> np.ndarray:
+    """P(fractured) per image: the mean over the spec's views, as the device computes it."""
     if len(images) == 0:
         return np.zeros((0,), np.float32)
-    return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64).reshape(-1)
+    n_views = spec.n_views if spec is not None else 1
+    if n_views == 1:
+        return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64).reshape(-1)
+    out = []
+    for start in range(0, len(images), 64):  # eight views of a chunk at a time: bounded memory
+        chunk = np.concatenate([views(x, spec) for x in images[start:start + 64]])
+        p = np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0), dtype=np.float64)
+        out.append(p.reshape(-1, n_views).mean(axis=1))
+    return np.concatenate(out)
 
 
 def _gradcam_examples(y, p, threshold: float, n: int) -> List[int]:
@@ -46,12 +55,12 @@ def _gradcam_examples(y, p, threshold: float, n: int) -> List[int]:
 
 def write_gradcams(model, layer: str, split: LoadedSplit, p: np.ndarray, threshold: float,
                    out_dir: Path, n: int = 6) -> List[str]:
-    from .gradcam import gradcam
+    from .gradcam import gradcam_views
 
     picks = _gradcam_examples(split.labels, p, threshold, n)
     if not picks:
         return []
-    _, heat, _ = gradcam(model, split.images[picks], layer)
+    _, heat = gradcam_views(model, split.images[picks], layer, split.spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for k, i in enumerate(picks):
@@ -68,7 +77,7 @@ def evaluate_model(model, model_name: str, gradcam_layer: str, val: LoadedSplit,
                    title: str = "", n_gradcam: int = 6) -> Dict:
     from .plots import plot_confusion, plot_roc
 
-    p_val, p_test = predict(model, val.images), predict(model, test.images)
+    p_val, p_test = predict(model, val.images, val.spec), predict(model, test.images, test.spec)
     result = M.evaluate_predictions(val.labels, p_val, test.labels, p_test, test.regions, rule, n_boot, seed)
     with open(out_dir / "predictions.csv", "w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")

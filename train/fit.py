@@ -15,7 +15,8 @@ import numpy as np
 from edge_runtime.preprocess import PreprocessSpec
 
 from .data import Dataset
-from .dataset import AUGMENT, LoadedSplit, make_tf_dataset
+from .augment import describe as describe_augmentation
+from .dataset import LoadedSplit, make_tf_dataset
 from .evaluate import _header, evaluate_model
 from .split import split_summary
 
@@ -69,7 +70,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
               epochs: Optional[int] = None, batch_size: int = 32, lr: float = 1e-3, seed: int = 42,
               weights: str = "imagenet", mixed_precision: bool = False, threshold_rule: str = "youden",
               n_boot: int = 2000, patience: int = 8, argv: Optional[List[str]] = None,
-              quiet_stdout: bool = False, deterministic: bool = True) -> Dict:
+              quiet_stdout: bool = False, deterministic: bool = True, photo_augment: bool = True) -> Dict:
     import keras
 
     from .models import build_model, get_config
@@ -99,7 +100,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     title = f"{name} on {'PHANTOM data (demonstration)' if dataset.phantom else dataset.name}"
     t0 = time.time()
     with contextlib.redirect_stdout(sys.stderr) if quiet_stdout else contextlib.nullcontext():
-        model.fit(make_tf_dataset(train, batch_size, True, seed), validation_data=make_tf_dataset(val, batch_size, False, seed, class_weight=cw),
+        model.fit(make_tf_dataset(train, batch_size, True, seed, photo=photo_augment), validation_data=make_tf_dataset(val, batch_size, False, seed, class_weight=cw),
                   epochs=epochs, class_weight=cw, shuffle=False, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     train_seconds = time.time() - t0
     model.load_weights(ckpt)
@@ -111,7 +112,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     clean.save(out_dir / "model.keras")
     plot_history(out_dir / "history.csv", out_dir / "curves.png", title)
 
-    spec = PreprocessSpec(size=cfg.input_size)
+    spec = train.spec
     run = {
         "title": title,
         "command": " ".join(["python -m train", *(argv or [])]),
@@ -125,7 +126,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
                      "validation_loss": "class-weighted like training (EarlyStopping, checkpoint)",
                      "mixed_precision": mixed_precision, "early_stopping_patience": patience,
                      "deterministic_ops": deterministic,
-                     "augmentation": {**AUGMENT, "applied_to": "training split only, on the fly"}},
+                     "augmentation": describe_augmentation(spec.views == "dihedral", photo_augment)},
         "preprocess": spec.to_dict(),
         "data": {"name": dataset.name, "phantom": dataset.phantom, "provenance": dataset.provenance,
                  "counts": dataset.counts(), "skipped_train": train.skipped},

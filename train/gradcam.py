@@ -7,9 +7,28 @@ reproduce the logit's gradient exactly.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
+
+from edge_runtime.preprocess import PreprocessSpec, merge_maps, views
+
+
+def gradcam_views(model, images: np.ndarray, layer_name: str,
+                  spec: Optional[PreprocessSpec] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(raw cams (n, h, w), cams normalised to [0, 1] per image), each the mean over the spec's
+    views turned back, as the device computes it."""
+    if spec is None or spec.n_views == 1:
+        raw, norm, _ = gradcam(model, images, layer_name)
+        return raw, norm
+    raws = []
+    for x in images:
+        r, _, _ = gradcam(model, views(x, spec), layer_name)
+        raws.append(merge_maps(r, spec))
+    raw = np.stack(raws)
+    peak = raw.reshape(len(raw), -1).max(axis=1)
+    norm = np.where(peak[:, None, None] > 0, raw / np.maximum(peak, 1e-12)[:, None, None], 0.0)
+    return raw, norm.astype(np.float32)
 
 
 def gradcam(model, images: np.ndarray, layer_name: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,99 @@
+"""Open a phone or Pi-camera photo for the film reader: reduced while decoding, never at full size.
+
+A 12-108 MP JPEG is decoded at a reduced DCT scale (JPEG draft mode), so its long side lands
+between DECODE_SIDE and twice that (a 108 MP photo, reduced by the codec's largest factor, 8,
+at 1,500 px): the film reader needs a few hundred pixels across the film, not a hundred million. Other formats are box-reduced by an integer factor right after
+decoding. Errors are ImageReadError with the reason, as for radiograph files.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edge_runtime.errors import ImageReadError
+
+DECODE_SIDE = 1000  # decoded long side is at least this (when the photo has it), and below twice this
+MAX_PHOTO_PIXELS = 200_000_000  # a 200 MP phone sensor; larger is treated as a decompression bomb
+MAX_DECODED_PIXELS = 20_000_000  # what may actually be decoded (non-JPEG photos are not reduced by the codec)
+GRAYSCALE_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1", "LA")
+
+
+@dataclass
+class Photo:
+    image: Image.Image  # RGB, EXIF orientation applied, long side about DECODE_SIDE..2x
+    original_size: Tuple[int, int]  # (width, height) as stored, after EXIF rotation
+    source_mode: str  # as stored in the file ("RGB", "L", "I;16", ...)
+    format: str
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def scale(self) -> float:
+        """Decoded pixels per original pixel."""
+        return self.image.size[0] / self.original_size[0]
+
+
+def open_photo(path: Union[str, Path], decode_side: int = DECODE_SIDE) -> Photo:
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "file not found")
+    if not path.is_file():
+        raise ImageReadError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns above ~89 MP; 12-108 MP phone photos are expected here and bounded below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                W, H = img.size
+                if W * H > MAX_PHOTO_PIXELS:
+                    raise ImageReadError(path, f"photo is {W}x{H} px, above the {MAX_PHOTO_PIXELS:,} px limit")
+                fmt, mode = img.format or "?", img.mode
+                if fmt == "JPEG":  # the codec reduces by 2, 4 or 8 while decoding
+                    k = max([f for f in (1, 2, 4, 8) if max(W, H) // f >= decode_side], default=1)
+                    img.draft("RGB" if mode != "L" else "L", (-(-W // k), -(-H // k)))
+                if img.size[0] * img.size[1] > MAX_DECODED_PIXELS:
+                    raise ImageReadError(path, f"photo is {W}x{H} px: too large to decode on this device "
+                                               "unless it is a JPEG (save it as JPEG)")
+                img.load()
+                k = max(1, max(img.size) // decode_side)
+                if k > 1:
+                    img = img.reduce(k) if img.mode in ("L", "RGB", "RGBA", "I", "F") else img.convert("RGB").reduce(k)
+                orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
+                img = ImageOps.exif_transpose(img)
+                if orientation in (5, 6, 7, 8):
+                    W, H = H, W
+                out = _to_rgb(img, mode)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image, or an image format Pillow cannot read") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"decompression bomb refused ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
+    return Photo(out, (W, H), mode, fmt)
+
+
+def _to_rgb(img: Image.Image, mode: str) -> Image.Image:
+    if mode.startswith("I") or mode == "F":  # 16-bit or float: scale by its own range to 8 bits
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.astype(np.uint8))
+    return img.convert("RGB")
+
+
+def chroma_spread(rgb: np.ndarray) -> float:
+    """99th percentile of max-min over the channels, in 8-bit steps: ~0 for a gray image saved as
+    RGB, several steps for any camera photo (casts, sensor colour noise)."""
+    arr = np.asarray(rgb, np.float32)
+    if arr.max() <= 1.0:
+        arr = arr * 255
+    return float(np.percentile(arr.max(axis=2) - arr.min(axis=2), 99))

@@ -1,0 +1,57 @@
+"""Training augmentation: seeded, in range, and followed by THE normalisation."""
+
+import numpy as np
+
+from edge_runtime.preprocess import PreprocessSpec, normalize_intensity, resize_input, window
+from train.augment import augment, describe, geometry, photometric
+
+
+def _image():
+    from train.phantom import render_phantom
+    spec = PreprocessSpec()
+    return resize_input(render_phantom(np.random.default_rng(1), "leg", True, size=(300, 240)) / 255.0, spec)
+
+
+def test_the_same_seed_gives_the_same_augmented_image():
+    x = _image()
+    a = augment(x, np.random.default_rng([3, 1, 7]), dihedral=True)
+    b = augment(x, np.random.default_rng([3, 1, 7]), dihedral=True)
+    c = augment(x, np.random.default_rng([3, 2, 7]), dihedral=True)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.shape == x.shape and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+
+
+def test_photometric_changes_gray_levels_not_anatomy():
+    x = _image()
+    y = photometric(x, np.random.default_rng(0))
+    assert np.abs(y - x).mean() > 0.01  # it did something
+    # The same picture under a gray-level mapping, light and noise: at a coarse scale it still
+    # correlates with the original.
+    def coarse(a):
+        return a.reshape(16, 8, 16, 8).mean(axis=(1, 3)).ravel()
+    assert np.corrcoef(coarse(x), coarse(y))[0, 1] > 0.8
+
+
+def test_geometry_rotates_by_quarter_turns_only_when_dihedral():
+    x = np.zeros((64, 64), np.float32)
+    x[5:20, 30:34] = 1.0  # a bar near the top
+    tops = [geometry(x, np.random.default_rng(k), dihedral=False, perspective=0.0)[:32].sum() >
+            geometry(x, np.random.default_rng(k), dihedral=False, perspective=0.0)[32:].sum() for k in range(20)]
+    assert all(tops)  # without quarter turns the bar stays in the top half (rotation <= 20 deg, zoom <= 20%)
+    moved = [geometry(x, np.random.default_rng(k), dihedral=True, perspective=0.0)[:32].sum() <
+             geometry(x, np.random.default_rng(k), dihedral=True, perspective=0.0)[32:].sum() for k in range(20)]
+    assert any(moved)
+
+
+def test_training_batches_are_normalised_like_the_device_input():
+    from train.dataset import LoadedSplit, training_batches
+
+    spec = PreprocessSpec(normalize="window", views="dihedral")
+    xs = np.stack([_image() for _ in range(5)])
+    split = LoadedSplit([], xs, np.array([0, 1, 0, 1, 0]), spec)
+    batch, labels = next(training_batches(split, 4, seed=0)())
+    assert batch.shape == (4, 128, 128, 1) and labels.shape == (4,)
+    for img in batch[..., 0]:  # already normalised: normalising again changes nothing
+        np.testing.assert_allclose(normalize_intensity(img, spec), img, atol=1e-3)
+    np.testing.assert_allclose(split.images[0, ..., 0], window(xs[0]), atol=1e-6)  # val/test: exactly THE function
+    assert describe(True)["dihedral"] and describe(True, photo=False)["photometric"] is None

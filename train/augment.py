@@ -1,0 +1,121 @@
+"""Training augmentation in numpy and Pillow: the paper's geometry plus what photos of film do.
+
+Applied to the resized, not yet normalised training image (edge_runtime.preprocess.resize_input);
+THE intensity normalisation follows, exactly as on the device, so the model learns on the same
+kind of input it will be given. Validation and test images are never augmented.
+
+Photometric ranges are drawn from what a phone photo of a film on a lightbox does to the gray
+levels, each wide on purpose (none is tuned to the film simulator in device/simulate.py, which
+the film-agreement measurement uses): an unknown film curve and camera tone curve (gamma,
+contrast), film-base fog, light left uneven after flattening (vignetting, gradient), sensor noise,
+focus blur, JPEG recompression and a small perspective error in the film's corners.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, Tuple
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+# The paper's geometry.
+ROTATION_DEGREES = 20.0
+ZOOM = 0.2
+
+
+@dataclass(frozen=True)
+class Photometric:
+    probability: float = 0.5  # share of training images that get the photo effects below
+    gamma: Tuple[float, float] = (0.6, 1.7)  # log-uniform
+    contrast: Tuple[float, float] = (0.6, 1.0)  # kept share of contrast about the mean
+    fog: Tuple[float, float] = (0.0, 0.2)  # film-base fog lifts the blacks: fog + (1 - fog) x
+    vignetting: Tuple[float, float] = (0.0, 0.4)  # radial fall-off at the corners, random centre
+    gradient: Tuple[float, float] = (0.0, 0.3)  # linear light fall-off across the image
+    noise: Tuple[float, float] = (0.0, 0.015)  # Gaussian sigma (a photo's grain, averaged down to the input size)
+    blur: Tuple[float, float] = (0.0, 0.8)  # Gaussian radius in model-input pixels
+    jpeg_probability: float = 0.5
+    jpeg_quality: Tuple[int, int] = (50, 95)
+    perspective: float = 0.05  # corner jitter, share of the side
+
+    def to_dict(self) -> Dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+PHOTOMETRIC = Photometric()
+
+
+def describe(dihedral: bool, photo: bool = True) -> Dict:
+    """What run.json records about augmentation."""
+    return {"rotation_degrees": ROTATION_DEGREES, "zoom": ZOOM, "horizontal_flip": True,
+            "dihedral": dihedral, "photometric": PHOTOMETRIC.to_dict() if photo else None,
+            "applied_to": "training split only, on the fly, before THE intensity normalisation"}
+
+
+def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """3x3 H with dst ~ H @ src from four point pairs."""
+    rows, rhs = [], []
+    for (x, y), (u, v) in zip(src, dst):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        rhs.extend([u, v])
+    h = np.linalg.solve(np.array(rows, float), np.array(rhs, float))
+    return np.append(h, 1.0).reshape(3, 3)
+
+
+def geometry(x: np.ndarray, rng: np.random.Generator, dihedral: bool, perspective: float) -> np.ndarray:
+    """Rotation, zoom, a perspective error and flips, in one resampling (black outside the image)."""
+    n = x.shape[0]
+    c = n / 2.0
+    ang = math.radians(rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES))
+    zoom = rng.uniform(1 - ZOOM, 1 + ZOOM)
+    ca, sa = math.cos(ang) / zoom, math.sin(ang) / zoom
+    rot = np.array([[ca, -sa, c - ca * c + sa * c], [sa, ca, c - sa * c - ca * c], [0, 0, 1]])  # output -> input
+    square = np.array([[0, 0], [n, 0], [n, n], [0, n]], float)
+    jitter = _homography(square, square + rng.uniform(-perspective, perspective, (4, 2)) * n)
+    m = rot @ jitter
+    coeffs = tuple((m / m[2, 2]).reshape(-1)[:8])
+    out = np.asarray(Image.fromarray(np.ascontiguousarray(x, np.float32)).transform(
+        (n, n), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR, fillcolor=0.0), np.float32)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    if dihedral:
+        out = np.rot90(out, int(rng.integers(4)))
+    return np.ascontiguousarray(out)
+
+
+def photometric(x: np.ndarray, rng: np.random.Generator, p: Photometric = PHOTOMETRIC) -> np.ndarray:
+    """What a photographed, flattened film does to the gray levels of a radiograph in [0, 1]."""
+    n = x.shape[0]
+    u = lambda r: rng.uniform(*r)  # noqa: E731
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n - 0.5
+    ang = rng.uniform(0, 2 * np.pi)
+    light = 1 - u(p.gradient) * (np.cos(ang) * xx + np.sin(ang) * yy + 0.5)
+    cy, cx = rng.uniform(-0.3, 0.3, 2)
+    light *= 1 - u(p.vignetting) * ((xx - cx) ** 2 + (yy - cy) ** 2) / 0.5
+    fog = u(p.fog)
+    y = (fog + (1 - fog) * np.clip(x, 0, 1)) * light
+    y = np.clip(y, 0, 1) ** math.exp(rng.uniform(math.log(p.gamma[0]), math.log(p.gamma[1])))
+    m = float(y.mean())
+    y = m + u(p.contrast) * (y - m)
+    radius = u(p.blur)
+    if radius > 0.2:
+        y = np.asarray(Image.fromarray(np.clip(y * 255, 0, 255).astype(np.uint8))
+                       .filter(ImageFilter.GaussianBlur(radius)), np.float32) / 255.0
+    y = y + rng.normal(0, u(p.noise), y.shape).astype(np.float32)
+    if rng.random() < p.jpeg_probability:
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(y * 255 + 0.5, 0, 255).astype(np.uint8)).save(
+            buf, format="JPEG", quality=int(rng.integers(p.jpeg_quality[0], p.jpeg_quality[1] + 1)))
+        y = np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32) / 255.0
+    return np.clip(y, 0, 1).astype(np.float32)
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, dihedral: bool, photo: bool = True) -> np.ndarray:
+    """One training image (size, size), resized but not normalised -> its augmented copy."""
+    out = geometry(x, rng, dihedral, PHOTOMETRIC.perspective if photo else 0.0)
+    if photo and rng.random() < PHOTOMETRIC.probability:
+        out = photometric(out, rng)
+    return out
