@@ -22,19 +22,39 @@ from .simulate import CONDITIONS
 DEMO_NOTICE = "NOTE: this bundle is a DEMONSTRATION model (trained on phantom data), not for patients."
 
 
+def _output_dir(path: Optional[Path], flag: str) -> Optional[str]:
+    """Why `path` cannot be an output folder, or None."""
+    if path is not None and path.exists() and not path.is_dir():
+        return f"{flag} {path}: exists and is not a folder"
+    return None
+
+
 def _film(args) -> int:
-    from edge_runtime.predictor import POSITIVE, Predictor
+    from edge_runtime.predictor import POSITIVE, Predictor, UniqueStems
 
     from .triage import triage_photo
 
+    for problem in (_output_dir(args.keep, "--keep"), _output_dir(args.heatmap, "--heatmap")):
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     predictor = Predictor(args.bundle, args.backend, None, args.threads)
     demo = predictor.bundle.demonstration_only
     if demo:
         print(DEMO_NOTICE, file=sys.stderr)
+    if predictor.spec.normalize == "none" or predictor.spec.views == "single":
+        print("WARNING: this bundle predates film photos (no intensity normalisation or orientation views): "
+              "answers from photos may differ from the file's; re-export it with the current pipeline.", file=sys.stderr)
     failed = 0
+    stems = UniqueStems()
     for photo in args.photos:
-        heat = args.heatmap / f"{photo.stem}_gradcam.png" if args.heatmap else None
-        rec = triage_photo(predictor, photo, args.keep, heat)
+        stem = stems.take(photo)
+        heat = args.heatmap / f"{stem}_gradcam.png" if args.heatmap else None
+        try:
+            rec = triage_photo(predictor, photo, args.keep, heat, stem=stem)
+        except Exception as exc:  # a bug on one photo must not lose the rest of the batch
+            rec = {"file": str(photo), "mode": "film", "error": f"internal error ({type(exc).__name__}: {exc})",
+                   "warnings": []}
         rec["demonstration_only"] = demo
         failed += bool(rec.get("error") or rec.get("retake"))
         if args.json:

@@ -8,8 +8,9 @@
 4. Light: a smooth surface fitted to the lightbox around the film, corrected side by side by the
    lightbox's brightness just outside each edge and spread over the film as a Coons patch, so
    fluorescent tubes behind the diffuser (stripes along either axis) and uneven boxes cancel.
-   Dividing by it gives the film's transmission; no window or contrast is applied here, because
-   THE preprocessing function (edge_runtime/preprocess.py) normalises intensity for every input.
+   Dividing by it gives the film's transmission; no window or contrast is applied here: THE
+   preprocessing function (edge_runtime/preprocess.py) normalises intensity for every input, as
+   the bundle's spec says (bundles made before normalisation get the transmission as it is).
 """
 
 from __future__ import annotations

@@ -40,12 +40,7 @@ MAX_FILM_LEVEL = 0.97  # film passes less light than the lightbox: its 75th perc
 
 
 class FilmNotFound(ValueError):
-    """No film could be located; `code` says why (see device/quality.py for the wording)."""
-
-    def __init__(self, code: str, detail: str = ""):
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{code}: {detail}" if detail else code)
+    """No film could be located (device/quality.py words the reason for the technician)."""
 
 
 @dataclass
@@ -354,7 +349,7 @@ def locate(rgb: np.ndarray, scale: float) -> Found:
     h, w = g.shape
     top = float(np.percentile(g, 99.5))
     if top < 0.08:
-        raise FilmNotFound("under_exposed", "the photo is almost black")
+        raise FilmNotFound("the photo is almost black")
     valid: List[Found] = []
     r_open = max(2, round(0.012 * max(h, w)))
     for thr, lit_raw in enumerate(_lit_masks(g)):
@@ -369,6 +364,8 @@ def locate(rgb: np.ndarray, scale: float) -> Found:
             if quad is None:
                 continue
             quad = geo.order_quad(_refine(quad, m))  # sides refitted to the outline: exact corners
+            if not geo.film_shaped(quad):
+                continue  # a triangle or a sliver: a rectangle in perspective is neither
             q = geo.fill_polygon(g.shape, quad)
             iou = float((m & q).sum()) / max(float((m | q).sum()), 1.0)
             if iou < MIN_QUADNESS:
@@ -388,7 +385,7 @@ def locate(rgb: np.ndarray, scale: float) -> Found:
                 continue
             valid.append(Found(quad, scale, m, lit, thr, iou * framed * inside * contrast, enclosure=enclosure))
     if not valid:
-        raise FilmNotFound("film_not_found")
+        raise FilmNotFound("no film-shaped region darker than a lit lightbox around it")
     films = _distinct_films(valid)
 
     def off_centre(f: Found) -> float:

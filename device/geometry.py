@@ -112,8 +112,9 @@ def order_quad(quad: np.ndarray) -> np.ndarray:
     """Corners as TL, TR, BR, BL of the rectangle nearest the photo's own axes.
 
     The film may be turned by any angle; of its four rotations, the one whose first edge is
-    closest to the photo's x axis is taken. The answer does not depend on this choice (the
-    runtime averages over the film's eight orientations), only the kept picture does.
+    closest to the photo's x axis is taken. With a bundle whose views are dihedral (the runtime
+    averages over the film's eight orientations) the answer does not depend on this choice,
+    only the kept picture does.
     """
     q = np.asarray(quad, float)
     centre = q.mean(axis=0)
@@ -127,6 +128,25 @@ def order_quad(quad: np.ndarray) -> np.ndarray:
         if best is None or score < best:
             best, best_i = score, i
     return np.roll(q, -best_i, axis=0)
+
+
+def film_shaped(quad: np.ndarray, min_ratio: float = 0.5, angles: Tuple[float, float] = (45.0, 135.0)) -> bool:
+    """Could this quadrilateral be a rectangle seen in perspective? Opposite sides within a factor
+    of two, every corner between 45 and 135 degrees (a phone tilted 30 degrees stays far inside)."""
+    q = np.asarray(quad, float)
+    sides = [float(np.linalg.norm(q[(i + 1) % 4] - q[i])) for i in range(4)]
+    if min(sides) <= 0:
+        return False
+    for i in range(2):
+        a, b = sides[i], sides[i + 2]
+        if min(a, b) < min_ratio * max(a, b):
+            return False
+    for i in range(4):
+        u, v = q[i - 1] - q[i], q[(i + 1) % 4] - q[i]
+        ang = np.degrees(np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)), -1, 1)))
+        if not angles[0] <= ang <= angles[1]:
+            return False
+    return True
 
 
 def side_lengths(quad: np.ndarray) -> Tuple[float, float]:

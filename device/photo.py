@@ -9,9 +9,9 @@ decoding. Errors are ImageReadError with the reason, as for radiograph files.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,7 +21,7 @@ from edge_runtime.errors import ImageReadError
 DECODE_SIDE = 1000  # decoded long side is at least this (when the photo has it), and below twice this
 MAX_PHOTO_PIXELS = 200_000_000  # a 200 MP phone sensor; larger is treated as a decompression bomb
 MAX_DECODED_PIXELS = 20_000_000  # what may actually be decoded (non-JPEG photos are not reduced by the codec)
-GRAYSCALE_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1", "LA")
+GRAYSCALE_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "1", "LA")  # stored gray: a file, not a photo
 
 
 @dataclass
@@ -30,7 +30,6 @@ class Photo:
     original_size: Tuple[int, int]  # (width, height) as stored, after EXIF rotation
     source_mode: str  # as stored in the file ("RGB", "L", "I;16", ...)
     format: str
-    warnings: List[str] = field(default_factory=list)
 
     @property
     def scale(self) -> float:
@@ -57,13 +56,15 @@ def open_photo(path: Union[str, Path], decode_side: int = DECODE_SIDE) -> Photo:
                 fmt, mode = img.format or "?", img.mode
                 if fmt == "JPEG":  # the codec reduces by 2, 4 or 8 while decoding
                     k = max([f for f in (1, 2, 4, 8) if max(W, H) // f >= decode_side], default=1)
-                    img.draft("RGB" if mode != "L" else "L", (-(-W // k), -(-H // k)))
+                    img.draft("RGB" if mode != "L" else "L", (W // k, H // k))
                 if img.size[0] * img.size[1] > MAX_DECODED_PIXELS:
                     raise ImageReadError(path, f"photo is {W}x{H} px: too large to decode on this device "
                                                "unless it is a JPEG (save it as JPEG)")
                 img.load()
                 k = max(1, max(img.size) // decode_side)
                 if k > 1:
+                    if img.mode.startswith("I;16"):
+                        img = img.convert("I")  # converting 16-bit to RGB would clip it at 255
                     img = img.reduce(k) if img.mode in ("L", "RGB", "RGBA", "I", "F") else img.convert("RGB").reduce(k)
                 orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
                 img = ImageOps.exif_transpose(img)

@@ -39,8 +39,9 @@ TEXT = {
                        "full resolution",
     "blank": "blank photo: nothing in the picture (lens covered, lightbox without film, or a plain surface)",
     "washed_out": "over-exposed: the photo is almost all white; lower the exposure or dim the lightbox",
-    "radiograph_file": "this is a radiograph image file, not a photo of a film: read it with "
-                       "`python -m edge_runtime predict FILE` (the file gives the better answer)",
+    "radiograph_file": "this image has no colour: it is a radiograph file, not a photo of a film; read it "
+                       "with `python -m edge_runtime predict FILE` (the file gives the better answer). If it is "
+                       "a photo of a film, take it in colour, not in a black-and-white camera mode",
     "no_film": "no film on a lit lightbox found: hang the film on a lit lightbox and photograph it centred, with "
                "the lightbox visible around it. A photo of a screen cannot be read: export the image from the "
                "viewer as a file and use `python -m edge_runtime predict FILE`",
@@ -56,6 +57,8 @@ TEXT = {
                     "exposure or dim the lightbox",
     "glare": "glare covers {glare:.1%} of the film: tilt the camera or switch off the room light above it",
     "blur": "too blurred: hold the camera still and let it focus on the film",
+    "blank_film": "the film shows nothing to read ({why}): check that this is the right film, and that it is "
+                  "on the lightbox the right way round",
 }
 
 
@@ -107,13 +110,15 @@ def sharpness(pixels: np.ndarray, side: int = 128) -> float:
 def before_finding(original_size, rgb_small: np.ndarray, gray_file: bool) -> Optional[Reason]:
     """Checks that need no film: a blank photo, a radiograph file rather than a photo (`gray_file`:
     stored gray, or RGB with no colour at all), a photo too small to hold a readable film."""
+    W, H = original_size
+    if min(rgb_small.shape[:2]) < 16:  # a strip: nothing a film could fill
+        return reason("photo_too_small", size=f"{W}x{H} px", min=MIN_FILM_SIDE_PX)
     gray = rgb_small @ np.array([0.299, 0.587, 0.114], np.float32)
     if detail(gray) < MIN_DETAIL:
         saturated = float((rgb_small.max(axis=2) >= 0.98).mean())
         return reason("washed_out") if saturated > MAX_SATURATED else reason("blank")
     if gray_file:
         return reason("radiograph_file")
-    W, H = original_size
     if min(W, H) < MIN_FILM_SIDE_PX:
         return reason("photo_too_small", size=f"{W}x{H} px", min=MIN_FILM_SIDE_PX)
     return None

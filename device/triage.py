@@ -23,7 +23,7 @@ from edge_runtime.preprocess import window
 from . import quality
 from .film import FilmNotFound, Flattened, flatten_film
 from .film_finder import working_copy
-from .photo import chroma_spread, open_photo
+from .photo import GRAYSCALE_MODES, chroma_spread, open_photo
 
 FLAT_SUFFIX = "_flat.png"
 
@@ -40,8 +40,7 @@ def _ms(t0: float) -> float:
 def read_film(photo) -> Dict[str, Any]:
     """{"quality": Quality, "flat": Flattened or None} for a decoded Photo."""
     small, scale = working_copy(photo.image)
-    gray_file = photo.source_mode not in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "P", "PA") \
-        or chroma_spread(small) < quality.GRAY_CHROMA
+    gray_file = photo.source_mode in GRAYSCALE_MODES or chroma_spread(small) < quality.GRAY_CHROMA
     early = quality.before_finding(photo.original_size, small, gray_file)
     if early is not None:
         return {"quality": quality.Quality(False, [early]), "flat": None}
@@ -53,7 +52,8 @@ def read_film(photo) -> Dict[str, Any]:
 
 
 def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
-                 heatmap_path: Optional[Path] = None) -> Dict[str, Any]:
+                 heatmap_path: Optional[Path] = None, stem: Optional[str] = None) -> Dict[str, Any]:
+    """`stem` names the kept flattened image (default: the photo's own name)."""
     path = Path(path)
     rec: Dict[str, Any] = {"file": str(path), "mode": "film", "model": predictor.bundle.model_name,
                            "threshold": predictor.threshold}
@@ -75,7 +75,7 @@ def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
         if keep_dir is not None:
             t0 = time.perf_counter()
             keep_dir.mkdir(parents=True, exist_ok=True)
-            flat_path = keep_dir / f"{path.stem}{FLAT_SUFFIX}"
+            flat_path = keep_dir / f"{stem or path.stem}{FLAT_SUFFIX}"
             Image.fromarray((display_image(flat) * 255.0 + 0.5).astype(np.uint8)).save(flat_path, compress_level=1)
             rec["flattened"] = str(flat_path)
             timings["keep"] = _ms(t0)
@@ -85,6 +85,12 @@ def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
         return rec
     decoded = DecodedImage(flat.pixels, f"film photo ({photo.source_mode})", photo.original_size, [])
     result = predictor.predict_pixels(decoded, path, heatmap_path, lambda: display_image(flat))
+    if result.get("error"):  # the film itself holds nothing to read (blank, flat)
+        blank = quality.reason("blank_film", why=result["error"])
+        q = quality.Quality(False, [blank], q.metrics)
+        timings["total"] = _ms(t_all)
+        rec.update(quality=q.to_dict(), retake=True, decision="retake", warnings=[], timings_ms=timings)
+        return rec
     result.update(mode="film", retake=False, quality=rec["quality"], film=rec["film"])
     if "flattened" in rec:
         result["flattened"] = rec["flattened"]

@@ -122,7 +122,8 @@ def read_grayscale(path: Union[str, Path], draft_size: Optional[Tuple[int, int]]
                 warnings.append("floating-point image rescaled by its own min and max")
             else:
                 if mode not in ("L", "1") and _is_colour(img):
-                    warnings.append(f"colour image ({mode}) converted to grayscale")
+                    warnings.append(f"colour image ({mode}) converted to grayscale; if it is a photo of a film "
+                                    "on a lightbox, read it with `python -m device film` instead")
                 if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
                     warnings.append("transparency discarded")
                 pixels = np.asarray(img.convert("L"), dtype=np.float32) / 255.0

@@ -28,6 +28,23 @@ POSITIVE, NEGATIVE = "fractured", "non-fractured"
 OVERLAY_SIDE = 768  # long side of the overlay PNG: readable on a phone, cheap to write
 
 
+class UniqueStems:
+    """Output names for a batch: IMG_0001, IMG_0001_2, ... so that two inputs with the same name
+    (from two folders, or .jpg beside .png) never overwrite each other's pictures."""
+
+    def __init__(self) -> None:
+        self.used: set = set()
+
+    def take(self, path: Union[str, Path]) -> str:
+        base = Path(path).stem
+        stem, k = base, 1
+        while stem in self.used:
+            k += 1
+            stem = f"{base}_{k}"
+        self.used.add(stem)
+        return stem
+
+
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 3)
 
@@ -143,14 +160,7 @@ class Predictor:
 
     def predict_files(self, paths: Iterable[Union[str, Path]],
                       heatmap_dir: Optional[Path] = None) -> Iterator[Dict[str, Any]]:
-        used = set()
+        stems = UniqueStems()
         for p in paths:
-            target = None
-            if heatmap_dir is not None:
-                stem, k = Path(p).stem, 1
-                while f"{stem}_gradcam.png" in used:
-                    k += 1
-                    stem = f"{Path(p).stem}_{k}"
-                used.add(f"{stem}_gradcam.png")
-                target = Path(heatmap_dir) / f"{stem}_gradcam.png"
+            target = Path(heatmap_dir) / f"{stems.take(p)}_gradcam.png" if heatmap_dir is not None else None
             yield self.predict_file(p, target)

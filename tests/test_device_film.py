@@ -280,3 +280,45 @@ def test_film_agreement_reports_every_condition(tiny_bundle, phantom_dir, tmp_pa
     assert conds["blur"]["expect"] == "blur" and conds["blur"]["accepted"] == 0
     assert conds["radiograph_file"]["right_reason"] == 2
     assert (out / "agreement.md").read_text().startswith("### ") and len((out / "photos.csv").read_text().splitlines()) == 9
+
+
+def test_odd_photos_never_stop_the_batch(tiny_bundle, radiographs, tmp_path, capsys):
+    """Found in review: a 60:1 strip crashed the gate; same-named photos overwrote each other's
+    kept images; a big 16-bit gray image decoded black; a triangle passed as a film."""
+    from device.cli import main as device_main
+
+    Image.new("RGB", (1200, 20), (120, 110, 100)).save(tmp_path / "strip.jpg")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    good, _ = _photo(radiographs[0], "room", 4, tmp_path)
+    for d in ("a", "b"):
+        (tmp_path / d / "IMG_0001.jpg").write_bytes(good.read_bytes())
+    from train.phantom import render_phantom
+    big = render_phantom(np.random.default_rng(9), "leg", True, size=(2400, 1800)).astype(np.uint16)
+    Image.fromarray(big * 200 + 1000).save(tmp_path / "gray16.png")  # a 16-bit radiograph file, 2400 px
+    tri = np.full((900, 1200, 3), 230, np.uint8)
+    from PIL import ImageDraw
+    img = Image.fromarray(tri)
+    ImageDraw.Draw(img).polygon([(440, 250), (1150, 300), (650, 850)], fill=(40, 40, 40))
+    img.save(tmp_path / "triangle.jpg", quality=92)
+    photos = [tmp_path / "strip.jpg", tmp_path / "a" / "IMG_0001.jpg", tmp_path / "b" / "IMG_0001.jpg",
+              tmp_path / "gray16.png", tmp_path / "triangle.jpg"]
+    rc = device_main(["film", "--bundle", str(tiny_bundle), "--json", "--keep", str(tmp_path / "keep"),
+                      *map(str, photos)])
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 1 and len(recs) == 5
+    strip, a, b, gray16, triangle = recs
+    assert strip["quality"]["codes"] == ["photo_too_small"]
+    assert a["flattened"] != b["flattened"] and Path(a["flattened"]).is_file() and Path(b["flattened"]).is_file()
+    assert gray16["quality"]["codes"] == ["radiograph_file"]
+    assert triangle["retake"] and "probability" not in triangle
+    assert device_main(["film", "--bundle", str(tiny_bundle), "--keep", str(good), str(good)]) == 2
+
+
+def test_the_quad_must_be_a_rectangle_in_perspective():
+    from device.geometry import film_shaped
+
+    assert film_shaped(np.array([[0, 0], [100, 0], [100, 80], [0, 80]]))
+    assert film_shaped(np.array([[10, 0], [90, 5], [100, 80], [0, 75]]))  # tilted phone
+    assert not film_shaped(np.array([[442, 250], [1200, 298], [648, 949], [400, 259]]))  # a triangle
+    assert not film_shaped(np.array([[0, 0], [100, 0], [60, 10], [40, 10]]))  # a sliver

@@ -286,3 +286,31 @@ def test_blank_flat_and_noise_images_are_refused_not_answered(tiny_bundle, tmp_p
     assert rc == 1 and len(recs) == 4
     for r in recs:
         assert "probability" not in r and ("blank" in r["error"] or "structure" in r["error"])
+
+
+FOREARM = Path(__file__).resolve().parents[2] / "shared" / "data" / "forearm-fractures" / "images"
+
+
+@pytest.mark.skipif(not FOREARM.is_dir(), reason="../shared/data/forearm-fractures is not present on this machine")
+def test_no_real_radiograph_is_refused_as_blank_or_noise():
+    """The content check's thresholds against every real radiograph at hand (297, CC BY 4.0)."""
+    from edge_runtime.inputs import read_image
+    from edge_runtime.preprocess import PreprocessSpec, content_problem, resize_input
+
+    spec = PreprocessSpec()
+    refused = [f.name for f in sorted(FOREARM.glob("*.jpg"))
+               if content_problem(resize_input(read_image(f, spec).pixels, spec))]
+    assert refused == []
+
+
+def test_content_check_works_at_every_input_size():
+    from edge_runtime.preprocess import content_problem
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    smooth = (0.5 + 0.4 * np.sin(6 * xx) * np.cos(4 * yy)).astype(np.float32)
+    for size in (8, 12, 16, 32, 64, 128):
+        small = np.asarray(Image.fromarray(smooth).resize((size, size)), np.float32)
+        assert content_problem(small) is None, size  # no crash, and real structure is never refused
+        if size >= 16:  # below that, too few 4 x 4 blocks to tell noise from detail
+            assert content_problem(rng.random((size, size)).astype(np.float32)) is not None, size
