@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Older devices: tflite-runtime 2.14 (its last release) imports only beside numpy 1.x. Run the
 # committed reference bundle through it in a second, minimal venv and compare with LiteRT in the
-# main one (same int8 model, different kernel builds: a couple of output steps may differ).
+# main one (the same model file, different kernel builds: results may differ in the last steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MAIN_PY=${1:-.venv-ci/bin/python}

@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, load_bundle, sha256_file
 from edge_runtime.predictor import Predictor
-from edge_runtime.preprocess import PreprocessSpec
+from edge_runtime.preprocess import PreprocessSpec, views
 from train.data import DataError, load_data
 from train.dataset import LoadedSplit, load_images
 from train.fit import versions
@@ -29,7 +29,7 @@ from .calibration import choose_calibration, ids_sha256
 from .check import Tolerances, classification, compare, failures
 from .gradcam_head import UnsupportedHead, derive_head, head_file_bytes
 from .report import render
-from .rewrite import NotFoldable, check_equivalent, fold_batchnorm_after_relu
+from .rewrite import NotFoldable, check_equivalent, equalize_ranges, fold_batchnorm_after_relu
 from .sources import Source
 
 HEAD_FILE = "gradcam_head.f32"
@@ -114,7 +114,12 @@ def export_one(source: Source, out: Path, settings: Settings) -> Dict:
     calib_records = choose_calibration(parts["train"], settings.calibration_size, settings.seed)
     assert {r.image_id for r in calib_records} <= {r.image_id for r in parts["train"]}
     calib = load_images(calib_records, spec, f"{tag} calibration images", settings.progress)
-    calibration = calib.images if settings.calibration_override is None else settings.calibration_override
+    # The model will see every view the runtime makes (eight orientations when the spec says so),
+    # so int8 ranges are calibrated on those views too: a filter for vertical bone meets
+    # horizontal bone in a turned view, and its range must not clip there.
+    calibration = np.concatenate([views(x, spec) for x in calib.images]) if len(calib.images) else calib.images
+    if settings.calibration_override is not None:
+        calibration = settings.calibration_override
     test = load_images(parts["test"], spec, f"{tag} test images", settings.progress)
     threshold = _threshold(source, model, lambda: load_images(parts["val"], spec, f"{tag} val images",
                                                               settings.progress))
@@ -123,6 +128,7 @@ def export_one(source: Source, out: Path, settings: Settings) -> Dict:
             "split_counts": split_summary(parts),
             "calibration": {"split": "train", "n": len(calib_records), "seed": settings.seed,
                             "stratified_by": "label x region", "ids_sha256": ids_sha256(calib_records),
+                            "views_per_image": spec.n_views,
                             "ids": [r.image_id for r in calib_records],
                             "planted_fault": settings.calibration_override is not None}}
 
@@ -135,6 +141,15 @@ def export_one(source: Source, out: Path, settings: Settings) -> Dict:
         log(f"{tag} folded BatchNorm-after-ReLU for int8 (float outputs agree to {worst:.1e})")
     except NotFoldable as exc:
         rewrite["reason"] = str(exc)
+    try:
+        equalized = equalize_ranges(exported, calibration[: min(len(calibration), 256)])
+        worst = check_equivalent(model, equalized, calib.images[:64])
+        exported = equalized
+        rewrite["equalized"] = {"what": "conv output ranges equalised across channels, consumer weights divided "
+                                        "(export/rewrite.py, equalize_ranges)", "max_abs_diff_float": worst}
+        log(f"{tag} equalised channel ranges for int8 (float outputs agree to {worst:.1e})")
+    except NotFoldable as exc:
+        rewrite["equalized"] = {"reason": str(exc)}
     head, head_note = None, None
     try:
         head = derive_head(exported, cfg.gradcam_layer)

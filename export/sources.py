@@ -19,8 +19,11 @@ from train.split import file_sha256
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 # custom_cnn_gap: our lean head; on phantom data it beats the paper's head over three seeds
 # (docs/results.md) and is 45x smaller, which is what a Pi wants. The phantom reference is the
-# seed-2 run, the best *validation* AUC of the nine phantom runs (test AUC played no part).
+# film-path run (window normalisation, eight views, photo augmentation, 3,000 phantoms, seed 2),
+# whose normalisation was chosen on validation photos (docs/results.md); before it, the seed-2
+# run of the first pipeline.
 REFERENCE_CANDIDATES = (MODELS_DIR / "fracatlas" / "custom_cnn_gap", MODELS_DIR / "fracatlas" / "custom_cnn",
+                        MODELS_DIR / "phantom-demo" / "custom_cnn_gap_film",
                         MODELS_DIR / "phantom-demo" / "custom_cnn_gap_seed2")
 PAPER_MODELS = ("custom_cnn", "efficientnetb0", "mobilenetv2", "resnet50")
 
