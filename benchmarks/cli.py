@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from edge_runtime.backends import BACKENDS, backend_version, installed_backends
-from edge_runtime.bundle import load_bundle, sha256_file
+from edge_runtime.bundle import BundleError, load_bundle, sha256_file
 
 from .report import markdown, targets
 
@@ -159,7 +159,9 @@ def end_to_end(bundle, files: Dict[str, Path], repeats: int) -> Dict[str, Dict[s
     stages = {"decode": "decode_fast", "preprocess": "preprocess", "inference": "inference", "gradcam": "gradcam"}
     out = {}
     for kind, path in files.items():
-        t: Dict[str, List[float]] = {k: [] for k in ["decode_full", *stages.values(), "predict_file_total"]}
+        t: Dict[str, List[float]] = {k: [] for k in ["decode_full", *stages.values(), "predict_file_total",
+                                                     "with_heatmap_total"]}
+        overlay = path.with_name(f"{path.stem}_gradcam.jpg")
         for _ in range(repeats):
             s = time.perf_counter()
             read_grayscale(path)
@@ -170,8 +172,12 @@ def end_to_end(bundle, files: Dict[str, Path], repeats: int) -> Dict[str, Dict[s
             t["predict_file_total"].append((time.perf_counter() - s) * 1000.0)
             for stage, name in stages.items():
                 t[name].append(rec["timings_ms"][stage])
+            s = time.perf_counter()
+            json.dumps(pred.predict_file(path, overlay))  # the same, drawing the overlay as --heatmap does
+            t["with_heatmap_total"].append((time.perf_counter() - s) * 1000.0)
         med = {f"{k}_ms": statistics.median(v) for k, v in t.items()}
         med["overhead_over_decode"] = (med["predict_file_total_ms"] - med["decode_fast_ms"]) / med["decode_fast_ms"]
+        med["heatmap_ratio"] = med["with_heatmap_total_ms"] / med["predict_file_total_ms"]
         med.update(file=str(path), bytes=path.stat().st_size, backend=pred.backend, artifact=pred.artifact)
         out[kind] = med
     return out
@@ -226,13 +232,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.threads, args.runs, args.warmup, args.batch, args.repeats = "1", 20, 3, 4, 3
     cores = os.cpu_count() or 1
     threads = sorted({min(int(t), cores) for t in args.threads.split(",")})
-    bundle = load_bundle(args.bundle)
+    try:
+        bundle = load_bundle(args.bundle)
+        w, h = (int(v) for v in args.image_size.lower().split("x"))
+    except (BundleError, ValueError) as exc:
+        print(f"error: {exc if isinstance(exc, BundleError) else f'--image-size {args.image_size!r}: expected WxH'}",
+              file=sys.stderr)
+        return 2
     keras_path = None
     if not args.no_keras and importlib.util.find_spec("tensorflow") is not None:
         keras_path = _keras_model(bundle, args.keras)
     from .inputs import write_inputs, write_phone_photos
 
-    w, h = (int(v) for v in args.image_size.lower().split("x"))
     progress = sys.stderr.isatty() or not args.json
     print(f"benchmarking {bundle.path} ({bundle.model_name}) on {cores} cores", file=sys.stderr)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -241,6 +252,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "quick": args.quick, "device": device_info(), "bundle": str(bundle.path), "model": bundle.model_name,
         "macs_per_image": (bundle.manifest["model"].get("complexity") or {}).get("macs_per_image"),
         "demonstration_only": bundle.demonstration_only,
+        "default_tflite": bundle.info.default_artifacts.get("tflite"),
         "keras_baseline": str(keras_path) if keras_path else None,
         "backends": measure_backends(bundle, keras_path, threads, args.runs, args.warmup, args.batch, progress),
         "end_to_end": end_to_end(bundle, write_inputs(args.out / "inputs", (w, h)), args.repeats),

@@ -25,20 +25,25 @@ def _target(name: str, measured: Optional[float], limit: float, higher_is_better
 def targets(res: Dict) -> List[Dict]:
     rows = res["backends"]
     keras = _row(rows, ("keras",), None)
-    int8 = _row(rows, ("litert", "tflite"), "tflite_int8")
+    # The issue-6 targets were set for int8; a bundle whose int8 copies the gate refused ships float
+    # TFLite, which is then what the device runs and what is measured (named in the row).
+    key = "tflite_int8" if _row(rows, ("litert", "tflite"), "tflite_int8") else res.get("default_tflite", "tflite_float")
+    lite = _row(rows, ("litert", "tflite"), key)
     out = [
-        _target("int8 TFLite, 1 thread, >= 10x faster per image than TensorFlow float Keras",
-                keras["p50_ms"] / int8["p50_ms"] if keras and int8 else None, 10.0, True, "x"),
-        _target("int8 TFLite peak memory <= 1/12 of TensorFlow's",
-                int8["peak_rss_mb"] / keras["peak_rss_mb"] if keras and int8 else None, 1 / 12, False),
-        _target("int8 TFLite cold start <= 1/20 of TensorFlow's",
-                int8["cold_start_s"] / keras["cold_start_s"] if keras and int8 else None, 1 / 20, False),
+        _target(f"{key}, 1 thread, >= 10x faster per image than TensorFlow float Keras",
+                keras["p50_ms"] / lite["p50_ms"] if keras and lite else None, 10.0, True, "x"),
+        _target(f"{key} peak memory <= 1/12 of TensorFlow's",
+                lite["peak_rss_mb"] / keras["peak_rss_mb"] if keras and lite else None, 1 / 12, False),
+        _target(f"{key} cold start <= 1/20 of TensorFlow's",
+                lite["cold_start_s"] / keras["cold_start_s"] if keras and lite else None, 1 / 20, False),
     ]
     e2e = res["end_to_end"].get("jpeg")
     out.append(_target("full-size JPEG: everything after decoding <= 30% on top of the decode",
                        e2e["overhead_over_decode"] if e2e else None, 0.30, False))
     out.append(_target("Grad-CAM <= half of one inference",
                        e2e["gradcam_ms"] / e2e["inference_ms"] if e2e else None, 0.5, False))
+    out.append(_target("full-size JPEG with --heatmap <= 2x the same without",
+                       e2e.get("heatmap_ratio") if e2e else None, 2.0, False, "x"))
     film = res.get("film_path", {}).get("12MP", {})
     out.append(_target("film path, 12 MP JPEG: <= 0.3 s", film.get("total_ms") / 1000 if film.get("total_ms") else None,
                        0.3, False, "s"))
@@ -72,13 +77,15 @@ def markdown(res: Dict) -> str:
                      f"{_f(r['p90_ms'], '.3f')} | {_f(r['p99_ms'], '.3f')} | {_f(r['throughput_images_per_s'], '.0f')} | "
                      f"{_f(r['cold_start_s'])} | {_f(r['peak_rss_mb'], '.0f')} | {_f(r['file_mb'])} | "
                      f"{_f(r.get('achieved_gops'), '.1f')} |")
-    lines += ["", "## End to end from a file (medians; Grad-CAM included, overlay not drawn)", "",
+    lines += ["", "## End to end from a file (medians; Grad-CAM included, overlay drawn only in the last column)", "",
               "| file | size | decode full ms | decode fast ms | preprocess ms | inference ms | Grad-CAM ms | "
-              "answer total ms | total over fast decode |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "answer total ms | total over fast decode | with --heatmap ms |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for kind, e in res["end_to_end"].items():
         lines.append(f"| {kind} | {e['bytes'] / 1e6:.1f} MB | {e['decode_full_ms']:.1f} | {e['decode_fast_ms']:.1f} | "
                      f"{e['preprocess_ms']:.2f} | {e['inference_ms']:.2f} | {e['gradcam_ms']:.3f} | "
-                     f"{e['predict_file_total_ms']:.1f} | +{e['overhead_over_decode']:.0%} |")
+                     f"{e['predict_file_total_ms']:.1f} | +{e['overhead_over_decode']:.0%} | "
+                     f"{_f(e.get('with_heatmap_total_ms'), '.1f')} |")
     if res.get("film_path"):
         lines += ["", "## Film path: a phone photo of film on a lightbox to the answer (medians, 1 thread, kept "
                       "image written, no overlay)", "",

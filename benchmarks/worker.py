@@ -13,11 +13,12 @@ T_START = time.time()  # before any heavy import
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 from typing import Callable, List  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from benchmarks.memory import peak_rss_mb  # noqa: E402
 
 
 def _keras_runner(model_path: str, threads: int, size: int) -> Callable[[np.ndarray], float]:
@@ -82,7 +83,7 @@ def main(argv: List[str] = None) -> int:
         "t_start": T_START, "t_first_answer": t_first, "import_and_load_s": t_loaded - t0,
         "first_inference_ms": (t_first - t_loaded) * 1000.0, "latency_ms": lat,
         "throughput_images_per_s": args.batch / batch_s if batch_s > 0 else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": peak_rss_mb(),
     }))
     return 0
 
@@ -104,7 +105,7 @@ def film_path(args) -> int:
     print(json.dumps({"timings_ms": [r.get("timings_ms", {}) for r in timed],
                       "answered": sum("probability" in r for r in timed), "runs": len(timed),
                       "codes": timed[-1].get("quality", {}).get("codes"),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
+                      "peak_rss_mb": peak_rss_mb()}))
     return 0
 
 

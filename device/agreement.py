@@ -41,6 +41,7 @@ class ConditionStats:
     same: int = 0
     lost: int = 0  # file says fractured, photo says not
     added: int = 0  # file says not fractured, photo says fractured
+    unsimulated: int = 0  # the simulator found no scene for the film's shape (reported, not counted)
     diffs: List[float] = field(default_factory=list)
     reasons: Dict[str, int] = field(default_factory=dict)
 
@@ -49,7 +50,7 @@ class ConditionStats:
         d = np.array(self.diffs) if self.diffs else None
         out = {"condition": self.condition, "expect": self.expect, "photos": self.photos,
                "accepted": self.accepted, "accepted_share": self.accepted / self.photos if self.photos else None,
-               "reasons": dict(sorted(self.reasons.items(), key=lambda kv: -kv[1]))}
+               "reasons": dict(sorted(self.reasons.items(), key=lambda kv: -kv[1])), "unsimulated": self.unsimulated}
         if self.expect == "answer":
             out.update(same_decision=self.same / answered if answered else None,
                        fracture_lost=self.lost, fracture_added=self.added,
@@ -79,7 +80,11 @@ def film_agreement(predictor: Predictor, files: Sequence[Path], conditions: Sequ
             rng = np.random.default_rng([seed, i, CONDITION_INDEX[c]])
             radiograph = radiograph_from_file(f)
             other = radiograph_from_file(files[(i + 1) % len(files)]) if c == "two_films" and len(files) > 1 else None
-            data, _ = simulate(radiograph, c, rng, second=other)
+            try:
+                data, _ = simulate(radiograph, c, rng, second=other)
+            except RuntimeError:  # the simulator found no scene for this film's shape: say so, go on
+                stats[c].unsimulated += 1
+                continue
             p = Path(tmp) / f"{c}_{i}.jpg"
             p.write_bytes(data)
             rec = triage_photo(predictor, p, None)
@@ -167,6 +172,10 @@ def markdown(results: Dict[str, Dict[str, object]], title: str) -> str:
             reasons = ", ".join(f"{k} {v}" for k, v in r["reasons"].items()) or "–"
             lines.append(f"| {r['condition']} | {r['expect']} | {r['photos']} | {fmt(r['right_reason_share'])} | "
                          f"{r['accepted']} | {reasons} |")
+    skipped = {r["condition"]: r.get("unsimulated", 0) for r in results.values() if r.get("unsimulated")}
+    if skipped:
+        lines += ["", "Not simulated (the simulator found no scene for the film's shape): "
+                  + ", ".join(f"{c} {n}" for c, n in skipped.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -175,10 +184,15 @@ def totals(results: Dict[str, Dict[str, object]]) -> Dict[str, object]:
     accepted = sum(r["accepted"] for r in ans)
     same = sum(round((r["same_decision"] or 0) * r["accepted"]) for r in ans)
     lost = sum(r["fracture_lost"] for r in ans)
+    dp = sum((r["mean_abs_dp"] or 0) * r["accepted"] for r in ans)
+    ref = [r for r in results.values() if r["expect"] != "answer" and r["photos"]]
     return {"answer_photos": sum(r["photos"] for r in ans), "accepted": accepted,
             "same_decision": same / accepted if accepted else None,
             "fracture_lost_share": lost / accepted if accepted else None,
-            "min_accepted_share": min((r["accepted_share"] for r in ans), default=None)}
+            "mean_abs_dp": dp / accepted if accepted else None,
+            "min_accepted_share": min((r["accepted_share"] for r in ans), default=None),
+            "refusal_photos": sum(r["photos"] for r in ref),
+            "refused_right_reason": (sum(r["right_reason"] for r in ref) / sum(r["photos"] for r in ref)) if ref else None}
 
 
 def write_outputs(out: Path, results: Dict, rows: List[Dict], meta: Dict, title: str) -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from edge_runtime.cli import DISCLAIMER, run_command
+from edge_runtime.cli import DISCLAIMER, EXIT_UNUSABLE, check_output_dir, exit_status, printable, run_command
 
 from .simulate import CONDITIONS
 
@@ -22,22 +22,15 @@ from .simulate import CONDITIONS
 DEMO_NOTICE = "NOTE: this bundle is a DEMONSTRATION model (trained on phantom data), not for patients."
 
 
-def _output_dir(path: Optional[Path], flag: str) -> Optional[str]:
-    """Why `path` cannot be an output folder, or None."""
-    if path is not None and path.exists() and not path.is_dir():
-        return f"{flag} {path}: exists and is not a folder"
-    return None
-
-
 def _film(args) -> int:
-    from edge_runtime.predictor import POSITIVE, Predictor, UniqueStems
+    from edge_runtime.predictor import POSITIVE, Predictor, UniqueStems, internal_error_record
 
     from .triage import triage_photo
 
-    for problem in (_output_dir(args.keep, "--keep"), _output_dir(args.heatmap, "--heatmap")):
+    for problem in (check_output_dir(args.keep, "--keep"), check_output_dir(args.heatmap, "--heatmap")):
         if problem:
             print(f"error: {problem}", file=sys.stderr)
-            return 2
+            return EXIT_UNUSABLE
     predictor = Predictor(args.bundle, args.backend, None, args.threads)
     demo = predictor.bundle.demonstration_only
     if demo:
@@ -45,34 +38,34 @@ def _film(args) -> int:
     if predictor.spec.normalize == "none" or predictor.spec.views == "single":
         print("WARNING: this bundle predates film photos (no intensity normalisation or orientation views): "
               "answers from photos may differ from the file's; re-export it with the current pipeline.", file=sys.stderr)
-    failed = 0
+    records = []
     stems = UniqueStems()
     for photo in args.photos:
         stem = stems.take(photo)
-        heat = args.heatmap / f"{stem}_gradcam.png" if args.heatmap else None
+        heat = args.heatmap / f"{stem}_gradcam.jpg" if args.heatmap else None
         try:
             rec = triage_photo(predictor, photo, args.keep, heat, stem=stem)
-        except Exception as exc:  # a bug on one photo must not lose the rest of the batch
-            rec = {"file": str(photo), "mode": "film", "error": f"internal error ({type(exc).__name__}: {exc})",
-                   "warnings": []}
+        except Exception as exc:  # noqa: BLE001 - a bug on one photo must not lose the rest of the batch
+            rec = {**internal_error_record({"file": str(photo)}, exc), "mode": "film"}
         rec["demonstration_only"] = demo
-        failed += bool(rec.get("error") or rec.get("retake"))
+        records.append({"error": rec.get("error") or rec.get("retake"), "internal_error": rec.get("internal_error")})
+        name = printable(str(photo))
         if args.json:
             print(json.dumps(rec), flush=True)
         elif rec.get("error"):
-            print(f"{photo}: ERROR {rec['error']}")
+            print(f"{name}: ERROR {rec['error']}")
         elif rec.get("retake"):
-            print(f"{photo}: RETAKE — " + "; ".join(rec["quality"]["reasons"]))
+            print(f"{name}: RETAKE — " + "; ".join(rec["quality"]["reasons"]))
         else:
             flag = "FRACTURE SUSPECTED" if rec["decision"] == POSITIVE else "no fracture found"
             notes = rec.get("film", {}).get("notes", [])
-            print(f"{photo}: p={rec['probability']:.3f} (threshold {rec['threshold']:.3f}) {flag}"
+            print(f"{name}: p={rec['probability']:.3f} (threshold {rec['threshold']:.3f}) {flag}"
                   + (" [DEMONSTRATION MODEL]" if demo else "")
                   + (f"  [flattened: {rec['flattened']}]" if rec.get("flattened") else "")
                   + "".join(f"\n    note: {n}" for n in notes))
     if not args.json:
         print(DISCLAIMER, file=sys.stderr)
-    return 1 if failed else 0
+    return exit_status(records)
 
 
 def _capture(args) -> int:
@@ -149,6 +142,32 @@ def _agreement(args) -> int:
     return 0
 
 
+def _update(args) -> int:
+    from .update import UpdateError, install, rollback
+
+    try:
+        if args.rollback:
+            res = rollback(args.root)
+        else:
+            if args.source is None:
+                print("error: give a bundle folder or .zip, or --rollback", file=sys.stderr)
+                return EXIT_UNUSABLE
+            res = install(args.source, args.root, self_test=not args.skip_self_test, backend=args.backend)
+    except UpdateError as exc:
+        print(f"error: {exc}; the current bundle is unchanged", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.json:
+        print(json.dumps(res, indent=2))
+    elif not res["switched"]:
+        print(f"already current: {res['current']}")
+    else:
+        st = res.get("self_test") or {}
+        print(f"now current: {res['current']}" + (f" (self-test passed on {st['artifact']}, max |dp| "
+                                                   f"{st['max_abs_diff']:.1e})" if st.get("passed") else "")
+              + (f"\nprevious: {args.root / res['previous']} (python -m device update --rollback)" if res["previous"] else ""))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m device", description=__doc__.splitlines()[0], epilog=DISCLAIMER)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -192,6 +211,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     a.add_argument("--title", help="table title")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_agreement)
+    u = sub.add_parser("update", help="install a new bundle (folder or .zip), verified and self-tested, or roll back",
+                       description="Install a bundle beside the current one, verify it (checksums, manifest, signature "
+                                   "where a trusted key is configured, self-test on this device) and switch atomically; "
+                                   "the replaced bundle is kept for --rollback.")
+    u.add_argument("source", nargs="?", type=Path, metavar="BUNDLE_DIR_OR_ZIP")
+    u.add_argument("--root", type=Path, default=Path("/opt/fracture-edge"),
+                   help="install prefix holding bundle -> bundles/<id> (default: %(default)s)")
+    u.add_argument("--rollback", action="store_true", help="go back to the previous bundle")
+    u.add_argument("--skip-self-test", action="store_true", help="do not check the new bundle's answers on this device "
+                                                                 "(not recommended)")
+    u.add_argument("--backend", default="auto", help="interpreter the self-test uses (default: what predict would use)")
+    u.add_argument("--json", action="store_true")
+    u.set_defaults(func=_update)
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return run_command(args)

@@ -102,12 +102,7 @@ def _coons(top: np.ndarray, bottom: np.ndarray, left: np.ndarray, right: np.ndar
 def _side_ratio(gray: np.ndarray, fit, quad: np.ndarray, side: int, n: int, level: float) -> np.ndarray:
     """Lightbox brightness just outside one side, relative to the fitted surface, along the side
     (1 where the lightbox is not visible there: off the photo, a finger, the housing)."""
-    a, b = quad[side], quad[(side + 1) % 4]
-    centre = quad.mean(axis=0)
-    d = b - a
-    nrm = np.array([-d[1], d[0]]) / (np.linalg.norm(d) or 1.0)
-    if nrm @ (a - centre) < 0:
-        nrm = -nrm
+    a, d, nrm = geo.sides(quad)[side]
     size = max(geo.side_lengths(quad))
     t = np.linspace(0, 1, n)[:, None]
     ratios = []
@@ -135,17 +130,11 @@ def edge_width(gray: np.ndarray, quad: np.ndarray, level: float) -> Optional[flo
     The border of a film is a sharp step whatever the radiograph shows, so this measures the
     camera's blur (focus, shake) and not how soft the radiograph itself is. None when no side
     shows a clear step (dense film against dark housing everywhere)."""
-    centre = quad.mean(axis=0)
     short = min(geo.side_lengths(quad))
     reach = max(4.0, 0.04 * short)
     steps = np.linspace(-reach, reach, int(4 * reach) + 1)  # quarter-pixel samples across the border
     widths = []
-    for i in range(4):
-        a, b = quad[i], quad[(i + 1) % 4]
-        d = b - a
-        n = np.array([-d[1], d[0]]) / (np.linalg.norm(d) or 1.0)
-        if n @ (a - centre) < 0:
-            n = -n
+    for a, d, n in geo.sides(quad):
         t = np.linspace(0.15, 0.85, 24)
         pts = (a + d * t[:, None])[:, None, :] + steps[None, :, None] * n[None, None, :]
         prof, ok = _bilinear(gray, pts)  # (24, samples): inside -> outside

@@ -104,16 +104,10 @@ def _refine(quad: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Each side re-fitted to the outline points nearest it; corners where the lines meet."""
     q = geo.order_quad(quad)
     pts = geo.boundary_points(mask)
-    centre = q.mean(axis=0)
     size = max(geo.side_lengths(q))
     lines = []
-    for i in range(4):
-        a, b = q[i], q[(i + 1) % 4]
-        d = b - a
+    for a, d, n in geo.sides(q):
         length = float(np.linalg.norm(d)) or 1.0
-        n = np.array([-d[1], d[0]]) / length
-        if n @ (a - centre) < 0:
-            n = -n
         t = (pts - a) @ d / length ** 2
         dist = np.abs((pts - a) @ n)
         near = pts[(t > 0.08) & (t < 0.92) & (dist < 0.06 * size)]  # corners are rounded by morphology
@@ -135,15 +129,9 @@ def _outside_lit(quad: np.ndarray, lit: np.ndarray, shape: Tuple[int, int],
     """For each side: share of points just outside it that are lit lightbox (NaN: off the photo);
     and the median brightness of those lit points in `g` (NaN without g)."""
     h, w = shape
-    centre = quad.mean(axis=0)
     size = max(geo.side_lengths(quad))
     shares, values = [], []
-    for i in range(4):
-        a, b = quad[i], quad[(i + 1) % 4]
-        d = b - a
-        n = np.array([-d[1], d[0]]) / (np.linalg.norm(d) or 1.0)
-        if n @ (a - centre) < 0:
-            n = -n
+    for a, d, n in geo.sides(quad):
         t = np.linspace(0.1, 0.9, 24)[:, None]
         hits, total = 0, 0
         for off in (0.015, 0.03):  # a film may nearly fill its panel: the lightbox margin is narrow
@@ -273,16 +261,10 @@ def edge_contrast(quad: np.ndarray, g: np.ndarray) -> float:
     lightbox inside); a piece of film cut off by bone has a weak one where the bone bounds it.
     """
     h, w = g.shape
-    centre = quad.mean(axis=0)
     size = max(geo.side_lengths(quad))
     top = max(float(np.percentile(g, 99.5)), 1e-3)
     sides = []
-    for i in range(4):
-        a, b = quad[i], quad[(i + 1) % 4]
-        d = b - a
-        n = np.array([-d[1], d[0]]) / (np.linalg.norm(d) or 1.0)
-        if n @ (a - centre) < 0:
-            n = -n
+    for a, d, n in geo.sides(quad):
         t = np.linspace(0.1, 0.9, 24)[:, None]
         out = a + d * t + n * 0.015 * size
         inn = a + d * t - n * 0.015 * size

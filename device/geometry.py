@@ -149,6 +149,19 @@ def film_shaped(quad: np.ndarray, min_ratio: float = 0.5, angles: Tuple[float, f
     return True
 
 
+def sides(quad: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(start corner, edge vector, unit outward normal) for each of a quad's four sides: what every
+    measurement across the film's border samples along."""
+    centre = quad.mean(axis=0)
+    out = []
+    for i in range(4):
+        a, b = quad[i], quad[(i + 1) % 4]
+        d = b - a
+        n = np.array([-d[1], d[0]]) / (np.linalg.norm(d) or 1.0)
+        out.append((a, d, -n if n @ (a - centre) < 0 else n))
+    return out
+
+
 def side_lengths(quad: np.ndarray) -> Tuple[float, float]:
     """(mean width, mean height) of a TL, TR, BR, BL quad."""
     q = np.asarray(quad, float)

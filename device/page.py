@@ -20,7 +20,7 @@ from edge_runtime.cli import DISCLAIMER
 from .service import Ledger
 
 LATEST = 30
-_IMAGE = re.compile(r"^/img/([0-9a-f]{32})/(gradcam\.png|original_flat\.png)$")
+_IMAGE = re.compile(r"^/img/([0-9a-f]{32})/(gradcam\.jpg|original_flat\.png)$")
 
 CSS = """body{font-family:sans-serif;margin:0;background:#f4f4f4;color:#222}
 header{background:#1d3557;color:#fff;padding:12px 16px}h1{font-size:20px;margin:0}
@@ -45,7 +45,7 @@ def _card(r: Dict) -> str:
     else:
         pos = r.get("decision") == "fractured"
         label = "FRACTURE SUSPECTED — refer / review" if pos else "no fracture found"
-        img = (f'<img alt="radiograph with Grad-CAM heatmap" src="/img/{r["id"]}/gradcam.png">'
+        img = (f'<img alt="radiograph with Grad-CAM heatmap" src="/img/{r["id"]}/gradcam.jpg">'
                if r.get("heatmap") else "")
         body = (f'{img}<p><span class="badge {"pos" if pos else "neg"}">{label}</span></p>'
                 f'<p>probability {r["probability"]:.3f} (threshold {r["threshold"]:.3f})</p>')
@@ -82,7 +82,8 @@ def make_handler(ledger: Ledger, store: Path):
                 return self._send(200, json.dumps(ledger.records()[-LATEST:]).encode(), "application/json")
             m = _IMAGE.match(path)
             if m and (store / m.group(1) / m.group(2)).is_file():
-                return self._send(200, (store / m.group(1) / m.group(2)).read_bytes(), "image/png")
+                return self._send(200, (store / m.group(1) / m.group(2)).read_bytes(),
+                                  "image/jpeg" if m.group(2).endswith(".jpg") else "image/png")
             return self._send(404, b"not found", "text/plain")
 
         def log_message(self, fmt, *args):  # no request log: file names could identify a patient

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from edge_runtime.errors import ImageReadError
+from edge_runtime.filecheck import check_input_file
+from edge_runtime.imageio import DECODE_ERRORS, decode_error
 
 DECODE_SIDE = 1000  # decoded long side is at least this (when the photo has it), and below twice this
 MAX_PHOTO_PIXELS = 200_000_000  # a 200 MP phone sensor; larger is treated as a decompression bomb
@@ -39,12 +41,7 @@ class Photo:
 
 def open_photo(path: Union[str, Path], decode_side: int = DECODE_SIDE) -> Photo:
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(path, "file not found")
-    if not path.is_file():
-        raise ImageReadError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "file is empty")
+    check_input_file(path)
     try:
         with warnings.catch_warnings():
             # Pillow warns above ~89 MP; 12-108 MP phone photos are expected here and bounded below.
@@ -73,12 +70,8 @@ def open_photo(path: Union[str, Path], decode_side: int = DECODE_SIDE) -> Photo:
                 out = _to_rgb(img, mode)
     except ImageReadError:
         raise
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image, or an image format Pillow cannot read") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"decompression bomb refused ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
+    except DECODE_ERRORS as exc:
+        raise decode_error(path, exc) from None
     return Photo(out, (W, H), mode, fmt)
 
 

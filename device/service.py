@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
@@ -119,7 +120,9 @@ class Service:
         self.store = self.data / "store"
         self.store.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.data / LEDGER)
+        self._bundle_arg, self._backend, self._threads = bundle, backend, threads
         self.predictor = Predictor(bundle, backend, None, threads)
+        self._bundle_real = os.path.realpath(self.predictor.bundle.path)
         self.sources: List[Tuple[Path, str]] = [(self.spool.film, "film"), (self.spool.files, "file")]
         self.sources += [(Path(w), "file") for w in watch]
         self.settle_s = settle_s
@@ -148,7 +151,7 @@ class Service:
         dest.mkdir(parents=True)
         original = dest / f"original{path.suffix.lower()}"
         shutil.copy2(path, original)
-        heat = dest / "gradcam.png"
+        heat = dest / "gradcam.jpg"
         try:
             if mode == "film":
                 rec = triage_photo(self.predictor, original, dest, heat)
@@ -158,12 +161,31 @@ class Service:
             rec = {"file": str(original), "mode": mode, "error": f"internal error ({type(exc).__name__}: {exc})",
                    "warnings": []}
         rec.update(id=fid, source=str(path), original=str(original), received_utc=time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), demonstration_only=self.predictor.bundle.demonstration_only)
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), demonstration_only=self.predictor.bundle.demonstration_only,
+            bundle_id=self.predictor.bundle.manifest.get("manifest_sha256", "")[:16])
         self.ledger.append(rec)
         self.done.add(fid)
         return rec
 
+    def reload_if_switched(self) -> bool:
+        """`device update` switches the bundle symlink atomically; pick the new one up between files.
+        A bundle that does not load keeps the old one answering (and says so)."""
+        real = os.path.realpath(self.predictor.bundle.path)
+        if real == self._bundle_real:
+            return False
+        try:
+            self.predictor = Predictor(self._bundle_arg, self._backend, None, self._threads)
+        except Exception as exc:  # noqa: BLE001 - keep serving with the bundle that works
+            print(f"warning: the switched bundle {real} does not load ({exc}); still using {self._bundle_real}",
+                  file=sys.stderr)
+            self._bundle_real = real  # do not retry on every scan; the next switch is tried again
+            return False
+        self._bundle_real = real
+        print(f"bundle switched: now {real}", file=sys.stderr)
+        return True
+
     def run_once(self) -> int:
+        self.reload_if_switched()
         n = 0
         for path, mode, fid in list(self.pending()):
             if fid in self.done:

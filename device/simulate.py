@@ -170,15 +170,17 @@ def draw_scene(condition: str, aspect: float, rng: np.random.Generator,
     """A random scene for `condition` (see CONDITIONS); `aspect` is the radiograph's height / width."""
     if condition not in CONDITIONS:
         raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
-    for _ in range(200):
-        scene = _try_scene(condition, aspect, rng, photo_size)
+    for attempt in range(200):
+        # A film far from the lightbox's shape (a 3.5:1 crop) may not fit at the usual size: after 50
+        # tries, shrink it a little more on each, as a technician would hang it smaller.
+        scene = _try_scene(condition, aspect, rng, photo_size, shrink=0.985 ** max(0, attempt - 50))
         if scene is not None:
             return scene
-    raise RuntimeError(f"could not place a film for condition {condition!r}")  # pragma: no cover
+    raise RuntimeError(f"could not place a film for condition {condition!r}")
 
 
 def _try_scene(condition: str, aspect: float, rng: np.random.Generator,
-               photo_size: Optional[Tuple[int, int]]) -> Optional[Scene]:
+               photo_size: Optional[Tuple[int, int]], shrink: float = 1.0) -> Optional[Scene]:
     portrait = rng.random() < 0.5
     if photo_size is None:
         photo_size = (1200, 1600) if portrait else (1600, 1200)
@@ -192,7 +194,7 @@ def _try_scene(condition: str, aspect: float, rng: np.random.Generator,
     # The panel (lightbox) and the film on it, in world units (panel width 1).
     two = condition == "two_films"
     panel = (2.0 if two else 1.0, _u(rng, 1.0, 1.35))
-    fill = _u(rng, 0.55, 0.9)
+    fill = _u(rng, 0.55, 0.9) * shrink
     fw = fill * (0.95 if two else 1.0)
     fh = fw * aspect
     if fh > 0.94 * panel[1]:
@@ -263,12 +265,10 @@ def _try_scene(condition: str, aspect: float, rng: np.random.Generator,
     elif condition == "cut_off":  # the film runs off one side of the photo by 12-40%
         side = int(rng.integers(4))
         frac = _u(rng, 0.12, 0.4)
-        d = corners.mean(axis=0)
         ext = corners.max(axis=0) - corners.min(axis=0)
         W, H = size
         move = {0: (-(corners[:, 0].min() + frac * ext[0]), 0), 1: (W - corners[:, 0].max() + frac * ext[0], 0),
                 2: (0, -(corners[:, 1].min() + frac * ext[1])), 3: (0, H - corners[:, 1].max() + frac * ext[1])}[side]
-        del d
         Hm = np.array([[1, 0, move[0]], [0, 1, move[1]], [0, 0, 1]]) @ Hm
     corners = _project(Hm, film_corners_world(films[0]))
     if condition not in ("cut_off", "tiny"):

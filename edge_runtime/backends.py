@@ -111,6 +111,9 @@ class TFLiteSession:
         self.outputs = list(zip(_roles_by_shape([tuple(d["shape"]) for d in details], outputs, str(artifact.path)),
                                 details))
 
+    def input_shape(self) -> Tuple:
+        return tuple(int(n) for n in self.input["shape"])
+
     def io_spec(self) -> Dict[str, object]:
         """Input and output dtypes, scales and zero points as the model file carries them."""
         def q(d):
@@ -158,6 +161,9 @@ class OnnxSession:
             raise BundleError(artifact.path, f"model lacks outputs {sorted(missing)}; it has {names}")
         self.names = list(outputs)
 
+    def input_shape(self) -> Tuple:
+        return tuple(n if isinstance(n, int) else None for n in self.session.get_inputs()[0].shape)
+
     def io_spec(self) -> None:
         return None  # float input and outputs; QDQ quantization lives inside the graph
 
@@ -172,6 +178,10 @@ def open_session(bundle: Bundle, backend: str = "auto", artifact: Optional[str] 
                  threads: Optional[int] = None):
     name, art = choose(bundle, backend, artifact)
     outputs = bundle.manifest["model"]["outputs"]
-    if name == "onnx":
-        return OnnxSession(art, outputs, threads)
-    return TFLiteSession(name, art, outputs, threads)
+    session = OnnxSession(art, outputs, threads) if name == "onnx" else TFLiteSession(name, art, outputs, threads)
+    shape = session.input_shape()
+    size = bundle.spec.size
+    if len(shape) != 4 or any(isinstance(n, int) and n != want for n, want in zip(shape[1:], (size, size, 1))):
+        raise BundleError(art.path, f"the model takes input {list(shape)}, but the manifest's preprocessing "
+                                    f"makes {size} x {size} x 1 images")
+    return session

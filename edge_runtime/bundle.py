@@ -1,8 +1,8 @@
 """Load and verify a bundle: manifest.json plus the model files export wrote (the DESIGN.md contract).
 
-The runtime trusts nothing it has not checked: the format version, the sha256 of every file the
-manifest lists, and that export's fidelity check accepted the bundle. Export imports the constants
-here, so writer and reader cannot drift apart.
+The runtime trusts nothing it has not checked: the manifest's own digest and typed schema
+(edge_runtime/manifest.py), the sha256 of every file it lists, and that export's fidelity check
+accepted the bundle. Export imports the constants here, so writer and reader cannot drift apart.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+from .manifest import DIGEST_KEY, FORMAT, FORMAT_VERSION, Manifest, ManifestError, seal  # noqa: F401 (export's)
 from .preprocess import PreprocessSpec
+from .signature import SIGNATURE, SignatureError, trusted_key_path
+from .signature import verify as verify_signature
 
-FORMAT = "fracture-edge-bundle"
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 4 * 2 ** 20  # export writes ~20 KB; anything this large is not ours
 ENV_VAR = "FRACTURE_EDGE_BUNDLE"
 # The committed reference bundle, found relative to a source checkout (installs pass --bundle or
 # set $FRACTURE_EDGE_BUNDLE; device/install puts it in a fixed place and sets the variable).
@@ -46,27 +48,29 @@ class Artifact:
 @dataclass
 class Bundle:
     path: Path
-    manifest: Dict[str, Any]
+    manifest: Dict[str, Any]  # as export wrote it (provenance, metrics) ...
+    info: Manifest  # ... and what the runtime acts on, typed and validated
+    signed_by: Optional[str] = None  # the trusted key's id, when a key is configured and verified it
 
     @property
     def spec(self) -> PreprocessSpec:
-        return PreprocessSpec.from_dict(self.manifest["preprocess"])
+        return self.info.preprocess
 
     @property
     def threshold(self) -> float:
-        return float(self.manifest["decision"]["threshold"])
+        return self.info.decision.threshold
 
     @property
     def model_name(self) -> str:
-        return str(self.manifest["model"]["name"])
+        return self.info.model.name
 
     @property
     def demonstration_only(self) -> bool:
-        return bool(self.manifest.get("demonstration_only", True))
+        return self.info.demonstration_only
 
     @property
     def gradcam(self) -> Optional[Dict[str, Any]]:
-        return self.manifest.get("gradcam")
+        return self.manifest.get("gradcam") if self.info.gradcam else None
 
     def artifacts(self) -> List[Artifact]:
         return [Artifact(k, self.path / a["file"], a["format"], a["precision"], a)
@@ -91,10 +95,22 @@ def sha256_file(path: Union[str, Path]) -> str:
     return h.hexdigest()
 
 
+PACKAGED_BUNDLE = "fracture_edge_bundle"  # the reference bundle as installed from the wheel
+
+
 def default_bundle_dir(environ: Optional[Dict[str, str]] = None) -> Path:
-    """$FRACTURE_EDGE_BUNDLE, else the committed reference bundle of a source checkout."""
+    """$FRACTURE_EDGE_BUNDLE, else the reference bundle of a source checkout, else the one the
+    package installed (pyproject.toml ships it as package data)."""
     env = os.environ if environ is None else environ
-    return Path(env[ENV_VAR]).expanduser() if env.get(ENV_VAR) else REPO_BUNDLE
+    if env.get(ENV_VAR):
+        return Path(env[ENV_VAR]).expanduser()
+    if REPO_BUNDLE.is_dir():
+        return REPO_BUNDLE
+    import importlib.util
+    spec = importlib.util.find_spec(PACKAGED_BUNDLE)
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return REPO_BUNDLE  # not found: load_bundle names this path in its error
 
 
 def _require(cond: bool, path: Path, reason: str) -> None:
@@ -103,43 +119,40 @@ def _require(cond: bool, path: Path, reason: str) -> None:
 
 
 def load_bundle(path: Union[str, Path, None] = None, verify: bool = True,
-                require_accepted: bool = True) -> Bundle:
-    """Read manifest.json, check its format version, status and every file's sha256.
+                 require_accepted: bool = True, trusted_key: Union[str, Path, None, bool] = None) -> Bundle:
+    """Read manifest.json, check its digest, schema, status, signature and every file's sha256.
 
-    Only export's own check opens a bundle before it is accepted (`require_accepted=False`)."""
+    `trusted_key`: None uses the configured one (edge_runtime/signature.py), if any; False skips
+    the signature (only export's own check, on a bundle not yet signed, does that, together with
+    `require_accepted=False`)."""
     root = Path(path).expanduser() if path is not None else default_bundle_dir()
     mpath = root / MANIFEST
     _require(root.is_dir(), root, "bundle folder not found")
     _require(mpath.is_file(), mpath, "manifest.json missing: not a bundle folder")
     try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(mpath, f"unreadable manifest ({exc})") from None
-    _require(isinstance(manifest, dict) and manifest.get("format") == FORMAT, mpath,
-             f"not a {FORMAT} manifest")
-    version = manifest.get("format_version")
-    _require(version == FORMAT_VERSION, mpath,
-             f"format version {version!r}, this runtime reads version {FORMAT_VERSION}; "
-             "re-export the bundle or update the runtime")
-    _require(manifest.get("status") == "accepted" or not require_accepted, mpath,
-             f"bundle status is {manifest.get('status')!r}: export's fidelity check did not accept it")
-    for key in ("model", "preprocess", "decision", "artifacts", "files"):
-        _require(key in manifest, mpath, f"manifest lacks {key!r}")
+        _require(mpath.stat().st_size <= MAX_MANIFEST_BYTES, mpath, "manifest is too large to be a bundle's")
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise BundleError(mpath, f"unreadable manifest ({type(exc).__name__}: {str(exc)[:120]})") from None
     try:
-        PreprocessSpec.from_dict(manifest["preprocess"])
-    except (TypeError, ValueError) as exc:
-        raise BundleError(mpath, f"bad preprocess section ({exc})") from None
-    files = manifest["files"]
-    for art in manifest["artifacts"].values():
-        _require(art.get("file") in files, mpath, f"artifact file {art.get('file')!r} has no checksum")
-    if manifest.get("gradcam"):
-        _require(manifest["gradcam"].get("file") in files, mpath, "Grad-CAM head file has no checksum")
+        info = Manifest.from_dict(raw)
+    except ManifestError as exc:
+        raise BundleError(mpath, f"invalid manifest: {exc}") from None
+    _require(info.status == "accepted" or not require_accepted, mpath,
+             f"bundle status is {info.status!r}: export's fidelity check did not accept it")
+    key = trusted_key_path() if trusted_key is None else (trusted_key or None)
+    signer = None
+    if key:
+        try:
+            signer = verify_signature(root, raw[DIGEST_KEY], key)
+        except SignatureError as exc:
+            raise BundleError(root / SIGNATURE, str(exc)) from None
     if verify:
-        for name, expected in files.items():
+        for name, expected in info.files.items():
             fpath = root / name
-            _require(Path(name).name == name and fpath.is_file(), fpath, "file listed in the manifest is missing")
+            _require(fpath.is_file(), fpath, "file listed in the manifest is missing")
             actual = sha256_file(fpath)
             _require(actual == expected, fpath,
                      f"sha256 {actual[:16]}... does not match the manifest's {expected[:16]}...: "
                      "the file was changed or damaged; reinstall the bundle")
-    return Bundle(root, manifest)
+    return Bundle(root, raw, info, signer)

@@ -1,25 +1,56 @@
 """python -m edge_runtime: predict on image files with a bundle, or check a bundle.
 
-Exit status: 0 every file answered; 1 at least one file could not be read (the others were
-still answered); 2 the bundle or the command line was unusable.
+Exit status: 0 every file answered; 1 some files refused or unreadable (their records say why;
+the others were answered); 2 the bundle or the command line was unusable; 3 an internal error
+(on a file, recorded with `internal_error`, the batch went on).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from .backends import BACKENDS, BackendError, backend_version, installed_backends
 from .bundle import ENV_VAR, BundleError, default_bundle_dir, load_bundle
+from .signature import SIGNATURE
+
+EXIT_OK, EXIT_REFUSED, EXIT_UNUSABLE, EXIT_INTERNAL = 0, 1, 2, 3
 
 DISCLAIMER = ("Screening aid only: a trained clinician makes the diagnosis. A negative result does not "
               "rule out a fracture.")
 
 
+def printable(name: str) -> str:
+    """A file name on one line: newlines, control characters and undecodable bytes escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+
+
+def exit_status(records) -> int:
+    """0 all answered, 1 some refused, 3 any internal error (worst wins)."""
+    if any(r.get("internal_error") for r in records):
+        return EXIT_INTERNAL
+    return EXIT_REFUSED if any(r.get("error") for r in records) else EXIT_OK
+
+
+def check_output_dir(path: Optional[Path], what: str) -> Optional[str]:
+    """Why an output folder cannot be used, before any work is done (None when it can)."""
+    if path is None:
+        return None
+    if path.exists() and not path.is_dir():
+        return f"{what} {printable(str(path))} exists and is not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{what} {printable(str(path))} cannot be created ({exc.strerror or exc})"
+    return None
+
+
 def _human(rec) -> str:
+    rec = {**rec, "file": printable(rec["file"])}
     if rec.get("error"):
         return f"{rec['file']}: ERROR {rec['error']}"
     flag = "FRACTURE SUSPECTED" if rec["decision"] == "fractured" else "no fracture found"
@@ -37,6 +68,10 @@ def _human(rec) -> str:
 def _predict(args) -> int:
     from .predictor import Predictor
 
+    problem = check_output_dir(args.heatmap, "--heatmap")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_UNUSABLE
     predictor = Predictor(args.bundle, args.backend, args.artifact, args.threads,
                           gradcam=not args.no_gradcam)
     if predictor.bundle.demonstration_only:
@@ -45,11 +80,11 @@ def _predict(args) -> int:
     if not args.json:
         print(f"model {predictor.bundle.model_name} ({predictor.artifact} on {predictor.backend}); "
               f"{DISCLAIMER}", file=sys.stderr)
-    failed = 0
+    records = []
     for rec in predictor.predict_files(args.files, args.heatmap):
-        failed += bool(rec.get("error"))
+        records.append({"error": rec.get("error"), "internal_error": rec.get("internal_error")})
         print(json.dumps(rec) if args.json else _human(rec), flush=True)
-    return 1 if failed else 0
+    return exit_status(records)
 
 
 def _info(args) -> int:
@@ -59,13 +94,20 @@ def _info(args) -> int:
             "demonstration_only": bundle.demonstration_only, "threshold": m["decision"],
             "artifacts": {k: {"file": a["file"], "bytes": a.get("bytes")} for k, a in m["artifacts"].items()},
             "gradcam": bool(m.get("gradcam")), "data": m.get("data", {}).get("name"),
+            "signature": (f"verified (key {bundle.signed_by})" if bundle.signed_by else
+                          "present, not checked (no trusted key configured)" if (bundle.path / SIGNATURE).is_file()
+                          else "unsigned (no trusted key configured, so not required)"),
             "installed_backends": {b: backend_version(b) for b in installed_backends()}}
+    if args.self_test:
+        from . import selftest
+        st = selftest.run(bundle)
+        info["self_test"] = {k: v for k, v in st.items() if k not in ("expected", "got")}
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for k, v in info.items():
             print(f"{k}: {v}")
-    return 0
+    return EXIT_REFUSED if info.get("self_test", {}).get("passed") is False else EXIT_OK
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -88,6 +130,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-gradcam", action="store_true", help="skip the heatmap")
     p.set_defaults(func=_predict)
     i = sub.add_parser("info", parents=[common], help="verify a bundle and show what it holds")
+    i.add_argument("--self-test", action="store_true",
+                   help="also answer the bundle's self-test images and compare with export's answers (exit 1 if they differ)")
     i.set_defaults(func=_info)
     return run_command(ap.parse_args(argv))
 
@@ -98,4 +142,10 @@ def run_command(args) -> int:
         return args.func(args)
     except (BundleError, BackendError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_UNUSABLE
+    except Exception as exc:  # noqa: BLE001 - a traceback helps no technician; the type helps us
+        if os.environ.get("FRACTURE_EDGE_DEBUG"):
+            raise
+        print(f"internal error ({type(exc).__name__}): please report it with the command you ran",
+              file=sys.stderr)
+        return EXIT_INTERNAL

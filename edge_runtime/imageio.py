@@ -6,6 +6,7 @@ colour photo becomes the same pixels in both places.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
@@ -14,13 +15,21 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError
+from .filecheck import check_input_file, open_error
 
 # Larger than any plain radiograph (a 43 x 43 cm detector at 100 um is ~18.5 MP); anything
 # above this is treated as a decompression bomb rather than decoded.
 MAX_PIXELS = 80_000_000
 MIN_SIDE = 16
+# Memory is bounded before decoding, in bytes, not only in pixels: a 16-bit image costs more
+# than an 8-bit one, and a 78 KB PNG can declare 80 MP. With the interpreter's ~60 MB this
+# keeps one input under ~400 MB, what a 1 GB Pi can spare.
+MAX_DECODE_BYTES = 256 * 2 ** 20
+MAX_ASPECT = 12  # a stitched long-leg radiograph is about 1:4; a 60:1 strip is not a radiograph
+WORK_BYTES_PER_PIXEL = 24  # gray conversion, colour check and float copies, at the reduced size
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_REDUCIBLE = ("L", "RGB", "RGBA", "LA", "I", "F")
 
 
 @dataclass
@@ -29,6 +38,24 @@ class DecodedImage:
     source_mode: str
     source_size: Tuple[int, int]  # (width, height) as stored in the file
     warnings: List[str] = field(default_factory=list)
+
+
+# What Pillow and its plugins raise on files that are not images, or are malformed or truncated.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError,
+                 ZeroDivisionError, OverflowError, MemoryError, Image.DecompressionBombError)
+
+
+def decode_error(path: Union[str, Path], exc: BaseException) -> ImageReadError:
+    """One of DECODE_ERRORS, in words that say what to do about it."""
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageReadError(path, "not an image, or an image format Pillow cannot read")
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageReadError(path, f"decompression bomb refused ({exc})")
+    if isinstance(exc, MemoryError):
+        return ImageReadError(path, "image too large to decode in the memory available")
+    if isinstance(exc, OSError) and not type(exc) is OSError:  # permission, vanished: not corruption
+        return open_error(path, exc)
+    return ImageReadError(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})")
 
 
 def container_bits(peak: float, mode: str) -> int:
@@ -49,9 +76,13 @@ def reduce_factor(size: Tuple[int, int], draft_size: Tuple[int, int]) -> int:
 def box_reduce(pixels: np.ndarray, draft_size: Tuple[int, int]) -> np.ndarray:
     """The same reduction on a decoded array (DICOM), so every format reaches the model alike."""
     h, w = pixels.shape
-    f = reduce_factor((w, h), draft_size)
+    return box_reduce_by(pixels, reduce_factor((w, h), draft_size))
+
+
+def box_reduce_by(pixels: np.ndarray, f: int) -> np.ndarray:
+    h, w = pixels.shape
     if f == 1:
-        return pixels
+        return pixels.astype(np.float32, copy=False)
     # As Image.reduce (and the JPEG codec) do: a partial last block is averaged over what it has.
     H, W = -(-h // f), -(-w // f)
     total = np.zeros((H * f, W * f), np.float64)
@@ -65,11 +96,55 @@ def _reduce(img: Image.Image, draft_size: Tuple[int, int]) -> Image.Image:
     """What JPEG's draft mode does for other formats: box-average by 2, 4 or 8, never below
     draft_size, so a full-size PNG or TIFF is not resized from millions of float pixels."""
     factor = reduce_factor(img.size, draft_size)
-    if factor == 1 or img.mode not in ("L", "RGB", "RGBA", "LA", "I", "F") + tuple(_SIXTEEN_BIT_MODES):
+    if factor == 1:
         return img
-    if img.mode.startswith("I;16"):
-        img = img.convert("I")
+    if img.mode not in _REDUCIBLE:
+        img = img.convert(_reducible_mode(img))
     return img.reduce(factor)
+
+
+def _reducible_mode(img: Image.Image) -> str:
+    """The mode Image.reduce accepts that keeps what matters: 16-bit depth, colour, transparency."""
+    if img.mode.startswith("I;16"):
+        return "I"  # converting 16-bit to L would clip it at 255
+    if img.mode == "1":
+        return "L"
+    if img.mode in ("P", "PA"):
+        return "RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB"
+    return "RGB"
+
+
+def _stored_bytes(mode: str) -> int:
+    """Bytes per pixel of Pillow's own buffer for a mode."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
+
+
+def decode_cost(size: Tuple[int, int], mode: str, draft_size: Optional[Tuple[int, int]]) -> int:
+    """Bytes that decoding an image of `size` (as the decoder will produce it) may take."""
+    w, h = size
+    f = reduce_factor(size, draft_size) if draft_size is not None else 1
+    conversion = 4 if f > 1 and mode not in _REDUCIBLE else 0
+    return w * h * (_stored_bytes(mode) + conversion) + (w // f) * (h // f) * WORK_BYTES_PER_PIXEL
+
+
+def check_shape(path: Union[str, Path], width: int, height: int) -> None:
+    """Refuse, before any decoding, an image too large, too small or too thin to be a radiograph."""
+    if width * height > MAX_PIXELS:
+        raise ImageReadError(path, f"image is {width}x{height} px, above the {MAX_PIXELS:,} px limit "
+                                   "(possible decompression bomb)")
+    if min(width, height) < MIN_SIDE:
+        raise ImageReadError(path, f"image is {width}x{height} px, too small to read")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageReadError(path, f"image is {width}x{height} px: a strip more than {MAX_ASPECT}:1, "
+                                   "not a radiograph")
+
+
+def check_cost(path: Union[str, Path], cost: int) -> None:
+    if cost > MAX_DECODE_BYTES:
+        raise ImageReadError(path, f"decoding it would take about {cost / 2 ** 20:,.0f} MB, above the "
+                                   f"{MAX_DECODE_BYTES // 2 ** 20} MB this runtime allows for one image")
 
 
 def _is_colour(img: Image.Image) -> bool:
@@ -86,24 +161,18 @@ def read_grayscale(path: Union[str, Path], draft_size: Optional[Tuple[int, int]]
     are shrunk to 128 px anyway.
     """
     path = Path(path)
-    if not path.exists():
-        raise ImageReadError(path, "file not found")
-    if not path.is_file():
-        raise ImageReadError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "file is empty")
+    check_input_file(path)
     warnings: List[str] = []
     try:
         with Image.open(path) as img:
             width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageReadError(
-                    path, f"image is {width}x{height} px, above the {MAX_PIXELS:,} px limit "
-                    "(possible decompression bomb)")
-            if min(width, height) < MIN_SIDE:
-                raise ImageReadError(path, f"image is {width}x{height} px, too small to read")
+            check_shape(path, width, height)
             if draft_size is not None and img.format == "JPEG":
                 img.draft("L" if img.mode == "L" else img.mode, draft_size)
+            check_cost(path, decode_cost(img.size, img.mode, draft_size))
+            pages = getattr(img, "n_frames", 1)
+            if isinstance(pages, int) and pages > 1:
+                warnings.append(f"{img.format or 'image'} file holds {pages} pages or frames: only the first was read")
             img.load()
             mode = img.mode  # as stored: reducing a 16-bit image goes through mode "I"
             if draft_size is not None and img.format != "JPEG":
@@ -129,12 +198,8 @@ def read_grayscale(path: Union[str, Path], draft_size: Optional[Tuple[int, int]]
                 pixels = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
     except ImageReadError:
         raise
-    except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image, or an image format Pillow cannot read") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"decompression bomb refused ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
+    except DECODE_ERRORS as exc:
+        raise decode_error(path, exc) from None
     if pixels.ndim != 2:
         raise ImageReadError(path, f"unexpected pixel array shape {pixels.shape}")
     if not np.isfinite(pixels).all():

@@ -1,7 +1,9 @@
 """Bundle + interpreter + Grad-CAM head: one image file in, one result record out.
 
 A file that cannot be read, or holds nothing to read (blank, flat, noise), gives a record with
-`error` set and no probability; the caller's batch goes on. A flattened film photo enters through
+`error` set and no probability; the caller's batch goes on. So does a failure of our own on one
+file (`internal_error: true`): the batch answers the others and the CLI exits 3. A heatmap that
+cannot be written is a warning on an answer that stands. A flattened film photo enters through
 `predict_pixels`, after decoding, so it meets exactly the preprocessing a file does. Each stage
 is timed so the device (and benchmarks/) can see where the time goes.
 """
@@ -19,7 +21,7 @@ from .bundle import Bundle, load_bundle
 from .errors import ImageReadError
 from .gradcam import load_head
 from .dicom import read_dicom
-from .imageio import DecodedImage, box_reduce, read_grayscale
+from .imageio import DecodedImage, read_grayscale
 from .inputs import read_image
 from .overlay import save_overlay
 from .preprocess import content_problem, merge_maps, normalize_intensity, resize_input, views
@@ -111,7 +113,7 @@ class Predictor:
             if max(decoded.pixels.shape) >= OVERLAY_SIDE:
                 return decoded.pixels
             if decoded.source_mode.startswith("DICOM"):
-                return box_reduce(read_dicom(path).pixels, (OVERLAY_SIDE, OVERLAY_SIDE))
+                return read_dicom(path, draft_size=(OVERLAY_SIDE, OVERLAY_SIDE)).pixels
             return read_grayscale(path, draft_size=(OVERLAY_SIDE, OVERLAY_SIDE)).pixels
 
         rec = self.predict_pixels(decoded, path, heatmap_path, display, t_start=t0)
@@ -145,8 +147,11 @@ class Predictor:
             heat = raw / peak if peak > 0 else np.zeros_like(raw)
             if heatmap_path is not None:
                 t0 = time.perf_counter()
-                base = display() if display is not None else decoded.pixels
-                rec["heatmap"] = str(save_overlay(heatmap_path, base, heat, max_side=OVERLAY_SIDE))
+                try:
+                    base = display() if display is not None else decoded.pixels
+                    rec["heatmap"] = str(save_overlay(heatmap_path, base, heat, max_side=OVERLAY_SIDE))
+                except (OSError, ImageReadError) as exc:  # a full disk, or the file changed under us
+                    rec["warnings"].append(f"heatmap not written ({getattr(exc, 'reason', None) or exc})")
                 timings["overlay"] = _ms(t0)
         elif heatmap_path is not None:
             rec["warnings"].append("this bundle has no Grad-CAM head: no heatmap")
@@ -162,5 +167,21 @@ class Predictor:
                       heatmap_dir: Optional[Path] = None) -> Iterator[Dict[str, Any]]:
         stems = UniqueStems()
         for p in paths:
-            target = Path(heatmap_dir) / f"{stems.take(p)}_gradcam.png" if heatmap_dir is not None else None
-            yield self.predict_file(p, target)
+            target = Path(heatmap_dir) / f"{stems.take(p)}_gradcam.jpg" if heatmap_dir is not None else None
+            yield self.predict_file_safely(p, target)
+
+    def predict_file_safely(self, path: Union[str, Path], heatmap_path: Optional[Path] = None) -> Dict[str, Any]:
+        """predict_file, with any failure of ours turned into that file's record."""
+        try:
+            return self.predict_file(path, heatmap_path)
+        except MemoryError:
+            return {**self._header(path), "error": "out of memory while reading this file",
+                    "internal_error": True, "warnings": []}
+        except Exception as exc:  # noqa: BLE001 - one file must never end the batch
+            return internal_error_record(self._header(path), exc)
+
+
+def internal_error_record(header: Dict[str, Any], exc: BaseException) -> Dict[str, Any]:
+    """Only the exception's type: its text may quote a file's content (a DICOM tag value)."""
+    return {**header, "error": f"internal error ({type(exc).__name__}) on this file; please report it",
+            "internal_error": True, "warnings": []}

@@ -6,8 +6,9 @@ run is committed, else the labelled phantom demonstration model) and checks it o
 model was trained on (FracAtlas where present, else the phantom set regenerated from its seed).
 
 Exit status: 0 every bundle accepted; 1 at least one rejected (written to OUT.rejected, which
-the runtime refuses to load); 2 bad arguments or data, or a model that could not be exported (with
-several models, the others are still exported and reported).
+the runtime refuses to load); 2 bad arguments or data, a model that could not be exported, or an
+accepted bundle that could not be signed (with several models, the others are still exported and
+reported).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest mean |p_quantized - p_float| (default: %(default)s)")
     ap.add_argument("--max-abs-diff", type=float, default=t.max_abs_diff,
                     help="largest |p_quantized - p_float| on any image (default: %(default)s)")
+    ap.add_argument("--sign", type=Path, metavar="KEYFILE",
+                    help="sign each accepted bundle with this Ed25519 private key (python -m export.signing keygen)")
     ap.add_argument("--json", action="store_true", help="print the manifests' reports as JSON on stdout")
     return ap
 
@@ -104,6 +107,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return 2
             errors.append(f"{s.name}: {type(exc).__name__}: {exc}")
             print(f"error: {errors[-1]} (going on with the other models)", file=sys.stderr)
+    if args.sign:
+        from .signing import SigningError, sign_bundle
+        for m in manifests:
+            if m["status"] != "accepted":
+                continue
+            try:
+                m["signed_by"] = sign_bundle(Path(m["bundle_path"]), args.sign)
+            except (SigningError, ImportError) as exc:
+                errors.append(f"{m['model']['name']}: not signed ({exc})")
+                print(f"error: {errors[-1]}", file=sys.stderr)
     if several:
         base.mkdir(parents=True, exist_ok=True)
         text = render(manifests, settings.command)
@@ -115,7 +128,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         for m in manifests:
             verdict = "ACCEPTED" if m["status"] == "accepted" else "REJECTED (not shipped)"
-            print(f"{m['model']['name']}: {verdict} -> {m['bundle_path']}")
+            print(f"{m['model']['name']}: {verdict} -> {m['bundle_path']}"
+                  + (f" (signed, key {m['signed_by']})" if m.get("signed_by") else ""))
             for key, a in m["artifacts"].items():
                 am = a["metrics"]
                 print(f"  {key:15s} {a['bytes'] / 1e6:6.2f} MB  AUC {am['auc'] if am['auc'] is None else round(am['auc'], 4)}"

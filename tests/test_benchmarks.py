@@ -29,11 +29,13 @@ def test_quick_benchmark_writes_complete_sane_json(tiny_bundle, tiny_run, tmp_pa
         assert all(e[k] > 0 for k in ("decode_full_ms", "decode_fast_ms", "inference_ms", "gradcam_ms",
                                       "predict_file_total_ms"))
         assert e["predict_file_total_ms"] >= e["inference_ms"]
+        assert e["with_heatmap_total_ms"] > 0 and e["heatmap_ratio"] > 0  # the overlay's cost, measured
     film = res["film_path"]["12MP"]
     assert film["pixels"] == [4000, 3000] and film["answered"] == film["runs"] >= 3
     assert film["total_ms"] >= film["decode_ms"] + film["film_ms"] > 0 and film["peak_rss_mb"] > 0
     names = [t["target"] for t in res["targets"]]
-    assert len(names) == 8 and all(t["met"] in (True, False) for t in res["targets"])
+    assert len(names) == 9 and all(t["met"] in (True, False) for t in res["targets"])
+    assert any("--heatmap" in n for n in names)
     md = (out / "benchmark.md").read_text()
     assert "| litert | tflite_int8 | 1 |" in md or "| tflite | tflite_int8 | 1 |" in md
     assert "Targets" in md and "quick mode" in md and "## Film path" in md

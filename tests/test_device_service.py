@@ -119,8 +119,8 @@ def test_results_page_renders_and_stays_local(tiny_bundle, phantom_dir, tmp_path
         assert "Screening aid only" in page and "RETAKE PHOTO" in page and "could not read" in page
         assert "DEMONSTRATION MODEL" in page and "http" not in page.split("<body>", 1)[1]  # no external resources
         rec = next(r for r in ledger.records() if r.get("heatmap"))
-        png = urllib.request.urlopen(f"{base}/img/{rec['id']}/gradcam.png").read()
-        assert png.startswith(b"\x89PNG")
+        overlay = urllib.request.urlopen(f"{base}/img/{rec['id']}/gradcam.jpg").read()
+        assert overlay.startswith(b"\xff\xd8")  # JPEG: fast to write, small to send to a phone
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(base + "/img/../../results.jsonl")
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")

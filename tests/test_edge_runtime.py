@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from edge_runtime.backends import BackendError, installed_backends
-from edge_runtime.bundle import BundleError, load_bundle
+from edge_runtime.bundle import seal, BundleError, load_bundle
 from edge_runtime.cli import main as runtime_main
 from edge_runtime.dicom import read_dicom
 from edge_runtime.errors import ImageReadError
@@ -136,7 +136,7 @@ def test_bad_inputs_each_get_their_reason_and_the_batch_goes_on(tiny_bundle, pha
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "tiny.png")
     write_dicom(tmp_path / "report.dcm", np.zeros((32, 32), np.uint16), pixels=False)
     cases = {"missing.jpg": "file not found", "empty.jpg": "empty", "text.png": "not an image",
-             "cut.jpg": "truncated", "folder.png": "not a regular file", "tiny.png": "too small",
+             "cut.jpg": "truncated", "folder.png": "is a folder", "tiny.png": "too small",
              "report.dcm": "no pixel data"}
     paths = [good] + [tmp_path / n for n in cases] + [good]
     recs = list(Predictor(tiny_bundle).predict_files(paths))
@@ -175,7 +175,7 @@ def test_a_bundle_with_a_changed_byte_is_refused(tiny_bundle, tmp_path, capsys):
     (copy / "manifest.json").write_text(json.dumps({**m, "format_version": 99}))
     with pytest.raises(BundleError, match="format version 99"):
         load_bundle(copy)
-    (copy / "manifest.json").write_text(json.dumps({**m, "status": "rejected"}))
+    (copy / "manifest.json").write_text(json.dumps(seal({**m, "status": "rejected"})))
     with pytest.raises(BundleError, match="did not accept"):
         load_bundle(copy)
 

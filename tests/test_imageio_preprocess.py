@@ -106,7 +106,7 @@ def test_exif_orientation_is_honoured(tmp_path):
 
 @pytest.mark.parametrize("kind,reason", [
     ("missing", "not found"), ("empty", "empty"), ("text", "not an image"),
-    ("truncated", "truncated"), ("dir", "not a regular file"), ("tiny", "too small"),
+    ("truncated", "truncated"), ("dir", "is a folder"), ("tiny", "too small"),
 ])
 def test_bad_inputs_name_the_file_and_reason(tmp_path, kind, reason):
     p = tmp_path / f"{kind}.jpg"

@@ -21,6 +21,7 @@ WHEELS=""
 HOST=127.0.0.1
 PORT=8080
 WATCH=()
+TRUSTED_KEY=""
 DRY_RUN=0
 SKIP_APT=0
 NO_SYSTEMD=0
@@ -34,6 +35,7 @@ Options:
   --data DIR            queue, results log and stored images (default: $DATA)
   --bundle DIR          model bundle to install (default: $BUNDLE)
   --wheels DIR          install offline from these wheels (pip --no-index)
+  --trusted-key FILE    Ed25519 public key (python -m export.signing keygen): only bundles signed with it load
   --watch DIR           a folder a CR reader exports into (repeatable)
   --host ADDR           results page address (default: $HOST, this device only; the LAN address opens it to phones)
   --port N              results page port (default: $PORT)
@@ -51,6 +53,7 @@ while [ $# -gt 0 ]; do
         --data) DATA=$2; shift 2 ;;
         --bundle) BUNDLE=$2; shift 2 ;;
         --wheels) WHEELS=$2; shift 2 ;;
+        --trusted-key) TRUSTED_KEY=$2; shift 2 ;;
         --watch) WATCH+=("$2"); shift 2 ;;
         --host) HOST=$2; shift 2 ;;
         --port) PORT=$2; shift 2 ;;
@@ -76,6 +79,17 @@ if [ "$TARGET" = auto ]; then
     if grep -qs "Raspberry Pi" /proc/device-tree/model; then TARGET=pi; else TARGET=generic; fi
 fi
 case "$TARGET" in pi|generic) ;; *) echo "--target must be pi or generic" >&2; exit 2 ;; esac
+# The interpreters ship wheels for 64-bit ARM and x86 only: 32-bit Raspberry Pi OS cannot run them.
+MACHINE=${FRACTURE_EDGE_MACHINE:-$(uname -m)}
+case "$MACHINE" in
+    aarch64|arm64|x86_64) ;;
+    armv7l|armv6l|armhf)
+        echo "this is a 32-bit ARM system ($MACHINE): the model interpreters (LiteRT, onnxruntime) publish no" >&2
+        echo "wheels for it. Install the 64-bit Raspberry Pi OS (Bookworm, arm64) on a Pi 3, 4 or 5, or use" >&2
+        echo "any aarch64 or x86_64 Linux board, then run this script again." >&2
+        exit 2 ;;
+    *) echo "warning: untested machine type '$MACHINE' (tested: aarch64, x86_64)" >&2 ;;
+esac
 if [ "$DRY_RUN" -eq 0 ] && [ "$(id -u)" -ne 0 ] && [ "$NO_SYSTEMD" -eq 0 ]; then
     echo "run as root (sudo), or use --dry-run / --no-systemd --skip-apt for a user install" >&2
     exit 1
@@ -135,15 +149,15 @@ else
 fi
 
 step "5. the model bundle"
-if [ "$DRY_RUN" -eq 0 ] && [ -f "$PREFIX/bundle/manifest.json" ] && cmp -s "$BUNDLE/manifest.json" "$PREFIX/bundle/manifest.json"; then
-    already "bundle $(basename "$BUNDLE") in $PREFIX/bundle"
-else
-    run rm -rf "$PREFIX/bundle.new"
-    run cp -r "$BUNDLE" "$PREFIX/bundle.new"
-    run "$PREFIX/venv/bin/python" -m edge_runtime info --bundle "$PREFIX/bundle.new"
-    run rm -rf "$PREFIX/bundle"
-    run mv "$PREFIX/bundle.new" "$PREFIX/bundle"
+TRUST_ENV=()
+if [ -n "$TRUSTED_KEY" ]; then
+    run mkdir -p "$ETC"
+    run install -m 0644 "$TRUSTED_KEY" "$ETC/fracture-edge.trusted_key.pub"
+    TRUST_ENV=(env "FRACTURE_EDGE_TRUSTED_KEY=$ETC/fracture-edge.trusted_key.pub")
 fi
+# Verified, self-tested on this device, and switched atomically; a rerun with the same bundle does
+# nothing, a new one keeps the old as bundle.previous (python -m device update --rollback).
+run "${TRUST_ENV[@]+"${TRUST_ENV[@]}"}" "$PREFIX/venv/bin/python" -m device update "$BUNDLE" --root "$PREFIX"
 
 step "6. data folder"
 run mkdir -p "$DATA/inbox/film" "$DATA/inbox/files" "$DATA/store"
@@ -156,7 +170,8 @@ ENV_TEXT="FRACTURE_EDGE_BUNDLE=$PREFIX/bundle
 FRACTURE_EDGE_DATA=$DATA
 FRACTURE_EDGE_HOST=$HOST
 FRACTURE_EDGE_PORT=$PORT
-FRACTURE_EDGE_WATCH_ARGS=\"${WATCH_ARGS# }\""
+FRACTURE_EDGE_WATCH_ARGS=\"${WATCH_ARGS# }\"${TRUSTED_KEY:+
+FRACTURE_EDGE_TRUSTED_KEY=$ETC/fracture-edge.trusted_key.pub}"
 if [ "$DRY_RUN" -eq 0 ] && [ -f "$ETC/fracture-edge.env" ] && [ "$(cat "$ETC/fracture-edge.env")" = "$ENV_TEXT" ]; then
     already "configuration unchanged"
 else

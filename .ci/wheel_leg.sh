@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# A clinic installs a built package, not a checkout: build the wheel, install it with the clinic's
+# extras into a fresh venv, and predict from outside the source tree with no --bundle and no
+# $FRACTURE_EDGE_BUNDLE. The default bundle must come from the wheel and answer as the checkout does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MAIN_PY=${1:-.venv-ci/bin/python}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+"$MAIN_PY" -m pip wheel --quiet --no-deps -w "$WORK/dist" . 2>/dev/null
+WHEEL=$(ls "$WORK"/dist/fracture_edge-*.whl)
+python3 -m venv "$WORK/clinic"
+"$WORK/clinic/bin/python" -m pip install --quiet "$WHEEL[edge,device,dicom]"
+"$MAIN_PY" -c "from train.phantom import generate_phantom_dataset as g; g('$WORK/ph', n_images=6, seed=4, size=(180, 150), progress=False)"
+"$MAIN_PY" -m edge_runtime predict --json "$WORK"/ph/images/*/*.jpg > "$WORK/checkout.jsonl" 2>"$WORK/checkout.err" \
+    || { cat "$WORK/checkout.err" >&2; exit 1; }
+(cd "$WORK" && env -u FRACTURE_EDGE_BUNDLE "$WORK/clinic/bin/python" -m edge_runtime predict --json ph/images/*/*.jpg \
+    > "$WORK/wheel.jsonl" 2>"$WORK/wheel.err") || { cat "$WORK/wheel.err" >&2; exit 1; }
+"$MAIN_PY" - "$WORK/checkout.jsonl" "$WORK/wheel.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
+assert len(a) == len(b) == 6, (len(a), len(b))
+worst = max(abs(x["probability"] - y["probability"]) for x, y in zip(a, b))
+assert worst <= 1e-6, f"the installed wheel answers differently from the checkout by {worst}"
+print(f"wheel install: the packaged default bundle answers 6 images exactly as the checkout does (max |dp| {worst:.1e})")
+PY

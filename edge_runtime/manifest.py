@@ -1,0 +1,262 @@
+"""The bundle's manifest as typed, validated data, and the digest that seals it.
+
+What the runtime acts on (threshold, input size, preprocessing, which file is which model, where
+the Grad-CAM arrays lie in their file, every file's checksum) is parsed into frozen dataclasses and
+checked for type and range at load, so a malformed manifest is refused with one line naming the
+field, never a traceback at the first image. Everything else in manifest.json (provenance, check
+metrics, versions) stays as export wrote it and is carried through `to_dict`.
+
+`manifest_sha256` is the sha256 of the manifest's canonical JSON (sorted keys, no whitespace)
+without that field. It catches a damaged or hand-edited manifest (a threshold moved from 0.544 to
+0.944 changes every decision); it does not stop deliberate tampering, which anyone can re-digest:
+that is what a bundle's signature is for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .preprocess import PreprocessSpec
+
+FORMAT = "fracture-edge-bundle"
+FORMAT_VERSION = 2  # 2: manifest_sha256 required
+DIGEST_KEY = "manifest_sha256"
+STATUSES = ("pending", "accepted", "rejected")
+ARTIFACT_FORMATS = ("tflite", "onnx")
+PRECISIONS = ("int8", "float32", "float16")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ManifestError(ValueError):
+    """The manifest is not one the runtime may act on; the message names the field."""
+
+
+def canonical(manifest: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
+    try:
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"manifest is not plain JSON ({exc})") from None
+
+
+def digest(manifest: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(manifest)).hexdigest()
+
+
+def seal(manifest: Mapping[str, Any]) -> Dict[str, Any]:
+    """The manifest with its digest set (export calls this last, after every other field)."""
+    return {**{k: v for k, v in manifest.items() if k != DIGEST_KEY}, DIGEST_KEY: digest(manifest)}
+
+
+def _need(cond: bool, where: str, what: str) -> None:
+    if not cond:
+        raise ManifestError(f"{where}: {what}")
+
+
+def _obj(d: Any, where: str) -> Mapping[str, Any]:
+    _need(isinstance(d, dict), where, f"expected an object, got {type(d).__name__}")
+    return d
+
+
+def _str(d: Mapping, key: str, where: str, choices: Optional[Tuple[str, ...]] = None) -> str:
+    v = d.get(key)
+    _need(isinstance(v, str) and v != "", f"{where}.{key}", f"expected a non-empty string, got {v!r:.40}")
+    if choices is not None:
+        _need(v in choices, f"{where}.{key}", f"{v!r:.40} is not one of {', '.join(choices)}")
+    return v
+
+
+def _int(v: Any, where: str, lo: int, hi: int) -> int:
+    _need(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, where,
+          f"expected an integer in [{lo}, {hi}], got {v!r:.40}")
+    return v
+
+
+def _shape(v: Any, where: str, allow_batch: bool = False) -> Tuple[int, ...]:
+    _need(isinstance(v, list) and 1 <= len(v) <= 6, where, f"expected a shape list, got {v!r:.40}")
+    dims = []
+    for j, n in enumerate(v):
+        if allow_batch and j == 0 and (n is None or n == -1):
+            dims.append(-1)
+            continue
+        dims.append(_int(n, f"{where}[{j}]", 1, 1 << 20))
+    return tuple(dims)
+
+
+def _file_name(v: Any, where: str) -> str:
+    _need(isinstance(v, str) and bool(_PLAIN_NAME.match(v)), where,
+          f"expected a plain file name inside the bundle, got {v!r:.60}")
+    return v
+
+
+@dataclass(frozen=True)
+class Decision:
+    threshold: float
+    rule: str = ""
+    positive_class: str = "fractured"
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Decision":
+        d = _obj(d, "decision")
+        t = d.get("threshold")
+        _need(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0.0 < t < 1.0,
+              "decision.threshold", f"expected a finite number strictly between 0 and 1, got {t!r:.40}")
+        rule = d.get("rule", "")
+        _need(isinstance(rule, str), "decision.rule", "expected a string")
+        return cls(float(t), rule, _str(d, "positive_class", "decision") if "positive_class" in d else "fractured")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"threshold": self.threshold, "rule": self.rule, "positive_class": self.positive_class}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    input_shape: Tuple[int, ...]  # (batch or -1, size, size, 1)
+    outputs: Dict[str, Tuple[int, ...]]  # role -> shape (batch first)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "ModelInfo":
+        d = _obj(d, "model")
+        name = _str(d, "name", "model")
+        inp = _obj(d.get("input"), "model.input")
+        shape = _shape(inp.get("shape"), "model.input.shape", allow_batch=True)
+        _need(len(shape) == 4 and shape[1] == shape[2] and shape[3] == 1, "model.input.shape",
+              f"expected [batch, size, size, 1], got {list(shape)}")
+        outs = _obj(d.get("outputs"), "model.outputs")
+        _need("prob" in outs, "model.outputs", "no 'prob' output")
+        outputs = {}
+        for role, o in outs.items():
+            _need(role in ("prob", "features", "hidden"), f"model.outputs.{role}", "unknown output role")
+            outputs[role] = _shape(_obj(o, f"model.outputs.{role}").get("shape"), f"model.outputs.{role}.shape",
+                                   allow_batch=True)
+        return cls(name, shape, outputs)
+
+    @property
+    def input_size(self) -> int:
+        return self.input_shape[1]
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    key: str
+    file: str
+    format: str
+    precision: str
+    bytes: Optional[int]
+
+    @classmethod
+    def from_dict(cls, key: str, d: Any) -> "ArtifactInfo":
+        where = f"artifacts.{key}"
+        d = _obj(d, where)
+        size = d.get("bytes")
+        if size is not None:
+            _int(size, f"{where}.bytes", 0, 1 << 40)
+        return cls(key, _file_name(d.get("file"), f"{where}.file"), _str(d, "format", where, ARTIFACT_FORMATS),
+                   _str(d, "precision", where, PRECISIONS), size)
+
+
+@dataclass(frozen=True)
+class GradcamInfo:
+    file: str
+    layer: str
+    feature_shape: Tuple[int, ...]
+    arrays: Dict[str, Tuple[int, Tuple[int, ...]]]  # name -> (offset in float32 units, shape)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "GradcamInfo":
+        d = _obj(d, "gradcam")
+        feature_shape = _shape(d.get("feature_shape"), "gradcam.feature_shape")
+        _need(len(feature_shape) == 3, "gradcam.feature_shape", "expected [h, w, channels]")
+        arrays = {}
+        for name, a in _obj(d.get("arrays"), "gradcam.arrays").items():
+            _need(name in ("alpha", "mix", "w_out"), f"gradcam.arrays.{name}", "unknown array")
+            a = _obj(a, f"gradcam.arrays.{name}")
+            arrays[name] = (_int(a.get("offset"), f"gradcam.arrays.{name}.offset", 0, 1 << 30),
+                            _shape(a.get("shape"), f"gradcam.arrays.{name}.shape"))
+        _need("alpha" in arrays or {"mix", "w_out"} <= set(arrays), "gradcam.arrays",
+              "needs 'alpha', or 'mix' and 'w_out'")
+        return cls(_file_name(d.get("file"), "gradcam.file"), _str(d, "layer", "gradcam"), feature_shape, arrays)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    status: str
+    demonstration_only: bool
+    model: ModelInfo
+    preprocess: PreprocessSpec
+    decision: Decision
+    artifacts: Dict[str, ArtifactInfo]
+    default_artifacts: Dict[str, str]
+    gradcam: Optional[GradcamInfo]
+    files: Dict[str, str]
+    raw: Dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: Any, check_digest: bool = True) -> "Manifest":
+        d = _obj(d, "manifest")
+        _need(d.get("format") == FORMAT, "format", f"not a {FORMAT} manifest")
+        version = d.get("format_version")
+        _need(version == FORMAT_VERSION, "format_version",
+              f"format version {version!r:.20}, this runtime reads version {FORMAT_VERSION}; "
+              "re-export the bundle or update the runtime")
+        if check_digest:
+            expected = d.get(DIGEST_KEY)
+            _need(isinstance(expected, str) and bool(_HEX64.match(expected)), DIGEST_KEY, "missing or malformed")
+            _need(digest(d) == expected, DIGEST_KEY,
+                  "does not match the manifest's content: the manifest was edited or damaged; reinstall the bundle")
+        status = _str(d, "status", "manifest", STATUSES)
+        demo = d.get("demonstration_only", True)
+        _need(isinstance(demo, bool), "demonstration_only", "expected true or false")
+        model = ModelInfo.from_dict(d.get("model"))
+        try:
+            spec = PreprocessSpec.from_dict(_obj(d.get("preprocess"), "preprocess"))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ManifestError(f"preprocess: {exc}") from None
+        _need(spec.size == model.input_size, "preprocess.size",
+              f"{spec.size} px, but the model takes {model.input_size} px")
+        decision = Decision.from_dict(d.get("decision"))
+        files = _obj(d.get("files"), "files")
+        for name, sha in files.items():
+            _file_name(name, f"files[{name!r:.40}]")
+            _need(isinstance(sha, str) and bool(_HEX64.match(sha)), f"files.{name}", "expected a sha256 hex digest")
+        arts = _obj(d.get("artifacts"), "artifacts")
+        _need(len(arts) > 0, "artifacts", "no model file")
+        artifacts = {k: ArtifactInfo.from_dict(k, a) for k, a in arts.items()}
+        for a in artifacts.values():
+            _need(a.file in files, f"artifacts.{a.key}.file", f"{a.file!r} has no checksum in files")
+        defaults = _obj(d.get("default_artifacts", {}), "default_artifacts")
+        for fmt, key in defaults.items():
+            _need(fmt in ARTIFACT_FORMATS and isinstance(key, str) and key in artifacts
+                  and artifacts[key].format == fmt, f"default_artifacts.{fmt}", f"{key!r:.40} is not a {fmt} artifact")
+        gradcam = GradcamInfo.from_dict(d["gradcam"]) if d.get("gradcam") else None
+        if gradcam is not None:
+            _need(gradcam.file in files, "gradcam.file", f"{gradcam.file!r} has no checksum in files")
+            feats = model.outputs.get("features")
+            _need(feats is not None and tuple(feats[1:]) == gradcam.feature_shape, "gradcam.feature_shape",
+                  "does not match the model's features output")
+        if d.get("self_test") is not None:
+            st = _obj(d["self_test"], "self_test")
+            n = _int(st.get("n"), "self_test.n", 1, 64)
+            for key, probs in _obj(st.get("probabilities"), "self_test.probabilities").items():
+                where = f"self_test.probabilities.{key}"
+                _need(key in artifacts, where, "not an artifact of this bundle")
+                _need(isinstance(probs, list) and len(probs) == n and all(
+                    isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in probs),
+                    where, f"expected {n} probabilities in [0, 1]")
+        return cls(status, demo, model, spec, decision, artifacts, dict(defaults), gradcam, dict(files), dict(d))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The manifest as JSON data: the raw document, with the typed sections as parsed."""
+        out = dict(self.raw)
+        out.update(status=self.status, demonstration_only=self.demonstration_only,
+                   preprocess={**self.raw.get("preprocess", {}), **self.preprocess.to_dict()},
+                   files=dict(self.files), default_artifacts=dict(self.default_artifacts))
+        out["decision"] = {**self.raw.get("decision", {}), **self.decision.to_dict()}
+        return out
