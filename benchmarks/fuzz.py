@@ -377,6 +377,24 @@ def run_images(keys: List[str], count: int, seed: int, seconds: Optional[float] 
     return {"mutants": done, "per_format": counts, "escapes": escapes, "hangs": hangs, "peak_rss": peak}
 
 
+def run_crafted(scale: float = 1.0) -> Dict[str, Dict]:
+    """Each crafted bomb in a process of its own, so its peak memory is its own."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="fuzz-bombs-") as tmp:
+        for name, (suffix, data) in crafted(scale).items():
+            path = Path(tmp) / f"{name}{suffix}"
+            path.write_bytes(data)
+            res = subprocess.run([sys.executable, "-m", "benchmarks.fuzz", "--worker-file", str(path)],
+                                 capture_output=True, text=True, timeout=600,
+                                 cwd=str(Path(__file__).resolve().parent.parent))
+            try:
+                rec = json.loads(res.stdout.strip().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                rec = {"outcome": "escape", "detail": f"worker exit {res.returncode}: {res.stderr[-300:]}"}
+            out[name] = {"bytes": len(data), **rec}
+    return out
+
+
 # --- the manifest loader ---------------------------------------------------------------------
 
 def _json_mutations(manifest: Dict, rng: np.random.Generator) -> Dict:
@@ -453,7 +471,8 @@ def run_manifests(bundle_dir: Path, count: int, seed: int, seconds: Optional[flo
 # --- command line ----------------------------------------------------------------------------
 
 def fuzz(mutations: int, seed: int, seconds: Optional[float] = None, manifest_share: float = 0.1,
-         bundle: Optional[Path] = None, formats: Optional[List[str]] = None, progress: bool = False) -> Dict:
+         bundle: Optional[Path] = None, formats: Optional[List[str]] = None, progress: bool = False,
+         bomb_scale: float = 1.0) -> Dict:
     keys = formats or list(seeds())
     from edge_runtime.bundle import default_bundle_dir
 
@@ -461,11 +480,13 @@ def fuzz(mutations: int, seed: int, seconds: Optional[float] = None, manifest_sh
     images = run_images(keys, mutations, seed, img_seconds, progress=progress)
     manifests = run_manifests(bundle or default_bundle_dir(), max(1, int(mutations * manifest_share)), seed,
                               seconds * manifest_share if seconds else None)
-    peak = images["peak_rss"].get("rss_mb", 0.0)
-    return {"command": "python -m benchmarks.fuzz " + " ".join(sys.argv[1:]), "seed": seed,
+    bombs = run_crafted(bomb_scale) if bomb_scale else {}
+    peak = max([images["peak_rss"].get("rss_mb", 0.0)] + [b.get("rss_mb", 0.0) for b in bombs.values()])
+    escapes = len(images["escapes"]) + len(manifests["escapes"]) + sum(b["outcome"] == "escape" for b in bombs.values())
+    return {"bombs": bombs, "command": "python -m benchmarks.fuzz " + " ".join(sys.argv[1:]), "seed": seed,
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "images": images,
             "manifests": manifests,
-            "verdict": {"escapes": len(images["escapes"]) + len(manifests["escapes"]), "hangs": len(images["hangs"]),
+            "verdict": {"escapes": escapes, "hangs": len(images["hangs"]),
                         "peak_rss_mb": peak, "rss_limit_mb": MAX_RSS_MB, "rss_ok": peak <= MAX_RSS_MB}}
 
 
@@ -477,6 +498,10 @@ def markdown(result: Dict) -> str:
              "| format | mutants | answered | refused | escapes | hangs |", "|---|---:|---:|---:|---:|---:|"]
     for key, c in im["per_format"].items():
         lines.append(f"| {key} | {sum(c.values()):,} | {c['answered']:,} | {c['refused']:,} | {c['escape']} | {c['hang']} |")
+    if result.get("bombs"):
+        lines += ["", "| crafted input | bytes on disk | outcome | reason | peak RSS MB |", "|---|---:|---|---|---:|"]
+        for name, b in result["bombs"].items():
+            lines.append(f"| {name} | {b['bytes']:,} | {b['outcome']} | {b.get('detail', '')} | {b.get('rss_mb', 0):.0f} |")
     o = ma["outcomes"]
     lines += ["", f"Manifest loader: {o['loaded']:,} loaded, {o['refused']:,} refused with a reason, {o['escape']} escapes.",
               "", f"Peak RSS reached on: {json.dumps(im['peak_rss'])}"]
@@ -489,6 +514,22 @@ def markdown(result: Dict) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--worker-file":
+        path = Path(argv[1])
+        try:
+            outcome, detail = image_target()(path), ""
+        except Exception as exc:  # noqa: BLE001 - what we count
+            outcome, detail = "escape", f"{type(exc).__name__}: {exc}"[:300]
+        if outcome == "refused":
+            from edge_runtime.errors import ImageReadError
+            from edge_runtime.inputs import read_image
+            from edge_runtime.preprocess import PreprocessSpec
+            try:
+                read_image(path, PreprocessSpec())
+            except ImageReadError as exc:
+                detail = exc.reason
+        print(json.dumps({"outcome": outcome, "detail": detail, "rss_mb": round(peak_rss_mb(), 1)}))
+        return 0
     if argv and argv[0] == "--worker":
         keys, start, stop, seed = argv[1].split(","), int(argv[2]), int(argv[3]), int(argv[4])
         worker(keys, start, stop, seed)
@@ -500,10 +541,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--formats", help="comma list of " + ", ".join(SUFFIX) + " (default: all)")
     ap.add_argument("--bundle", type=Path, help="bundle whose manifest is fuzzed (default: the runtime's default)")
     ap.add_argument("--out", type=Path, help="write fuzz.json and fuzz.md here")
+    ap.add_argument("--bomb-scale", type=float, default=1.0,
+                    help="size of the crafted deflated DICOM, 1 = 60 frames of 4000^2 (0 skips the bombs)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     result = fuzz(args.mutations, args.seed, args.seconds, bundle=args.bundle,
-                  formats=args.formats.split(",") if args.formats else None, progress=sys.stderr.isatty())
+                  formats=args.formats.split(",") if args.formats else None, progress=sys.stderr.isatty(),
+                  bomb_scale=args.bomb_scale)
     text = markdown(result)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

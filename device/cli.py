@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from edge_runtime.cli import DISCLAIMER, EXIT_UNUSABLE, check_output_dir, exit_status, printable, run_command
+from edge_runtime.cli import (DISCLAIMER, EXIT_UNUSABLE, check_output_dir, exit_status, printable, run_command,
+                              thread_count)
 
 from .simulate import CONDITIONS
 
 
+WATCH_ENV = "FRACTURE_EDGE_WATCH"  # more watched folders, separated by ':' (the install script writes it)
 DEMO_NOTICE = "NOTE: this bundle is a DEMONSTRATION model (trained on phantom data), not for patients."
 
 
@@ -86,10 +88,19 @@ def _capture(args) -> int:
 
 
 def _serve(args) -> int:
-    from .service import Service
+    import logging
+    import os
 
-    service = Service(args.data, args.watch, args.bundle, backend=args.backend, threads=args.threads,
-                      settle_s=args.settle)
+    from .service import Service, ServiceError
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    watch = list(args.watch) + [Path(w) for w in os.environ.get(WATCH_ENV, "").split(os.pathsep) if w.strip()]
+    try:
+        service = Service(args.data, watch, args.bundle, backend=args.backend, threads=args.threads,
+                          settle_s=args.settle)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
     if args.once:
         n = service.run_once()
         print(f"processed {n} new file(s); log: {service.ledger.path}", file=sys.stderr)
@@ -97,7 +108,13 @@ def _serve(args) -> int:
     page = None
     if not args.no_page:
         from .page import start_page
-        page = start_page(service.ledger, service.store, args.host, args.port)
+        try:
+            page = start_page(service.ledger, service.store, args.host, args.port,
+                              status=lambda: list(service.status.values()))
+        except OSError as exc:
+            print(f"error: cannot serve the results page on {args.host}:{args.port} ({exc.strerror or exc}); "
+                  "another program uses the port? choose one with --port, or --no-page", file=sys.stderr)
+            return EXIT_UNUSABLE
         print(f"results page on http://{args.host}:{page.server_address[1]}/", file=sys.stderr)
     try:
         service.run_forever(args.interval)
@@ -152,7 +169,8 @@ def _update(args) -> int:
             if args.source is None:
                 print("error: give a bundle folder or .zip, or --rollback", file=sys.stderr)
                 return EXIT_UNUSABLE
-            res = install(args.source, args.root, self_test=not args.skip_self_test, backend=args.backend)
+            res = install(args.source, args.root, self_test=not args.skip_self_test, backend=args.backend,
+                          allow_older=args.allow_older)
     except UpdateError as exc:
         print(f"error: {exc}; the current bundle is unchanged", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -174,7 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--bundle", type=Path, help="bundle folder (default: $FRACTURE_EDGE_BUNDLE, else the reference bundle)")
     common.add_argument("--backend", default="auto", help="auto | litert | tflite | onnx")
-    common.add_argument("--threads", type=int, help="interpreter threads")
+    common.add_argument("--threads", type=thread_count, help="interpreter threads, 1-64")
     f = sub.add_parser("film", parents=[common], help="predict from photos of film on a lightbox")
     f.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
     f.add_argument("--keep", type=Path, default=Path("runs/film"), help="where flattened radiographs go (default: %(default)s)")
@@ -188,7 +206,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.set_defaults(func=_capture)
     s = sub.add_parser("serve", parents=[common], help="the service: queue, results log, results page")
     s.add_argument("--data", type=Path, default=Path("/var/lib/fracture-edge"), help="data folder: queue, store, log (default: %(default)s)")
-    s.add_argument("--watch", type=Path, action="append", default=[], help="a folder a CR reader exports into (repeatable)")
+    s.add_argument("--watch", type=Path, action="append", default=[],
+                   help="a folder a CR reader exports into (repeatable; also $FRACTURE_EDGE_WATCH, ':'-separated); "
+                        "sub-folders are watched too, 4 deep")
     s.add_argument("--once", action="store_true", help="process what is waiting, then exit")
     s.add_argument("--interval", type=float, default=2.0, help="seconds between folder scans (default: %(default)s)")
     s.add_argument("--settle", type=float, default=2.0, help="ignore files changed within this many seconds (still being written)")
@@ -222,6 +242,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     u.add_argument("--skip-self-test", action="store_true", help="do not check the new bundle's answers on this device "
                                                                  "(not recommended)")
     u.add_argument("--backend", default="auto", help="interpreter the self-test uses (default: what predict would use)")
+    u.add_argument("--allow-older", action="store_true", help="install a bundle exported before the current one")
     u.add_argument("--json", action="store_true")
     u.set_defaults(func=_update)
     args = ap.parse_args(argv)

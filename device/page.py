@@ -13,7 +13,7 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Sequence
 
 from edge_runtime.cli import DISCLAIMER
 
@@ -52,20 +52,24 @@ def _card(r: Dict) -> str:
     return f'<div class="card"><b>{name}</b><div class="small">{when}</div>{body}</div>'
 
 
-def render(records: List[Dict]) -> str:
+def render(records: List[Dict], status: Sequence[str] = ()) -> str:
     latest = list(reversed(records))[:LATEST]
     demo = any(r.get("demonstration_only") for r in latest)
     cards = "".join(_card(r) for r in latest) or "<p>No results yet.</p>"
+    warnings = "".join(f"<div class='demo'>{html.escape(w)}</div>" for w in status)
     return ("<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
             "<meta http-equiv='refresh' content='10'><title>Fracture screening — results</title>"
             f"<style>{CSS}</style></head><body><header><h1>Fracture screening — latest results</h1></header>"
             f"<div class='disclaimer'>{html.escape(DISCLAIMER)}</div>"
             + ("<div class='demo'>DEMONSTRATION MODEL (trained on synthetic images): not for patients.</div>" if demo else "")
+            + warnings
             + f"<div class='grid'>{cards}</div></body></html>")
 
 
-def make_handler(ledger: Ledger, store: Path):
+def make_handler(ledger: Ledger, store: Path, status: Callable[[], Sequence[str]] = lambda: ()):
     class Handler(BaseHTTPRequestHandler):
+        timeout = 20  # an idle or slow client loses its connection; it does not hold a thread forever
+
         def _send(self, code: int, body: bytes, ctype: str) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
@@ -77,7 +81,9 @@ def make_handler(ledger: Ledger, store: Path):
         def do_GET(self):  # noqa: N802 - http.server's name
             path = self.path.split("?", 1)[0]
             if path == "/":
-                return self._send(200, render(ledger.records()).encode(), "text/html; charset=utf-8")
+                # backslashreplace: a file name that is not UTF-8 (a Windows share) is shown escaped
+                return self._send(200, render(ledger.records(), list(status())).encode("utf-8", "backslashreplace"),
+                                  "text/html; charset=utf-8")
             if path == "/api/results":
                 return self._send(200, json.dumps(ledger.records()[-LATEST:]).encode(), "application/json")
             m = _IMAGE.match(path)
@@ -92,7 +98,10 @@ def make_handler(ledger: Ledger, store: Path):
     return Handler
 
 
-def start_page(ledger: Ledger, store: Path, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(ledger, Path(store)))
+def start_page(ledger: Ledger, store: Path, host: str = "127.0.0.1", port: int = 8080,
+               status: Callable[[], Sequence[str]] = lambda: ()) -> ThreadingHTTPServer:
+    """Raises OSError (address in use, or not this machine's) for the caller to report in one line."""
+    server = ThreadingHTTPServer((host, port), make_handler(ledger, Path(store), status))
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from edge_runtime.errors import ImageReadError
-from edge_runtime.filecheck import check_input_file
+from edge_runtime.filecheck import check_input_file, open_regular
 from edge_runtime.imageio import DECODE_ERRORS, decode_error
 
 DECODE_SIDE = 1000  # decoded long side is at least this (when the photo has it), and below twice this
@@ -46,7 +46,7 @@ def open_photo(path: Union[str, Path], decode_side: int = DECODE_SIDE) -> Photo:
         with warnings.catch_warnings():
             # Pillow warns above ~89 MP; 12-108 MP phone photos are expected here and bounded below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with open_regular(path) as fh, Image.open(fh) as img:
                 W, H = img.size
                 if W * H > MAX_PHOTO_PIXELS:
                     raise ImageReadError(path, f"photo is {W}x{H} px, above the {MAX_PHOTO_PIXELS:,} px limit")

@@ -17,9 +17,12 @@ The service notices the switch between files and reloads, so queued work is answ
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import stat
+import time
 import zipfile
 from pathlib import Path
 from typing import Dict, Optional, Union
@@ -34,6 +37,19 @@ CRASH_ENV = "FRACTURE_EDGE_UPDATE_CRASH_AT"  # tests only: SIGKILL ourselves at 
 
 class UpdateError(ValueError):
     pass
+
+
+def _lock(root: Path):
+    """One update at a time: a second waits for nothing and says so."""
+    import fcntl
+
+    fh = open(root / ".update.lock", "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise UpdateError(f"{root}: another update is running; try again when it has finished") from None
+    return fh
 
 
 def _step(name: str) -> None:
@@ -73,8 +89,8 @@ def recover(root: Path) -> None:
     elif legacy.is_dir():
         shutil.rmtree(legacy)
     store = root / STORE
-    if store.is_dir():
-        for leftover in store.glob(".incoming-*"):
+    if store.is_dir():  # only one update runs at a time (the lock), so any staging left is a dead run's
+        for leftover in [*store.glob(".incoming-*"), *store.glob(".trash-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
     for tmp in (root / f".{CURRENT}.new", root / f".{PREVIOUS}.new"):
         if tmp.is_symlink():
@@ -144,24 +160,53 @@ def _migrate_legacy(root: Path) -> None:
     current = root / CURRENT
     if current.is_symlink() or not current.is_dir():
         return
-    info = verify(current, self_test=False)
+    try:  # it is what is installed: moved as it is, whatever its state; only its id is needed
+        ident = json.loads((current / "manifest.json").read_text())["manifest_sha256"][:16]
+        if not (isinstance(ident, str) and ident.isalnum()):
+            raise ValueError(ident)
+    except (OSError, ValueError, KeyError, TypeError):
+        ident = f"legacy-{int(time.time())}"
     store = root / STORE
-    dest = store / info["id"]
+    dest = store / ident
     if not dest.exists():
         staging = _stage(current, store)
         os.replace(staging, dest)
-    os.replace(current, root / LEGACY)  # recover() undoes this if we die before the next line
-    _point(root, CURRENT, f"{STORE}/{info['id']}")
+    os.replace(current, root / LEGACY)  # recover() (also run by the service) undoes this if we die here
+    _point(root, CURRENT, f"{STORE}/{ident}")
     shutil.rmtree(root / LEGACY)
 
 
 def install(src: Union[str, Path], root: Union[str, Path], self_test: bool = True, backend: str = "auto",
-            keep: int = 3) -> Dict:
-    """Verify `src` and make it the current bundle; the one it replaces becomes the previous."""
+            keep: int = 3, allow_older: bool = False) -> Dict:
+    """Verify `src` and make it the current bundle; the one it replaces becomes the previous.
+    A copy of the same bundle already in the store is used only if it still verifies; a damaged
+    one is replaced by the fresh, verified copy."""
     src, root = Path(src), Path(root)
-    if not src.exists():
-        raise UpdateError(f"{src}: not found")
+    try:
+        st = src.stat()
+    except OSError:
+        raise UpdateError(f"{src}: not found") from None
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise UpdateError(f"{src}: neither a bundle folder nor a .zip of one")  # a FIFO would block
     root.mkdir(parents=True, exist_ok=True)
+    rs, rr = src.resolve(), root.resolve()
+    if rs == rr or rr in rs.parents or rs in rr.parents:
+        raise UpdateError(f"{src}: the bundle to install must not be inside {root}, nor contain it")
+    lock = _lock(root)
+    try:
+        return _install(src, root, self_test, backend, keep, allow_older)
+    finally:
+        lock.close()
+
+
+def _created(path: Path) -> str:
+    try:
+        return str(json.loads((path / "manifest.json").read_text()).get("created_utc", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _install(src: Path, root: Path, self_test: bool, backend: str, keep: int, allow_older: bool) -> Dict:
     store = root / STORE
     store.mkdir(exist_ok=True)
     recover(root)
@@ -174,10 +219,18 @@ def install(src: Union[str, Path], root: Union[str, Path], self_test: bool = Tru
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _step("verified")
+    current = root / CURRENT
+    if not allow_older and current.is_dir() and _created(staging) and _created(staging) < _created(current):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UpdateError(f"the new bundle was exported {_created(staging)}, before the current one "
+                          f"({_created(current)}): an old bundle, even a validly signed one, is not installed "
+                          "over a newer one; use --rollback, or --allow-older if this is intended")
     dest = store / info["id"]
-    if dest.exists():
-        shutil.rmtree(staging)  # this very bundle is installed already
+    if dest.exists() and _intact(dest):
+        shutil.rmtree(staging)  # this very bundle is installed already, and intact
     else:
+        if dest.exists():  # damaged since (a bad SD card, a hand edit, a killed prune): replace it
+            _discard(dest)
         os.replace(staging, dest)
         _fsync_dir(store)
     _step("moved")
@@ -194,8 +247,32 @@ def install(src: Union[str, Path], root: Union[str, Path], self_test: bool = Tru
     return {**info, "switched": True, "current": str(root / new), "previous": old}
 
 
+def _intact(path: Path) -> bool:
+    try:
+        load_bundle(path)
+        return True
+    except BundleError:
+        return False
+
+
+def _discard(path: Path) -> None:
+    """Out of the store's namespace in one rename, then deleted: a kill mid-delete leaves a
+    .trash-* folder that recover() removes, never a half-deleted bundle under a live name."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def rollback(root: Union[str, Path]) -> Dict:
     root = Path(root)
+    lock = _lock(root)
+    try:
+        return _rollback(root)
+    finally:
+        lock.close()
+
+
+def _rollback(root: Path) -> Dict:
     recover(root)
     old, prev = _target(root, CURRENT), _target(root, PREVIOUS)
     if prev is None or not (root / prev).is_dir():
@@ -217,4 +294,4 @@ def _prune(root: Path, keep: int) -> None:
     others = sorted((d for d in store.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in live),
                     key=lambda d: d.stat().st_mtime, reverse=True)
     for d in others[max(0, keep - len(live)):]:
-        shutil.rmtree(d, ignore_errors=True)
+        _discard(d)

@@ -85,11 +85,13 @@ def _roles_by_shape(shapes: Sequence[Tuple[int, ...]], expected: Dict[str, Dict]
 
 
 class TFLiteSession:
-    def __init__(self, backend: str, artifact: Artifact, outputs: Dict[str, Dict], threads: Optional[int]):
+    def __init__(self, backend: str, artifact: Artifact, outputs: Dict[str, Dict], threads: Optional[int],
+                 content: bytes):
         module = importlib.import_module(_MODULE[backend])
+        self._content = content  # the interpreter reads the model from this buffer: keep it alive
         self.delegate = "default (XNNPACK)"
         try:
-            self.interpreter = module.Interpreter(model_path=str(artifact.path), num_threads=threads)
+            self.interpreter = module.Interpreter(model_content=content, num_threads=threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             # XNNPACK refuses some int8 graphs (LiteRT 2.3 on ResNet50's); the built-in kernels
@@ -98,7 +100,7 @@ class TFLiteSession:
             if resolver is None:
                 raise BundleError(artifact.path, f"{backend} cannot load this model ({exc})") from None
             try:
-                self.interpreter = module.Interpreter(model_path=str(artifact.path), num_threads=threads,
+                self.interpreter = module.Interpreter(model_content=content, num_threads=threads,
                                                       experimental_op_resolver_type=resolver)
                 self.interpreter.allocate_tensors()
             except (ValueError, RuntimeError) as exc2:
@@ -140,7 +142,7 @@ class TFLiteSession:
 
 
 class OnnxSession:
-    def __init__(self, artifact: Artifact, outputs: Dict[str, Dict], threads: Optional[int]):
+    def __init__(self, artifact: Artifact, outputs: Dict[str, Dict], threads: Optional[int], content: bytes):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -149,7 +151,7 @@ class OnnxSession:
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(artifact.path), sess_options=opts,
+            self.session = ort.InferenceSession(content, sess_options=opts,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(artifact.path, f"onnxruntime cannot load this model ({exc})") from None
@@ -178,7 +180,9 @@ def open_session(bundle: Bundle, backend: str = "auto", artifact: Optional[str] 
                  threads: Optional[int] = None):
     name, art = choose(bundle, backend, artifact)
     outputs = bundle.manifest["model"]["outputs"]
-    session = OnnxSession(art, outputs, threads) if name == "onnx" else TFLiteSession(name, art, outputs, threads)
+    content = bundle.read_verified(art.info["file"])  # checked as read: what runs is what was verified
+    session = (OnnxSession(art, outputs, threads, content) if name == "onnx"
+               else TFLiteSession(name, art, outputs, threads, content))
     shape = session.input_shape()
     size = bundle.spec.size
     if len(shape) != 4 or any(isinstance(n, int) and n != want for n, want in zip(shape[1:], (size, size, 1))):

@@ -51,6 +51,27 @@ class Bundle:
     manifest: Dict[str, Any]  # as export wrote it (provenance, metrics) ...
     info: Manifest  # ... and what the runtime acts on, typed and validated
     signed_by: Optional[str] = None  # the trusted key's id, when a key is configured and verified it
+    real: Optional[Path] = None  # `path` resolved once at load: files are read from here, so a
+    # bundle switched (device update) while this one loads cannot pair one manifest with another's model
+
+    @property
+    def root(self) -> Path:
+        return self.real or self.path
+
+    def read_verified(self, name: str) -> bytes:
+        """A bundle file's bytes, checked against the manifest as they are read: what is verified
+        is exactly what the interpreter gets (a file swapped after load_bundle is refused)."""
+        fpath = self.root / name
+        try:
+            data = fpath.read_bytes()
+        except OSError as exc:
+            raise BundleError(fpath, f"cannot be read ({exc.strerror or exc})") from None
+        expected = self.info.files.get(name)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise BundleError(fpath, f"sha256 {actual[:16]}... does not match the manifest's "
+                                     f"{str(expected)[:16]}...: the file was changed or damaged; reinstall the bundle")
+        return data
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -73,7 +94,7 @@ class Bundle:
         return self.manifest.get("gradcam") if self.info.gradcam else None
 
     def artifacts(self) -> List[Artifact]:
-        return [Artifact(k, self.path / a["file"], a["format"], a["precision"], a)
+        return [Artifact(k, self.root / a["file"], a["format"], a["precision"], a)
                 for k, a in self.manifest["artifacts"].items()]
 
     def artifact(self, key: str) -> Artifact:
@@ -125,14 +146,16 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True,
     `trusted_key`: None uses the configured one (edge_runtime/signature.py), if any; False skips
     the signature (only export's own check, on a bundle not yet signed, does that, together with
     `require_accepted=False`)."""
-    root = Path(path).expanduser() if path is not None else default_bundle_dir()
+    given = Path(path).expanduser() if path is not None else default_bundle_dir()
+    _require(given.is_dir(), given, "bundle folder not found")
+    real = Path(os.path.realpath(given))  # once: every file below is read from this folder
+    root = real
     mpath = root / MANIFEST
-    _require(root.is_dir(), root, "bundle folder not found")
     _require(mpath.is_file(), mpath, "manifest.json missing: not a bundle folder")
     try:
         _require(mpath.stat().st_size <= MAX_MANIFEST_BYTES, mpath, "manifest is too large to be a bundle's")
         raw = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, a 5,000-digit number
         raise BundleError(mpath, f"unreadable manifest ({type(exc).__name__}: {str(exc)[:120]})") from None
     try:
         info = Manifest.from_dict(raw)
@@ -150,9 +173,11 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True,
     if verify:
         for name, expected in info.files.items():
             fpath = root / name
+            _require(not fpath.is_symlink(), fpath, "a bundle file may not be a symbolic link")
             _require(fpath.is_file(), fpath, "file listed in the manifest is missing")
             actual = sha256_file(fpath)
             _require(actual == expected, fpath,
                      f"sha256 {actual[:16]}... does not match the manifest's {expected[:16]}...: "
                      "the file was changed or damaged; reinstall the bundle")
-    return Bundle(root, raw, info, signer)
+    # `path` keeps the name the caller used (a service compares its target over time); files are read from `real`.
+    return Bundle(given, raw, info, signer, real)

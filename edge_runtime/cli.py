@@ -29,6 +29,17 @@ def printable(name: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
 
 
+def thread_count(text: str) -> int:
+    """argparse type: a thread count an interpreter can take (100000 crashed LiteRT)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"{n} threads: choose 1 to 64")
+    return n
+
+
 def exit_status(records) -> int:
     """0 all answered, 1 some refused, 3 any internal error (worst wins)."""
     if any(r.get("internal_error") for r in records):
@@ -61,7 +72,7 @@ def _human(rec) -> str:
     for w in rec.get("warnings", []):
         line += f"\n    warning: {w}"
     if rec.get("heatmap"):
-        line += f"\n    heatmap: {rec['heatmap']}"
+        line += f"\n    heatmap: {printable(rec['heatmap'])}"
     return line
 
 
@@ -90,10 +101,11 @@ def _predict(args) -> int:
 def _info(args) -> int:
     bundle = load_bundle(args.bundle)
     m = bundle.manifest
-    info = {"bundle": str(bundle.path), "verified": True, "model": m["model"]["name"],
-            "demonstration_only": bundle.demonstration_only, "threshold": m["decision"],
-            "artifacts": {k: {"file": a["file"], "bytes": a.get("bytes")} for k, a in m["artifacts"].items()},
-            "gradcam": bool(m.get("gradcam")), "data": m.get("data", {}).get("name"),
+    info = {"bundle": printable(str(bundle.path)), "verified": True, "model": bundle.model_name,
+            "demonstration_only": bundle.demonstration_only, "threshold": bundle.info.decision.to_dict(),
+            "artifacts": {k: {"file": a.file, "bytes": a.bytes} for k, a in bundle.info.artifacts.items()},
+            "gradcam": bool(bundle.info.gradcam),
+            "data": (m.get("data") or {}).get("name") if isinstance(m.get("data"), dict) else None,
             "signature": (f"verified (key {bundle.signed_by})" if bundle.signed_by else
                           "present, not checked (no trusted key configured)" if (bundle.path / SIGNATURE).is_file()
                           else "unsigned (no trusted key configured, so not required)"),
@@ -123,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    "cannot be read gets an error record and the batch goes on.")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--heatmap", type=Path, metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per file here")
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: the interpreter's)")
+    p.add_argument("--threads", type=thread_count, default=None, help="interpreter threads, 1-64 (default: the interpreter's)")
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS,
                    help="interpreter; auto = the first installed of " + ", ".join(BACKENDS))
     p.add_argument("--artifact", help="model file to run, by manifest key (default: the int8 one for the backend)")
@@ -141,7 +153,7 @@ def run_command(args) -> int:
     try:
         return args.func(args)
     except (BundleError, BackendError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_UNUSABLE
     except Exception as exc:  # noqa: BLE001 - a traceback helps no technician; the type helps us
         if os.environ.get("FRACTURE_EDGE_DEBUG"):

@@ -21,13 +21,14 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import ImageReadError
-from .filecheck import check_input_file, open_error
+from .filecheck import check_input_file, open_error, open_regular
 from .imageio import (MAX_DECODE_BYTES, WORK_BYTES_PER_PIXEL, DecodedImage, box_reduce_by, check_cost,
                       check_shape, reduce_factor)
 
 SUFFIXES = (".dcm", ".dicom", ".dic")
 DEFLATED = "1.2.840.10008.1.2.1.99"
 BAND_ROWS = 512  # rows converted at a time (a multiple of every reduction factor)
+MAX_DICOM_FILE_BYTES = MAX_DECODE_BYTES  # an uncompressed 43 x 43 cm 16-bit radiograph is ~40 MB
 
 
 def looks_like_dicom(path: Union[str, Path]) -> bool:
@@ -37,9 +38,9 @@ def looks_like_dicom(path: Union[str, Path]) -> bool:
     if path.suffix.lower() in SUFFIXES:
         return True
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(132)
-    except OSError:
+    except (OSError, ImageReadError):
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
 
@@ -62,21 +63,26 @@ def _number(ds, keyword: str, path: Path, default=None, kind=float):
     return out
 
 
-def _check_inflated_size(path: Path, group_length: int) -> None:
-    """A deflated dataset is inflated whole by pydicom; a 2 MB file can hold gigabytes of zeros."""
-    start = 132 + 12 + group_length  # preamble, 'DICM', the group-length element, the meta group
+def _check_inflated_size(path: Path) -> None:
+    """A deflated dataset is inflated whole by pydicom, and kept twice (the buffer, then the pixel
+    value): a 2 MB file can hold gigabytes of zeros. The stream is found where pydicom finds it,
+    after the meta group as pydicom parses it, never by the length the file declares."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    limit = MAX_DECODE_BYTES // 3
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     total = 0
     with open(path, "rb") as fh:
-        fh.seek(start)
+        read_preamble(fh, True)
+        _read_file_meta_info(fh)
         while True:
             chunk = fh.read(1 << 16) if not inflater.unconsumed_tail else b""
             data = inflater.unconsumed_tail + chunk
             if not data:
                 break
             total += len(inflater.decompress(data, 1 << 20))
-            if total > MAX_DECODE_BYTES:
-                raise ImageReadError(path, f"deflated DICOM inflates to more than {MAX_DECODE_BYTES // 2 ** 20} MB, "
+            if total > limit:
+                raise ImageReadError(path, f"deflated DICOM inflates to more than {limit // 2 ** 20} MB, "
                                            "above what this runtime allows for one image")
             if inflater.eof:
                 break
@@ -119,7 +125,9 @@ def read_dicom(path: Union[str, Path], draft_size: Optional[Tuple[int, int]] = N
     """The first frame, displayed and box-reduced like the other formats (by the same factor
     `imageio.reduce_factor` gives for `draft_size`; None keeps the full size)."""
     path = Path(path)
-    check_input_file(path)
+    if check_input_file(path) > MAX_DICOM_FILE_BYTES:
+        raise ImageReadError(path, f"DICOM file larger than {MAX_DICOM_FILE_BYTES // 2 ** 20} MB: "
+                                   "not a single radiograph this runtime reads")
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -148,7 +156,7 @@ def _read(path: Path, draft_size, pydicom, InvalidDicomError) -> DecodedImage:
         meta = pydicom.filereader.read_file_meta_info(path)
         syntax = str(meta.get("TransferSyntaxUID", "")) or None
         if syntax == DEFLATED:
-            _check_inflated_size(path, int(meta.get("FileMetaInformationGroupLength", 0)))
+            _check_inflated_size(path)
     except InvalidDicomError:
         if not force:
             raise ImageReadError(path, "not a valid DICOM file") from None

@@ -53,3 +53,16 @@ def open_error(path: Union[str, Path], exc: OSError) -> ImageReadError:
     if isinstance(exc, IsADirectoryError):
         return ImageReadError(path, "is a folder, not a file")
     return ImageReadError(path, f"corrupt or truncated image ({exc})")
+
+
+def open_regular(path: Union[str, Path]):
+    """Open for reading without ever blocking, and make sure what was opened is a regular file:
+    closes the gap between check_input_file's stat and the open (a file swapped for a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise open_error(path, exc) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ImageReadError(path, "not a regular file (it changed while being opened): refused")
+    return os.fdopen(fd, "rb")

@@ -17,7 +17,6 @@ emits as a second output beside the feature maps. Cost: one (h*w x C) @ (C) prod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -57,8 +56,11 @@ def load_head(bundle: Bundle) -> Optional[GradCamHead]:
     spec = bundle.gradcam
     if not spec:
         return None
-    path = Path(bundle.path) / spec["file"]
-    data = np.fromfile(path, dtype="<f4")
+    path = bundle.root / spec["file"]
+    raw = bundle.read_verified(spec["file"])
+    if len(raw) % 4:
+        raise BundleError(path, "Grad-CAM head file is not a whole number of float32 values")
+    data = np.frombuffer(raw, dtype="<f4")
     arrays: Dict[str, np.ndarray] = {}
     for name, a in spec["arrays"].items():
         n = int(np.prod(a["shape"]))

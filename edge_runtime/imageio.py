@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError
-from .filecheck import check_input_file, open_error
+from .filecheck import check_input_file, open_error, open_regular
 
 # Larger than any plain radiograph (a 43 x 43 cm detector at 100 um is ~18.5 MP); anything
 # above this is treated as a decompression bomb rather than decoded.
@@ -121,12 +121,30 @@ def _stored_bytes(mode: str) -> int:
     return 2 if mode.startswith("I;16") else 4
 
 
-def decode_cost(size: Tuple[int, int], mode: str, draft_size: Optional[Tuple[int, int]]) -> int:
-    """Bytes that decoding an image of `size` (as the decoder will produce it) may take."""
+def decode_cost(size: Tuple[int, int], mode: str, draft_size: Optional[Tuple[int, int]],
+                decoder_extra: int = 0) -> int:
+    """Bytes that decoding an image of `size` (as the decoder will produce it) may take;
+    `decoder_extra` is what the codec itself holds beside the image (see _decoder_extra)."""
     w, h = size
     f = reduce_factor(size, draft_size) if draft_size is not None else 1
     conversion = 4 if f > 1 and mode not in _REDUCIBLE else 0
-    return w * h * (_stored_bytes(mode) + conversion) + (w // f) * (h // f) * WORK_BYTES_PER_PIXEL
+    return (w * h * (_stored_bytes(mode) + conversion) + (w // f) * (h // f) * WORK_BYTES_PER_PIXEL
+            + decoder_extra)
+
+
+def _decoder_extra(img: Image.Image, full_size: Tuple[int, int]) -> int:
+    """What the codec holds beside the image, measured: a progressive JPEG keeps every DCT
+    coefficient at full size (2 bytes per sample), whatever the draft; WebP decodes into its own
+    RGBA buffer; libtiff may hold a whole strip."""
+    w, h = full_size
+    fmt = img.format
+    if fmt == "JPEG" and (img.info.get("progressive") or img.info.get("progression")):
+        return w * h * 2 * (1 if img.mode == "L" else 3)
+    if fmt == "WEBP":
+        return w * h * 4
+    if fmt == "TIFF":
+        return w * h * _stored_bytes(img.mode)
+    return 0
 
 
 def check_shape(path: Union[str, Path], width: int, height: int) -> None:
@@ -164,12 +182,12 @@ def read_grayscale(path: Union[str, Path], draft_size: Optional[Tuple[int, int]]
     check_input_file(path)
     warnings: List[str] = []
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as fh, Image.open(fh) as img:
             width, height = img.size
             check_shape(path, width, height)
             if draft_size is not None and img.format == "JPEG":
                 img.draft("L" if img.mode == "L" else img.mode, draft_size)
-            check_cost(path, decode_cost(img.size, img.mode, draft_size))
+            check_cost(path, decode_cost(img.size, img.mode, draft_size, _decoder_extra(img, (width, height))))
             pages = getattr(img, "n_frames", 1)
             if isinstance(pages, int) and pages > 1:
                 warnings.append(f"{img.format or 'image'} file holds {pages} pages or frames: only the first was read")

@@ -41,8 +41,8 @@ def canonical(manifest: Mapping[str, Any]) -> bytes:
     body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
     try:
         return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-    except (TypeError, ValueError) as exc:
-        raise ManifestError(f"manifest is not plain JSON ({exc})") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ManifestError(f"manifest is not plain JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
 
 
 def digest(manifest: Mapping[str, Any]) -> str:
@@ -182,6 +182,13 @@ class GradcamInfo:
                             _shape(a.get("shape"), f"gradcam.arrays.{name}.shape"))
         _need("alpha" in arrays or {"mix", "w_out"} <= set(arrays), "gradcam.arrays",
               "needs 'alpha', or 'mix' and 'w_out'")
+        channels = feature_shape[2]
+        if "alpha" in arrays:
+            _need(arrays["alpha"][1] == (channels,), "gradcam.arrays.alpha.shape", f"expected [{channels}]")
+        else:
+            mix, w_out = arrays["mix"][1], arrays["w_out"][1]
+            _need(len(mix) == 2 and mix[0] == channels, "gradcam.arrays.mix.shape", f"expected [{channels}, hidden]")
+            _need(w_out == (mix[1],), "gradcam.arrays.w_out.shape", f"expected [{mix[1]}]")
         return cls(_file_name(d.get("file"), "gradcam.file"), _str(d, "layer", "gradcam"), feature_shape, arrays)
 
 

@@ -24,7 +24,7 @@ from .dicom import read_dicom
 from .imageio import DecodedImage, read_grayscale
 from .inputs import read_image
 from .overlay import save_overlay
-from .preprocess import content_problem, merge_maps, normalize_intensity, resize_input, views
+from .preprocess import content_box, content_problem, merge_maps, normalize_intensity, resize_input, views
 
 POSITIVE, NEGATIVE = "fractured", "non-fractured"
 OVERLAY_SIDE = 768  # long side of the overlay PNG: readable on a phone, cheap to write
@@ -109,12 +109,16 @@ class Predictor:
 
         def display() -> np.ndarray:
             # The model's decode is reduced to ~128 px; a readable overlay needs more, and
-            # decoding bigger for everyone would change what the model sees. Only with --heatmap.
+            # decoding bigger for everyone would change what the model sees. Only with --heatmap;
+            # if the bigger decode is refused (its memory bound) the model's pixels are drawn.
             if max(decoded.pixels.shape) >= OVERLAY_SIDE:
                 return decoded.pixels
-            if decoded.source_mode.startswith("DICOM"):
-                return read_dicom(path, draft_size=(OVERLAY_SIDE, OVERLAY_SIDE)).pixels
-            return read_grayscale(path, draft_size=(OVERLAY_SIDE, OVERLAY_SIDE)).pixels
+            try:
+                if decoded.source_mode.startswith("DICOM"):
+                    return read_dicom(path, draft_size=(OVERLAY_SIDE, OVERLAY_SIDE)).pixels
+                return read_grayscale(path, draft_size=(OVERLAY_SIDE, OVERLAY_SIDE)).pixels
+            except ImageReadError:
+                return decoded.pixels
 
         rec = self.predict_pixels(decoded, path, heatmap_path, display, t_start=t0)
         if "timings_ms" in rec:
@@ -149,7 +153,8 @@ class Predictor:
                 t0 = time.perf_counter()
                 try:
                     base = display() if display is not None else decoded.pixels
-                    rec["heatmap"] = str(save_overlay(heatmap_path, base, heat, max_side=OVERLAY_SIDE))
+                    rec["heatmap"] = str(save_overlay(heatmap_path, base, self._on_image(heat, decoded.pixels.shape),
+                                                      max_side=OVERLAY_SIDE))
                 except (OSError, ImageReadError) as exc:  # a full disk, or the file changed under us
                     rec["warnings"].append(f"heatmap not written ({getattr(exc, 'reason', None) or exc})")
                 timings["overlay"] = _ms(t0)
@@ -158,6 +163,17 @@ class Predictor:
         timings["total"] = _ms(t_all)
         rec["timings_ms"] = timings
         return rec
+
+    def _on_image(self, heat: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+        """The heatmap over the image itself: cropped to the unpadded part when letterboxed."""
+        if self.spec.resize == "stretch":
+            return heat
+        from PIL import Image
+        size = self.spec.size
+        full = np.asarray(Image.fromarray(np.ascontiguousarray(heat, dtype=np.float32)).resize(
+            (size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+        top, left, nh, nw = content_box(shape, self.spec)
+        return full[top:top + nh, left:left + nw]
 
     def _header(self, name: Union[str, Path]) -> Dict[str, Any]:
         return {"file": str(name), "model": self.bundle.model_name, "backend": self.backend,

@@ -105,14 +105,22 @@ def resize_input(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.resize == "stretch":
         out = np.asarray(img.resize((spec.size, spec.size), resample), dtype=np.float32)
     else:
-        h, w = arr.shape
-        scale = spec.size / max(h, w)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        top, left, nh, nw = content_box(arr.shape, spec)
         small = np.asarray(img.resize((nw, nh), resample), dtype=np.float32)
         out = np.full((spec.size, spec.size), spec.pad_value, dtype=np.float32)
-        top, left = (spec.size - nh) // 2, (spec.size - nw) // 2
         out[top:top + nh, left:left + nw] = small
     return np.clip(out, 0.0, 1.0)
+
+
+def content_box(shape: Tuple[int, int], spec: PreprocessSpec) -> Tuple[int, int, int, int]:
+    """(top, left, height, width) of the image inside the model's square input: all of it when
+    stretched; the unpadded part when letterboxed (a heatmap is cropped to it before it is drawn)."""
+    if spec.resize == "stretch":
+        return 0, 0, spec.size, spec.size
+    h, w = shape[:2]
+    scale = spec.size / max(h, w)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    return (spec.size - nh) // 2, (spec.size - nw) // 2, nh, nw
 
 
 def window(x: np.ndarray, percentiles: Tuple[float, float] = (1.0, 99.0)) -> np.ndarray:

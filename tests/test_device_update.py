@@ -134,3 +134,67 @@ def test_the_service_picks_up_a_switch_between_files(tmp_path):
     assert service.predictor.threshold == 0.62
     rec = service.ledger.records()[-1]
     assert rec["threshold"] == 0.62 and rec["bundle_id"] == load_bundle(root / CURRENT).manifest["manifest_sha256"][:16]
+
+
+def test_a_damaged_copy_in_the_store_is_replaced_not_trusted(tmp_path):
+    root = tmp_path / "opt"
+    a = _variant(tmp_path, "a", 0.41)
+    install(a, root)
+    with open(root / CURRENT / "model_float.tflite", "ab") as fh:
+        fh.write(b"junk")  # a bad SD card sector
+    with pytest.raises(Exception):
+        load_bundle(root / CURRENT)
+    install(a, root)  # reinstalling, as the error message says, must repair it
+    assert _current_threshold(root) == 0.41
+
+
+def test_careless_sources_are_refused(tmp_path):
+    root = tmp_path / "opt"
+    install(_variant(tmp_path, "a", 0.41), root)
+    with pytest.raises(UpdateError, match="must not be inside"):
+        install(root, root)
+    fifo = tmp_path / "bundle.zip"
+    os.mkfifo(fifo)
+    with pytest.raises(UpdateError, match="neither a bundle folder"):
+        install(fifo, root)
+
+
+def test_two_updates_at_once_are_not_allowed(tmp_path):
+    from device.update import _lock
+    root = tmp_path / "opt"
+    install(_variant(tmp_path, "a", 0.41), root)
+    held = _lock(root)
+    try:
+        with pytest.raises(UpdateError, match="another update is running"):
+            install(_variant(tmp_path, "b", 0.62), root)
+    finally:
+        held.close()
+    assert _current_threshold(root) == 0.41
+
+
+def test_an_old_unsigned_install_is_migrated_even_with_a_key_configured(tmp_path, monkeypatch):
+    pytest.importorskip("cryptography")
+    from export.signing import generate_keypair, sign_bundle
+    root = tmp_path / "opt"
+    root.mkdir()
+    shutil.copytree(_variant(tmp_path, "old", 0.41), root / CURRENT)  # unsigned, from before keys
+    private, public = generate_keypair(tmp_path / "keys")
+    new = _variant(tmp_path, "new", 0.62)
+    sign_bundle(new, private)
+    monkeypatch.setenv("FRACTURE_EDGE_TRUSTED_KEY", str(public))
+    install(new, root)
+    assert _current_threshold(root) == 0.62
+
+
+def test_an_older_bundle_is_not_installed_over_a_newer_one(tmp_path):
+    root = tmp_path / "opt"
+    install(_variant(tmp_path, "new", 0.62), root)
+    old = _variant(tmp_path, "old", 0.41)
+    m = json.loads((old / "manifest.json").read_text())
+    m["created_utc"] = "2020-01-01T00:00:00Z"  # e.g. last year's validly signed bundle, replayed
+    (old / "manifest.json").write_text(json.dumps(seal(m)))
+    with pytest.raises(UpdateError, match="before the current one"):
+        install(old, root)
+    assert _current_threshold(root) == 0.62
+    install(old, root, allow_older=True)
+    assert _current_threshold(root) == 0.41

@@ -149,3 +149,15 @@ def test_fast_decode_matches_full_decode_after_preprocess(tmp_path, name, mode):
     assert fast_decoded.source_mode.startswith(mode[:3])
     fast = preprocess(fast_decoded.pixels, spec)
     assert np.abs(full - fast).mean() < 0.01 and np.abs(full - fast).max() < 0.1
+
+
+def test_letterbox_content_box():
+    """The heatmap of a letterboxed input is cropped to this box before it is drawn on the image."""
+    from edge_runtime.preprocess import content_box, resize_input
+    spec = PreprocessSpec(resize="letterbox")
+    img = np.ones((200, 100), np.float32)
+    top, left, h, w = content_box(img.shape, spec)
+    out = resize_input(img, spec)
+    assert (top, left, h, w) == (0, 32, 128, 64)
+    assert out[top:top + h, left:left + w].min() == 1.0 and out.sum() == h * w  # padding outside only
+    assert content_box(img.shape, PreprocessSpec()) == (0, 0, 128, 128)

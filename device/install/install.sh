@@ -22,6 +22,7 @@ HOST=127.0.0.1
 PORT=8080
 WATCH=()
 TRUSTED_KEY=""
+KEY_DIR=/etc/fracture-edge  # where the runtime looks for trusted_key.pub even without the env file
 DRY_RUN=0
 SKIP_APT=0
 NO_SYSTEMD=0
@@ -36,6 +37,7 @@ Options:
   --bundle DIR          model bundle to install (default: $BUNDLE)
   --wheels DIR          install offline from these wheels (pip --no-index)
   --trusted-key FILE    Ed25519 public key (python -m export.signing keygen): only bundles signed with it load
+                        (installed as $KEY_DIR/trusted_key.pub, which every command on the device honours)
   --watch DIR           a folder a CR reader exports into (repeatable)
   --host ADDR           results page address (default: $HOST, this device only; the LAN address opens it to phones)
   --port N              results page port (default: $PORT)
@@ -54,6 +56,7 @@ while [ $# -gt 0 ]; do
         --bundle) BUNDLE=$2; shift 2 ;;
         --wheels) WHEELS=$2; shift 2 ;;
         --trusted-key) TRUSTED_KEY=$2; shift 2 ;;
+        --key-dir) KEY_DIR=$2; shift 2 ;;
         --watch) WATCH+=("$2"); shift 2 ;;
         --host) HOST=$2; shift 2 ;;
         --port) PORT=$2; shift 2 ;;
@@ -151,9 +154,9 @@ fi
 step "5. the model bundle"
 TRUST_ENV=()
 if [ -n "$TRUSTED_KEY" ]; then
-    run mkdir -p "$ETC"
-    run install -m 0644 "$TRUSTED_KEY" "$ETC/fracture-edge.trusted_key.pub"
-    TRUST_ENV=(env "FRACTURE_EDGE_TRUSTED_KEY=$ETC/fracture-edge.trusted_key.pub")
+    run mkdir -p "$KEY_DIR"
+    run install -m 0644 "$TRUSTED_KEY" "$KEY_DIR/trusted_key.pub"
+    TRUST_ENV=(env "FRACTURE_EDGE_TRUSTED_KEY=$KEY_DIR/trusted_key.pub")
 fi
 # Verified, self-tested on this device, and switched atomically; a rerun with the same bundle does
 # nothing, a new one keeps the old as bundle.previous (python -m device update --rollback).
@@ -164,14 +167,20 @@ run mkdir -p "$DATA/inbox/film" "$DATA/inbox/files" "$DATA/store"
 if [ "$NO_SYSTEMD" -eq 0 ]; then run chown -R "$SERVICE_USER" "$DATA"; fi
 
 step "7. configuration ($ETC/fracture-edge.env)"
-WATCH_ARGS=""
-for w in "${WATCH[@]+"${WATCH[@]}"}"; do WATCH_ARGS="$WATCH_ARGS --watch $w"; done
-ENV_TEXT="FRACTURE_EDGE_BUNDLE=$PREFIX/bundle
-FRACTURE_EDGE_DATA=$DATA
-FRACTURE_EDGE_HOST=$HOST
-FRACTURE_EDGE_PORT=$PORT
-FRACTURE_EDGE_WATCH_ARGS=\"${WATCH_ARGS# }\"${TRUSTED_KEY:+
-FRACTURE_EDGE_TRUSTED_KEY=$ETC/fracture-edge.trusted_key.pub}"
+# systemd EnvironmentFile values, double-quoted: a path with spaces ("/mnt/CR Export") stays one
+# value. Watched folders are joined with ':' and split by the service itself ($FRACTURE_EDGE_WATCH).
+quote() { local v=${1//\\/\\\\}; printf '"%s"' "${v//\"/\\\"}"; }
+WATCH_JOINED=""
+for w in "${WATCH[@]+"${WATCH[@]}"}"; do
+    case "$w" in *:*) echo "--watch $w: a ':' cannot be used in a watched folder's path" >&2; exit 2 ;; esac
+    WATCH_JOINED="${WATCH_JOINED:+$WATCH_JOINED:}$w"
+done
+ENV_TEXT="FRACTURE_EDGE_BUNDLE=$(quote "$PREFIX/bundle")
+FRACTURE_EDGE_DATA=$(quote "$DATA")
+FRACTURE_EDGE_HOST=$(quote "$HOST")
+FRACTURE_EDGE_PORT=$(quote "$PORT")
+FRACTURE_EDGE_WATCH=$(quote "$WATCH_JOINED")${TRUSTED_KEY:+
+FRACTURE_EDGE_TRUSTED_KEY=$(quote "$KEY_DIR/trusted_key.pub")}"
 if [ "$DRY_RUN" -eq 0 ] && [ -f "$ETC/fracture-edge.env" ] && [ "$(cat "$ETC/fracture-edge.env")" = "$ENV_TEXT" ]; then
     already "configuration unchanged"
 else
@@ -189,7 +198,8 @@ else
     if [ "$DRY_RUN" -eq 0 ] && [ -f "$UNIT_DIR/fracture-edge.service" ] && [ "$(cat "$UNIT_DIR/fracture-edge.service")" = "$UNIT_TEXT" ]; then
         already "unit unchanged"
     else
-        echo "+ write $UNIT_DIR/fracture-edge.service"
+        echo "+ write $UNIT_DIR/fracture-edge.service:"
+        while IFS= read -r line; do echo "    $line"; done <<< "$UNIT_TEXT"
         if [ "$DRY_RUN" -eq 0 ]; then printf '%s\n' "$UNIT_TEXT" > "$UNIT_DIR/fracture-edge.service"; fi
         run systemctl daemon-reload
     fi

@@ -1,0 +1,209 @@
+"""Faults clinics cause, injected into the service (issue 15, first part): after each, no crash,
+no lost result, no duplicate."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import stat
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import device.service as service_mod
+from benchmarks.fuzz import _radiograph
+from device.cli import main as device_main
+from device.page import render
+from device.service import Service, ServiceError
+from edge_runtime.bundle import REPO_BUNDLE
+
+
+def _image(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = (_radiograph(160 + seed, 200) * 255).astype(np.uint8)
+    Image.fromarray(img).save(path)
+    return path
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    return tmp_path / "data", tmp_path / "cr"
+
+
+def _service(data, watch, **kw) -> Service:
+    return Service(data, [watch], REPO_BUNDLE, settle_s=kw.pop("settle_s", 0), **kw)
+
+
+def test_an_unreadable_file_is_recorded_once_and_the_queue_goes_on(dirs, monkeypatch):
+    data, watch = dirs
+    for k in range(3):
+        _image(watch / f"f{k}.png", k)
+    real = service_mod.file_id
+
+    def locked(path):
+        if path.name == "f1.png":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path)
+    monkeypatch.setattr(service_mod, "file_id", locked)
+    service = _service(data, watch)
+    assert service.run_once() == 2
+    recs = service.ledger.records()
+    assert len(recs) == 3 and sum("probability" in r for r in recs) == 2
+    bad = next(r for r in recs if r.get("error"))
+    assert bad["source"].endswith("f1.png") and "Permission denied" in bad["error"]
+    service.run_once()
+    assert len(service.ledger.records()) == 3  # recorded once, not on every scan
+
+
+def test_a_file_that_vanishes_before_processing_leaves_no_trace(dirs):
+    data, watch = dirs
+    _image(watch / "a.png")
+    _image(watch / "b.png", 1)
+    service = _service(data, watch)
+    waiting = list(service.pending())
+    (watch / "a.png").unlink()
+    results = [service.process(*w) for w in waiting]
+    assert sum(r is not None for r in results) == 1
+    assert len(service.ledger.records()) == 1 and len(list(service.store.iterdir())) == 1
+
+
+def test_a_second_instance_refuses_to_start(dirs, capsys):
+    data, watch = dirs
+    first = _service(data, watch)
+    with pytest.raises(ServiceError, match="another"):
+        _service(data, watch)
+    assert device_main(["serve", "--once", "--data", str(data), "--bundle", str(REPO_BUNDLE)]) == 2
+    assert "another" in capsys.readouterr().err
+    del first
+
+
+def test_a_name_that_is_not_utf8_is_shown_safely(dirs):
+    data, watch = dirs
+    raw = os.fsencode(str(watch)) + b"/patient_caf\xe9.png"
+    os.makedirs(watch, exist_ok=True)
+    Image.fromarray((_radiograph() * 255).astype(np.uint8)).save(os.fsdecode(raw))
+    service = _service(data, watch)
+    assert service.run_once() == 1
+    page = render(service.ledger.records()).encode("utf-8", "backslashreplace")
+    assert b"patient_caf" in page
+    service.ledger.records()[0]["source"].encode("utf-8")  # the record itself is valid UTF-8
+
+
+def test_a_symlink_out_of_the_watched_folder_is_refused(dirs, tmp_path):
+    data, watch = dirs
+    secret = _image(tmp_path / "elsewhere" / "secret.png")
+    watch.mkdir(parents=True)
+    (watch / "link.png").symlink_to(secret)
+    _image(watch / "inside.png", 2)
+    (watch / "inside_link.png").symlink_to(watch / "inside.png")
+    service = _service(data, watch)
+    service.run_once()
+    recs = service.ledger.records()
+    refused = [r for r in recs if "outside the watched folder" in r.get("error", "")]
+    assert len(refused) == 1 and refused[0]["source"].endswith("link.png")
+    assert all(p.read_bytes() != secret.read_bytes() for p in service.store.rglob("original*"))  # never copied
+    assert sum("probability" in r for r in recs) == 1  # the link inside the folder is the same image, once
+
+
+def test_a_half_written_file_is_processed_once_complete(dirs):
+    data, watch = dirs
+    full = _image(watch.parent / "staging" / "x.png").read_bytes()
+    watch.mkdir(parents=True)
+    target = watch / "x.png"
+    service = _service(data, watch, settle_s=0.5)
+    target.write_bytes(full[:len(full) // 3])
+    assert service.run_once() == 0  # first seen: wait
+    time.sleep(0.2)
+    target.write_bytes(full[:2 * len(full) // 3])
+    assert service.run_once() == 0  # changed: wait again
+    target.write_bytes(full)
+    assert service.run_once() == 0
+    time.sleep(0.6)
+    assert service.run_once() == 1
+    recs = service.ledger.records()
+    assert len(recs) == 1 and recs[0].get("probability") is not None
+
+
+def test_future_mtimes_and_per_date_sub_folders(dirs):
+    data, watch = dirs
+    p = _image(watch / "2026-11-29" / "deep.png")
+    future = time.time() + 3600
+    os.utime(p, (future, future))
+    service = _service(data, watch, settle_s=0.2)
+    service.run_once()
+    time.sleep(0.3)
+    assert service.run_once() == 1
+
+
+def test_a_missing_watch_folder_is_a_visible_warning_that_clears(dirs):
+    data, watch = dirs
+    service = _service(data, watch)
+    service.run_once()
+    assert any("missing" in w for w in service.status.values())
+    assert b"is missing" in render([], list(service.status.values())).encode()
+    _image(watch / "a.png")
+    assert service.run_once() == 1 and not service.status
+
+
+def test_a_full_disk_pauses_and_loses_nothing(dirs, monkeypatch):
+    data, watch = dirs
+    for k in range(3):
+        _image(watch / f"f{k}.png", k)
+    real = shutil.copyfile
+    full = {"on": True}
+
+    def copy(src, dst, *a, **k):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(service_mod.shutil, "copyfile", copy)
+    service = _service(data, watch)
+    assert service.run_once() == 0
+    assert service.ledger.records() == [] and "disk" in service.status
+    assert list(service.store.iterdir()) == []
+    full["on"] = False
+    assert service.run_once() == 3 and "disk" not in service.status
+    assert len(service.ledger.records()) == 3
+
+
+def test_patient_data_is_readable_by_the_service_user_only(dirs):
+    data, watch = dirs
+    _image(watch / "a.png")
+    service = _service(data, watch)
+    service.run_once()
+    original = next(service.store.rglob("original*"))
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    assert stat.S_IMODE(original.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(original.stat().st_mode) == 0o600
+    assert stat.S_IMODE(service.ledger.path.stat().st_mode) == 0o600
+
+
+def test_a_re_exported_file_supersedes_and_an_identical_copy_is_noted(dirs, caplog):
+    data, watch = dirs
+    _image(watch / "a.png", 0)
+    service = _service(data, watch)
+    assert service.run_once() == 1
+    first = service.ledger.records()[0]["id"]
+    _image(watch / "a.png", 3)  # the CR reader exports the same name again, new content
+    assert service.run_once() == 1
+    assert service.ledger.records()[-1]["supersedes"] == first
+    shutil.copy(watch / "a.png", watch / "a_copy.png")
+    with caplog.at_level("INFO", logger="fracture_edge.service"):
+        assert service.run_once() == 0
+    assert "same content as an earlier file" in caplog.text
+
+
+def test_a_port_in_use_is_a_one_line_error(dirs, capsys):
+    data, watch = dirs
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        code = device_main(["serve", "--data", str(data), "--bundle", str(REPO_BUNDLE), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot serve the results page" in err and "Traceback" not in err
