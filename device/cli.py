@@ -97,12 +97,17 @@ def _serve(args) -> int:
     watch = list(args.watch) + [Path(w) for w in os.environ.get(WATCH_ENV, "").split(os.pathsep) if w.strip()]
     try:
         service = Service(args.data, watch, args.bundle, backend=args.backend, threads=args.threads,
-                          settle_s=args.settle)
+                          settle_s=args.settle, isolate=not args.in_process, reader_memory_mb=args.reader_memory_mb,
+                          file_timeout_s=args.file_timeout, keep_days=args.keep_days,
+                          max_store_gb=args.max_store_gb)
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     if args.once:
-        n = service.run_once()
+        try:
+            n = service.run_once()
+        finally:
+            service.close()
         print(f"processed {n} new file(s); log: {service.ledger.path}", file=sys.stderr)
         return 0
     page = None
@@ -123,6 +128,7 @@ def _serve(args) -> int:
     finally:
         if page:
             page.shutdown()
+        service.close()
     return 0
 
 
@@ -216,6 +222,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                        "local network see it (default: %(default)s, this device only)")
     s.add_argument("--port", type=int, default=8080, help="results page port (default: %(default)s)")
     s.add_argument("--no-page", action="store_true", help="do not serve the results page")
+    s.add_argument("--reader-memory-mb", type=int, default=512,
+                   help="memory the image reader process may take beyond its model (default: %(default)s)")
+    s.add_argument("--file-timeout", type=float, default=120.0,
+                   help="seconds one image may take before the reader is restarted (default: %(default)s)")
+    s.add_argument("--keep-days", type=float, help="delete stored images older than this (results are kept)")
+    s.add_argument("--max-store-gb", type=float, help="delete the oldest stored images beyond this size (results are kept)")
+    s.add_argument("--in-process", action="store_true",
+                   help="read images in the service's own process (no memory limit; for debugging)")
     s.set_defaults(func=_serve)
     a = sub.add_parser("film-agreement", parents=[common], help="photo vs file: same answer? (simulated photos, every condition)",
                        description="Photograph each radiograph in every condition (simulated), read the photo as a clinic "

@@ -2,7 +2,8 @@
 
 Standard library only (http.server), no external resources (inline CSS, images from the device's
 own store), read-only, and bound to 127.0.0.1 unless the configuration names the clinic's network
-address. It reads the results log on every request, so it needs no state of its own.
+address. It reads the last results through the log's index on every request (a seek, not the whole
+log), so it needs no state of its own and costs the same after years of results.
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ def make_handler(ledger: Ledger, store: Path, status: Callable[[], Sequence[str]
             path = self.path.split("?", 1)[0]
             if path == "/":
                 # backslashreplace: a file name that is not UTF-8 (a Windows share) is shown escaped
-                return self._send(200, render(ledger.records(), list(status())).encode("utf-8", "backslashreplace"),
+                return self._send(200, render(ledger.latest(LATEST), list(status())).encode("utf-8", "backslashreplace"),
                                   "text/html; charset=utf-8")
             if path == "/api/results":
-                return self._send(200, json.dumps(ledger.records()[-LATEST:]).encode(), "application/json")
+                return self._send(200, json.dumps(ledger.latest(LATEST)).encode(), "application/json")
             m = _IMAGE.match(path)
             if m and (store / m.group(1) / m.group(2)).is_file():
                 return self._send(200, (store / m.group(1) / m.group(2)).read_bytes(),

@@ -19,13 +19,15 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from PIL import Image
 
-from edge_runtime.bundle import sha256_file
+from edge_runtime.bundle import load_bundle, sha256_file
 from edge_runtime.cli import printable
 from edge_runtime.predictor import Predictor
 
@@ -55,24 +57,101 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Ledger:
-    """Append-only JSON lines with whole-line writes and fsync; repairs a torn tail on open."""
+    """Append-only JSON lines with whole-line writes and fsync; repairs a torn tail on open.
+
+    Beside the log, an index (sqlite, standard library) maps each line's offset to its id and
+    source, so that neither start-up nor the page reads years of results: the page seeks to the
+    last lines, the service asks the index whether an id was seen. The index is derived data:
+    the log is the truth, the index catches up with it on open (after a kill between the two
+    writes) and is rebuilt if it does not match."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.path.with_name(self.path.name + ".index.sqlite")
         self._repair()
+        self._catch_up()
 
     def _repair(self) -> None:
+        """Cut a line torn by a power cut; only the tail is read."""
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(data.rfind(b"\n") + 1)
-                fh.flush()
-                os.fsync(fh.fileno())
+        with open(self.path, "r+b") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            pos = size
+            while pos > 0:
+                step = min(1 << 16, pos)
+                fh.seek(pos - step)
+                chunk = fh.read(step)
+                k = chunk.rfind(b"\n")
+                if k >= 0:
+                    pos = pos - step + k + 1
+                    break
+                pos -= step
+            fh.truncate(max(pos, 0))
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def _db(self):
+        import sqlite3
+
+        db = sqlite3.connect(self.index_path, timeout=30)
+        db.execute("CREATE TABLE IF NOT EXISTS lines (offset INTEGER PRIMARY KEY, length INTEGER, id TEXT, source TEXT)")
+        db.execute("CREATE INDEX IF NOT EXISTS by_id ON lines(id)")
+        db.execute("CREATE INDEX IF NOT EXISTS by_source ON lines(source)")
+        return db
+
+    def _catch_up(self) -> None:
+        """Index the lines written since the index was last updated."""
+        db = self._db()
+        try:
+            row = db.execute("SELECT offset, length FROM lines ORDER BY offset DESC LIMIT 1").fetchone()
+            start = row[0] + row[1] if row else 0
+            size = self.path.stat().st_size if self.path.exists() else 0
+            if start > size or (row and not self._line_at(row[0], row[1])):
+                db.execute("DELETE FROM lines")  # the log was replaced or truncated: rebuild
+                start = 0
+            if start < size:
+                with open(self.path, "rb") as fh:
+                    fh.seek(start)
+                    offset = start
+                    for line in fh:
+                        self._index(db, offset, line)
+                        offset += len(line)
+            db.commit()
+        finally:
+            db.close()
+        try:
+            os.chmod(self.index_path, 0o600)
+        except OSError:
+            pass
+
+    def _line_at(self, offset: int, length: int) -> bool:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(offset)
+                line = fh.read(length)
+            return line.endswith(b"\n") and bool(json.loads(line))
+        except (OSError, ValueError):
+            return False
+
+    @staticmethod
+    def _index(db, offset: int, line: bytes) -> None:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(rec, dict):
+            db.execute("INSERT OR REPLACE INTO lines VALUES (?, ?, ?, ?)",
+                       (offset, len(line), str(rec.get("id", "")), str(rec.get("source", ""))))
 
     def records(self) -> List[Dict]:
+        """Every record (tests and exports; the service and the page use the index)."""
         if not self.path.exists():
             return []
         out = []
@@ -82,6 +161,38 @@ class Ledger:
             except json.JSONDecodeError:
                 continue  # only a torn line can fail, and _repair removes it
         return out
+
+    def latest(self, n: int) -> List[Dict]:
+        """The last n records, oldest first, read by seeking: the cost does not grow with the log."""
+        db = self._db()
+        try:
+            rows = db.execute("SELECT offset, length FROM lines ORDER BY offset DESC LIMIT ?", (n,)).fetchall()
+        finally:
+            db.close()
+        out = []
+        with open(self.path, "rb") as fh:
+            for offset, length in reversed(rows):
+                fh.seek(offset)
+                try:
+                    out.append(json.loads(fh.read(length)))
+                except ValueError:
+                    continue
+        return out
+
+    def has(self, rid: str) -> bool:
+        db = self._db()
+        try:
+            return db.execute("SELECT 1 FROM lines WHERE id = ? LIMIT 1", (rid,)).fetchone() is not None
+        finally:
+            db.close()
+
+    def last_id_for(self, source: str) -> Optional[str]:
+        db = self._db()
+        try:
+            row = db.execute("SELECT id FROM lines WHERE source = ? ORDER BY offset DESC LIMIT 1", (source,)).fetchone()
+        finally:
+            db.close()
+        return row[0] if row else None
 
     def append(self, record: Dict) -> None:
         data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
@@ -101,6 +212,12 @@ class Ledger:
             os.close(fd)
         if new:
             _fsync_dir(self.path.parent)
+        db = self._db()
+        try:  # after the log: a kill in between is caught up on the next open
+            self._index(db, size, data)
+            db.commit()
+        finally:
+            db.close()
 
 
 class Spool:
@@ -166,6 +283,93 @@ def take_lock(data: Path):
     return fh
 
 
+MAX_ATTEMPTS = 3  # a file that kills or hangs the reader this often is quarantined
+ATTEMPTS = "attempts.json"
+
+
+class ReaderCrashed(Exception):
+    """The reader process died or hung on a file."""
+
+
+class ReaderUnavailable(Exception):
+    """The reader process cannot start (its bundle does not load): no file is to blame."""
+
+
+class InProcessReader:
+    """Reads in the service's own process (library use and tests)."""
+
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    def triage(self, mode: str, original: Path, dest: Path, heat: Path, source: str = "") -> Dict:
+        if mode == "film":
+            return triage_photo(self.predictor, original, dest, heat)
+        return triage_file(self.predictor, original, heat)
+
+    def close(self) -> None:
+        pass
+
+
+class WorkerReader:
+    """Reads in a separate process (device/worker.py) under a memory limit, with a time limit per
+    file: a file that kills or hangs it costs that process, never the service."""
+
+    def __init__(self, bundle_dir: Path, backend: str, threads: Optional[int], memory_mb: int = 512,
+                 timeout_s: float = 120.0):
+        self.args = [sys.executable, "-m", "device.worker", "--bundle", str(bundle_dir), "--backend", backend,
+                     "--memory-mb", str(memory_mb)] + (["--threads", str(threads)] if threads else [])
+        self.timeout_s = timeout_s
+        self.proc: Optional[subprocess.Popen] = None
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=str(Path(__file__).resolve().parent.parent))
+        ready = self._readline(60.0)
+        if not ready or not json.loads(ready).get("ready"):
+            self.close()
+            raise ReaderUnavailable("the image reader did not start (its reason is in the service log)")
+
+    def _readline(self, timeout: float) -> Optional[str]:
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        try:
+            if not sel.select(timeout):
+                return None
+            return self.proc.stdout.readline() or None
+        finally:
+            sel.close()
+
+    def triage(self, mode: str, original: Path, dest: Path, heat: Path, source: str = "") -> Dict:
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        try:
+            self.proc.stdin.write(json.dumps({"mode": mode, "original": str(original), "dest": str(dest),
+                                              "heat": str(heat), "source": source}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self.close()
+            raise ReaderCrashed("the reader process had died") from None
+        line = self._readline(self.timeout_s)
+        if line is None:
+            hung = self.proc.poll() is None
+            self.close()
+            raise ReaderCrashed("the reader hung on this file" if hung else "the reader process died on this file")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            for f in (self.proc.stdin, self.proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self.proc = None
+
+
 def _recover_update(bundle) -> None:
     """An update killed mid-way through moving an old install into the store leaves `bundle`
     missing beside `bundle.legacy`: put it back before loading (device/update.py)."""
@@ -180,7 +384,10 @@ def _recover_update(bundle) -> None:
 
 class Service:
     def __init__(self, data: Path, watch: Sequence[Path] = (), bundle=None, backend: str = "auto",
-                 threads: Optional[int] = None, settle_s: float = 2.0):
+                 threads: Optional[int] = None, settle_s: float = 2.0, isolate: bool = False,
+                 reader_memory_mb: int = 512, file_timeout_s: float = 120.0,
+                 keep_days: Optional[float] = None, max_store_gb: Optional[float] = None):
+        """`isolate`: read images in a separate process under a memory limit (what `serve` does)."""
         self.data = Path(data)
         self.data.mkdir(parents=True, exist_ok=True)
         try:
@@ -194,14 +401,14 @@ class Service:
         self.ledger = Ledger(self.data / LEDGER)
         self._bundle_arg, self._backend, self._threads = bundle, backend, threads
         _recover_update(bundle)
-        self.predictor = Predictor(bundle, backend, None, threads)
-        self._bundle_real = str(self.predictor.bundle.root)  # resolved when it was loaded
+        self._isolate, self._reader_memory_mb, self._file_timeout_s = isolate, reader_memory_mb, file_timeout_s
+        self.keep_days, self.max_store_gb = keep_days, max_store_gb
+        self._pruned_at = float("-inf")
+        self._load()
         self.sources: List[Tuple[Path, str]] = [(self.spool.film, "film"), (self.spool.files, "file")]
         self.sources += [(Path(w), "file") for w in watch]
         self.settle_s = settle_s
-        records = self.ledger.records()
-        self.done: Set[str] = {r["id"] for r in records if "id" in r}
-        self._last_by_source: Dict[str, str] = {r["source"]: r["id"] for r in records if "source" in r and "id" in r}
+        self._noted: Set[Tuple[str, str]] = set()  # identical copies already mentioned in the log
         self._ids: Dict[Tuple[str, int, int], str] = {}
         self._seen: Dict[str, Tuple[int, int, float]] = {}  # path -> (size, mtime_ns, first seen so)
         self.status: Dict[str, str] = {}  # what the page shows until it clears: missing folders, full disk
@@ -252,6 +459,13 @@ class Service:
         return now - seen[2] >= self.settle_s
 
     def pending(self) -> Iterator[Tuple[Path, str, str]]:
+        seen_keys, seen_paths = set(), set()
+        yield from self._pending(seen_keys, seen_paths)
+        # Forget files that are gone: the caches hold what is in the folders, not their history.
+        self._ids = {k: v for k, v in self._ids.items() if k in seen_keys}
+        self._seen = {k: v for k, v in self._seen.items() if k in seen_paths}
+
+    def _pending(self, seen_keys: Set, seen_paths: Set) -> Iterator[Tuple[Path, str, str]]:
         for folder, mode in self.sources:
             if not folder.is_dir():
                 self._note(f"missing:{folder}", f"watched folder {printable(str(folder))} is missing "
@@ -259,6 +473,8 @@ class Service:
                 continue
             self._clear(f"missing:{folder}")
             for p, st in sorted(self._files(folder), key=lambda f: (f[1].st_mtime, str(f[0]))):
+                seen_paths.add(str(p))
+                seen_keys.add((str(p), st.st_size, st.st_mtime_ns))
                 if not self._settled(p, st):
                     continue  # a CR reader may still be writing it
                 key = (str(p), st.st_size, st.st_mtime_ns)
@@ -271,12 +487,48 @@ class Service:
                         self._refuse(p, f"cannot be read: {exc.strerror or type(exc).__name__}", st)
                         continue
                 fid = self._ids[key]
-                if fid in self.done:
-                    if self._last_by_source.get(str(p)) not in (None, fid) or str(p) not in self._last_by_source:
-                        log.info("%s: same content as an earlier file (%s): not processed again", printable(str(p)), fid)
-                        self._last_by_source[str(p)] = fid
+                if self.done(fid):
+                    src = printable(str(p))
+                    if self.ledger.last_id_for(src) != fid and (src, fid) not in self._noted:
+                        log.info("%s: same content as an earlier file (%s): not processed again", src, fid)
+                        self._noted.add((src, fid))
                     continue
                 yield p, mode, fid
+
+    def _attempt(self, fid: str, done: bool = False) -> int:
+        """Count a try at `fid` before it is made (persisted, so a crash of the whole device counts
+        too); forget it once the file has a record. Returns the number of this try."""
+        path = self.data / ATTEMPTS
+        try:
+            counts = json.loads(path.read_text())
+        except (OSError, ValueError):
+            counts = {}
+        if done:
+            if fid not in counts:
+                return 0
+            counts.pop(fid)
+        else:
+            counts[fid] = int(counts.get(fid, 0)) + 1
+        tmp = path.with_name(f".{ATTEMPTS}.tmp")
+        tmp.write_text(json.dumps(counts))
+        os.replace(tmp, path)
+        return counts.get(fid, 0)
+
+    def _quarantine(self, dest: Path, mode: str, original: Path, why: str) -> Dict:
+        """After MAX_ATTEMPTS crashes or hangs: a record, and the copy moved out of the store."""
+        qdir = self.data / "quarantine"
+        qdir.mkdir(mode=0o700, exist_ok=True)
+        target = qdir / dest.name
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(dest, target)
+        return {"file": str(original), "mode": mode, "warnings": [], "quarantined": True,
+                "original": str(target / original.name),
+                "error": f"quarantined: reading this image failed {MAX_ATTEMPTS} times ({why}); "
+                         "it was moved to the quarantine folder and will not be tried again"}
+
+    def done(self, rid: str) -> bool:
+        """Recorded already (the ledger's index answers; nothing grows in memory)."""
+        return self.ledger.has(rid)
 
     # --- records that are not answers -----------------------------------------------------------
 
@@ -296,11 +548,10 @@ class Service:
         except OSError:
             return
         rid = path_id(path, st)
-        if rid in self.done:
+        if self.done(rid):
             return
         self.ledger.append({"id": rid, "source": printable(str(path)), "file": printable(str(path)), "mode": "file",
                             "error": reason, "warnings": [], "received_utc": _now()})
-        self.done.add(rid)
         log.warning("%s: %s", printable(str(path)), reason)
 
     # --- one file ---------------------------------------------------------------------------
@@ -328,19 +579,32 @@ class Service:
             self._refuse(path, f"cannot be copied: {exc.strerror or type(exc).__name__}")
             return None
         heat = dest / "gradcam.jpg"
+        attempts = self._attempt(fid)
         try:
-            if mode == "film":
-                rec = triage_photo(self.predictor, original, dest, heat)
-            else:
-                rec = triage_file(self.predictor, original, heat)
+            rec = self.reader.triage(mode, original, dest, heat, str(path))
+        except ReaderUnavailable as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            self._attempt(fid, done=True)
+            self._note("reader", f"{exc}: images wait; nothing is lost")
+            raise
+        except ReaderCrashed as exc:
+            log.error("%s: %s (attempt %d of %d)", printable(str(path)), exc, attempts, MAX_ATTEMPTS)
+            if attempts < MAX_ATTEMPTS:
+                return None  # tried again on the next scan, with a fresh reader
+            rec = self._quarantine(dest, mode, original, str(exc))
         except Exception as exc:  # a bug on one image must not crash-loop the service on it
             log.exception("%s: internal error", printable(str(path)))
             rec = {"file": str(original), "mode": mode, "internal_error": True,
                    "error": f"internal error ({type(exc).__name__}); details in the service log", "warnings": []}
-        rec.update(id=fid, source=printable(str(path)), original=str(original), received_utc=_now(),
-                   demonstration_only=self.predictor.bundle.demonstration_only,
-                   bundle_id=self.predictor.bundle.manifest.get("manifest_sha256", "")[:16])
-        previous = self._last_by_source.get(str(path))
+        if any("No space left" in w for w in rec.get("warnings", [])):  # the overlay hit a full disk:
+            shutil.rmtree(dest, ignore_errors=True)                     # not final, try again later
+            self._attempt(fid, done=True)
+            self._note("disk", "the disk is full: new images wait until space is freed (nothing is lost)")
+            raise DiskFull()
+        rec.update(id=fid, source=printable(str(path)), original=str(rec.get("original", original)), received_utc=_now(),
+                   demonstration_only=self.bundle.demonstration_only,
+                   bundle_id=self.bundle.manifest.get("manifest_sha256", "")[:16])
+        previous = self.ledger.last_id_for(printable(str(path)))
         if previous and previous != fid:
             rec["supersedes"] = previous  # the same file name, re-exported with new content
         try:
@@ -351,37 +615,88 @@ class Service:
                 raise DiskFull() from None
             raise
         self._clear("disk")
-        self.done.add(fid)
-        self._last_by_source[str(path)] = fid
+        self._attempt(fid, done=True)
         log.info("%s: %s", printable(str(path)), rec.get("decision") or ("retake" if rec.get("retake") else rec.get("error")))
         return rec
+
+    def _load(self) -> None:
+        """The bundle, and a reader on exactly that (resolved) bundle."""
+        if self._isolate:
+            self.bundle = load_bundle(self._bundle_arg)
+            self.predictor = None
+            self.reader = WorkerReader(self.bundle.root, self._backend, self._threads, self._reader_memory_mb,
+                                       self._file_timeout_s)
+        else:
+            self.predictor = Predictor(self._bundle_arg, self._backend, None, self._threads)
+            self.bundle = self.predictor.bundle
+            self.reader = InProcessReader(self.predictor)
+        self._bundle_real = str(self.bundle.root)  # resolved when it was loaded
+
+    def close(self) -> None:
+        self.reader.close()
 
     def reload_if_switched(self) -> bool:
         """`device update` switches the bundle symlink atomically; pick the new one up between files.
         A bundle that does not load keeps the old one answering (and says so)."""
-        real = os.path.realpath(self.predictor.bundle.path)
+        real = os.path.realpath(self.bundle.path)
         if real == self._bundle_real:
             return False
+        old = (self.bundle, self.predictor, self.reader)
         try:
-            self.predictor = Predictor(self._bundle_arg, self._backend, None, self._threads)
+            self._load()
         except Exception as exc:  # noqa: BLE001 - keep serving with the bundle that works
             log.warning("the switched bundle %s does not load (%s); still using %s", real, exc, self._bundle_real)
+            self.bundle, self.predictor, self.reader = old
             self._bundle_real = real  # do not retry on every scan; the next switch is tried again
             return False
-        self._bundle_real = str(self.predictor.bundle.root)
+        old[2].close()
         log.info("bundle switched: now %s", self._bundle_real)
         return True
 
+    def prune_store(self, force: bool = False) -> int:
+        """Retention: delete stored images (originals, overlays) older than keep_days, then the
+        oldest until the store fits max_store_gb. Result lines are never dropped; a pruned
+        record's card simply has no picture. At most once an hour unless forced."""
+        if self.keep_days is None and self.max_store_gb is None:
+            return 0
+        now = time.monotonic()
+        if not force and now - self._pruned_at < 3600:
+            return 0
+        self._pruned_at = now
+        folders = []
+        for e in os.scandir(self.store):
+            if e.is_dir(follow_symlinks=False):
+                size = sum(f.stat().st_size for f in os.scandir(e.path) if f.is_file(follow_symlinks=False))
+                folders.append((e.stat().st_mtime, size, Path(e.path)))
+        folders.sort()
+        cutoff = time.time() - self.keep_days * 86400 if self.keep_days is not None else None
+        total = sum(f[1] for f in folders)
+        limit = self.max_store_gb * 2 ** 30 if self.max_store_gb is not None else None
+        removed = 0
+        for mtime, size, path in folders:
+            old = cutoff is not None and mtime < cutoff
+            over = limit is not None and total > limit
+            if not (old or over):
+                break
+            shutil.rmtree(path, ignore_errors=True)
+            total -= size
+            removed += 1
+        if removed:
+            log.info("retention: removed %d stored image folder(s); their results stay in the log", removed)
+        return removed
+
     def run_once(self) -> int:
         self.reload_if_switched()
+        self.prune_store()
         n = 0
         for path, mode, fid in list(self.pending()):
-            if fid in self.done:
+            if self.done(fid):
                 continue  # the same bytes twice in one scan
             try:
                 n += self.process(path, mode, fid) is not None
-            except DiskFull:
+            except (DiskFull, ReaderUnavailable):
                 break  # stop taking work; the next scan tries again
+            self._clear("reader")
         return n
 
     def run_forever(self, interval: float = 2.0) -> None:

@@ -39,3 +39,11 @@ def test_quick_benchmark_writes_complete_sane_json(tiny_bundle, tiny_run, tmp_pa
     md = (out / "benchmark.md").read_text()
     assert "| litert | tflite_int8 | 1 |" in md or "| tflite | tflite_int8 | 1 |" in md
     assert "Targets" in md and "quick mode" in md and "## Film path" in md
+
+
+def test_page_benchmark_runs_on_a_small_log():
+    from benchmarks.page import measure
+    res = measure(2000, requests=10, clients=2)
+    assert res["records"] == 2000 and res["concurrent_requests"] == 4
+    assert 0 < res["sequential_p50_ms"] <= res["sequential_p95_ms"] and res["server_peak_rss_mb"] > 0
+    assert set(res["targets"]) == {"GET / <= 100 ms", "peak <= 150 MB with 10 clients"}

@@ -207,3 +207,169 @@ def test_a_port_in_use_is_a_one_line_error(dirs, capsys):
         code = device_main(["serve", "--data", str(data), "--bundle", str(REPO_BUNDLE), "--port", str(port)])
     err = capsys.readouterr().err
     assert code == 2 and "cannot serve the results page" in err and "Traceback" not in err
+
+
+def test_the_log_index_catches_up_and_rebuilds(tmp_path):
+    from device.service import Ledger
+    path = tmp_path / "results.jsonl"
+    ledger = Ledger(path)
+    for k in range(5):
+        ledger.append({"id": f"{k:032x}", "source": f"/cr/{k}.png", "probability": k / 10})
+    with open(path, "ab") as fh:  # a kill between the log's write and the index's: only the log has it
+        fh.write(b'{"id": "' + b"f" * 32 + b'", "source": "/cr/late.png"}\n')
+        fh.write(b'{"id": "torn')  # and a power cut mid-line
+    ledger = Ledger(path)
+    assert ledger.has("f" * 32) and ledger.last_id_for("/cr/late.png") == "f" * 32
+    assert [r["id"] for r in ledger.latest(2)] == [f"{4:032x}", "f" * 32]
+    assert len(ledger.records()) == 6  # the torn line was cut
+    path.write_text('{"id": "' + "a" * 32 + '", "source": "/x.png"}\n')  # the log replaced by hand
+    ledger = Ledger(path)
+    assert ledger.has("a" * 32) and not ledger.has("f" * 32) and len(ledger.latest(30)) == 1
+
+
+def _isolated(data, watch, monkeypatch, faults: str = "", **kw) -> Service:
+    from device.worker import FAULT_ENV
+    monkeypatch.setenv(FAULT_ENV, faults)
+    return Service(data, [watch], REPO_BUNDLE, settle_s=0, isolate=True, **kw)
+
+
+def test_a_file_that_kills_the_reader_is_quarantined_and_the_queue_goes_on(dirs, monkeypatch):
+    """Before: one poison file OOM-killed `serve --once` three times in three, and the good file
+    behind it was never read. Now the reader dies, not the service; after 3 tries, quarantine."""
+    data, watch = dirs
+    _image(watch / "a_good.png", 0)
+    _image(watch / "b_poison.png", 1)
+    _image(watch / "c_good.png", 2)
+    service = _isolated(data, watch, monkeypatch, faults="kill:poison")
+    try:
+        assert service.run_once() == 2  # both good files answered on the first pass
+        assert service.run_once() == 0  # second try at the poison
+        assert service.run_once() == 1  # third: quarantined, with a record
+        assert service.run_once() == 0
+    finally:
+        service.close()
+    recs = service.ledger.records()
+    assert len(recs) == 3 and sum("probability" in r for r in recs) == 2
+    q = next(r for r in recs if r.get("quarantined"))
+    assert "quarantined" in q["error"] and (data / "quarantine" / q["id"]).is_dir()
+    assert not (service.store / q["id"]).exists()
+
+
+def test_a_file_that_hangs_the_reader_is_given_up_on(dirs, monkeypatch):
+    data, watch = dirs
+    _image(watch / "slow.png", 0)
+    _image(watch / "z_good.png", 1)
+    service = _isolated(data, watch, monkeypatch, faults="hang:slow", file_timeout_s=3)
+    try:
+        assert service.run_once() == 1  # the hang costs one timeout, then the next file is read
+        service.run_once()
+        service.run_once()
+    finally:
+        service.close()
+    recs = service.ledger.records()
+    assert any(r.get("quarantined") and "hung" in r["error"] for r in recs)
+    assert any(r.get("probability") is not None for r in recs)
+
+
+def test_the_reader_runs_under_a_memory_limit(dirs, monkeypatch):
+    data, watch = dirs
+    big = (np.tile(np.linspace(0, 60000, 3000), (3000, 1))).astype(np.uint16)  # 16-bit: ~54 MB to decode
+    watch.mkdir(parents=True)
+    Image.fromarray(big).save(watch / "big16.png")
+    _image(watch / "small.png", 1)
+    service = _isolated(data, watch, monkeypatch, reader_memory_mb=20)
+    try:
+        assert service.run_once() == 2
+    finally:
+        service.close()
+    recs = {Path(r["source"]).name: r for r in service.ledger.records()}
+    assert "memory" in recs["big16.png"]["error"] and recs["small.png"]["probability"] is not None
+
+
+def test_retention_prunes_images_never_results(dirs):
+    data, watch = dirs
+    for k in range(4):
+        _image(watch / f"f{k}.png", k)
+    service = Service(data, [watch], REPO_BUNDLE, settle_s=0, keep_days=30)
+    assert service.run_once() == 4
+    folders = sorted(service.store.iterdir())
+    old = time.time() - 40 * 86400
+    for f in folders[:2]:
+        os.utime(f, (old, old))
+    assert service.prune_store(force=True) == 2
+    assert len(list(service.store.iterdir())) == 2 and len(service.ledger.records()) == 4
+    service.max_store_gb = 1e-9  # a tiny cap: everything goes, oldest first
+    assert service.prune_store(force=True) == 2 and len(service.ledger.records()) == 4
+
+
+def test_a_heatmap_on_a_full_disk_is_retried_not_final(dirs, monkeypatch):
+    """Before: an image whose overlay hit ENOSPC was logged as an internal error, never retried."""
+    from edge_runtime import predictor as predictor_module
+    data, watch = dirs
+    _image(watch / "a.png")
+    real = predictor_module.save_overlay
+    full = {"on": True}
+
+    def save(*a, **k):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+    monkeypatch.setattr(predictor_module, "save_overlay", save)
+    service = _service(data, watch)
+    assert service.run_once() == 0 and service.ledger.records() == [] and "disk" in service.status
+    full["on"] = False
+    assert service.run_once() == 1
+    assert service.ledger.records()[0].get("heatmap") and not service.ledger.records()[0]["warnings"]
+
+
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(dirs):
+    """The service (reader process included) killed three times at seeded random moments, then run
+    to the end: every file exactly once, every earlier record unchanged, the index consistent."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    data, watch = dirs
+    names = {_image(watch / f"f{k:02d}.png", k).name for k in range(24)}
+    ledger = data / "results.jsonl"
+    cmd = [sys.executable, "-m", "device", "serve", "--data", str(data), "--watch", str(watch), "--once",
+           "--settle", "0", "--bundle", str(REPO_BUNDLE)]
+    root = Path(__file__).resolve().parent.parent
+    rng = np.random.default_rng(15)
+    before: list = []
+    for _ in range(3):
+        target = len(before) + int(rng.integers(1, 6))
+        proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if ledger.exists() and ledger.read_bytes().count(b"\n") >= target:
+                break
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)  # the service and its reader
+        proc.wait()
+        now = [json.loads(x) for x in ledger.read_bytes().split(b"\n") if x.strip()]
+        assert now[:len(before)] == before
+        before = now
+    res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    recs = [json.loads(x) for x in ledger.read_text().splitlines()]
+    assert recs[:len(before)] == before
+    assert len(recs) == 24 and len({r["id"] for r in recs}) == 24
+    assert {Path(r["source"]).name for r in recs} == names and all("probability" in r for r in recs)
+    from device.service import Ledger
+    assert len(Ledger(ledger).latest(100)) == 24
+
+
+def test_a_reader_that_cannot_start_pauses_the_queue_and_blames_no_file(dirs, monkeypatch):
+    data, watch = dirs
+    _image(watch / "a.png")
+    service = _isolated(data, watch, monkeypatch, faults="nostart:1")
+    try:
+        assert service.run_once() == 0
+        assert service.ledger.records() == [] and "reader" in service.status
+        from device.worker import FAULT_ENV
+        monkeypatch.setenv(FAULT_ENV, "")
+        assert service.run_once() == 1 and "reader" not in service.status
+    finally:
+        service.close()
