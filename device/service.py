@@ -162,13 +162,17 @@ class Ledger:
                 continue  # only a torn line can fail, and _repair removes it
         return out
 
-    def latest(self, n: int) -> List[Dict]:
-        """The last n records, oldest first, read by seeking: the cost does not grow with the log."""
+    def _query(self, sql: str, args: tuple) -> list:
+        """One query on a connection of its own (the page's threads and the service share the index)."""
         db = self._db()
         try:
-            rows = db.execute("SELECT offset, length FROM lines ORDER BY offset DESC LIMIT ?", (n,)).fetchall()
+            return db.execute(sql, args).fetchall()
         finally:
             db.close()
+
+    def latest(self, n: int) -> List[Dict]:
+        """The last n records, oldest first, read by seeking: the cost does not grow with the log."""
+        rows = self._query("SELECT offset, length FROM lines ORDER BY offset DESC LIMIT ?", (n,))
         out = []
         with open(self.path, "rb") as fh:
             for offset, length in reversed(rows):
@@ -180,19 +184,11 @@ class Ledger:
         return out
 
     def has(self, rid: str) -> bool:
-        db = self._db()
-        try:
-            return db.execute("SELECT 1 FROM lines WHERE id = ? LIMIT 1", (rid,)).fetchone() is not None
-        finally:
-            db.close()
+        return bool(self._query("SELECT 1 FROM lines WHERE id = ? LIMIT 1", (rid,)))
 
     def last_id_for(self, source: str) -> Optional[str]:
-        db = self._db()
-        try:
-            row = db.execute("SELECT id FROM lines WHERE source = ? ORDER BY offset DESC LIMIT 1", (source,)).fetchone()
-        finally:
-            db.close()
-        return row[0] if row else None
+        rows = self._query("SELECT id FROM lines WHERE source = ? ORDER BY offset DESC LIMIT 1", (source,))
+        return rows[0][0] if rows else None
 
     def append(self, record: Dict) -> None:
         data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
