@@ -10,7 +10,7 @@ trap 'rm -rf "$WORK"' EXIT
 "$MAIN_PY" -m pip wheel --quiet --no-deps -w "$WORK/dist" . 2>/dev/null
 WHEEL=$(ls "$WORK"/dist/fracture_edge-*.whl)
 python3 -m venv "$WORK/clinic"
-"$WORK/clinic/bin/python" -m pip install --quiet "$WHEEL[edge,device,dicom]"
+"$WORK/clinic/bin/python" -m pip install --quiet "${WHEEL}[edge,device,dicom]"
 "$MAIN_PY" -c "from train.phantom import generate_phantom_dataset as g; g('$WORK/ph', n_images=6, seed=4, size=(180, 150), progress=False)"
 "$MAIN_PY" -m edge_runtime predict --json "$WORK"/ph/images/*/*.jpg > "$WORK/checkout.jsonl" 2>"$WORK/checkout.err" \
     || { cat "$WORK/checkout.err" >&2; exit 1; }

@@ -61,7 +61,14 @@ def test_a_fifo_is_refused_without_being_opened(tmp_path):
 def test_permission_problems_are_named_as_such(tmp_path, monkeypatch):
     p = tmp_path / "locked.png"
     Image.fromarray(_radiograph()).save(p)
-    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # as a non-root user without read permission
+    import edge_runtime.filecheck as filecheck
+    real_open = os.open
+
+    def no_read(path, flags, *a, **k):
+        if str(path) == str(p):
+            raise PermissionError(13, "Permission denied")  # as for a non-root user without read permission
+        return real_open(path, flags, *a, **k)
+    monkeypatch.setattr(filecheck.os, "open", no_read)
     with pytest.raises(ImageReadError, match="permission denied"):
         read_image(p, SPEC)
     monkeypatch.undo()
