@@ -31,10 +31,14 @@ from edge_runtime.bundle import load_bundle, sha256_file
 from edge_runtime.cli import printable
 from edge_runtime.predictor import Predictor
 
+from .fileops import exclusive_lock, fsync_dir
 from .triage import triage_file, triage_photo
 
 LEDGER = "results.jsonl"
 log = logging.getLogger("fracture_edge.service")
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskFull(Exception):
@@ -43,17 +47,6 @@ class DiskFull(Exception):
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Ledger:
@@ -207,7 +200,7 @@ class Ledger:
         finally:
             os.close(fd)
         if new:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         db = self._db()
         try:  # after the log: a kill in between is caught up on the next open
             self._index(db, size, data)
@@ -235,7 +228,7 @@ class Spool:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        _fsync_dir(self.film)
+        fsync_dir(self.film)
         return final
 
 
@@ -259,23 +252,15 @@ class ServiceError(RuntimeError):
 
 
 def take_lock(data: Path):
-    """One service per data folder: a second `serve` (or `serve --once`) refuses to start. The lock
-    is an flock, so it is released by the kernel when the holder dies, even by kill -9."""
-    import fcntl
-
-    fh = open(Path(data) / LOCK, "a+")
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.seek(0)
-        holder = fh.read().strip() or "?"
-        fh.close()
+    """One service per data folder: a second `serve` (or `serve --once`) refuses to start."""
+    fh = exclusive_lock(Path(data) / LOCK, note_pid=True)
+    if fh is None:
+        try:
+            holder = (Path(data) / LOCK).read_text().strip() or "?"
+        except OSError:
+            holder = "?"
         raise ServiceError(f"another `python -m device serve` (pid {holder}) is using {data}; "
-                           "stop it first (systemctl stop fracture-edge) or use another --data folder") from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(str(os.getpid()))
-    fh.flush()
+                           "stop it first (systemctl stop fracture-edge) or use another --data folder")
     return fh
 
 
@@ -528,6 +513,10 @@ class Service:
 
     # --- records that are not answers -----------------------------------------------------------
 
+    def _disk_full(self) -> "DiskFull":
+        self._note("disk", "the disk is full: new images wait until space is freed (nothing is lost)")
+        return DiskFull()
+
     def _note(self, key: str, message: str) -> None:
         if self.status.get(key) != message:
             log.warning("%s", message)
@@ -569,9 +558,8 @@ class Service:
             return None
         except OSError as exc:
             shutil.rmtree(dest, ignore_errors=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._note("disk", "the disk is full: new images wait until space is freed (nothing is lost)")
-                raise DiskFull() from None
+            if exc.errno in DISK_FULL:
+                raise self._disk_full() from None
             self._refuse(path, f"cannot be copied: {exc.strerror or type(exc).__name__}")
             return None
         heat = dest / "gradcam.jpg"
@@ -592,23 +580,21 @@ class Service:
             log.exception("%s: internal error", printable(str(path)))
             rec = {"file": str(original), "mode": mode, "internal_error": True,
                    "error": f"internal error ({type(exc).__name__}); details in the service log", "warnings": []}
-        if any("No space left" in w for w in rec.get("warnings", [])):  # the overlay hit a full disk:
-            shutil.rmtree(dest, ignore_errors=True)                     # not final, try again later
+        if rec.get("heatmap_errno") in DISK_FULL:  # the overlay hit a full disk: not final, try again later
+            shutil.rmtree(dest, ignore_errors=True)
             self._attempt(fid, done=True)
-            self._note("disk", "the disk is full: new images wait until space is freed (nothing is lost)")
-            raise DiskFull()
+            raise self._disk_full()
         rec.update(id=fid, source=printable(str(path)), original=str(rec.get("original", original)), received_utc=_now(),
                    demonstration_only=self.bundle.demonstration_only,
-                   bundle_id=self.bundle.manifest.get("manifest_sha256", "")[:16])
+                   bundle_id=self.bundle.digest[:16])
         previous = self.ledger.last_id_for(printable(str(path)))
         if previous and previous != fid:
             rec["supersedes"] = previous  # the same file name, re-exported with new content
         try:
             self.ledger.append(rec)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._note("disk", "the disk is full: new images wait until space is freed (nothing is lost)")
-                raise DiskFull() from None
+            if exc.errno in DISK_FULL:
+                raise self._disk_full() from None
             raise
         self._clear("disk")
         self._attempt(fid, done=True)

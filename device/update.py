@@ -29,6 +29,8 @@ from typing import Dict, Optional, Union
 
 from edge_runtime.bundle import BundleError, load_bundle
 
+from .fileops import exclusive_lock, fsync_dir
+
 CURRENT, PREVIOUS, STORE = "bundle", "bundle.previous", "bundles"
 LEGACY = "bundle.legacy"  # a pre-update install's plain folder, while it becomes a symlink
 MAX_ZIP_BYTES = 512 * 2 ** 20
@@ -41,28 +43,15 @@ class UpdateError(ValueError):
 
 def _lock(root: Path):
     """One update at a time: a second waits for nothing and says so."""
-    import fcntl
-
-    fh = open(root / ".update.lock", "a+")
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise UpdateError(f"{root}: another update is running; try again when it has finished") from None
+    fh = exclusive_lock(root / ".update.lock")
+    if fh is None:
+        raise UpdateError(f"{root}: another update is running; try again when it has finished")
     return fh
 
 
 def _step(name: str) -> None:
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _point(root: Path, name: str, target: str) -> None:
@@ -72,7 +61,7 @@ def _point(root: Path, name: str, target: str) -> None:
         tmp.unlink()
     os.symlink(target, tmp)
     os.replace(tmp, root / name)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def _target(root: Path, name: str) -> Optional[str]:
@@ -132,7 +121,7 @@ def _stage(src: Path, store: Path) -> Path:
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-    _fsync_dir(staging)
+    fsync_dir(staging)
     return staging
 
 
@@ -142,7 +131,7 @@ def verify(path: Path, self_test: bool = True, backend: str = "auto") -> Dict:
         bundle = load_bundle(path)
     except BundleError as exc:
         raise UpdateError(f"the new bundle does not verify: {exc}") from None
-    result = {"id": bundle.manifest["manifest_sha256"][:16], "model": bundle.model_name,
+    result = {"id": bundle.digest[:16], "model": bundle.model_name,
               "signed_by": bundle.signed_by, "self_test": None}
     if self_test:
         from edge_runtime import selftest
@@ -232,7 +221,7 @@ def _install(src: Path, root: Path, self_test: bool, backend: str, keep: int, al
         if dest.exists():  # damaged since (a bad SD card, a hand edit, a killed prune): replace it
             _discard(dest)
         os.replace(staging, dest)
-        _fsync_dir(store)
+        fsync_dir(store)
     _step("moved")
     new = f"{STORE}/{info['id']}"
     old = _target(root, CURRENT)

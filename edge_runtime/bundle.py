@@ -48,8 +48,7 @@ class Artifact:
 @dataclass
 class Bundle:
     path: Path
-    manifest: Dict[str, Any]  # as export wrote it (provenance, metrics) ...
-    info: Manifest  # ... and what the runtime acts on, typed and validated
+    info: Manifest  # what the runtime acts on, typed and validated
     signed_by: Optional[str] = None  # the trusted key's id, when a key is configured and verified it
     real: Optional[Path] = None  # `path` resolved once at load: files are read from here, so a
     # bundle switched (device update) while this one loads cannot pair one manifest with another's model
@@ -57,6 +56,16 @@ class Bundle:
     @property
     def root(self) -> Path:
         return self.real or self.path
+
+    @property
+    def manifest(self) -> Dict[str, Any]:
+        """The manifest as export wrote it (provenance, metrics, and everything not typed)."""
+        return self.info.raw
+
+    @property
+    def digest(self) -> str:
+        """manifest_sha256: what identifies this exact bundle (and what a signature covers)."""
+        return self.info.raw[DIGEST_KEY]
 
     def read_verified(self, name: str) -> bytes:
         """A bundle file's bytes, checked against the manifest as they are read: what is verified
@@ -66,11 +75,7 @@ class Bundle:
             data = fpath.read_bytes()
         except OSError as exc:
             raise BundleError(fpath, f"cannot be read ({exc.strerror or exc})") from None
-        expected = self.info.files.get(name)
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected:
-            raise BundleError(fpath, f"sha256 {actual[:16]}... does not match the manifest's "
-                                     f"{str(expected)[:16]}...: the file was changed or damaged; reinstall the bundle")
+        _check_sha256(fpath, hashlib.sha256(data).hexdigest(), str(self.info.files.get(name)))
         return data
 
     @property
@@ -134,6 +139,11 @@ def default_bundle_dir(environ: Optional[Dict[str, str]] = None) -> Path:
     return REPO_BUNDLE  # not found: load_bundle names this path in its error
 
 
+def _check_sha256(path: Path, actual: str, expected: str) -> None:
+    _require(actual == expected, path, f"sha256 {actual[:16]}... does not match the manifest's {expected[:16]}...: "
+                                       "the file was changed or damaged; reinstall the bundle")
+
+
 def _require(cond: bool, path: Path, reason: str) -> None:
     if not cond:
         raise BundleError(path, reason)
@@ -167,7 +177,7 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True,
     signer = None
     if key:
         try:
-            signer = verify_signature(root, raw[DIGEST_KEY], key)
+            signer = verify_signature(root, info.raw[DIGEST_KEY], key)
         except SignatureError as exc:
             raise BundleError(root / SIGNATURE, str(exc)) from None
     if verify:
@@ -175,9 +185,6 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True,
             fpath = root / name
             _require(not fpath.is_symlink(), fpath, "a bundle file may not be a symbolic link")
             _require(fpath.is_file(), fpath, "file listed in the manifest is missing")
-            actual = sha256_file(fpath)
-            _require(actual == expected, fpath,
-                     f"sha256 {actual[:16]}... does not match the manifest's {expected[:16]}...: "
-                     "the file was changed or damaged; reinstall the bundle")
+            _check_sha256(fpath, sha256_file(fpath), expected)
     # `path` keeps the name the caller used (a service compares its target over time); files are read from `real`.
-    return Bundle(given, raw, info, signer, real)
+    return Bundle(given, info, signer, real)

@@ -73,13 +73,8 @@ def reduce_factor(size: Tuple[int, int], draft_size: Tuple[int, int]) -> int:
     return max([f for f in (2, 4, 8) if w // f >= draft_size[0] and h // f >= draft_size[1]], default=1)
 
 
-def box_reduce(pixels: np.ndarray, draft_size: Tuple[int, int]) -> np.ndarray:
-    """The same reduction on a decoded array (DICOM), so every format reaches the model alike."""
-    h, w = pixels.shape
-    return box_reduce_by(pixels, reduce_factor((w, h), draft_size))
-
-
 def box_reduce_by(pixels: np.ndarray, f: int) -> np.ndarray:
+    """What Image.reduce does, on a decoded array (DICOM), so every format reaches the model alike."""
     h, w = pixels.shape
     if f == 1:
         return pixels.astype(np.float32, copy=False)

@@ -10,7 +10,6 @@ from typing import Tuple, Union
 import numpy as np
 
 from .dicom import looks_like_dicom, read_dicom
-from .filecheck import check_input_file
 from .imageio import DecodedImage, read_grayscale
 from .preprocess import PreprocessSpec, preprocess
 
@@ -20,7 +19,7 @@ def read_image(path: Union[str, Path], spec: PreprocessSpec) -> DecodedImage:
     others by box averaging with the same factor, so one radiograph as JPEG, PNG or DICOM gives
     the model the same pixels."""
     draft = (spec.size, spec.size)
-    check_input_file(path)  # before anything opens it: a FIFO or a device would block
+    # Both readers check the file before opening it, and looks_like_dicom opens without blocking.
     if looks_like_dicom(path):
         return read_dicom(path, draft_size=draft)
     return read_grayscale(path, draft_size=draft)

@@ -206,18 +206,17 @@ class Manifest:
     raw: Dict[str, Any] = field(repr=False, compare=False)
 
     @classmethod
-    def from_dict(cls, d: Any, check_digest: bool = True) -> "Manifest":
+    def from_dict(cls, d: Any) -> "Manifest":
         d = _obj(d, "manifest")
         _need(d.get("format") == FORMAT, "format", f"not a {FORMAT} manifest")
         version = d.get("format_version")
         _need(version == FORMAT_VERSION, "format_version",
               f"format version {version!r:.20}, this runtime reads version {FORMAT_VERSION}; "
               "re-export the bundle or update the runtime")
-        if check_digest:
-            expected = d.get(DIGEST_KEY)
-            _need(isinstance(expected, str) and bool(_HEX64.match(expected)), DIGEST_KEY, "missing or malformed")
-            _need(digest(d) == expected, DIGEST_KEY,
-                  "does not match the manifest's content: the manifest was edited or damaged; reinstall the bundle")
+        expected = d.get(DIGEST_KEY)
+        _need(isinstance(expected, str) and bool(_HEX64.match(expected)), DIGEST_KEY, "missing or malformed")
+        _need(digest(d) == expected, DIGEST_KEY,
+              "does not match the manifest's content: the manifest was edited or damaged; reinstall the bundle")
         status = _str(d, "status", "manifest", STATUSES)
         demo = d.get("demonstration_only", True)
         _need(isinstance(demo, bool), "demonstration_only", "expected true or false")

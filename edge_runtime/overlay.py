@@ -47,11 +47,6 @@ def blend_image(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> Image
     return Image.composite(colour, base, mask)
 
 
-def blend(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """RGB uint8 array of `blend_image`."""
-    return np.asarray(blend_image(gray, heat, alpha))
-
-
 def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4,
                  max_side: Optional[int] = None) -> Path:
     """Write the overlay (JPEG or PNG by the path's suffix), shrunk first to `max_side`: it is drawn

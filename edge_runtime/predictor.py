@@ -157,6 +157,8 @@ class Predictor:
                                                       max_side=OVERLAY_SIDE))
                 except (OSError, ImageReadError) as exc:  # a full disk, or the file changed under us
                     rec["warnings"].append(f"heatmap not written ({getattr(exc, 'reason', None) or exc})")
+                    if isinstance(exc, OSError) and exc.errno:
+                        rec["heatmap_errno"] = exc.errno  # the service retries a full disk later
                 timings["overlay"] = _ms(t0)
         elif heatmap_path is not None:
             rec["warnings"].append("this bundle has no Grad-CAM head: no heatmap")

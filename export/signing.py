@@ -71,7 +71,7 @@ def sign_bundle(bundle_dir: Path, key_path: Path) -> str:
     """Verify the bundle (digest, schema, checksums), then write signature.json; returns the key id."""
     bundle = load_bundle(bundle_dir, trusted_key=False)
     key = load_private_key(key_path)
-    digest = bundle.manifest["manifest_sha256"]
+    digest = bundle.digest
     doc = {"algorithm": ALGORITHM, "key_id": key_id(key.public_key()), "signed": MANIFEST,
            "manifest_sha256": digest, "signature": base64.b64encode(key.sign(message(digest))).decode()}
     tmp = Path(bundle_dir) / f".{SIGNATURE}.tmp"
