@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 MAIN_PY=${1:-.venv-ci/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+# The wheel ships the web app's vendored WASM runtime (so a Pi serves the app without Node).
+[ -f webapp/vendor/ort-wasm-simd-threaded.wasm ] || (cd webapp && npm ci --no-audit --no-fund --loglevel=error && npm run --silent vendor)
 "$MAIN_PY" -m pip wheel --quiet --no-deps -w "$WORK/dist" . 2>/dev/null
 WHEEL=$(ls "$WORK"/dist/fracture_edge-*.whl)
 python3 -m venv "$WORK/clinic"
@@ -23,4 +25,14 @@ assert len(a) == len(b) == 6, (len(a), len(b))
 worst = max(abs(x["probability"] - y["probability"]) for x, y in zip(a, b))
 assert worst <= 1e-6, f"the installed wheel answers differently from the checkout by {worst}"
 print(f"wheel install: the packaged default bundle answers 6 images exactly as the checkout does (max |dp| {worst:.1e})")
+PY
+# The installed package builds the phone app by itself, identical to the checkout's build.
+(cd "$WORK" && env -u FRACTURE_EDGE_BUNDLE "$WORK/clinic/bin/python" -m device webapp --out "$WORK/site" --json \
+    > "$WORK/site.json") || exit 1
+"$MAIN_PY" -m device webapp --out "$WORK/site-checkout" --json > "$WORK/site-checkout.json"
+"$MAIN_PY" - "$WORK/site.json" "$WORK/site-checkout.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert a["version"] == b["version"] and a["files"] == b["files"], (a, b)
+print(f"wheel install: the phone app builds from the package alone ({a['files']} files, version {a['version']})")
 PY

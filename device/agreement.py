@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edge_runtime.predictor import POSITIVE, Predictor
+from edge_runtime.labels import POSITIVE
+from edge_runtime.predictor import Predictor
 
 from .simulate import ANSWER_CONDITIONS, REFUSE_CONDITIONS, SAME_REASON, radiograph_from_file, simulate
 from .triage import triage_photo

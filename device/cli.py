@@ -16,6 +16,7 @@ from typing import List, Optional
 
 from edge_runtime.cli import (DISCLAIMER, EXIT_UNUSABLE, check_output_dir, exit_status, printable, run_command,
                               thread_count)
+from edge_runtime.labels import SHORT
 
 from .simulate import CONDITIONS
 
@@ -25,7 +26,7 @@ DEMO_NOTICE = "NOTE: this bundle is a DEMONSTRATION model (trained on phantom da
 
 
 def _film(args) -> int:
-    from edge_runtime.predictor import POSITIVE, Predictor, UniqueStems, internal_error_record
+    from edge_runtime.predictor import Predictor, UniqueStems, internal_error_record
 
     from .triage import triage_photo
 
@@ -59,7 +60,7 @@ def _film(args) -> int:
         elif rec.get("retake"):
             print(f"{name}: RETAKE — " + "; ".join(rec["quality"]["reasons"]))
         else:
-            flag = "FRACTURE SUSPECTED" if rec["decision"] == POSITIVE else "no fracture found"
+            flag = SHORT[rec["decision"]]
             notes = rec.get("film", {}).get("notes", [])
             print(f"{name}: p={rec['probability']:.3f} (threshold {rec['threshold']:.3f}) {flag}"
                   + (" [DEMONSTRATION MODEL]" if demo else "")
@@ -113,14 +114,23 @@ def _serve(args) -> int:
     page = None
     if not args.no_page:
         from .page import start_page
+        tls = None
+        if args.https:
+            from .tls import ensure_certificates, fingerprint, local_names, server_context
+            names = local_names(args.host)
+            cert, key, ca = ensure_certificates(args.data / "tls", names)
+            tls = (server_context(cert, key), ca)
+            print(f"https for {', '.join(names)}; phones install the device's CA once from /ca.crt "
+                  f"(SHA-256 fingerprint {fingerprint(ca)})", file=sys.stderr)
         try:
             page = start_page(service.ledger, service.store, args.host, args.port,
-                              status=lambda: list(service.status.values()))
+                              status=lambda: list(service.status.values()), bundle=lambda: service.bundle, tls=tls)
         except OSError as exc:
             print(f"error: cannot serve the results page on {args.host}:{args.port} ({exc.strerror or exc}); "
                   "another program uses the port? choose one with --port, or --no-page", file=sys.stderr)
             return EXIT_UNUSABLE
-        print(f"results page on http://{args.host}:{page.server_address[1]}/", file=sys.stderr)
+        scheme = "https" if args.https else "http"
+        print(f"results page on {scheme}://{args.host}:{page.server_address[1]}/, phone app at /app/", file=sys.stderr)
     try:
         service.run_forever(args.interval)
     except KeyboardInterrupt:
@@ -192,6 +202,30 @@ def _update(args) -> int:
     return 0
 
 
+def _webapp(args) -> int:
+    from edge_runtime.bundle import load_bundle
+
+    from edge_runtime.signature import SignatureError
+
+    from .webapp import WebAppError, build_site, write_site
+
+    try:
+        site = build_site(load_bundle(args.bundle), args.trusted_key)
+        out = write_site(site, args.out, overwrite=args.overwrite)
+    except (WebAppError, SignatureError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    info = {"out": str(out), "version": site.version, "artifact": site.artifact, "files": len(site.files),
+            "bytes": site.size(compressed=False), "bytes_gzip": site.size(compressed=True)}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"web app written to {out}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB "
+              f"({info['bytes_gzip'] / 1e6:.1f} MB as gzip), model {site.artifact}, version {site.version}\n"
+              "serve it over https (or from `python -m device serve` at /app/); see docs/webapp.md")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m device", description=__doc__.splitlines()[0], epilog=DISCLAIMER)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -222,6 +256,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                        "local network see it (default: %(default)s, this device only)")
     s.add_argument("--port", type=int, default=8080, help="results page port (default: %(default)s)")
     s.add_argument("--no-page", action="store_true", help="do not serve the results page")
+    s.add_argument("--https", action="store_true",
+                   help="serve the page and the phone app over HTTPS with a certificate from the device's own CA "
+                        "(made once in DATA/tls); phones need it for the app's offline copy and camera")
     s.add_argument("--reader-memory-mb", type=int, default=512,
                    help="memory the image reader process may take beyond its model (default: %(default)s)")
     s.add_argument("--file-timeout", type=float, default=120.0,
@@ -259,6 +296,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     u.add_argument("--allow-older", action="store_true", help="install a bundle exported before the current one")
     u.add_argument("--json", action="store_true")
     u.set_defaults(func=_update)
+    w = sub.add_parser("webapp", help="build the offline phone web app (a static site) for a bundle",
+                       description="Build a self-contained static site that runs the bundle in a phone's browser, offline "
+                                   "after the first load (service worker), installable to the home screen. `serve` also "
+                                   "serves it at /app/.")
+    w.add_argument("--bundle", type=Path, help="bundle folder (default: $FRACTURE_EDGE_BUNDLE, else the reference bundle)")
+    w.add_argument("--out", type=Path, default=Path("runs/webapp"), help="output folder (default: %(default)s)")
+    w.add_argument("--trusted-key", type=Path, help="Ed25519 public key (PEM): the app then refuses unsigned bundles "
+                                                    "(default: the device's configured key, if any)")
+    w.add_argument("--overwrite", action="store_true", help="replace a non-empty folder that is not an earlier build")
+    w.add_argument("--json", action="store_true", help="print what was written as JSON")
+    w.set_defaults(func=_webapp)
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return run_command(args)

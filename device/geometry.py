@@ -94,7 +94,7 @@ def robust_line(points: np.ndarray, outward: np.ndarray, keep: float = 0.6, roun
     for _ in range(rounds):
         d = np.abs(pts @ n - c)
         k = max(2, int(len(pts) * keep))
-        n, c = fit_line(pts[np.argsort(d)[:k]])
+        n, c = fit_line(pts[np.argsort(d, kind="stable")[:k]])
     if n @ outward < 0:
         n, c = -n, -c
     return n, c
@@ -119,7 +119,7 @@ def order_quad(quad: np.ndarray) -> np.ndarray:
     q = np.asarray(quad, float)
     centre = q.mean(axis=0)
     ang = np.arctan2(q[:, 1] - centre[1], q[:, 0] - centre[0])
-    q = q[np.argsort(ang)]  # clockwise on screen (y down): increasing angle
+    q = q[np.argsort(ang, kind="stable")]  # clockwise on screen (y down): increasing angle
     best, best_i = None, 0
     for i in range(4):
         r = np.roll(q, -i, axis=0)

@@ -14,9 +14,9 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
-from edge_runtime.cli import DISCLAIMER
+from edge_runtime.labels import DISCLAIMER, NEGATIVE, POSITIVE, RETAKE, WORDING
 
 from .service import Ledger
 
@@ -39,13 +39,13 @@ def _card(r: Dict) -> str:
     name = html.escape(Path(r.get("source", r.get("file", "?"))).name)
     when = html.escape(r.get("received_utc", ""))
     if r.get("error"):
-        body = f'<span class="badge err">could not read</span><p>{html.escape(r["error"])}</p>'
+        body = f'<span class="badge err">{WORDING["error"]}</span><p>{html.escape(r["error"])}</p>'
     elif r.get("retake"):
         reasons = "".join(f"<li>{html.escape(x)}</li>" for x in r.get("quality", {}).get("reasons", []))
-        body = f'<span class="badge retake">RETAKE PHOTO</span><ul>{reasons}</ul>'
+        body = f'<span class="badge retake">{WORDING[RETAKE]}</span><ul>{reasons}</ul>'
     else:
-        pos = r.get("decision") == "fractured"
-        label = "FRACTURE SUSPECTED — refer / review" if pos else "no fracture found"
+        pos = r.get("decision") == POSITIVE
+        label = WORDING[POSITIVE] if pos else WORDING[NEGATIVE]
         img = (f'<img alt="radiograph with Grad-CAM heatmap" src="/img/{r["id"]}/gradcam.jpg">'
                if r.get("heatmap") else "")
         body = (f'{img}<p><span class="badge {"pos" if pos else "neg"}">{label}</span></p>'
@@ -62,25 +62,94 @@ def render(records: List[Dict], status: Sequence[str] = ()) -> str:
             "<meta http-equiv='refresh' content='10'><title>Fracture screening — results</title>"
             f"<style>{CSS}</style></head><body><header><h1>Fracture screening — latest results</h1></header>"
             f"<div class='disclaimer'>{html.escape(DISCLAIMER)}</div>"
-            + ("<div class='demo'>DEMONSTRATION MODEL (trained on synthetic images): not for patients.</div>" if demo else "")
+            + (f"<div class='demo'>{html.escape(WORDING['demonstration'])}.</div>" if demo else "")
             + warnings
             + f"<div class='grid'>{cards}</div></body></html>")
 
 
-def make_handler(ledger: Ledger, store: Path, status: Callable[[], Sequence[str]] = lambda: ()):
+class AppSite:
+    """The phone app (device/webapp.py) for whichever bundle the service uses now: rebuilt in
+    memory when the bundle changes (an update), gzipped once per file."""
+
+    def __init__(self, bundle: Callable[[], object]):
+        self._bundle = bundle
+        self._lock = threading.Lock()
+        self._digest: Optional[str] = None
+        self._site = None
+        self._gz: Dict[str, bytes] = {}
+
+    def get(self, rel: str, gzip_ok: bool):
+        """(content, content type, gzipped) or None when the app has no such file."""
+        from .webapp import content_type, gzipped
+
+        with self._lock:
+            bundle = self._bundle()
+            if self._site is None or bundle.digest != self._digest:
+                from .webapp import build_site
+                self._site, self._digest, self._gz = build_site(bundle), bundle.digest, {}
+            content = self._site.files.get(rel)
+            if content is None:
+                return None
+            if gzip_ok:
+                if rel not in self._gz:
+                    self._gz[rel] = gzipped(rel, content)
+                z = self._gz[rel]
+                if z is not content:
+                    return z, content_type(rel), True
+            return content, content_type(rel), False
+
+
+# Cross-origin isolation, so the app's WASM runtime may use threads (SharedArrayBuffer).
+ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
+             "Cross-Origin-Resource-Policy": "same-origin"}
+
+
+def make_handler(ledger: Ledger, store: Path, status: Callable[[], Sequence[str]] = lambda: (),
+                 app: Optional[AppSite] = None, ca_crt: Optional[Path] = None):
     class Handler(BaseHTTPRequestHandler):
         timeout = 20  # an idle or slow client loses its connection; it does not hold a thread forever
 
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
+        def _send(self, code: int, body: bytes, ctype: str, headers: Optional[Dict[str, str]] = None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
+            for k, v in (headers or {"Cache-Control": "no-store"}).items():
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(body)
 
+        def _app(self, path: str):
+            if app is None:
+                return self._send(404, b"not found", "text/plain")
+            if path == "/app":
+                self.send_response(301)
+                self.send_header("Location", "/app/")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return None
+            rel = path[len("/app/"):] or "index.html"
+            gzip_ok = "gzip" in self.headers.get("Accept-Encoding", "")
+            try:
+                got = app.get(rel, gzip_ok)
+            except Exception as exc:  # noqa: BLE001 - the results page must stay up whatever the app's state
+                return self._send(503, f"the phone app is not available: {exc}".encode("utf-8", "replace"),
+                                  "text/plain; charset=utf-8")
+            if got is None:
+                return self._send(404, b"not found", "text/plain")
+            body, ctype, zipped = got
+            # no-cache: the service worker keeps the offline copy; the server is asked each time online
+            headers = {"Cache-Control": "no-cache", **ISOLATION}
+            if zipped:
+                headers.update({"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+            return self._send(200, body, ctype, headers)
+
         def do_GET(self):  # noqa: N802 - http.server's name
             path = self.path.split("?", 1)[0]
+            if path == "/app" or path.startswith("/app/"):
+                return self._app(path)
+            if path == "/ca.crt" and ca_crt is not None:  # the device's own CA, for phones to install once
+                return self._send(200, ca_crt.read_bytes(), "application/x-x509-ca-cert",
+                                  {"Content-Disposition": 'attachment; filename="fracture-edge-ca.crt"'})
             if path == "/":
                 # backslashreplace: a file name that is not UTF-8 (a Windows share) is shown escaped
                 return self._send(200, render(ledger.latest(LATEST), list(status())).encode("utf-8", "backslashreplace"),
@@ -99,10 +168,33 @@ def make_handler(ledger: Ledger, store: Path, status: Callable[[], Sequence[str]
     return Handler
 
 
+class TLSServer(ThreadingHTTPServer):
+    """HTTPS, with each connection's handshake in its own thread (a slow phone holds no one else up)."""
+
+    def __init__(self, address, handler, context):
+        self.context = context
+        super().__init__(address, handler)
+
+    def process_request_thread(self, request, client_address):
+        import ssl
+        try:
+            request.settimeout(20)
+            request = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):  # a plain-HTTP client, or one that gave up: drop it
+            self.shutdown_request(request)
+            return
+        super().process_request_thread(request, client_address)
+
+
 def start_page(ledger: Ledger, store: Path, host: str = "127.0.0.1", port: int = 8080,
-               status: Callable[[], Sequence[str]] = lambda: ()) -> ThreadingHTTPServer:
-    """Raises OSError (address in use, or not this machine's) for the caller to report in one line."""
-    server = ThreadingHTTPServer((host, port), make_handler(ledger, Path(store), status))
+               status: Callable[[], Sequence[str]] = lambda: (), bundle: Optional[Callable[[], object]] = None,
+               tls=None) -> ThreadingHTTPServer:
+    """Raises OSError (address in use, or not this machine's) for the caller to report in one line.
+    `bundle`: the service's current bundle, for the phone app at /app/ (none: no app).
+    `tls`: (ssl context, CA certificate path) to serve HTTPS, and the CA at /ca.crt."""
+    app = AppSite(bundle) if bundle is not None else None
+    handler = make_handler(ledger, Path(store), status, app, tls[1] if tls else None)
+    server = TLSServer((host, port), handler, tls[0]) if tls else ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

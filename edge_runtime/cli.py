@@ -16,12 +16,11 @@ from typing import List, Optional
 
 from .backends import BACKENDS, BackendError, backend_version, installed_backends
 from .bundle import ENV_VAR, BundleError, default_bundle_dir, load_bundle
+from .labels import DISCLAIMER, SHORT
 from .signature import SIGNATURE
 
 EXIT_OK, EXIT_REFUSED, EXIT_UNUSABLE, EXIT_INTERNAL = 0, 1, 2, 3
 
-DISCLAIMER = ("Screening aid only: a trained clinician makes the diagnosis. A negative result does not "
-              "rule out a fracture.")
 
 
 def printable(name: str) -> str:
@@ -64,7 +63,7 @@ def _human(rec) -> str:
     rec = {**rec, "file": printable(rec["file"])}
     if rec.get("error"):
         return f"{rec['file']}: ERROR {rec['error']}"
-    flag = "FRACTURE SUSPECTED" if rec["decision"] == "fractured" else "no fracture found"
+    flag = SHORT[rec["decision"]]
     t = rec["timings_ms"]
     line = (f"{rec['file']}: p={rec['probability']:.3f} (threshold {rec['threshold']:.3f}) {flag}"
             f"  [{t['total']:.1f} ms: decode {t['decode']:.1f}, inference {t['inference']:.1f}"

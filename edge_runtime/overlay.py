@@ -1,12 +1,22 @@
-"""Blend a Grad-CAM heatmap over the radiograph for a clinician to look at (numpy + Pillow only)."""
+"""Blend a Grad-CAM heatmap over the radiograph for a clinician to look at (numpy + Pillow only).
+
+The saved overlay carries what a reader needs to judge it at a glance: the colour scale (a bar at
+the right, from 0 to the map's own peak: Grad-CAM is relative to each image), the probability
+and the threshold in a caption below, and the annotated fracture boxes, when they are known
+(evaluation on data with boxes), as green rectangles.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+BOX_COLOUR = (0, 255, 0)  # not in the heat colormap, so a box never reads as heat
+_PANEL = (24, 24, 24)
+_TEXT = (235, 235, 235)
 
 # Anchor points of a jet-like colormap: dark blue -> cyan -> yellow -> red.
 _STOPS = np.array([0.0, 0.35, 0.65, 1.0])
@@ -19,6 +29,8 @@ def colormap(heat: np.ndarray) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
+ALPHA = 0.4  # the heatmap's opacity where it is strongest
+MASK_GAMMA = 0.8  # opacity rises as heat ** this: weak activations stay mostly transparent
 _LEVELS = np.linspace(0.0, 1.0, 256, dtype=np.float32)
 
 
@@ -26,7 +38,7 @@ def _palette() -> list:
     return colormap(_LEVELS).astype(np.uint8).reshape(-1).tolist()
 
 
-def blend_image(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> Image.Image:
+def blend_image(gray: np.ndarray, heat: np.ndarray, alpha: float = ALPHA) -> Image.Image:
     """The radiograph with the heatmap mixed in where it is strong, as an RGB image.
 
     Colouring and mixing run in Pillow's C loops (a palette and a composite with a mask), so a
@@ -42,15 +54,95 @@ def blend_image(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> Image
     colour.putpalette(_palette())  # an "L" image with a palette is a "P" image
     colour = colour.convert("RGB")
     # Weak activations stay mostly transparent so the bone remains readable.
-    mask = level.point([int(round(255.0 * alpha * (i / 255.0) ** 0.8)) for i in range(256)])
+    mask = level.point([int(round(255.0 * alpha * (i / 255.0) ** MASK_GAMMA)) for i in range(256)])
     base = Image.fromarray((np.clip(g, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)).convert("RGB")
     return Image.composite(colour, base, mask)
 
 
-def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4,
-                 max_side: Optional[int] = None) -> Path:
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()  # the built-in bitmap font, one size
+
+
+def _text_mid_left(draw: ImageDraw.ImageDraw, xy: Tuple[float, float], text: str, font) -> None:
+    """Text with its left edge at x and its middle at y, for scalable and bitmap fonts alike
+    (Pillow's `anchor` works only with FreeType fonts)."""
+    _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((xy[0], xy[1] - (top + bottom) / 2), text, fill=_TEXT, font=font)
+
+
+def draw_boxes(img: Image.Image, boxes: Sequence[Tuple[float, float, float, float]],
+               colour: Tuple[int, int, int] = BOX_COLOUR) -> Image.Image:
+    """Rectangles for boxes given relative to the image (x0, y0, x1, y1 in [0, 1]), in place."""
+    w, h = img.size
+    width = max(2, round(max(w, h) / 300))
+    draw = ImageDraw.Draw(img)
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle([x0 * (w - 1), y0 * (h - 1), x1 * (w - 1), y1 * (h - 1)], outline=colour, width=width)
+    return img
+
+
+def caption_lines(probability: Optional[float], threshold: Optional[float], boxes: bool) -> list:
+    lines = []
+    if probability is not None:
+        if threshold is None:
+            lines.append(f"P(fractured) {probability:.3f}")
+        else:
+            lines.append(f"P(fractured) {probability:.3f} {'>=' if probability >= threshold else '<'} "
+                         f"threshold {threshold:.3f}")
+    if boxes:
+        lines.append("green: annotated fracture")
+    return lines
+
+
+def add_legend(img: Image.Image, probability: Optional[float] = None, threshold: Optional[float] = None,
+               boxes: bool = False) -> Image.Image:
+    """The image with a colour bar at its right (0 to the map's peak) and, when there is anything
+    to say, a caption below it (probability against the threshold, what the boxes are)."""
+    w, h = img.size
+    fs = max(9, min(22, round(max(w, h) / 48)))
+    font = _font(fs)
+    measure = ImageDraw.Draw(img)
+    label_w = max(measure.textbbox((0, 0), t, font=font)[2] for t in ("peak", "0"))
+    pad = max(3, fs // 4)
+    bar_w = max(8, fs // 2 + 4)
+    panel_w = bar_w + label_w + 3 * pad
+    room = w + panel_w - 2 * pad
+    lines = caption_lines(probability, threshold, boxes)
+    if lines and measure.textbbox((0, 0), "   ".join(lines), font=font)[2] <= room:
+        lines = ["   ".join(lines)]
+    cap_font = font
+    size = fs
+    while lines and size > 8 and max(measure.textbbox((0, 0), t, font=cap_font)[2] for t in lines) > room:
+        size -= 1
+        cap_font = _font(size)
+    line_h = size + max(2, size // 3)
+    cap_h = len(lines) * line_h + 2 * pad if lines else 0
+    out = Image.new("RGB", (w + panel_w, h + cap_h), _PANEL)
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    top, bottom = pad + fs // 2, h - pad - fs // 2
+    if bottom - top >= 8:
+        levels = np.linspace(1.0, 0.0, bottom - top, dtype=np.float32)[:, None].repeat(bar_w, axis=1)
+        out.paste(Image.fromarray(colormap(levels)), (w + pad, top))
+        draw.rectangle([w + pad - 1, top - 1, w + pad + bar_w, bottom], outline=_TEXT, width=1)
+        x_text = w + 2 * pad + bar_w
+        _text_mid_left(draw, (x_text, top), "peak", font)
+        _text_mid_left(draw, (x_text, bottom - 1), "0", font)
+    for k, t in enumerate(lines):
+        _text_mid_left(draw, (pad, h + pad + k * line_h + line_h // 2), t, cap_font)
+    return out
+
+
+def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alpha: float = ALPHA,
+                 max_side: Optional[int] = None, boxes: Optional[Sequence[Tuple[float, float, float, float]]] = None,
+                 probability: Optional[float] = None, threshold: Optional[float] = None,
+                 legend: bool = True) -> Path:
     """Write the overlay (JPEG or PNG by the path's suffix), shrunk first to `max_side`: it is drawn
-    at the size it will be looked at, never at the radiograph's full size."""
+    at the size it will be looked at, never at the radiograph's full size. Boxes (relative to the
+    image) are drawn when given; `legend` adds the colour bar and the caption (add_legend)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     g = np.asarray(gray, dtype=np.float32)
@@ -61,6 +153,10 @@ def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alp
         size = (max(1, round(g.shape[1] * scale)), max(1, round(g.shape[0] * scale)))
         g = np.asarray(Image.fromarray(np.ascontiguousarray(g)).resize(size, Image.Resampling.BOX), np.float32)
     img = blend_image(g, heat, alpha)
+    if boxes:
+        draw_boxes(img, boxes)
+    if legend:
+        img = add_legend(img, probability, threshold, bool(boxes))
     if path.suffix.lower() in (".jpg", ".jpeg"):
         img.save(path, quality=90)
     else:

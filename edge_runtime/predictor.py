@@ -23,10 +23,10 @@ from .gradcam import load_head
 from .dicom import read_dicom
 from .imageio import DecodedImage, read_grayscale
 from .inputs import read_image
+from .labels import NEGATIVE, POSITIVE
 from .overlay import save_overlay
 from .preprocess import content_box, content_problem, merge_maps, normalize_intensity, resize_input, views
 
-POSITIVE, NEGATIVE = "fractured", "non-fractured"
 OVERLAY_SIDE = 768  # long side of the overlay PNG: readable on a phone, cheap to write
 
 
@@ -154,7 +154,7 @@ class Predictor:
                 try:
                     base = display() if display is not None else decoded.pixels
                     rec["heatmap"] = str(save_overlay(heatmap_path, base, self._on_image(heat, decoded.pixels.shape),
-                                                      max_side=OVERLAY_SIDE))
+                                                      max_side=OVERLAY_SIDE, probability=p, threshold=self.threshold))
                 except (OSError, ImageReadError) as exc:  # a full disk, or the file changed under us
                     rec["warnings"].append(f"heatmap not written ({getattr(exc, 'reason', None) or exc})")
                     if isinstance(exc, OSError) and exc.errno:

@@ -22,6 +22,7 @@ from edge_runtime.preprocess import PreprocessSpec, views
 from train.data import DataError, load_data
 from train.dataset import LoadedSplit, load_images
 from train.fit import versions
+from train.localisation import agreement, boxed_positives, localise
 from train.split import file_sha256, load_split, records_by_split, split_summary
 
 from . import convert
@@ -170,11 +171,18 @@ def export_one(source: Source, out: Path, settings: Settings) -> Dict:
         p_float = predict(model, test.images, spec)
         cams_ref = _reference_cams(model, head.layer, test.images, spec) if head else None
         ref = classification(test.labels, p_float, threshold["threshold"])
+        boxed = boxed_positives(test.records) if head else []
+        boxed_records = [test.records[i] for i in boxed]
+        boxed_shapes = [test.shapes[i] for i in boxed] if test.shapes else None
+        loc_ref = localise(cams_ref[boxed], boxed_records, spec, boxed_shapes) if boxed else None
         passed = True
         for key in manifest["artifacts"]:
             t0 = time.time()
             p_art, cams, backend, io = _run_artifact(bundle, key, test, head is not None)
             m = compare(test.labels, p_float, p_art, threshold["threshold"], cams_ref, cams)
+            if loc_ref is not None:  # reported beside the float reference's, not gated
+                scores, summary = localise(cams[boxed], boxed_records, spec, boxed_shapes)
+                m["localisation"] = {**summary, "vs_float_keras": agreement(scores, loc_ref[0])}
             bad = failures(m, settings.tolerances, manifest["artifacts"][key]["precision"])
             passed &= not bad
             entry = manifest["artifacts"][key]
@@ -187,6 +195,8 @@ def export_one(source: Source, out: Path, settings: Settings) -> Dict:
         manifest["reference"] = {"float_keras": {**ref, "n": int(len(test.labels)), "file": source.model_path.name,
                                                  "bytes": source.model_path.stat().st_size,
                                                  "sha256": sha256_file(source.model_path)}}
+        if loc_ref is not None:
+            manifest["reference"]["float_keras"]["localisation"] = loc_ref[1]
         manifest["check"] = {"split": "test", "n": int(len(test.labels)), "skipped": test.skipped,
                              "tolerances": settings.tolerances.to_dict(), "passed": bool(passed),
                              "runtime": "edge_runtime: its own image loading, preprocessing, interpreters and Grad-CAM"}

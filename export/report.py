@@ -31,6 +31,36 @@ def model_table(manifest: Dict) -> List[str]:
     return lines
 
 
+def localisation_table(manifest: Dict) -> List[str]:
+    """Pointing game and energy in boxes, float reference beside each artifact (empty when the
+    check data has no fracture boxes)."""
+    ref = manifest["reference"]["float_keras"].get("localisation")
+    if not ref or not ref.get("n"):
+        return []
+    lines = [f"Localisation on the {ref['n']} fractured test images with fracture boxes (Grad-CAM; reported, "
+             "not gated): the pointing game (is the map's peak inside a box, with its Wilson 95% CI) and the share "
+             f"of the map's energy inside the boxes. Chance: the boxes cover {ref['chance']['box_share_of_image']:.3f} "
+             f"of the image; the image centre lies in a box on {ref['chance']['centre_in_box']:.3f} of them.", "",
+             "| Grad-CAM of | peak in a box | energy in boxes | blank maps | same verdict as float Keras |",
+             "|---|---:|---:|---:|---:|"]
+
+    def row(name: str, s: Dict, same: str) -> str:
+        lo, hi = s["pointing_game_ci95"]
+        return (f"| {name} | {s['pointing_game']:.3f} [{lo:.3f}, {hi:.3f}] | {s['energy_in_boxes']:.3f} | "
+                f"{s['blank_maps']} | {same} |")
+
+    lines.append(row("float Keras (GradientTape, reference)", ref, ""))
+    for key, a in manifest["artifacts"].items():
+        s = a["metrics"].get("localisation")
+        if s:
+            lines.append(row(f"{key} (edge runtime)", s, f"{s['vs_float_keras']['same_pointing_verdict']:.3f}"))
+    regions = ref.get("per_region", {})
+    if len(regions) > 1:
+        lines += ["", "Per region (float Keras): " + "; ".join(
+            f"{g} {r['pointing_game']:.2f} of {r['n']} (energy {r['energy_in_boxes']:.2f})" for g, r in regions.items())]
+    return lines + [""]
+
+
 def model_section(manifest: Dict, heading: str = "##") -> List[str]:
     d, c = manifest["data"], manifest["check"]
     status = manifest["status"].upper()
@@ -48,6 +78,7 @@ def model_section(manifest: Dict, heading: str = "##") -> List[str]:
     lines += ["", f"Tolerances: |ΔAUC| ≤ {t['max_auc_drop']}, agreement ≥ {t['min_agreement']}, "
                   f"mean |Δp| ≤ {t['max_mean_abs_diff']}, max |Δp| ≤ {t['max_abs_diff']}. "
                   "Grad-CAM r: mean per-image correlation with the GradientTape reference map.", ""]
+    lines += localisation_table(manifest)
     return lines
 
 

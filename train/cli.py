@@ -12,14 +12,21 @@ from typing import List, Optional
 
 from edge_runtime.preprocess import NORMALIZATIONS, VIEW_MODES
 
+from .readers import DEFAULT_UNBOXED, FORMATS, UNBOXED
+
 PAPER_MODELS = ["custom_cnn", "efficientnetb0", "mobilenetv2", "resnet50"]
 DEFAULT_NORMALIZE = "window"  # chosen by measurement: docs/results.md, "Intensity normalisation"
 
 EPILOG = """\
 data: --data PATH, else $FRACATLAS_DIR, else ../shared/data/fracatlas, else PHANTOM data
-(synthetic, loudly labelled: a demonstration, not a clinical model). A missing folder, CSV,
-column or bad CSV value stops the run. A listed image that is missing, corrupt or not an image is
-skipped, named on stderr and counted in run.json; more than --max-skip-fraction of them stops it.
+(synthetic, loudly labelled: a demonstration, not a clinical model). PATH may hold FracAtlas
+(dataset.csv + images/), a folder per class (fractured/ beside 'not fractured/', non_fractured/ or
+normal/, at the top or under train/val/test: that split is used) or a YOLO export (images/ +
+labels/, images with boxes are fractured; see --unboxed); the layout is detected, --data-format
+overrides. A missing folder, CSV, column or bad CSV value stops the run. A listed image that is
+missing, corrupt or not an image is skipped, named on stderr and counted in run.json; more than
+--max-skip-fraction of them stops it. Images that sit in two splits as the same or nearly the
+same picture are reported on stderr and in run.json (train/duplicates.py).
 
 outputs: one model -> OUT holds model.keras, split.csv, history.csv, curves.png, roc.png,
 confusion.png, metrics.json, predictions.csv, run.json, gradcam/. Several -> OUT/<model>/ each.
@@ -32,10 +39,15 @@ def parse_args(argv: Optional[List[str]]):
     ap.add_argument("--model", default="custom_cnn",
                     help="a registry name, a comma list, or 'all' (the paper's four: %s)" % ", ".join(PAPER_MODELS))
     ap.add_argument("--list-models", action="store_true", help="list registry models and exit")
-    ap.add_argument("--data", help="FracAtlas folder, or 'phantom'")
+    ap.add_argument("--data", help="data folder (FracAtlas, a folder per class, or a YOLO export), or 'phantom'")
+    ap.add_argument("--data-format", default="auto", choices=FORMATS,
+                    help="the data folder's layout (default: %(default)s, detected)")
+    ap.add_argument("--unboxed", default=DEFAULT_UNBOXED, choices=UNBOXED,
+                    help="YOLO exports: what an image without boxes is; unknown leaves it out (default: %(default)s)")
     ap.add_argument("--out", type=Path, help="run directory (default runs/<model>-<UTC time>); must be new or empty")
     ap.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out")
-    ap.add_argument("--split", type=Path, help="reuse this split file (default: make one, seeded, saved in OUT)")
+    ap.add_argument("--split", type=Path, help="reuse this split file (default: the data's own train/val/test "
+                                                "folders where it has them, else make one, seeded; saved in OUT)")
     ap.add_argument("--epochs", type=int, help="max epochs (default: the paper's, 30 for the CNN, 5 for baselines)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -98,7 +110,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         parse_rule(args.threshold_rule)  # a typo here should not cost a training run
         out = args.out or Path("runs") / f"{args.model.replace(',', '+')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         _prepare_out(out, args.overwrite)
-        dataset = load_data(args.data, phantom_images=args.phantom_images, quiet=False)
+        dataset = load_data(args.data, phantom_images=args.phantom_images, quiet=False,
+                            data_format=args.data_format, unboxed=args.unboxed)
+        dataset.require_both_classes()
+        if dataset.unlabelled:
+            print(f"data: {len(dataset.unlabelled)} unlabelled image(s) left out of training (--unboxed)", file=sys.stderr)
         results = run_training(names, dataset, out, args, raw_argv)
     except (DataError, UnknownModelError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -120,6 +136,8 @@ def run_training(names: List[str], dataset, out: Path, args, raw_argv: List[str]
     from .dataset import load_images
     from .fit import train_one
     from .models import build_model, get_config
+    from .duplicates import across_splits, warning_lines
+    from .readers import layout_split
     from .split import file_sha256, load_split, make_split, records_by_split, save_split
 
     for name in names:  # fail before hours of training, not after: fetch or find every model's weights now
@@ -131,6 +149,12 @@ def run_training(names: List[str], dataset, out: Path, args, raw_argv: List[str]
         if args.split.resolve() != split_path.resolve():
             shutil.copyfile(args.split, split_path)
         made = f"reused {args.split}"
+    elif layout_split(dataset, args.seed) is not None:
+        assignment = layout_split(dataset, args.seed)
+        save_split(assignment, dataset, split_path)
+        carved = sorted({s for s in ("val", "test") if not any(r.split == s for r in dataset.records)})
+        made = ("the data's own split folders (honoured)"
+                + (f"; {' and '.join(carved)} carved from train (seed {args.seed}, stratified by label)" if carved else ""))
     else:
         assignment = make_split(dataset, seed=args.seed)
         save_split(assignment, dataset, split_path)
@@ -145,6 +169,11 @@ def run_training(names: List[str], dataset, out: Path, args, raw_argv: List[str]
             spec = PreprocessSpec(size=size, normalize=args.normalize, views=args.views)
             cache[size] = {s: load_images(rs, spec, f"{s} images {size}px", sys.stderr.isatty(), args.max_skip_fraction)
                            for s, rs in records.items()}
+            if "duplicates" not in split_info:  # once: the same images whatever the input size
+                report = across_splits(cache[size], phantom=dataset.phantom)
+                split_info["duplicates"] = {k: v for k, v in report.items() if k != "listed"}
+                for line in warning_lines(report, dataset.phantom):
+                    print(line, file=sys.stderr)
         model_dir = out if len(names) == 1 else out / name
         if model_dir != out:
             model_dir.mkdir(parents=True, exist_ok=True)

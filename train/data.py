@@ -1,4 +1,6 @@
-"""The FracAtlas reader and where data comes from (--data, FRACATLAS_DIR, ../shared, phantom)."""
+"""The FracAtlas reader, the record every reader makes, and where data comes from (--data,
+FRACATLAS_DIR, ../shared, phantom). The other layouts (a folder per class, a YOLO export) and the
+detection of which one a folder holds are in train/readers.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "fracatlas"
@@ -34,22 +36,51 @@ class Record:
     view: str  # frontal | lateral | oblique (joined with + when several) | unknown
     hardware: int
     multiscan: int
+    # Fracture boxes, (x0, y0, x1, y1) relative to the stored image: None = not known (no annotation
+    # for this image), () = known to have none (a non-fractured image).
+    boxes: Optional[Tuple[Tuple[float, float, float, float], ...]] = None
+    split: Optional[str] = None  # train | val | test where the data's own folders say so
+
+
+UNLABELLED = -1  # the label of records in Dataset.unlabelled: nothing says whether they are fractured
 
 
 @dataclass
 class Dataset:
-    name: str  # "FracAtlas" or "phantom"
+    name: str  # "FracAtlas", "phantom", or the folder's name for the other layouts
     root: Path
     records: List[Record]
     phantom: bool = False
     provenance: Dict[str, object] = field(default_factory=dict)
+    format: str = "fracatlas"  # fracatlas | folders | yolo (train/readers.py)
+    unlabelled: List[Record] = field(default_factory=list)  # read, but with no label (see --unboxed)
+    notes: List[str] = field(default_factory=list)  # what the reader assumed or ignored, for people
+    annotations: Optional[str] = None  # where the fracture boxes came from, None when there are none
 
     def by_id(self) -> Dict[str, Record]:
         return {r.image_id: r for r in self.records}
 
     def counts(self) -> Dict[str, int]:
         n_frac = sum(r.label for r in self.records)
-        return {"images": len(self.records), "fractured": n_frac, "non_fractured": len(self.records) - n_frac}
+        out = {"images": len(self.records), "fractured": n_frac, "non_fractured": len(self.records) - n_frac}
+        boxed = sum(1 for r in self.records if r.label == 1 and r.boxes)
+        if boxed:
+            out["fractured_with_boxes"] = boxed
+        if self.unlabelled:
+            out["unlabelled"] = len(self.unlabelled)
+        return out
+
+    def require_both_classes(self) -> None:
+        """Training and a validation threshold need both classes; say why they are missing."""
+        c = self.counts()
+        if c["fractured"] and c["non_fractured"]:
+            return
+        hint = ""
+        if self.unlabelled:
+            hint = (f"; {len(self.unlabelled)} image(s) had no boxes and are unlabelled: pass --unboxed negative "
+                    "if images without boxes are not fractured")
+        raise DataError(f"{self.root}: needs both fractured and non-fractured images to train, has "
+                        f"{c['fractured']} fractured and {c['non_fractured']} non-fractured{hint}")
 
 
 def _flag(value: str, csv_path: Path, line: int, column: str) -> int:
@@ -59,11 +90,24 @@ def _flag(value: str, csv_path: Path, line: int, column: str) -> int:
     raise DataError(f"{csv_path}: line {line}, column {column!r}: expected 0 or 1, got {value!r}")
 
 
-def read_fracatlas(root: Path, name: str = "FracAtlas") -> Dataset:
-    """Read `dataset.csv` and locate every image under images/Fractured or images/Non_fractured.
+def image_size(path: Path) -> Optional[Tuple[int, int]]:
+    """(width, height) from the file's header, or None where it cannot be read."""
+    from PIL import Image
 
-    A missing folder or CSV, a missing column or a bad flag stops here. A listed image that is
-    missing on disk is kept as a record; the loader skips and counts it (see train.dataset).
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def read_fracatlas(root: Path, name: str = "FracAtlas") -> Dataset:
+    """Read `dataset.csv` and locate every image under images/Fractured or images/Non_fractured;
+    attach the fracture boxes from `Annotations/` (YOLO, else COCO, VGG or PASCAL VOC) when present.
+
+    A missing folder or CSV, a missing column or a bad flag stops here, and so does a malformed
+    annotation. A listed image that is missing on disk is kept as a record; the loader skips and
+    counts it (see train.dataset).
     """
     root = Path(root)
     if not root.is_dir():
@@ -111,7 +155,53 @@ def read_fracatlas(root: Path, name: str = "FracAtlas") -> Dataset:
         raise DataError(f"{csv_path}: no rows")
     if len({r.label for r in records}) < 2:
         raise DataError(f"{csv_path}: needs both fractured and non-fractured images")
-    return Dataset(name=name, root=root, records=records)
+    ds = Dataset(name=name, root=root, records=records)
+    _attach_fracatlas_boxes(ds)
+    return ds
+
+
+def _attach_fracatlas_boxes(ds: Dataset) -> None:
+    from .boxes import fracatlas_annotations
+
+    paths = {r.image_id: r.path for r in ds.records}
+    by_stem = {Path(i).stem: i for i in paths}
+
+    def size_of(file_name: str):
+        image_id = file_name if file_name in paths else by_stem.get(Path(file_name).stem)
+        return image_size(paths[image_id]) if image_id else None
+
+    found, source = fracatlas_annotations(ds.root, size_of)
+    if source is None:
+        return
+    boxes = {}
+    for key, bs in found.items():
+        image_id = key if key in paths else by_stem.get(Path(key).stem)
+        if image_id is not None:
+            boxes.setdefault(image_id, []).extend(bs)
+    orphans = sum(1 for k in found if (k if k in paths else by_stem.get(Path(k).stem)) is None)
+    out, boxed, negatives_boxed = [], 0, 0
+    for r in ds.records:
+        if r.label == 0:
+            negatives_boxed += bool(boxes.get(r.image_id))
+            out.append(_replace(r, boxes=()))
+        elif boxes.get(r.image_id):
+            boxed += 1
+            out.append(_replace(r, boxes=tuple(boxes[r.image_id])))
+        else:
+            out.append(r)
+    ds.records = out
+    n_frac = sum(r.label for r in out)
+    ds.notes.append(f"fracture boxes from {source}: {boxed} of {n_frac} fractured images have at least one")
+    if negatives_boxed:
+        ds.notes.append(f"{negatives_boxed} non-fractured image(s) carry boxes in {source}; ignored")
+    if orphans:
+        ds.notes.append(f"{orphans} annotation(s) in {source} name no image of dataset.csv; ignored")
+    ds.annotations = source
+
+
+def _replace(r: Record, **kw) -> Record:
+    from dataclasses import replace
+    return replace(r, **kw)
 
 
 def banner(lines: List[str]) -> str:
@@ -161,12 +251,20 @@ def default_phantom_dir(n_images: int, seed: int) -> Path:
 
 
 def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int = 0,
-              phantom_dir: Optional[Path] = None, quiet: bool = False) -> Dataset:
-    """Resolve and read the data; generate the phantom set (cached) when that is the choice."""
+              phantom_dir: Optional[Path] = None, quiet: bool = False, data_format: Optional[str] = None,
+              unboxed: Optional[str] = None) -> Dataset:
+    """Resolve and read the data; generate the phantom set (cached) when that is the choice.
+
+    `data_format` (auto, fracatlas, folders, yolo) and `unboxed` (what a YOLO export's images
+    without boxes are: unknown, negative, fractured) go to train.readers.read_dataset. What the
+    reader assumed is printed on stderr (unless quiet) and kept in the provenance."""
+    from .readers import DEFAULT_UNBOXED, read_dataset
+
     choice = resolve_data(arg)
     if choice.path is not None:
-        ds = read_fracatlas(choice.path)
-        ds.provenance = {"source": choice.reason, "path": str(choice.path)}
+        _add_phantom_boxes(choice.path, quiet)
+        ds = read_dataset(choice.path, data_format or "auto", unboxed or DEFAULT_UNBOXED)
+        ds.provenance = {"source": choice.reason, "path": str(choice.path), **describe(ds)}  # + the reader's own
         marker = choice.path / "phantom.json"
         if marker.is_file():  # a phantom folder passed by path is still phantom, never "FracAtlas"
             ds.name, ds.phantom = "phantom", True
@@ -176,6 +274,9 @@ def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int 
         readme = choice.path / "README.md"
         if readme.is_file():
             ds.provenance["readme_first_line"] = readme.read_text(errors="replace").strip().splitlines()[0][:200]
+        if not quiet:
+            for note in ds.notes:
+                print(f"data ({ds.format}): {note}", file=sys.stderr)
         return ds
     from .phantom import generate_phantom_dataset
     out = phantom_dir or default_phantom_dir(phantom_images, phantom_seed)
@@ -186,5 +287,29 @@ def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int 
     ds = read_fracatlas(out, name="phantom")
     ds.phantom = True
     ds.provenance = {"source": choice.reason, "path": str(out), "phantom_images": phantom_images,
-                     "phantom_seed": phantom_seed}
+                     "phantom_seed": phantom_seed, **describe(ds)}
     return ds
+
+
+def _add_phantom_boxes(folder: Path, quiet: bool) -> None:
+    """A phantom folder made before phantoms carried their fracture boxes gets them (the images are
+    not touched: the boxes come from rendering the fractured ones again, which is deterministic)."""
+    from .phantom import ANNOTATIONS, GENERATOR_VERSION, generate_phantom_dataset
+
+    marker = folder / "phantom.json"
+    if not marker.is_file() or (folder / ANNOTATIONS).is_dir():
+        return
+    try:
+        params = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return
+    if params.get("generator_version") != GENERATOR_VERSION:
+        return
+    size = tuple(params["size"]) if params.get("size") else None
+    generate_phantom_dataset(folder, n_images=params["n_images"], seed=params["seed"], progress=not quiet, size=size)
+
+
+def describe(ds: Dataset) -> Dict[str, object]:
+    """The reader's side of the provenance: layout, where boxes came from, what was assumed, and
+    whatever the reader itself recorded (a YOLO export's class names and --unboxed)."""
+    return {**ds.provenance, "format": ds.format, "annotations": ds.annotations, "notes": list(ds.notes)}

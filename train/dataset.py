@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class LoadedSplit:
     labels: np.ndarray  # (n,) int
     spec: PreprocessSpec
     skipped: List[str] = field(default_factory=list)  # "path: reason"
+    shapes: List[Tuple[int, int]] = field(default_factory=list)  # decoded (h, w) of each image, for boxes
     _images: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
@@ -49,21 +50,23 @@ def load_images(records: Sequence[Record], spec: PreprocessSpec, desc: str = "im
                 progress: bool = True, max_skip_fraction: float = 0.02) -> LoadedSplit:
     from tqdm import tqdm
 
-    kept, arrays, skipped = [], [], []
+    kept, arrays, skipped, shapes = [], [], [], []
     for r in tqdm(records, desc=desc, unit="img", disable=None if progress else True, leave=False):
         try:
-            x = resize_input(read_image(r.path, spec).pixels, spec)
+            pixels = read_image(r.path, spec).pixels
+            x = resize_input(pixels, spec)
         except ImageReadError as exc:
             skipped.append(str(exc))
             print(f"skipped: {exc}", file=sys.stderr)
             continue
         arrays.append(x)
         kept.append(r)
+        shapes.append(tuple(pixels.shape[:2]))
     if records and len(skipped) / len(records) > max_skip_fraction:
         raise DataError(f"{len(skipped)} of {len(records)} {desc} unreadable (limit "
                         f"{max_skip_fraction:.0%}); first: {skipped[0]}")
     resized = np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, spec.size, spec.size), np.float32)
-    return LoadedSplit(kept, resized, np.array([r.label for r in kept], dtype=np.int32), spec, skipped)
+    return LoadedSplit(kept, resized, np.array([r.label for r in kept], dtype=np.int32), spec, skipped, shapes)
 
 
 def training_batches(split: LoadedSplit, batch_size: int, seed: int, photo: bool = True):

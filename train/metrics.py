@@ -130,3 +130,15 @@ def evaluate_predictions(y_val, p_val, y_test, p_test, regions_test: List[str], 
         },
         "validation_auc": auc(y_val, p_val),
     }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> List[Optional[float]]:
+    """95% Wilson score interval of a proportion (sensible at 0 or n successes, unlike the normal
+    approximation); [None, None] when n is 0."""
+    if n == 0:
+        return [None, None]
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]

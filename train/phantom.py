@@ -85,8 +85,11 @@ def _bones_for_region(region: str, h: int, w: int, rng: np.random.Generator) -> 
 
 
 def render_phantom(rng: np.random.Generator, region: str, fractured: bool,
-                   size: Optional[Tuple[int, int]] = None, hardware: bool = False) -> np.ndarray:
-    """One radiograph as a uint8 (h, w) array."""
+                   size: Optional[Tuple[int, int]] = None, hardware: bool = False,
+                   box_out: Optional[List] = None) -> np.ndarray:
+    """One radiograph as a uint8 (h, w) array. With `box_out` (a list), the fracture's box is
+    appended to it, (x0, y0, x1, y1) relative to the image: the gap where it crosses either
+    fragment, padded by 2 px. Asking for the box draws no random numbers: the pixels are the same."""
     h, w = size or (int(rng.integers(380, 520)), int(rng.integers(300, 440)))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     img = 0.06 + 0.06 * rng.random() + 0.04 * (yy / h)  # detector background
@@ -129,6 +132,11 @@ def render_phantom(rng: np.random.Generator, region: str, fractured: bool,
         gap_half = max(b["r"] * 0.45, h * 0.02) * rng.uniform(0.8, 1.3) / length
         gap = np.clip(1.0 - (np.abs(t - line) - gap_half) * length / 1.2, 0.0, 1.0)
         bone_layer = np.maximum(bone_layer, bone * (1.0 - 0.95 * gap))
+        if box_out is not None:
+            ys, xs = np.nonzero((gap > 0.5) & ((dist < b["r"]) | (dist2 < b["r"])))
+            if len(ys):
+                box_out.append((max(0.0, (xs.min() - 2) / w), max(0.0, (ys.min() - 2) / h),
+                                min(1.0, (xs.max() + 3) / w), min(1.0, (ys.max() + 3) / h)))
     img = img + bone_layer
     if hardware:  # metal plate or screw: the brightest thing on the film
         b = bones[long_bones[0] if long_bones else 0]
@@ -164,14 +172,57 @@ def phantom_rows(n_images: int, seed: int) -> List[Dict]:
     return rows
 
 
+ANNOTATIONS = Path("Annotations") / "YOLO"  # FracAtlas's place for its YOLO boxes
+
+
+def _yolo_line(box) -> str:
+    x0, y0, x1, y1 = box
+    return f"0 {(x0 + x1) / 2:.6f} {(y0 + y1) / 2:.6f} {x1 - x0:.6f} {y1 - y0:.6f}\n"
+
+
+def _write_boxes(out: Path, rows: List[Dict], seed: int, size, progress: bool, boxes: Dict[str, list]) -> None:
+    """Annotations/YOLO/<stem>.txt for every fractured phantom, as FracAtlas ships them; written
+    into a temporary folder renamed into place, so a reader never sees half of them. Images whose
+    boxes are not in `boxes` (a cache made before boxes existed) are rendered again for them."""
+    import os
+    import shutil
+
+    todo = [(i, r) for i, r in enumerate(rows) if r["fractured"] and r["image_id"] not in boxes]
+    if progress and todo:
+        from tqdm import tqdm
+        todo = tqdm(todo, desc="phantom fracture boxes", unit="img", disable=None)
+    for i, row in todo:
+        found: List = []
+        render_phantom(np.random.default_rng([seed, i, 1]), row["region"], True, size=size,
+                       hardware=bool(row["hardware"]), box_out=found)
+        boxes[row["image_id"]] = found
+    tmp = out / "Annotations" / f".YOLO.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for row in rows:
+        if row["fractured"]:
+            stem = Path(row["image_id"]).stem
+            (tmp / f"{stem}.txt").write_text("".join(_yolo_line(b) for b in boxes[row["image_id"]]))
+    final = out / ANNOTATIONS
+    if final.exists():
+        shutil.rmtree(final, ignore_errors=True)
+    try:
+        tmp.rename(final)
+    except OSError:  # another process put the same boxes there first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def generate_phantom_dataset(out: Path, n_images: int = 1200, seed: int = 0, progress: bool = False,
                              size: Optional[Tuple[int, int]] = None) -> Path:
-    """Write dataset.csv and images/{Fractured,Non_fractured}; reuse a complete earlier run."""
+    """Write dataset.csv, images/{Fractured,Non_fractured} and the fracture boxes in
+    Annotations/YOLO; reuse a complete earlier run (adding the boxes where it predates them)."""
     out = Path(out)
     marker = out / "phantom.json"
     params = {"generator_version": GENERATOR_VERSION, "n_images": n_images, "seed": seed,
               "size": list(size) if size else None}
     if marker.is_file() and json.loads(marker.read_text()) == params:
+        if not (out / ANNOTATIONS).is_dir():
+            _write_boxes(out, phantom_rows(n_images, seed), seed, size, progress, {})
         return out
     for d in ("Fractured", "Non_fractured"):
         (out / "images" / d).mkdir(parents=True, exist_ok=True)
@@ -180,11 +231,17 @@ def generate_phantom_dataset(out: Path, n_images: int = 1200, seed: int = 0, pro
     if progress:
         from tqdm import tqdm
         iterator = tqdm(rows, desc="phantom radiographs", unit="img", disable=None)
+    boxes: Dict[str, list] = {}
     for i, row in enumerate(iterator):
         rng = np.random.default_rng([seed, i, 1])
-        arr = render_phantom(rng, row["region"], bool(row["fractured"]), size=size, hardware=bool(row["hardware"]))
+        found: List = []
+        arr = render_phantom(rng, row["region"], bool(row["fractured"]), size=size, hardware=bool(row["hardware"]),
+                             box_out=found)
+        if row["fractured"]:
+            boxes[row["image_id"]] = found
         folder = "Fractured" if row["fractured"] else "Non_fractured"
         Image.fromarray(arr).save(out / "images" / folder / row["image_id"], quality=92)
+    _write_boxes(out, rows, seed, size, False, boxes)
     with open(out / "dataset.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -200,6 +257,7 @@ def generate_phantom_dataset(out: Path, n_images: int = 1200, seed: int = 0, pro
     (out / "README.md").write_text(
         "# Phantom radiographs (synthetic)\n\nMade by `train.phantom` (generator version "
         f"{GENERATOR_VERSION}, seed {seed}, {n_images} images). Not patient data, not FracAtlas: "
-        "results on these images demonstrate the pipeline only.\n")
+        "results on these images demonstrate the pipeline only. Annotations/YOLO holds each fracture's "
+        "box (class 0), as FracAtlas ships its own.\n")
     marker.write_text(json.dumps(params))
     return out

@@ -1,0 +1,83 @@
+// Load a bundle over HTTP and check it as edge_runtime/bundle.py does: format, version, status,
+// the manifest's own digest, the signature where a trusted key is configured, and the sha256 of
+// every file before it is used. A bundle that fails any of these is refused, never half-used.
+
+import { canonicalBytes } from "./canonical.js";
+import { sha256Hex } from "./sha256.js";
+
+export class BundleError extends Error {}
+
+async function fetchBytes(url, what) {
+  let r;
+  try {
+    r = await fetch(url, { cache: "no-cache" });
+  } catch (e) {
+    throw new BundleError(`${what}: cannot be fetched (${e.message})`);
+  }
+  if (!r.ok) throw new BundleError(`${what}: HTTP ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+async function verifySignature(base, digest, keyB64, config) {
+  let doc;
+  try {
+    doc = JSON.parse(new TextDecoder().decode(await fetchBytes(new URL(config.SIGNATURE_FILE, base), config.SIGNATURE_FILE)));
+  } catch (e) {
+    throw new BundleError(`bundle is not signed (${config.SIGNATURE_FILE}: ${e.message}), and this app only accepts signed bundles`);
+  }
+  if (!globalThis.crypto?.subtle) throw new BundleError("signatures can only be checked over https (or on localhost): open the app's https address");
+  if (doc.algorithm !== "ed25519") throw new BundleError(`${config.SIGNATURE_FILE} is malformed (not ed25519)`);
+  const raw = Uint8Array.from(atob(keyB64), (c) => c.charCodeAt(0));
+  let sig;
+  try { sig = Uint8Array.from(atob(doc.signature), (c) => c.charCodeAt(0)); } catch { throw new BundleError(`${config.SIGNATURE_FILE} is malformed`); }
+  const key = await crypto.subtle.importKey("raw", raw, { name: "Ed25519" }, false, ["verify"]);
+  const ok = await crypto.subtle.verify({ name: "Ed25519" }, key, sig, new TextEncoder().encode(config.SIGNED_PREFIX + digest));
+  if (!ok) throw new BundleError("signature does not verify with the trusted key: the bundle was changed after signing, or signed by another key");
+}
+
+/** {manifest, artifactKey, modelBytes, head, digest} for the bundle at `base` (a URL ending in /). */
+export async function loadBundle(base, config) {
+  const text = new TextDecoder().decode(await fetchBytes(new URL("manifest.json", base), "manifest.json"));
+  let m;
+  try { m = JSON.parse(text); } catch (e) { throw new BundleError(`manifest.json is not JSON (${e.message})`); }
+  if (m.format !== config.BUNDLE_FORMAT) throw new BundleError("manifest.json is not a fracture-edge bundle manifest");
+  if (m.format_version !== config.FORMAT_VERSION) {
+    throw new BundleError(`bundle format version ${m.format_version}; this app reads version ${config.FORMAT_VERSION}`);
+  }
+  const digest = await sha256Hex(canonicalBytes(text, config.DIGEST_KEY));
+  if (digest !== m[config.DIGEST_KEY]) throw new BundleError("manifest.json does not match its own digest: damaged or edited");
+  if (m.status !== "accepted") throw new BundleError(`bundle status is '${m.status}': export's fidelity check did not accept it`);
+  if (config.TRUSTED_KEY) await verifySignature(base, digest, config.TRUSTED_KEY, config);
+  const key = config.ARTIFACT_PREFERENCE.find((k) => m.artifacts?.[k]?.check?.passed);
+  if (!key) throw new BundleError(`the bundle has no ONNX artifact this app can run (it has ${Object.keys(m.artifacts || {}).join(", ")})`);
+  const art = m.artifacts[key];
+  const verified = async (file, want) => {
+    if (!want) throw new BundleError(`${file} is not listed with a sha256 in the manifest`);
+    const bytes = await fetchBytes(new URL(file, base), file);
+    const got = await sha256Hex(bytes);
+    if (got !== want) throw new BundleError(`${file}: sha256 mismatch (damaged or replaced): expected ${want.slice(0, 12)}…, got ${got.slice(0, 12)}…`);
+    return bytes;
+  };
+  const modelBytes = await verified(art.file, art.sha256);
+  if (m.files?.[art.file] && m.files[art.file] !== art.sha256) throw new BundleError(`${art.file}: two different sha256 in the manifest`);
+  let head = null;
+  if (m.gradcam) head = parseHead(await verified(m.gradcam.file, m.files?.[m.gradcam.file]), m.gradcam);
+  return { manifest: m, artifactKey: key, artifact: art, modelBytes, head, digest };
+}
+
+/** The Grad-CAM head's arrays from its float32 little-endian file (edge_runtime/gradcam.load_head). */
+function parseHead(bytes, spec) {
+  if (bytes.length % 4) throw new BundleError(`${spec.file} is not a whole number of float32 values`);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n = bytes.length / 4;
+  const arrays = {};
+  for (const [name, a] of Object.entries(spec.arrays)) {
+    const count = a.shape.reduce((x, y) => x * y, 1);
+    if (a.offset + count > n) throw new BundleError(`${spec.file}: array '${name}' runs past the end of the file`);
+    const out = new Float32Array(count);
+    for (let i = 0; i < count; i++) out[i] = dv.getFloat32((a.offset + i) * 4, true);
+    arrays[name] = { data: out, shape: a.shape };
+  }
+  if (!arrays.alpha && !(arrays.mix && arrays.w_out)) throw new BundleError(`${spec.file}: needs 'alpha' or 'mix' and 'w_out'`);
+  return arrays;
+}

@@ -1,0 +1,96 @@
+// Bundle + ONNX Runtime Web + Grad-CAM head: decoded pixels in, a result record out, shaped like
+// edge_runtime/predictor.py's (probability, decision, threshold, heatmap, warnings, timings_ms).
+
+import { BundleError, loadBundle } from "./bundle.js";
+import { rawMaps } from "./gradcam.js";
+import {
+  contentProblem, mergeMaps, normalizeIntensity, resizeInput, specFromManifest, views,
+} from "./preprocess.js";
+
+let ortModule = null;
+
+/** WASM threads need cross-origin isolation (COOP/COEP); without it, one thread. By default half
+ * the cores, at most 4 (ONNX Runtime Web's own default: a phone's little cores slow a batch down). */
+export function threadCount(requested) {
+  if (!globalThis.crossOriginIsolated) return 1;
+  const cores = globalThis.navigator?.hardwareConcurrency || 1;
+  return Math.max(1, Math.min(requested || Math.min(4, Math.floor(cores / 2)), cores));
+}
+
+export class Engine {
+  static async open(bundleBase, config, { vendorBase, threads } = {}) {
+    const b = await loadBundle(bundleBase, config);
+    if (!ortModule) ortModule = await import(new URL("ort.wasm.min.mjs", vendorBase).href);
+    const ort = ortModule;
+    ort.env.wasm.wasmPaths = vendorBase;
+    ort.env.wasm.numThreads = threadCount(threads);
+    ort.env.logLevel = "error";
+    let session;
+    try {
+      session = await ort.InferenceSession.create(b.modelBytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+    } catch (e) {
+      throw new BundleError(`${b.artifact.file}: ONNX Runtime cannot load it (${e.message})`);
+    }
+    return new Engine(b, session, ort, config);
+  }
+
+  constructor(b, session, ort, config) {
+    Object.assign(this, b);
+    this.session = session;
+    this.ort = ort;
+    this.config = config;
+    this.spec = specFromManifest(b.manifest.preprocess);
+    this.threshold = b.manifest.decision.threshold;
+    this.positive = b.manifest.decision.positive_class;
+    this.threads = ort.env.wasm.numThreads;
+    const shape = b.manifest.model.input.shape;
+    this.inputName = b.manifest.model.input.name;
+    if (shape[1] !== this.spec.size || shape[2] !== this.spec.size) throw new BundleError("manifest: model input and preprocess size differ");
+  }
+
+  /** Raw outputs for a batch of preprocessed views (count, size, size, 1). */
+  async infer(data, count) {
+    const n = this.spec.size;
+    const feeds = { [this.inputName]: new this.ort.Tensor("float32", data, [count, n, n, 1]) };
+    const out = await this.session.run(feeds);
+    return Object.fromEntries(Object.entries(out).map(([k, t]) => [k, { data: t.data, dims: t.dims }]));
+  }
+
+  /** One decoded gray image (Float32Array h*w in [0, 1]) -> record, as Predictor.predict_pixels. */
+  async predictPixels(pixels, w, h, { heatmap = true, warnings = [] } = {}) {
+    const t = {};
+    let t0 = performance.now();
+    const small = resizeInput(pixels, w, h, this.spec);
+    const problem = contentProblem(small, this.spec.size, this.spec.size, this.config.CONTENT_LIMITS);
+    if (problem) return { error: problem, warnings: [...warnings] };
+    const x = normalizeIntensity(small, this.spec);
+    const v = views(x, this.spec);
+    t.preprocess = performance.now() - t0;
+    t0 = performance.now();
+    const out = await this.infer(v.data, v.count);
+    const probs = out.prob.data;
+    let p = 0;
+    for (let i = 0; i < v.count; i++) p += probs[i];
+    p /= v.count;
+    t.inference = performance.now() - t0;
+    const rec = {
+      probability: Math.round(p * 1e6) / 1e6,
+      decision: p >= this.threshold ? this.positive : this.config.NEGATIVE,
+      threshold: this.threshold, model: this.manifest.model.name, artifact: this.artifactKey,
+      warnings: [...warnings],
+    };
+    if (this.spec.n_views > 1) rec.views = this.spec.n_views;
+    if (heatmap && this.head) {
+      t0 = performance.now();
+      const dims = out.features.dims.map(Number);
+      const maps = rawMaps(this.head, out.features.data, dims, out.hidden?.data);
+      const raw = mergeMaps(maps, dims[0], dims[1], this.spec);
+      let peak = 0;
+      for (const a of raw) if (a > peak) peak = a;
+      rec.heat = { data: raw.map((a) => (peak > 0 ? a / peak : 0)), side: dims[1] };
+      t.gradcam = performance.now() - t0;
+    }
+    rec.timings_ms = Object.fromEntries(Object.entries(t).map(([k, ms]) => [k, Math.round(ms * 100) / 100]));
+    return rec;
+  }
+}
