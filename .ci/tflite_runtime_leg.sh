@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 MAIN_PY=${1:-.venv-ci/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-"$MAIN_PY" -c "from train.phantom import generate_phantom_dataset as g; g('$WORK/ph', n_images=12, seed=3, size=(180, 150), progress=False)"
+"$MAIN_PY" -c "from fracdata.phantom import generate_phantom_dataset as g; g('$WORK/ph', n_images=12, seed=3, size=(180, 150), progress=False)"
 "$MAIN_PY" -m edge_runtime predict --backend litert --json "$WORK"/ph/images/*/*.jpg > "$WORK/litert.jsonl" 2>/dev/null
 python3 -m venv "$WORK/np1"
 "$WORK/np1/bin/python" -m pip install --quiet "numpy<2" "tflite-runtime==2.14.0" "Pillow>=10"

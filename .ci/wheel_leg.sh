@@ -13,7 +13,7 @@ trap 'rm -rf "$WORK"' EXIT
 WHEEL=$(ls "$WORK"/dist/fracture_edge-*.whl)
 python3 -m venv "$WORK/clinic"
 "$WORK/clinic/bin/python" -m pip install --quiet "${WHEEL}[edge,device,dicom]"
-"$MAIN_PY" -c "from train.phantom import generate_phantom_dataset as g; g('$WORK/ph', n_images=6, seed=4, size=(180, 150), progress=False)"
+"$MAIN_PY" -c "from fracdata.phantom import generate_phantom_dataset as g; g('$WORK/ph', n_images=6, seed=4, size=(180, 150), progress=False)"
 "$MAIN_PY" -m edge_runtime predict --json "$WORK"/ph/images/*/*.jpg > "$WORK/checkout.jsonl" 2>"$WORK/checkout.err" \
     || { cat "$WORK/checkout.err" >&2; exit 1; }
 (cd "$WORK" && env -u FRACTURE_EDGE_BUNDLE "$WORK/clinic/bin/python" -m edge_runtime predict --json ph/images/*/*.jpg \

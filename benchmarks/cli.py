@@ -17,7 +17,6 @@ import statistics
 import subprocess
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -25,17 +24,11 @@ import numpy as np
 
 from edge_runtime.backends import BACKENDS, backend_version, installed_backends
 from edge_runtime.bundle import BundleError, load_bundle, sha256_file
+from edge_runtime.environment import package_version
 
 from .report import markdown, targets
 
 DEFAULT_OUT = Path("runs/bench")
-
-
-def _pkg(name: str) -> Optional[str]:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def _cpuinfo() -> Dict[str, str]:
@@ -82,7 +75,7 @@ def device_info() -> Dict[str, object]:
             "machine": platform.machine(), "cores": cores, "platform": platform.platform(),
             "python": platform.python_version(), "numpy": np.__version__,
             "interpreters": {b: backend_version(b) for b in BACKENDS},
-            "tensorflow": _pkg("tensorflow"), "peak": nominal_peak_gops(cores)}
+            "tensorflow": package_version("tensorflow"), "peak": nominal_peak_gops(cores)}
 
 
 def _keras_model(bundle, explicit: Optional[Path]) -> Optional[Path]:
@@ -168,12 +161,12 @@ def end_to_end(bundle, files: Dict[str, Path], repeats: int) -> Dict[str, Dict[s
             t["decode_full"].append((time.perf_counter() - s) * 1000.0)
             s = time.perf_counter()
             rec = pred.predict_file(path)
-            json.dumps(rec)  # the whole answer, as the CLI makes it
+            json.dumps(rec.to_dict())  # the whole answer, as the CLI makes it
             t["predict_file_total"].append((time.perf_counter() - s) * 1000.0)
             for stage, name in stages.items():
-                t[name].append(rec["timings_ms"][stage])
+                t[name].append(rec.timings_ms[stage])
             s = time.perf_counter()
-            json.dumps(pred.predict_file(path, overlay))  # the same, drawing the overlay as --heatmap does
+            json.dumps(pred.predict_file(path, overlay).to_dict())  # the same, drawing the overlay as --heatmap does
             t["with_heatmap_total"].append((time.perf_counter() - s) * 1000.0)
         med = {f"{k}_ms": statistics.median(v) for k, v in t.items()}
         med["overhead_over_decode"] = (med["predict_file_total_ms"] - med["decode_fast_ms"]) / med["decode_fast_ms"]
@@ -251,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "date": started, "command": "python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:]),
         "quick": args.quick, "device": device_info(), "bundle": str(bundle.path), "model": bundle.model_name,
         "macs_per_image": (bundle.manifest["model"].get("complexity") or {}).get("macs_per_image"),
-        "demonstration_only": bundle.demonstration_only,
+        "demonstration_only": bundle.demonstration_only, "input_size": bundle.spec.size,
         "default_tflite": bundle.info.default_artifacts.get("tflite"),
         "keras_baseline": str(keras_path) if keras_path else None,
         "backends": measure_backends(bundle, keras_path, threads, args.runs, args.warmup, args.batch, progress),

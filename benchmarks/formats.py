@@ -66,7 +66,7 @@ def measure(predictor: Predictor, files: List[Path]) -> Dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
             paths = write_variants(read_grayscale(f).pixels, Path(tmp))
-            ps = {k: predictor.predict_file(p).get("probability") for k, p in paths.items()}
+            ps = {k: predictor.predict_file(p).probability for k, p in paths.items()}
             if any(v is None for v in ps.values()):
                 rows.append({"file": str(f), "error": "a copy could not be answered", "p": ps})
                 continue
@@ -80,10 +80,10 @@ def measure(predictor: Predictor, files: List[Path]) -> Dict[str, object]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.formats", description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    ap.add_argument("files", nargs="+", type=Path, metavar="FILE_OR_DIR", help="radiographs, or folders of them")
     ap.add_argument("--bundle", type=Path, help="bundle folder (default: the runtime's default bundle)")
     ap.add_argument("--every", type=int, default=1, help="take every n-th file (default: 1)")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
     files: List[Path] = []
     for p in args.files:

@@ -537,13 +537,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__.split("\n\n")[0])
     ap.add_argument("--mutations", type=int, default=100_000, help="image mutants (default: %(default)s)")
     ap.add_argument("--seconds", type=float, help="stop after this long (the test suite's bound)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="mutation seed: the same seed makes the same inputs (default: %(default)s)")
     ap.add_argument("--formats", help="comma list of " + ", ".join(SUFFIX) + " (default: all)")
     ap.add_argument("--bundle", type=Path, help="bundle whose manifest is fuzzed (default: the runtime's default)")
     ap.add_argument("--out", type=Path, help="write fuzz.json and fuzz.md here")
     ap.add_argument("--bomb-scale", type=float, default=1.0,
-                    help="size of the crafted deflated DICOM, 1 = 60 frames of 4000^2 (0 skips the bombs)")
-    ap.add_argument("--json", action="store_true")
+                    help="size of the crafted deflated DICOM, 1 = 60 frames of 4000^2; 0 skips the bombs (default: %(default)s)")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
     result = fuzz(args.mutations, args.seed, args.seconds, bundle=args.bundle,
                   formats=args.formats.split(",") if args.formats else None, progress=sys.stderr.isatty(),

@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from edge_runtime.labels import NEGATIVE, POSITIVE
+
 
 def write_log(data: Path, n: int) -> float:
     """n records like the service writes (answers, retakes, errors); seconds to index them."""
@@ -33,7 +35,7 @@ def write_log(data: Path, n: int) -> float:
             if k % 50 == 0:
                 rec["error"] = "corrupt or truncated image"
             else:
-                rec.update(probability=(k % 97) / 97, decision="fractured" if k % 5 == 0 else "non-fractured")
+                rec.update(probability=(k % 97) / 97, decision=POSITIVE if k % 5 == 0 else NEGATIVE)
             fh.write(json.dumps(rec, sort_keys=True) + "\n")
     from device.service import Ledger
     t0 = time.perf_counter()
@@ -108,8 +110,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         serve(Path(argv[1]))
         return 0
     ap = argparse.ArgumentParser(prog="python -m benchmarks.page", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--records", type=int, default=200_000)
-    ap.add_argument("--requests", type=int, default=50)
+    ap.add_argument("--records", type=int, default=200_000, help="results in the log (default: %(default)s)")
+    ap.add_argument("--requests", type=int, default=50, help="requests timed one at a time (default: %(default)s)")
     ap.add_argument("--out", type=Path, help="write page.json here")
     args = ap.parse_args(argv)
     res = measure(args.records, args.requests)

@@ -66,7 +66,7 @@ def markdown(res: Dict) -> str:
              f"interpreters {', '.join(f'{k} {v}' for k, v in d['interpreters'].items() if v)}, "
              f"TensorFlow {d['tensorflow'] or 'absent'}. Nominal peak: {_f(d['peak']['gops_fp32'], '.0f')} GOPS "
              f"({d['peak']['basis']}; {d['peak']['note']}).", "",
-             "## Per backend (one 128x128 image per call; each row its own process)", "",
+             f"## Per backend (one {res.get('input_size', 128)}x{res.get('input_size', 128)} image per call; each row its own process)", "",
              "| backend | artifact | threads | p50 ms | p90 ms | p99 ms | images/s | cold start s | peak RSS MB | file MB | GOPS |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["backends"]:

@@ -102,9 +102,9 @@ def film_path(args) -> int:
         for _ in range(args.warmup + args.runs):
             records.append(triage_photo(pred, Path(args.film), Path(keep), None))
     timed = records[args.warmup:]
-    print(json.dumps({"timings_ms": [r.get("timings_ms", {}) for r in timed],
-                      "answered": sum("probability" in r for r in timed), "runs": len(timed),
-                      "codes": timed[-1].get("quality", {}).get("codes"),
+    print(json.dumps({"timings_ms": [r.timings_ms or {} for r in timed],
+                      "answered": sum(r.answered for r in timed), "runs": len(timed),
+                      "codes": (timed[-1].quality or {}).get("codes"),
                       "peak_rss_mb": peak_rss_mb()}))
     return 0
 

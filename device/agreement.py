@@ -76,7 +76,7 @@ def film_agreement(predictor: Predictor, files: Sequence[Path], conditions: Sequ
             if str(f) not in direct:
                 direct[str(f)] = predictor.predict_file(f)
             d = direct[str(f)]
-            if d.get("error"):
+            if d.error:
                 continue
             rng = np.random.default_rng([seed, i, CONDITION_INDEX[c]])
             radiograph = radiograph_from_file(f)
@@ -91,25 +91,25 @@ def film_agreement(predictor: Predictor, files: Sequence[Path], conditions: Sequ
             rec = triage_photo(predictor, p, None)
             s = stats[c]
             s.photos += 1
-            codes = rec.get("quality", {}).get("codes", []) if rec.get("retake") else []
-            for code in codes or (["error"] if rec.get("error") else []):
+            codes = (rec.quality or {}).get("codes", []) if rec.retake else []
+            for code in codes or (["error"] if rec.error else []):
                 s.reasons[code] = s.reasons.get(code, 0) + 1
-            row = {"file": str(f), "condition": c, "p_file": d["probability"], "decision_file": d["decision"],
-                   "p_photo": rec.get("probability"), "decision_photo": rec.get("decision"),
-                   "codes": ";".join(codes), "error": rec.get("error", "")}
+            row = {"file": str(f), "condition": c, "p_file": d.probability, "decision_file": d.decision,
+                   "p_photo": rec.probability, "decision_photo": rec.decision,
+                   "codes": ";".join(codes), "error": rec.error or ""}
             if log_rows is not None:
                 log_rows.append(row)
-            if rec.get("error") or rec.get("retake"):
+            if rec.error or rec.retake:
                 if s.expect != "answer" and any(c in codes for c in (s.expect,) + SAME_REASON.get(s.expect, ())):
                     s.right_reason += 1
                 continue
             s.accepted += 1
             if s.expect != "answer":
                 continue
-            s.diffs.append(abs(rec["probability"] - d["probability"]))
-            if rec["decision"] == d["decision"]:
+            s.diffs.append(abs(rec.probability - d.probability))
+            if rec.decision == d.decision:
                 s.same += 1
-            elif d["decision"] == POSITIVE:
+            elif d.decision == POSITIVE:
                 s.lost += 1
             else:
                 s.added += 1

@@ -16,6 +16,7 @@ from typing import List, Optional
 
 from edge_runtime.cli import (DISCLAIMER, EXIT_UNUSABLE, check_output_dir, exit_status, printable, run_command,
                               thread_count)
+from edge_runtime.backends import BACKEND_CHOICES, BACKENDS
 from edge_runtime.labels import SHORT
 
 from .simulate import CONDITIONS
@@ -28,7 +29,7 @@ DEMO_NOTICE = "NOTE: this bundle is a DEMONSTRATION model (trained on phantom da
 def _film(args) -> int:
     from edge_runtime.predictor import Predictor, UniqueStems, internal_error_record
 
-    from .triage import triage_photo
+    from .triage import Triaged, triage_photo
 
     for problem in (check_output_dir(args.keep, "--keep"), check_output_dir(args.heatmap, "--heatmap")):
         if problem:
@@ -49,22 +50,20 @@ def _film(args) -> int:
         try:
             rec = triage_photo(predictor, photo, args.keep, heat, stem=stem)
         except Exception as exc:  # noqa: BLE001 - a bug on one photo must not lose the rest of the batch
-            rec = {**internal_error_record({"file": str(photo)}, exc), "mode": "film"}
-        rec["demonstration_only"] = demo
-        records.append({"error": rec.get("error") or rec.get("retake"), "internal_error": rec.get("internal_error")})
+            rec = internal_error_record(Triaged(file=str(photo), mode="film"), exc)
+        records.append(rec)
         name = printable(str(photo))
         if args.json:
-            print(json.dumps(rec), flush=True)
-        elif rec.get("error"):
-            print(f"{name}: ERROR {rec['error']}")
-        elif rec.get("retake"):
-            print(f"{name}: RETAKE — " + "; ".join(rec["quality"]["reasons"]))
+            print(json.dumps({**rec.to_dict(), "demonstration_only": demo}), flush=True)
+        elif rec.error:
+            print(f"{name}: ERROR {rec.error}")
+        elif rec.retake:
+            print(f"{name}: RETAKE — " + "; ".join(rec.quality["reasons"]))
         else:
-            flag = SHORT[rec["decision"]]
-            notes = rec.get("film", {}).get("notes", [])
-            print(f"{name}: p={rec['probability']:.3f} (threshold {rec['threshold']:.3f}) {flag}"
+            notes = (rec.film or {}).get("notes", [])
+            print(f"{name}: p={rec.probability:.3f} (threshold {rec.threshold:.3f}) {SHORT[rec.decision]}"
                   + (" [DEMONSTRATION MODEL]" if demo else "")
-                  + (f"  [flattened: {rec['flattened']}]" if rec.get("flattened") else "")
+                  + (f"  [flattened: {rec.flattened}]" if rec.flattened else "")
                   + "".join(f"\n    note: {n}" for n in notes))
     if not args.json:
         print(DISCLAIMER, file=sys.stderr)
@@ -116,8 +115,15 @@ def _serve(args) -> int:
         from .page import start_page
         tls = None
         if args.https:
-            from .tls import ensure_certificates, fingerprint, local_names, server_context
-            names = local_names(args.host)
+            from .tls import (ensure_certificates, fingerprint, has_lan_address, local_names, outside_constraints,
+                              server_context)
+            names = local_names(args.host, args.tls_name)
+            if not has_lan_address(names):
+                print("warning: no network address found on this device; phones can only reach it by a name given "
+                      "with --tls-name", file=sys.stderr)
+            for bad in outside_constraints(names):
+                print(f"warning: {bad} is not a local-network name or address; phones will refuse the certificate "
+                      "for it", file=sys.stderr)
             cert, key, ca = ensure_certificates(args.data / "tls", names)
             tls = (server_context(cert, key), ca)
             print(f"https for {', '.join(names)}; phones install the device's CA once from /ca.crt "
@@ -231,17 +237,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--bundle", type=Path, help="bundle folder (default: $FRACTURE_EDGE_BUNDLE, else the reference bundle)")
-    common.add_argument("--backend", default="auto", help="auto | litert | tflite | onnx")
+    common.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                        help="interpreter (default: %(default)s, the first installed of " + ", ".join(BACKENDS) + ")")
     common.add_argument("--threads", type=thread_count, help="interpreter threads, 1-64")
     f = sub.add_parser("film", parents=[common], help="predict from photos of film on a lightbox")
-    f.add_argument("photos", nargs="+", type=Path, metavar="PHOTO")
+    f.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photos of films on a lightbox (JPEG, PNG, ...)")
     f.add_argument("--keep", type=Path, default=Path("runs/film"), help="where flattened radiographs go (default: %(default)s)")
     f.add_argument("--heatmap", type=Path, metavar="OUT_DIR", help="write Grad-CAM overlays here")
     f.add_argument("--json", action="store_true", help="one JSON object per photo")
     f.set_defaults(func=_film)
     c = sub.add_parser("capture", help="take a photo with the camera into the service's queue")
     c.add_argument("--data", type=Path, default=Path("/var/lib/fracture-edge"), help="service data folder (default: %(default)s)")
-    c.add_argument("--camera", default="pi", choices=("pi", "file"), help="pi (picamera2) or file (for testing)")
+    c.add_argument("--camera", default="pi", choices=("pi", "file"), help="pi (picamera2) or file (for testing) (default: %(default)s)")
     c.add_argument("--files", nargs="*", type=Path, default=[], help="photo files for --camera file")
     c.set_defaults(func=_capture)
     s = sub.add_parser("serve", parents=[common], help="the service: queue, results log, results page")
@@ -251,7 +258,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "sub-folders are watched too, 4 deep")
     s.add_argument("--once", action="store_true", help="process what is waiting, then exit")
     s.add_argument("--interval", type=float, default=2.0, help="seconds between folder scans (default: %(default)s)")
-    s.add_argument("--settle", type=float, default=2.0, help="ignore files changed within this many seconds (still being written)")
+    s.add_argument("--settle", type=float, default=2.0, help="ignore files changed within this many seconds: still being written (default: %(default)s)")
     s.add_argument("--host", default="127.0.0.1", help="results page address; 0.0.0.0 or the LAN address lets phones on the "
                                                        "local network see it (default: %(default)s, this device only)")
     s.add_argument("--port", type=int, default=8080, help="results page port (default: %(default)s)")
@@ -259,6 +266,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     s.add_argument("--https", action="store_true",
                    help="serve the page and the phone app over HTTPS with a certificate from the device's own CA "
                         "(made once in DATA/tls); phones need it for the app's offline copy and camera")
+    s.add_argument("--tls-name", action="append", default=[], metavar="NAME",
+                   help="another name or address phones use for this device, put in its certificate (repeatable; "
+                        "default: its hostname, hostname.local and every interface's address)")
     s.add_argument("--reader-memory-mb", type=int, default=512,
                    help="memory the image reader process may take beyond its model (default: %(default)s)")
     s.add_argument("--file-timeout", type=float, default=120.0,
@@ -280,21 +290,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     a.add_argument("--seed", type=int, default=1000, help="scene seed (default: %(default)s; thresholds were tuned on seeds below 100)")
     a.add_argument("--out", type=Path, help="write agreement.json, agreement.md and photos.csv here")
     a.add_argument("--title", help="table title")
-    a.add_argument("--json", action="store_true")
+    a.add_argument("--json", action="store_true", help="print the summary as JSON")
     a.set_defaults(func=_agreement)
     u = sub.add_parser("update", help="install a new bundle (folder or .zip), verified and self-tested, or roll back",
                        description="Install a bundle beside the current one, verify it (checksums, manifest, signature "
                                    "where a trusted key is configured, self-test on this device) and switch atomically; "
                                    "the replaced bundle is kept for --rollback.")
-    u.add_argument("source", nargs="?", type=Path, metavar="BUNDLE_DIR_OR_ZIP")
+    u.add_argument("source", nargs="?", type=Path, metavar="BUNDLE_DIR_OR_ZIP",
+                   help="the new bundle: a folder or a .zip (omit with --rollback)")
     u.add_argument("--root", type=Path, default=Path("/opt/fracture-edge"),
                    help="install prefix holding bundle -> bundles/<id> (default: %(default)s)")
     u.add_argument("--rollback", action="store_true", help="go back to the previous bundle")
     u.add_argument("--skip-self-test", action="store_true", help="do not check the new bundle's answers on this device "
                                                                  "(not recommended)")
-    u.add_argument("--backend", default="auto", help="interpreter the self-test uses (default: what predict would use)")
+    u.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="interpreter the self-test uses (default: %(default)s, what predict would use)")
     u.add_argument("--allow-older", action="store_true", help="install a bundle exported before the current one")
-    u.add_argument("--json", action="store_true")
+    u.add_argument("--json", action="store_true", help="print the outcome as JSON")
     u.set_defaults(func=_update)
     w = sub.add_parser("webapp", help="build the offline phone web app (a static site) for a bundle",
                        description="Build a self-contained static site that runs the bundle in a phone's browser, offline "

@@ -8,6 +8,7 @@ log), so it needs no state of its own and costs the same after years of results.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import re
@@ -16,12 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from edge_runtime.labels import DISCLAIMER, NEGATIVE, POSITIVE, RETAKE, WORDING
+from edge_runtime.labels import DISCLAIMER, RETAKE, WORDING
 
-from .service import Ledger
+from . import filenames
+from .service import Ledger, Record
 
 LATEST = 30
-_IMAGE = re.compile(r"^/img/([0-9a-f]{32})/(gradcam\.jpg|original_flat\.png)$")
+_IMAGE = re.compile(r"^/img/([0-9a-f]{32})/(" + "|".join(re.escape(n) for n in filenames.SERVED) + ")$")
 
 CSS = """body{font-family:sans-serif;margin:0;background:#f4f4f4;color:#222}
 header{background:#1d3557;color:#fff;padding:12px 16px}h1{font-size:20px;margin:0}
@@ -35,21 +37,20 @@ header{background:#1d3557;color:#fff;padding:12px 16px}h1{font-size:20px;margin:
 .small{font-size:12px;color:#555;word-break:break-all}"""
 
 
-def _card(r: Dict) -> str:
-    name = html.escape(Path(r.get("source", r.get("file", "?"))).name)
-    when = html.escape(r.get("received_utc", ""))
-    if r.get("error"):
-        body = f'<span class="badge err">{WORDING["error"]}</span><p>{html.escape(r["error"])}</p>'
-    elif r.get("retake"):
-        reasons = "".join(f"<li>{html.escape(x)}</li>" for x in r.get("quality", {}).get("reasons", []))
+def _card(d: Dict) -> str:
+    r = Record.from_dict(d)
+    name = html.escape(Path(str(r.source or r.file or "?")).name)
+    when = html.escape(r.received_utc or "")
+    if r.error:
+        body = f'<span class="badge err">{WORDING["error"]}</span><p>{html.escape(r.error)}</p>'
+    elif r.retake:
+        reasons = "".join(f"<li>{html.escape(x)}</li>" for x in (r.quality or {}).get("reasons", []))
         body = f'<span class="badge retake">{WORDING[RETAKE]}</span><ul>{reasons}</ul>'
     else:
-        pos = r.get("decision") == POSITIVE
-        label = WORDING[POSITIVE] if pos else WORDING[NEGATIVE]
-        img = (f'<img alt="radiograph with Grad-CAM heatmap" src="/img/{r["id"]}/gradcam.jpg">'
-               if r.get("heatmap") else "")
-        body = (f'{img}<p><span class="badge {"pos" if pos else "neg"}">{label}</span></p>'
-                f'<p>probability {r["probability"]:.3f} (threshold {r["threshold"]:.3f})</p>')
+        img = (f'<img alt="radiograph with Grad-CAM heatmap" src="/img/{r.id}/{filenames.GRADCAM}">'
+               if r.heatmap else "")
+        body = (f'{img}<p><span class="badge {"pos" if r.positive else "neg"}">{WORDING[r.decision]}</span></p>'
+                f'<p>probability {r.probability:.3f} (threshold {r.threshold:.3f})</p>')
     return f'<div class="card"><b>{name}</b><div class="small">{when}</div>{body}</div>'
 
 
@@ -69,34 +70,70 @@ def render(records: List[Dict], status: Sequence[str] = ()) -> str:
 
 class AppSite:
     """The phone app (device/webapp.py) for whichever bundle the service uses now: rebuilt in
-    memory when the bundle changes (an update), gzipped once per file."""
+    memory when the bundle changes (an update). Files are gzipped once per content, so a rebuild
+    for a new bundle re-compresses only the bundle's files, not the 14 MB runtime; a build that
+    fails is retried after RETRY_S, not on every request."""
+
+    RETRY_S = 30.0
 
     def __init__(self, bundle: Callable[[], object]):
         self._bundle = bundle
         self._lock = threading.Lock()
         self._digest: Optional[str] = None
         self._site = None
-        self._gz: Dict[str, bytes] = {}
+        self._gz: Dict[bytes, bytes] = {}  # sha256 of a file's content -> its gzip
+        self._failed: Optional[tuple] = None  # (digest, monotonic time, exception)
+
+    def _current(self):
+        import time
+
+        from .webapp import build_site
+        bundle = self._bundle()
+        if self._site is not None and bundle.digest == self._digest:
+            return self._site
+        if self._failed and self._failed[0] == bundle.digest and time.monotonic() - self._failed[1] < self.RETRY_S:
+            raise self._failed[2]
+        try:
+            site = build_site(bundle)
+        except Exception as exc:
+            self._failed = (bundle.digest, time.monotonic(), exc)
+            raise
+        self._site, self._digest, self._failed = site, bundle.digest, None
+        keep = {hashlib.sha256(c).digest() for c in site.files.values()}
+        self._gz = {k: v for k, v in self._gz.items() if k in keep}
+        return site
 
     def get(self, rel: str, gzip_ok: bool):
         """(content, content type, gzipped) or None when the app has no such file."""
         from .webapp import content_type, gzipped
 
         with self._lock:
-            bundle = self._bundle()
-            if self._site is None or bundle.digest != self._digest:
-                from .webapp import build_site
-                self._site, self._digest, self._gz = build_site(bundle), bundle.digest, {}
-            content = self._site.files.get(rel)
+            content = self._current().files.get(rel)
             if content is None:
                 return None
             if gzip_ok:
-                if rel not in self._gz:
-                    self._gz[rel] = gzipped(rel, content)
-                z = self._gz[rel]
+                key = hashlib.sha256(content).digest()
+                if key not in self._gz:
+                    self._gz[key] = gzipped(rel, content)
+                z = self._gz[key]
                 if z is not content:
                     return z, content_type(rel), True
             return content, content_type(rel), False
+
+
+def accepts_gzip(header: str) -> bool:
+    """Accept-Encoding names gzip (or *) with a q-value above 0."""
+    for part in header.split(","):
+        token, _, params = part.strip().partition(";")
+        if token.strip().lower() in ("gzip", "*"):
+            q = params.strip().lower()
+            if q.startswith("q="):
+                try:
+                    return float(q[2:]) > 0
+                except ValueError:
+                    return False
+            return True
+    return False
 
 
 # Cross-origin isolation, so the app's WASM runtime may use threads (SharedArrayBuffer).
@@ -128,7 +165,7 @@ def make_handler(ledger: Ledger, store: Path, status: Callable[[], Sequence[str]
                 self.end_headers()
                 return None
             rel = path[len("/app/"):] or "index.html"
-            gzip_ok = "gzip" in self.headers.get("Accept-Encoding", "")
+            gzip_ok = accepts_gzip(self.headers.get("Accept-Encoding", ""))
             try:
                 got = app.get(rel, gzip_ok)
             except Exception as exc:  # noqa: BLE001 - the results page must stay up whatever the app's state

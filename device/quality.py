@@ -18,7 +18,7 @@ from PIL import Image
 
 from .film import Flattened
 
-MIN_FILM_SIDE_PX = 300  # the film's shorter side in the photo (the model reads 128-224 px)
+MIN_FILM_SIDE_PX = 300  # the film's shorter side in the photo (a few times any model's input: 128 px for ours, 224 for the baselines)
 MIN_DETAIL = 0.03  # p99 |gradient| over the photo's brightness, see detail(): below it a photo is blank
 MAX_SATURATED = 0.5  # a blank photo with more than this share at the sensor's clip level is over-exposed
 MIN_LIGHTBOX_LEVEL = 0.3  # bare lightbox, as encoded

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
@@ -31,14 +32,31 @@ from edge_runtime.bundle import load_bundle, sha256_file
 from edge_runtime.cli import printable
 from edge_runtime.predictor import Predictor
 
+from . import filenames
 from .fileops import exclusive_lock, fsync_dir
-from .triage import triage_file, triage_photo
+from .triage import Triaged, triage_file, triage_photo
 
 LEDGER = "results.jsonl"
 log = logging.getLogger("fracture_edge.service")
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+
+@dataclass
+class Record(Triaged):
+    """What the service keeps for one input, one line of the results log: the answer, and where,
+    when and with which bundle it was read. `source` is the watched path (the decoder's size and
+    mode are not kept in the log)."""
+
+    id: Optional[str] = None  # sha256-based: the same bytes are read once
+    received_utc: Optional[str] = None
+    original: Optional[str] = None  # the copy in the store (or in quarantine)
+    demonstration_only: Optional[bool] = None
+    bundle_id: Optional[str] = None  # the bundle's digest, 16 hex digits
+    supersedes: Optional[str] = None  # the id of an earlier result for the same file name
+    quarantined: Optional[bool] = None
 
 
 class DiskFull(Exception):
@@ -282,7 +300,7 @@ class InProcessReader:
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
 
-    def triage(self, mode: str, original: Path, dest: Path, heat: Path, source: str = "") -> Dict:
+    def triage(self, mode: str, original: Path, dest: Path, heat: Path, source: str = "") -> Triaged:
         if mode == "film":
             return triage_photo(self.predictor, original, dest, heat)
         return triage_file(self.predictor, original, heat)
@@ -321,7 +339,7 @@ class WorkerReader:
         finally:
             sel.close()
 
-    def triage(self, mode: str, original: Path, dest: Path, heat: Path, source: str = "") -> Dict:
+    def triage(self, mode: str, original: Path, dest: Path, heat: Path, source: str = "") -> Triaged:
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         try:
@@ -336,7 +354,7 @@ class WorkerReader:
             hung = self.proc.poll() is None
             self.close()
             raise ReaderCrashed("the reader hung on this file" if hung else "the reader process died on this file")
-        return json.loads(line)
+        return Triaged.from_dict(json.loads(line))
 
     def close(self) -> None:
         if self.proc is not None:
@@ -495,17 +513,16 @@ class Service:
         os.replace(tmp, path)
         return counts.get(fid, 0)
 
-    def _quarantine(self, dest: Path, mode: str, original: Path, why: str) -> Dict:
+    def _quarantine(self, dest: Path, mode: str, original: Path, why: str) -> Record:
         """After MAX_ATTEMPTS crashes or hangs: a record, and the copy moved out of the store."""
         qdir = self.data / "quarantine"
         qdir.mkdir(mode=0o700, exist_ok=True)
         target = qdir / dest.name
         shutil.rmtree(target, ignore_errors=True)
         os.replace(dest, target)
-        return {"file": str(original), "mode": mode, "warnings": [], "quarantined": True,
-                "original": str(target / original.name),
-                "error": f"quarantined: reading this image failed {MAX_ATTEMPTS} times ({why}); "
-                         "it was moved to the quarantine folder and will not be tried again"}
+        return Record(file=str(original), mode=mode, quarantined=True, original=str(target / original.name),
+                      error=f"quarantined: reading this image failed {MAX_ATTEMPTS} times ({why}); "
+                            "it was moved to the quarantine folder and will not be tried again")
 
     def done(self, rid: str) -> bool:
         """Recorded already (the ledger's index answers; nothing grows in memory)."""
@@ -535,13 +552,13 @@ class Service:
         rid = path_id(path, st)
         if self.done(rid):
             return
-        self.ledger.append({"id": rid, "source": printable(str(path)), "file": printable(str(path)), "mode": "file",
-                            "error": reason, "warnings": [], "received_utc": _now()})
+        self.ledger.append(Record(file=printable(str(path)), id=rid, source=printable(str(path)), mode="file",
+                                  error=reason, received_utc=_now()).to_dict())
         log.warning("%s: %s", printable(str(path)), reason)
 
     # --- one file ---------------------------------------------------------------------------
 
-    def process(self, path: Path, mode: str, fid: str) -> Optional[Dict]:
+    def process(self, path: Path, mode: str, fid: str) -> Optional[Record]:
         """Copy into the store, answer, record. None when nothing could be recorded yet (the file
         vanished, or the disk is full: then it is tried again on a later scan)."""
         dest = self.store / fid
@@ -549,7 +566,7 @@ class Service:
             if dest.exists():
                 shutil.rmtree(dest)  # left by an interrupted run: start this image again
             dest.mkdir(mode=0o700, parents=True)
-            original = dest / f"original{path.suffix.lower()}"
+            original = dest / filenames.original(path.suffix)
             shutil.copyfile(path, original)
             os.chmod(original, 0o600)
         except FileNotFoundError:
@@ -562,10 +579,10 @@ class Service:
                 raise self._disk_full() from None
             self._refuse(path, f"cannot be copied: {exc.strerror or type(exc).__name__}")
             return None
-        heat = dest / "gradcam.jpg"
+        heat = dest / filenames.GRADCAM
         attempts = self._attempt(fid)
         try:
-            rec = self.reader.triage(mode, original, dest, heat, str(path))
+            rec = self.reader.triage(mode, original, dest, heat, str(path)).as_(Record)
         except ReaderUnavailable as exc:
             shutil.rmtree(dest, ignore_errors=True)
             self._attempt(fid, done=True)
@@ -578,27 +595,27 @@ class Service:
             rec = self._quarantine(dest, mode, original, str(exc))
         except Exception as exc:  # a bug on one image must not crash-loop the service on it
             log.exception("%s: internal error", printable(str(path)))
-            rec = {"file": str(original), "mode": mode, "internal_error": True,
-                   "error": f"internal error ({type(exc).__name__}); details in the service log", "warnings": []}
-        if rec.get("heatmap_errno") in DISK_FULL:  # the overlay hit a full disk: not final, try again later
+            rec = Record(file=str(original), mode=mode, internal_error=True,
+                         error=f"internal error ({type(exc).__name__}); details in the service log")
+        if rec.heatmap_errno in DISK_FULL:  # the overlay hit a full disk: not final, try again later
             shutil.rmtree(dest, ignore_errors=True)
             self._attempt(fid, done=True)
             raise self._disk_full()
-        rec.update(id=fid, source=printable(str(path)), original=str(rec.get("original", original)), received_utc=_now(),
-                   demonstration_only=self.bundle.demonstration_only,
-                   bundle_id=self.bundle.digest[:16])
+        rec.id, rec.source, rec.received_utc = fid, printable(str(path)), _now()
+        rec.original = rec.original or str(original)
+        rec.demonstration_only, rec.bundle_id = self.bundle.demonstration_only, self.bundle.digest[:16]
         previous = self.ledger.last_id_for(printable(str(path)))
         if previous and previous != fid:
-            rec["supersedes"] = previous  # the same file name, re-exported with new content
+            rec.supersedes = previous  # the same file name, re-exported with new content
         try:
-            self.ledger.append(rec)
+            self.ledger.append(rec.to_dict())
         except OSError as exc:
             if exc.errno in DISK_FULL:
                 raise self._disk_full() from None
             raise
         self._clear("disk")
         self._attempt(fid, done=True)
-        log.info("%s: %s", printable(str(path)), rec.get("decision") or ("retake" if rec.get("retake") else rec.get("error")))
+        log.info("%s: %s", printable(str(path)), rec.decision or rec.error)
         return rec
 
     def _load(self) -> None:

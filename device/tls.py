@@ -24,21 +24,52 @@ CA_DAYS = 3650
 CA_NAME = "fracture-edge clinic device CA"
 
 
-def local_names(host: str) -> List[str]:
-    """Names and addresses a phone may use for this device: the --host address, this machine's
-    LAN address (the one its default route leaves by; no packet is sent), its hostname and .local."""
-    names = {"localhost", "127.0.0.1"}
+def interface_addresses() -> List[str]:
+    """Every IPv4 address of this machine's interfaces (Linux), loopback included: a clinic LAN
+    without internet has no default route to find the LAN address by."""
+    out = []
+    try:
+        import fcntl
+        import struct
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _, name in socket.if_nameindex():
+                try:
+                    packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name[:15].encode()))  # SIOCGIFADDR
+                    out.append(socket.inet_ntoa(packed[20:24]))
+                except OSError:  # an interface without an IPv4 address
+                    continue
+    except (ImportError, OSError, AttributeError):
+        pass
+    return out
+
+
+def _normal(name: str) -> str:
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        return name.lower()
+
+
+def local_names(host: str, extra: Iterable[str] = ()) -> List[str]:
+    """Names and addresses a phone may use for this device: the --host address, every interface's
+    address, its hostname and hostname.local, and any `extra` (serve --tls-name)."""
+    names = {"localhost", "127.0.0.1", *interface_addresses(), *extra}
     if host not in ("", "0.0.0.0", "::"):
         names.add(host)
     hostname = socket.gethostname()
     names.update({hostname, f"{hostname}.local"})
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))  # TEST-NET address: connect() on UDP only picks a route
-            names.add(s.getsockname()[0])
-    except OSError:
-        pass
-    return sorted(names)
+    return sorted({_normal(n) for n in names if n})
+
+
+def has_lan_address(names: Iterable[str]) -> bool:
+    for n in names:
+        try:
+            ip = ipaddress.ip_address(n)
+        except ValueError:
+            continue
+        if not ip.is_loopback:
+            return True
+    return False
 
 
 def _san(names: Iterable[str]):
@@ -76,6 +107,36 @@ def _load(folder: Path):
     return ca, ca_key
 
 
+# The CA may vouch only for addresses and names of a local network: were its key taken from the
+# device, it could not be used to impersonate any public site to the phones that trust it.
+PERMITTED_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
+                      "100.64.0.0/10", "fc00::/7", "fe80::/10", "::1/128")
+PERMITTED_DNS = ("local", "localhost", "lan", "home.arpa", "internal")
+
+
+def _constraints(extra_dns: Iterable[str]):
+    from cryptography import x509
+    dns = sorted({*PERMITTED_DNS, *(d for d in extra_dns if d)})
+    return x509.NameConstraints(
+        permitted_subtrees=[x509.IPAddress(ipaddress.ip_network(n)) for n in PERMITTED_NETWORKS]
+        + [x509.DNSName(d) for d in dns], excluded_subtrees=None)
+
+
+def outside_constraints(names: Iterable[str]) -> List[str]:
+    """Names the device's CA may not vouch for (phones would refuse them)."""
+    bad = []
+    for n in names:
+        try:
+            ip = ipaddress.ip_address(n)
+            if not any(ip in ipaddress.ip_network(net) for net in PERMITTED_NETWORKS):
+                bad.append(n)
+        except ValueError:
+            allowed = (*PERMITTED_DNS, socket.gethostname().lower())
+            if not any(n == d or n.endswith("." + d) for d in allowed):
+                bad.append(n)
+    return bad
+
+
 def _make_ca(folder: Path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -88,6 +149,7 @@ def _make_ca(folder: Path):
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_constraints([socket.gethostname()]), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)

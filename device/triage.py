@@ -9,6 +9,7 @@ reader goes straight to the runtime.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -17,15 +18,29 @@ from PIL import Image
 
 from edge_runtime.errors import ImageReadError
 from edge_runtime.imageio import DecodedImage
+from edge_runtime.labels import RETAKE
 from edge_runtime.predictor import Predictor
 from edge_runtime.preprocess import window
+from edge_runtime.result import Result
 
 from . import quality
+from .filenames import FLAT_SUFFIX
 from .film import FilmNotFound, Flattened, flatten_film
 from .film_finder import working_copy
 from .photo import GRAYSCALE_MODES, chroma_spread, open_photo
 
-FLAT_SUFFIX = "_flat.png"
+
+
+@dataclass
+class Triaged(Result):
+    """A Result as the film path and the service see it: how the input was read, and for a photo
+    of film the gate's verdict (a refused photo: decision RETAKE, reasons, no probability)."""
+
+    mode: Optional[str] = None  # "film" (a photo of film on a lightbox) or "file" (a radiograph file)
+    retake: Optional[bool] = None
+    quality: Optional[Dict[str, Any]] = None  # Quality.to_dict(): ok, reasons, codes, metrics
+    film: Optional[Dict[str, Any]] = None  # corners, notes, short_side_px
+    flattened: Optional[str] = None  # the flattened film kept (--keep, the service's store)
 
 
 def display_image(flat: Flattened) -> np.ndarray:
@@ -52,55 +67,50 @@ def read_film(photo) -> Dict[str, Any]:
 
 
 def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
-                 heatmap_path: Optional[Path] = None, stem: Optional[str] = None) -> Dict[str, Any]:
+                 heatmap_path: Optional[Path] = None, stem: Optional[str] = None) -> Triaged:
     """`stem` names the kept flattened image (default: the photo's own name)."""
     path = Path(path)
-    rec: Dict[str, Any] = {"file": str(path), "mode": "film", "model": predictor.bundle.model_name,
-                           "threshold": predictor.threshold}
+    rec = Triaged(file=str(path), mode="film", model=predictor.bundle.model_name, threshold=predictor.threshold)
     t_all = t0 = time.perf_counter()
     try:
         photo = open_photo(path)
     except ImageReadError as exc:
-        rec.update(error=exc.reason, warnings=[])
+        rec.error = exc.reason
         return rec
     timings = {"decode": _ms(t0)}
     t0 = time.perf_counter()
     got = read_film(photo)
     timings["film"] = _ms(t0)  # checks, finding, flattening and the gate
     q, flat = got["quality"], got["flat"]
-    rec["quality"] = q.to_dict()
+    rec.quality = q.to_dict()
     if flat is not None:
-        rec["film"] = {"corners": np.round(flat.corners, 1).tolist(), "notes": flat.notes,
-                       "short_side_px": round(flat.film_short_side_px, 1)}
+        rec.film = {"corners": np.round(flat.corners, 1).tolist(), "notes": flat.notes,
+                    "short_side_px": round(flat.film_short_side_px, 1)}
         if keep_dir is not None:
             t0 = time.perf_counter()
             keep_dir.mkdir(parents=True, exist_ok=True)
             flat_path = keep_dir / f"{stem or path.stem}{FLAT_SUFFIX}"
             Image.fromarray((display_image(flat) * 255.0 + 0.5).astype(np.uint8)).save(flat_path, compress_level=1)
-            rec["flattened"] = str(flat_path)
+            rec.flattened = str(flat_path)
             timings["keep"] = _ms(t0)
     if not q.ok:
         timings["total"] = _ms(t_all)
-        rec.update(retake=True, decision="retake", warnings=[], timings_ms=timings)
+        rec.retake, rec.decision, rec.timings_ms = True, RETAKE, timings
         return rec
     decoded = DecodedImage(flat.pixels, f"film photo ({photo.source_mode})", photo.original_size, [])
     result = predictor.predict_pixels(decoded, path, heatmap_path, lambda: display_image(flat))
-    if result.get("error"):  # the film itself holds nothing to read (blank, flat)
-        blank = quality.reason("blank_film", why=result["error"])
-        q = quality.Quality(False, [blank], q.metrics)
+    if result.error:  # the film itself holds nothing to read (blank, flat)
+        blank = quality.reason("blank_film", why=result.error)
+        rec.quality = quality.Quality(False, [blank], q.metrics).to_dict()
         timings["total"] = _ms(t_all)
-        rec.update(quality=q.to_dict(), retake=True, decision="retake", warnings=[], timings_ms=timings)
+        rec.retake, rec.decision, rec.timings_ms = True, RETAKE, timings
         return rec
-    result.update(mode="film", retake=False, quality=rec["quality"], film=rec["film"])
-    if "flattened" in rec:
-        result["flattened"] = rec["flattened"]
-    if "timings_ms" in result:
-        model_ms = {k: v for k, v in result["timings_ms"].items() if k != "total"}
-        result["timings_ms"] = {**timings, **model_ms, "total": _ms(t_all)}
-    return result
+    out = result.as_(Triaged, mode="film", retake=False, quality=rec.quality, film=rec.film, flattened=rec.flattened)
+    if result.timings_ms is not None:
+        model_ms = {k: v for k, v in result.timings_ms.items() if k != "total"}
+        out.timings_ms = {**timings, **model_ms, "total": _ms(t_all)}
+    return out
 
 
-def triage_file(predictor: Predictor, path: Path, heatmap_path: Optional[Path] = None) -> Dict[str, Any]:
-    rec = predictor.predict_file(path, heatmap_path)
-    rec["mode"] = "file"
-    return rec
+def triage_file(predictor: Predictor, path: Path, heatmap_path: Optional[Path] = None) -> Triaged:
+    return predictor.predict_file(path, heatmap_path).as_(Triaged, mode="file")

@@ -36,6 +36,7 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; c
                  ".f32": "application/octet-stream", ".png": "image/png"}
 COMPRESSIBLE = (".html", ".js", ".mjs", ".css", ".json", ".webmanifest", ".wasm", ".onnx", ".f32")
 THEME = "#1d3557"
+MARKER = ".fracture-edge-webapp"  # in a written site: only such a folder is replaced by a new build
 
 
 class WebAppError(RuntimeError):
@@ -180,7 +181,8 @@ def build_site(bundle: Optional[Bundle] = None, trusted_key: Optional[Path] = No
     from edge_runtime.signature import SIGNATURE
     if (bundle.root / SIGNATURE).is_file():
         files[f"bundle/{SIGNATURE}"] = (bundle.root / SIGNATURE).read_bytes()
-    config = app_config(bundle, _trusted_key_b64(trusted_key))
+    build = hashlib.sha256(b"".join(hashlib.sha256(files[rel]).digest() for rel in sorted(files))).hexdigest()[:16]
+    config = {**app_config(bundle, _trusted_key_b64(trusted_key)), "APP_BUILD": build}  # the app's own files
     files["config.json"] = (json.dumps(config, indent=1, ensure_ascii=False) + "\n").encode()
     files["manifest.webmanifest"] = _web_manifest(bundle)
     files["icon-192.png"], files["icon-512.png"] = _icon(192), _icon(512)
@@ -188,9 +190,11 @@ def build_site(bundle: Optional[Bundle] = None, trusted_key: Optional[Path] = No
     for rel in sorted(files):
         h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
     version = h.hexdigest()[:16]
-    cached = ["./"] + sorted(files)
+    # Every file with its sha256 ("./" is index.html, as the server answers it)
+    cached = {"./": hashlib.sha256(files["index.html"]).hexdigest(),
+              **{rel: hashlib.sha256(files[rel]).hexdigest() for rel in sorted(files)}}
     sw = (src / "sw.js").read_text(encoding="utf-8")
-    sw = sw.replace('"__VERSION__"', json.dumps(version)).replace("__FILES__", json.dumps(cached))
+    sw = sw.replace('"__VERSION__"', json.dumps(version)).replace("__FILES__", json.dumps(cached, indent=0))
     files["sw.js"] = sw.encode()
     return Site(files, version, artifact)
 
@@ -198,9 +202,9 @@ def build_site(bundle: Optional[Bundle] = None, trusted_key: Optional[Path] = No
 def write_site(site: Site, out: Path, overwrite: bool = False) -> Path:
     """Write the site (and .gz copies) to `out`, replacing it whole: never a mix of two builds."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        if not (out / "sw.js").is_file():
-            raise WebAppError(f"{out} is not empty and holds no earlier build of the app: choose an empty folder")
+    if out.exists() and any(out.iterdir()) and not overwrite and not (out / MARKER).is_file():
+        raise WebAppError(f"{out} is not empty and holds no earlier build of the app: choose an empty folder "
+                          "(or --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -211,6 +215,7 @@ def write_site(site: Site, out: Path, overwrite: bool = False) -> Path:
             z = gzipped(rel, content)
             if z is not content:
                 (tmp / f"{rel}.gz").write_bytes(z)
+        (tmp / MARKER).write_text(f"{site.version}\n")
         os.chmod(tmp, 0o755)
         if out.exists():
             old = out.with_name(f".{out.name}.old")

@@ -53,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from edge_runtime.predictor import Predictor
 
-    from .triage import triage_file, triage_photo
+    from .triage import Triaged, triage_file, triage_photo
 
     faults = dict(f.split(":", 1) for f in os.environ.get(FAULT_ENV, "").split(",") if ":" in f)
     if faults.get("nostart"):
@@ -73,14 +73,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 rec = triage_file(predictor, original, heat)
         except MemoryError:
-            rec = {"file": str(original), "mode": task["mode"], "warnings": [],
-                   "error": "too large to read within the memory this device allows"}
+            rec = Triaged(file=str(original), mode=task["mode"],
+                          error="too large to read within the memory this device allows")
         except Exception as exc:  # noqa: BLE001 - one image must not end the reader
             import traceback
             traceback.print_exc(file=sys.stderr)  # to the service's log, never into the record
-            rec = {"file": str(original), "mode": task["mode"], "internal_error": True, "warnings": [],
-                   "error": f"internal error ({type(exc).__name__}); details in the service log"}
-        print(json.dumps(rec), flush=True)
+            rec = Triaged(file=str(original), mode=task["mode"], internal_error=True,
+                          error=f"internal error ({type(exc).__name__}); details in the service log")
+        print(json.dumps(rec.to_dict()), flush=True)
     return 0
 
 

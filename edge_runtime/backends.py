@@ -16,9 +16,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .bundle import Artifact, Bundle, BundleError
+from .environment import held_stderr, package_version
 
 # Preference order for `auto`: LiteRT int8 measured fastest here (docs/benchmarks.md); ARM is owed.
 BACKENDS = ("litert", "tflite", "onnx")
+BACKEND_CHOICES = ("auto",) + BACKENDS  # what every --backend flag accepts
 _MODULE = {"litert": "ai_edge_litert.interpreter", "tflite": "tflite_runtime.interpreter",
            "onnx": "onnxruntime"}
 _FORMAT = {"litert": "tflite", "tflite": "tflite", "onnx": "onnx"}
@@ -40,11 +42,7 @@ def installed_backends() -> List[str]:
 
 
 def backend_version(name: str) -> Optional[str]:
-    try:
-        from importlib.metadata import version
-        return version({"litert": "ai-edge-litert", "tflite": "tflite-runtime", "onnx": "onnxruntime"}[name])
-    except Exception:  # not installed, or installed without metadata
-        return None
+    return package_version({"litert": "ai-edge-litert", "tflite": "tflite-runtime", "onnx": "onnxruntime"}[name])
 
 
 def choose(bundle: Bundle, backend: str = "auto", artifact: Optional[str] = None) -> Tuple[str, Artifact]:
@@ -87,6 +85,11 @@ def _roles_by_shape(shapes: Sequence[Tuple[int, ...]], expected: Dict[str, Dict]
 class TFLiteSession:
     def __init__(self, backend: str, artifact: Artifact, outputs: Dict[str, Dict], threads: Optional[int],
                  content: bytes):
+        with held_stderr():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" on every load
+            self._load(backend, artifact, outputs, threads, content)
+
+    def _load(self, backend: str, artifact: Artifact, outputs: Dict[str, Dict], threads: Optional[int],
+              content: bytes) -> None:
         module = importlib.import_module(_MODULE[backend])
         self._content = content  # the interpreter reads the model from this buffer: keep it alive
         self.delegate = "default (XNNPACK)"

@@ -12,11 +12,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
-from .backends import BACKENDS, BackendError, backend_version, installed_backends
+from .backends import BACKEND_CHOICES, BACKENDS, BackendError, backend_version, installed_backends
 from .bundle import ENV_VAR, BundleError, default_bundle_dir, load_bundle
 from .labels import DISCLAIMER, SHORT
+from .result import Result
 from .signature import SIGNATURE
 
 EXIT_OK, EXIT_REFUSED, EXIT_UNUSABLE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -39,11 +40,11 @@ def thread_count(text: str) -> int:
     return n
 
 
-def exit_status(records) -> int:
-    """0 all answered, 1 some refused, 3 any internal error (worst wins)."""
-    if any(r.get("internal_error") for r in records):
+def exit_status(records: Sequence[Result]) -> int:
+    """0 all answered, 1 some refused (unreadable, or a photo to retake), 3 any internal error (worst wins)."""
+    if any(r.internal_error for r in records):
         return EXIT_INTERNAL
-    return EXIT_REFUSED if any(r.get("error") for r in records) else EXIT_OK
+    return EXIT_REFUSED if any(r.error or r.retake_asked for r in records) else EXIT_OK
 
 
 def check_output_dir(path: Optional[Path], what: str) -> Optional[str]:
@@ -59,19 +60,18 @@ def check_output_dir(path: Optional[Path], what: str) -> Optional[str]:
     return None
 
 
-def _human(rec) -> str:
-    rec = {**rec, "file": printable(rec["file"])}
-    if rec.get("error"):
-        return f"{rec['file']}: ERROR {rec['error']}"
-    flag = SHORT[rec["decision"]]
-    t = rec["timings_ms"]
-    line = (f"{rec['file']}: p={rec['probability']:.3f} (threshold {rec['threshold']:.3f}) {flag}"
+def _human(rec: Result) -> str:
+    name = printable(rec.file)
+    if rec.error:
+        return f"{name}: ERROR {rec.error}"
+    t = rec.timings_ms
+    line = (f"{name}: p={rec.probability:.3f} (threshold {rec.threshold:.3f}) {SHORT[rec.decision]}"
             f"  [{t['total']:.1f} ms: decode {t['decode']:.1f}, inference {t['inference']:.1f}"
             + (f", Grad-CAM {t['gradcam']:.2f}" if "gradcam" in t else "") + "]")
-    for w in rec.get("warnings", []):
+    for w in rec.warnings:
         line += f"\n    warning: {w}"
-    if rec.get("heatmap"):
-        line += f"\n    heatmap: {printable(rec['heatmap'])}"
+    if rec.heatmap:
+        line += f"\n    heatmap: {printable(rec.heatmap)}"
     return line
 
 
@@ -92,8 +92,8 @@ def _predict(args) -> int:
               f"{DISCLAIMER}", file=sys.stderr)
     records = []
     for rec in predictor.predict_files(args.files, args.heatmap):
-        records.append({"error": rec.get("error"), "internal_error": rec.get("internal_error")})
-        print(json.dumps(rec) if args.json else _human(rec), flush=True)
+        records.append(Result(rec.file, error=rec.error, internal_error=rec.internal_error))  # not the pixels' timings
+        print(json.dumps(rec.to_dict()) if args.json else _human(rec), flush=True)
     return exit_status(records)
 
 
@@ -132,15 +132,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("predict", parents=[common], help="fracture probability for image files",
                        description="Predict each FILE (JPEG, PNG 8/16-bit, TIFF, BMP, DICOM). A file that "
                                    "cannot be read gets an error record and the batch goes on.")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="image files to read (a batch goes on past bad ones)")
     p.add_argument("--heatmap", type=Path, metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per file here")
     p.add_argument("--threads", type=thread_count, default=None, help="interpreter threads, 1-64 (default: the interpreter's)")
-    p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS,
-                   help="interpreter; auto = the first installed of " + ", ".join(BACKENDS))
-    p.add_argument("--artifact", help="model file to run, by manifest key (default: the int8 one for the backend)")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="interpreter (default: %(default)s, the first installed of " + ", ".join(BACKENDS) + ")")
+    p.add_argument("--artifact", help="model file to run, by manifest key (default: the bundle's default for the backend)")
     p.add_argument("--no-gradcam", action="store_true", help="skip the heatmap")
     p.set_defaults(func=_predict)
-    i = sub.add_parser("info", parents=[common], help="verify a bundle and show what it holds")
+    i = sub.add_parser("info", parents=[common], help="verify a bundle and show what it holds",
+                       description="Verify a bundle as predict would (manifest digest, schema, status, signature where "
+                                   "a trusted key is configured, every file's sha256) and show its model, threshold, "
+                                   "artifacts, data and the interpreters installed here. Exit 2 if it is refused.")
     i.add_argument("--self-test", action="store_true",
                    help="also answer the bundle's self-test images and compare with export's answers (exit 1 if they differ)")
     i.set_defaults(func=_info)

@@ -171,7 +171,7 @@ def read_grayscale(path: Union[str, Path], draft_size: Optional[Tuple[int, int]]
 
     `draft_size` lets a JPEG decode at a reduced DCT scale (never below that size), and other
     formats be box-reduced likewise, which is several times faster for full-size radiographs that
-    are shrunk to 128 px anyway.
+    are shrunk to the model's input size anyway.
     """
     path = Path(path)
     check_input_file(path)

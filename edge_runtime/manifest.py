@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from .labels import POSITIVE
 from .preprocess import PreprocessSpec
 
 FORMAT = "fracture-edge-bundle"
@@ -99,7 +100,7 @@ def _file_name(v: Any, where: str) -> str:
 class Decision:
     threshold: float
     rule: str = ""
-    positive_class: str = "fractured"
+    positive_class: str = POSITIVE  # what p >= threshold means; read, and checked against this runtime's labels
 
     @classmethod
     def from_dict(cls, d: Any) -> "Decision":
@@ -109,7 +110,10 @@ class Decision:
               "decision.threshold", f"expected a finite number strictly between 0 and 1, got {t!r:.40}")
         rule = d.get("rule", "")
         _need(isinstance(rule, str), "decision.rule", "expected a string")
-        return cls(float(t), rule, _str(d, "positive_class", "decision") if "positive_class" in d else "fractured")
+        positive = _str(d, "positive_class", "decision") if "positive_class" in d else POSITIVE
+        _need(positive == POSITIVE, "decision.positive_class",
+              f"this runtime's models answer P({POSITIVE}), the manifest says P({positive[:40]!r})")
+        return cls(float(t), rule, positive)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"threshold": self.threshold, "rule": self.rule, "positive_class": self.positive_class}

@@ -24,6 +24,7 @@ from .dicom import read_dicom
 from .imageio import DecodedImage, read_grayscale
 from .inputs import read_image
 from .labels import NEGATIVE, POSITIVE
+from .result import Result
 from .overlay import save_overlay
 from .preprocess import content_box, content_problem, merge_maps, normalize_intensity, resize_input, views
 
@@ -98,17 +99,19 @@ class Predictor:
             timings["gradcam"] = _ms(t0)
         return p, raw
 
-    def predict_file(self, path: Union[str, Path], heatmap_path: Optional[Path] = None) -> Dict[str, Any]:
+    def predict_file(self, path: Union[str, Path], heatmap_path: Optional[Path] = None) -> Result:
         path = Path(path)
         t0 = time.perf_counter()
         try:
             decoded = read_image(path, self.spec)
         except ImageReadError as exc:
-            return {**self._header(path), "error": exc.reason, "warnings": []}
+            rec = self._header(path)
+            rec.error = exc.reason
+            return rec
         decode_ms = _ms(t0)
 
         def display() -> np.ndarray:
-            # The model's decode is reduced to ~128 px; a readable overlay needs more, and
+            # The model's decode is reduced to about its input size; a readable overlay needs more, and
             # decoding bigger for everyone would change what the model sees. Only with --heatmap;
             # if the bigger decode is refused (its memory bound) the model's pixels are drawn.
             if max(decoded.pixels.shape) >= OVERLAY_SIDE:
@@ -121,12 +124,12 @@ class Predictor:
                 return decoded.pixels
 
         rec = self.predict_pixels(decoded, path, heatmap_path, display, t_start=t0)
-        if "timings_ms" in rec:
-            rec["timings_ms"] = {"decode": decode_ms, **rec["timings_ms"]}
+        if rec.timings_ms is not None:
+            rec.timings_ms = {"decode": decode_ms, **rec.timings_ms}
         return rec
 
     def predict_pixels(self, decoded: DecodedImage, name: Union[str, Path], heatmap_path: Optional[Path] = None,
-                       display: Optional[Callable[[], np.ndarray]] = None, t_start: Optional[float] = None) -> Dict[str, Any]:
+                       display: Optional[Callable[[], np.ndarray]] = None, t_start: Optional[float] = None) -> Result:
         """One decoded image (a file's pixels, or a flattened film) -> its result record."""
         rec = self._header(name)
         t_all = t_start if t_start is not None else time.perf_counter()
@@ -135,17 +138,17 @@ class Predictor:
         small = resize_input(decoded.pixels, self.spec)
         problem = content_problem(small)
         if problem:
-            rec.update(error=problem, warnings=list(decoded.warnings))
+            rec.error, rec.warnings = problem, list(decoded.warnings)
             return rec
         x = normalize_intensity(small, self.spec)[:, :, None]
         timings["preprocess"] = _ms(t0)
         p, raw = self.answer(x, timings)
-        rec.update(probability=round(p, 6), decision=POSITIVE if p >= self.threshold else NEGATIVE,
-                   source={"mode": decoded.source_mode, "width": decoded.source_size[0],
-                           "height": decoded.source_size[1]},
-                   warnings=list(decoded.warnings))
+        rec.probability = round(p, 6)
+        rec.decision = POSITIVE if p >= self.threshold else NEGATIVE
+        rec.source = {"mode": decoded.source_mode, "width": decoded.source_size[0], "height": decoded.source_size[1]}
+        rec.warnings = list(decoded.warnings)
         if self.spec.n_views > 1:
-            rec["views"] = self.spec.n_views
+            rec.views = self.spec.n_views
         if raw is not None:
             peak = float(raw.max())
             heat = raw / peak if peak > 0 else np.zeros_like(raw)
@@ -153,17 +156,17 @@ class Predictor:
                 t0 = time.perf_counter()
                 try:
                     base = display() if display is not None else decoded.pixels
-                    rec["heatmap"] = str(save_overlay(heatmap_path, base, self._on_image(heat, decoded.pixels.shape),
+                    rec.heatmap = str(save_overlay(heatmap_path, base, self._on_image(heat, decoded.pixels.shape),
                                                       max_side=OVERLAY_SIDE, probability=p, threshold=self.threshold))
                 except (OSError, ImageReadError) as exc:  # a full disk, or the file changed under us
-                    rec["warnings"].append(f"heatmap not written ({getattr(exc, 'reason', None) or exc})")
+                    rec.warnings.append(f"heatmap not written ({getattr(exc, 'reason', None) or exc})")
                     if isinstance(exc, OSError) and exc.errno:
-                        rec["heatmap_errno"] = exc.errno  # the service retries a full disk later
+                        rec.heatmap_errno = exc.errno  # the service retries a full disk later
                 timings["overlay"] = _ms(t0)
         elif heatmap_path is not None:
-            rec["warnings"].append("this bundle has no Grad-CAM head: no heatmap")
+            rec.warnings.append("this bundle has no Grad-CAM head: no heatmap")
         timings["total"] = _ms(t_all)
-        rec["timings_ms"] = timings
+        rec.timings_ms = timings
         return rec
 
     def _on_image(self, heat: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
@@ -177,29 +180,31 @@ class Predictor:
         top, left, nh, nw = content_box(shape, self.spec)
         return full[top:top + nh, left:left + nw]
 
-    def _header(self, name: Union[str, Path]) -> Dict[str, Any]:
-        return {"file": str(name), "model": self.bundle.model_name, "backend": self.backend,
-                "artifact": self.artifact, "threshold": self.threshold}
+    def _header(self, name: Union[str, Path]) -> Result:
+        return Result(file=str(name), model=self.bundle.model_name, backend=self.backend, artifact=self.artifact,
+                      threshold=self.threshold)
 
     def predict_files(self, paths: Iterable[Union[str, Path]],
-                      heatmap_dir: Optional[Path] = None) -> Iterator[Dict[str, Any]]:
+                      heatmap_dir: Optional[Path] = None) -> Iterator[Result]:
         stems = UniqueStems()
         for p in paths:
             target = Path(heatmap_dir) / f"{stems.take(p)}_gradcam.jpg" if heatmap_dir is not None else None
             yield self.predict_file_safely(p, target)
 
-    def predict_file_safely(self, path: Union[str, Path], heatmap_path: Optional[Path] = None) -> Dict[str, Any]:
+    def predict_file_safely(self, path: Union[str, Path], heatmap_path: Optional[Path] = None) -> Result:
         """predict_file, with any failure of ours turned into that file's record."""
         try:
             return self.predict_file(path, heatmap_path)
         except MemoryError:
-            return {**self._header(path), "error": "out of memory while reading this file",
-                    "internal_error": True, "warnings": []}
+            rec = self._header(path)
+            rec.error, rec.internal_error = "out of memory while reading this file", True
+            return rec
         except Exception as exc:  # noqa: BLE001 - one file must never end the batch
             return internal_error_record(self._header(path), exc)
 
 
-def internal_error_record(header: Dict[str, Any], exc: BaseException) -> Dict[str, Any]:
+def internal_error_record(rec: Result, exc: BaseException) -> Result:
     """Only the exception's type: its text may quote a file's content (a DICOM tag value)."""
-    return {**header, "error": f"internal error ({type(exc).__name__}) on this file; please report it",
-            "internal_error": True, "warnings": []}
+    rec.error = f"internal error ({type(exc).__name__}) on this file; please report it"
+    rec.internal_error, rec.warnings = True, []
+    return rec

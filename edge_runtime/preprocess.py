@@ -182,7 +182,7 @@ def content_problem(x: np.ndarray) -> Optional[str]:
     if hi - lo < MIN_CONTRAST:
         return f"blank image: no contrast (gray levels {lo:.3f}-{hi:.3f}); nothing to read"
     h, w = x.shape
-    b = max(4, min(8, min(h, w) // 8))  # 8 x 8 blocks at the model's 128 px; 4 x 4 for tiny inputs
+    b = max(4, min(8, min(h, w) // 8))  # 8 x 8 blocks from 64 px up (a 128 px input: 16 x 16 of them); 4 x 4 for tiny inputs
     blocks = x[:h - h % b, :w - w % b].reshape(h // b, b, w // b, b).mean(axis=(1, 3))
     ratio = float(blocks.std() / (x.std() + 1e-9))
     if ratio < MIN_STRUCTURE:

@@ -48,9 +48,9 @@ def probabilities(predictor) -> List[float]:
     for i in range(N_IMAGES):
         img = image(i)
         rec = predictor.predict_pixels(DecodedImage(img, "selftest", (img.shape[1], img.shape[0])), f"selftest_{i}")
-        if rec.get("error"):
-            raise RuntimeError(f"self-test image {i} was refused: {rec['error']}")
-        out.append(float(rec["probability"]))
+        if rec.error:
+            raise RuntimeError(f"self-test image {i} was refused: {rec.error}")
+        out.append(float(rec.probability))
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from train.data import Record
+from fracdata.data import Record
 
 DEFAULT_SIZE = 200
 

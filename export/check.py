@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from train.metrics import auc, sens_spec
+from train.reference import auc, sens_spec
 
 GRADCAM_FLOAT_TOLERANCE = 1e-3
 

@@ -9,26 +9,52 @@ from_keras fails on Keras 3 models. Both int8 paths calibrate on the same images
 
 from __future__ import annotations
 
+import difflib
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fracdata.console import native_noise_filtered
+
 ONNX_OPSET = 17
-# key -> (format, precision); the first three are what the issue requires, the others extra rows.
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    format: str  # tflite | onnx (edge_runtime.manifest.ARTIFACT_FORMATS)
+    precision: str  # int8 | float32 | float16 (edge_runtime.manifest.PRECISIONS)
+    file: str  # its file name in the bundle
+
+
+# The formats export writes, as one table: key -> format, precision, file. The first three are what
+# the issue requires (DEFAULT_ARTIFACTS), the others extra rows.
 ARTIFACTS = {
-    "tflite_int8": ("tflite", "int8"),
-    "onnx_float": ("onnx", "float32"),
-    "onnx_int8": ("onnx", "int8"),
-    "tflite_float": ("tflite", "float32"),
-    "tflite_float16": ("tflite", "float16"),
+    "tflite_int8": ArtifactKind("tflite", "int8", "model_int8.tflite"),
+    "onnx_float": ArtifactKind("onnx", "float32", "model_float.onnx"),
+    "onnx_int8": ArtifactKind("onnx", "int8", "model_int8.onnx"),
+    "tflite_float": ArtifactKind("tflite", "float32", "model_float.tflite"),
+    "tflite_float16": ArtifactKind("tflite", "float16", "model_float16.tflite"),
 }
 DEFAULT_ARTIFACTS = ("tflite_int8", "onnx_float", "onnx_int8")
-FILE_NAMES = {"tflite_int8": "model_int8.tflite", "onnx_float": "model_float.onnx",
-              "onnx_int8": "model_int8.onnx", "tflite_float": "model_float.tflite",
-              "tflite_float16": "model_float16.tflite"}
+
+
+def parse_artifacts(text: str) -> List[str]:
+    """A comma list of artifact keys; ValueError naming each unknown key and the closest known one."""
+    keys = [a.strip() for a in text.split(",") if a.strip()]
+    if not keys:
+        raise ValueError(f"no artifacts given; choose from {', '.join(ARTIFACTS)}")
+    bad = []
+    for k in keys:
+        if k not in ARTIFACTS:
+            close = difflib.get_close_matches(k, list(ARTIFACTS), n=1)
+            bad.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if bad:
+        raise ValueError(f"unknown artifacts {', '.join(bad)}; choose from {', '.join(ARTIFACTS)}")
+    return keys
 
 
 def serving_model(model, feature_layer: Optional[str], hidden_layer: Optional[str]):
@@ -79,7 +105,8 @@ def to_tflite(saved_model: Path, precision: str, calibration: Optional[np.ndarra
     elif precision == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
-    return conv.convert()
+    with native_noise_filtered():  # the calibrator prints its settings to stderr
+        return conv.convert()
 
 
 def to_onnx_float(saved_model: Path, outputs: Dict[str, Dict[str, List[int]]], path: Path) -> Path:
@@ -145,11 +172,11 @@ def write_artifacts(keys: Sequence[str], serving, out_dir: Path,
         onnx_float: Optional[Path] = None
         for key in order:
             t0 = time.time()
-            fmt, precision = ARTIFACTS[key]
-            path = out_dir / FILE_NAMES[key]
-            if fmt == "tflite":
-                path.write_bytes(to_tflite(saved, precision, calibration if precision == "int8" else None))
-            elif precision == "float32":
+            kind = ARTIFACTS[key]
+            path = out_dir / kind.file
+            if kind.format == "tflite":
+                path.write_bytes(to_tflite(saved, kind.precision, calibration if kind.precision == "int8" else None))
+            elif kind.precision == "float32":
                 onnx_float = to_onnx_float(saved, outputs, path)
             else:
                 source = onnx_float or to_onnx_float(saved, outputs, Path(tmp) / "float.onnx")

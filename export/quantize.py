@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from train.data import DataError
+from fracdata.data import DataError
+
+from .errors import ExportError
 
 DEFAULT_OUT = Path("runs/export")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from train.models import PAPER_MODELS
+
     from .check import Tolerances
     from .convert import ARTIFACTS, DEFAULT_ARTIFACTS
 
@@ -34,15 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m export.quantize", description=__doc__.split("\n\n")[0],
                                  epilog="Tolerance defaults are justified in export/check.py and the README.")
     ap.add_argument("sources", nargs="*", type=Path, metavar="SOURCE",
-                    help="run directory, folder of run directories, or MODEL.keras (with --split); "
-                         "default: the committed reference model")
+                    help="run directory, folder of run directories, or MODEL.keras (with --split) "
+                         "(default: the committed reference model)")
     ap.add_argument("--model", help="pick runs by name from the sources: NAME[,NAME...] or 'all' "
-                                    "(the paper's four: custom_cnn, efficientnetb0, mobilenetv2, resnet50)")
-    ap.add_argument("--split", type=Path, help="split file for a bare .keras model")
+                                    f"(the paper's four: {', '.join(PAPER_MODELS)}) (default: every run found)")
+    ap.add_argument("--split", type=Path,
+                    help="split file for a bare .keras model (default: none; a run directory has its own)")
     ap.add_argument("--data", help="data folder or 'phantom' (default: what the run was trained on)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
                     help=f"bundle folder for one model; for several, one subfolder each (default: {DEFAULT_OUT}/<model>)")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder (default: refuse)")
     ap.add_argument("--artifacts", default=",".join(DEFAULT_ARTIFACTS),
                     help=f"comma list from {', '.join(ARTIFACTS)} (default: %(default)s)")
     ap.add_argument("--calibration-size", type=int, default=200,
@@ -56,30 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-abs-diff", type=float, default=t.max_abs_diff,
                     help="largest |p_quantized - p_float| on any image (default: %(default)s)")
     ap.add_argument("--sign", type=Path, metavar="KEYFILE",
-                    help="sign each accepted bundle with this Ed25519 private key (python -m export.signing keygen)")
-    ap.add_argument("--json", action="store_true", help="print the manifests' reports as JSON on stdout")
+                    help="sign each accepted bundle with this Ed25519 private key (python -m export.signing keygen) "
+                         "(default: unsigned)")
+    ap.add_argument("--json", action="store_true",
+                    help="print the manifests' reports as JSON on stdout (default: a summary per model)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="let TensorFlow, absl, oneDNN and tf2onnx print their start-up and log lines "
+                         "(default: held back)")
     return ap
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    from fracdata.console import quiet_start
+
     from .check import Tolerances
-    from .convert import ARTIFACTS
+    from .convert import parse_artifacts
     from .pipeline import Settings, export_one
     from .report import render
     from .sources import resolve_sources
 
-    artifacts = [a.strip() for a in args.artifacts.split(",") if a.strip()]
-    unknown = [a for a in artifacts if a not in ARTIFACTS]
-    if unknown or not artifacts:
-        print(f"error: unknown artifacts {unknown}; choose from {', '.join(ARTIFACTS)}", file=sys.stderr)
+    try:
+        artifacts = parse_artifacts(args.artifacts)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     command = "python -m export.quantize " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     settings = Settings(data=args.data, artifacts=artifacts, calibration_size=args.calibration_size, seed=args.seed,
                         tolerances=Tolerances(args.max_auc_drop, args.min_agreement, args.max_mean_abs_diff,
                                               args.max_abs_diff),
-                        overwrite=args.overwrite, progress=sys.stderr.isatty(), command=command.strip())
+                        overwrite=args.overwrite, command=command.strip())
     try:
         models = [m.strip() for m in args.model.split(",")] if args.model else None
         sources = resolve_sources(args.sources, models, args.split)
@@ -90,10 +100,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if several:
             clash = [base / s.name for s in sources if (base / s.name).exists() and not args.overwrite]
             if clash:
-                raise DataError(f"{clash[0]}: already exists; pass --overwrite to replace it")
-    except (DataError, ValueError) as exc:
+                raise ExportError(f"{clash[0]}: already exists; pass --overwrite to replace it")
+    except (DataError, ExportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    quiet_start(args.verbose, ["tensorflow"])
     manifests, errors = [], []
     for s in sources:  # one model's failure does not stop the others
         if s.phantom:

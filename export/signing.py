@@ -83,11 +83,17 @@ def sign_bundle(bundle_dir: Path, key_path: Path) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.signing", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    k = sub.add_parser("keygen", help="make signing.key and trusted_key.pub")
-    k.add_argument("--out", type=Path, required=True, help="folder for the key pair (keep it off shared drives)")
-    s = sub.add_parser("sign", help="sign an accepted bundle")
-    s.add_argument("bundle", type=Path)
-    s.add_argument("--key", type=Path, required=True, help="the private signing.key")
+    k = sub.add_parser("keygen", help="make signing.key and trusted_key.pub",
+                       description="Make an Ed25519 key pair: signing.key (private, mode 0600) for whoever exports, "
+                                   "trusted_key.pub for the clinics' devices (install.sh --trusted-key).")
+    k.add_argument("--out", type=Path, required=True,
+                   help="folder for the key pair, refused if it holds one already (keep it off shared drives)")
+    s = sub.add_parser("sign", help="sign an accepted bundle",
+                       description="Verify an accepted bundle (digest, schema, every file's sha256), then write its "
+                                   "signature.json over the manifest's digest.")
+    s.add_argument("bundle", type=Path, help="the bundle folder to sign (export accepted it)")
+    s.add_argument("--key", type=Path, required=True,
+                   help=f"the private signing.key (its passphrase, if any, from ${PASSPHRASE_ENV})")
     args = ap.parse_args(argv)
     try:
         if args.command == "keygen":

@@ -8,13 +8,13 @@ exists, else the labelled phantom demonstration model.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from train.data import DataError
-from train.split import file_sha256
+from fracdata.runs import RUN_FILE, read_run, run_dirs
+
+from .errors import ExportError
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 # custom_cnn_gap: our lean head; on phantom data it beats the paper's head over three seeds
@@ -25,7 +25,6 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 REFERENCE_CANDIDATES = (MODELS_DIR / "fracatlas" / "custom_cnn_gap", MODELS_DIR / "fracatlas" / "custom_cnn",
                         MODELS_DIR / "phantom-demo" / "custom_cnn_gap_film",
                         MODELS_DIR / "phantom-demo" / "custom_cnn_gap_seed2")
-PAPER_MODELS = ("custom_cnn", "efficientnetb0", "mobilenetv2", "resnet50")
 
 
 @dataclass
@@ -44,68 +43,55 @@ class Source:
 
 def reference_dir() -> Path:
     for d in REFERENCE_CANDIDATES:
-        if (d / "run.json").is_file():
+        if (d / RUN_FILE).is_file():
             return d
-    raise DataError(f"no committed reference model under {MODELS_DIR}; pass a run directory")
+    raise ExportError(f"no committed reference model under {MODELS_DIR}; pass a run directory")
 
 
 def _from_run_dir(d: Path) -> Source:
-    run = json.loads((d / "run.json").read_text())
-    split = d / run["split"]["file"]
-    if not split.is_file():
-        raise DataError(f"{split}: the run's split file is missing")
-    if file_sha256(split) != run["split"]["sha256"]:
-        raise DataError(f"{split}: checksum differs from run.json's; the split was changed after training")
-    model = d / "model.keras"
-    if not model.is_file():
-        raise DataError(f"{model}: the run has no model.keras")
-    metrics_path = d / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
-    return Source(run["model"]["name"], model, split, run, metrics, f"run directory {d}")
+    run = read_run(d)
+    return Source(run.name, run.model_path, run.split_path, run.record, run.metrics, f"run directory {d}")
 
 
 def _from_keras(path: Path, split: Optional[Path]) -> Source:
     from train.models import list_models
 
     if split is None:
-        raise DataError(f"{path}: a bare .keras model needs --split (the split file it was trained with)")
+        raise ExportError(f"{path}: a bare .keras model needs --split (the split file it was trained with)")
     stem = path.parent.name if path.stem == "model" else path.stem
     name = next((n for n in sorted(list_models(), key=len, reverse=True) if stem.startswith(n)), None)
     if name is None:
-        raise DataError(f"{path}: cannot tell the architecture from the name; call it <model>.keras, "
-                        f"one of {list_models()}")
+        raise ExportError(f"{path}: cannot tell the architecture from the name; call it <model>.keras, "
+                          f"one of {list_models()}")
     return Source(name, path, Path(split), None, None, f"model file {path}")
 
 
 def resolve_sources(paths: Sequence[Path], models: Optional[List[str]] = None,
                     split: Optional[Path] = None) -> List[Source]:
     """Each path: a run dir, a folder of run dirs, or a .keras file. `models` picks runs by name."""
+    from train.models import PAPER_MODELS
+
     if not paths:
         paths = [reference_dir().parent if models else reference_dir()]
     found: List[Source] = []
     for p in map(Path, paths):
         if p.suffix == ".keras":
             if not p.is_file():
-                raise DataError(f"{p}: model file not found")
+                raise ExportError(f"{p}: model file not found")
             found.append(_from_keras(p, split))
-        elif (p / "run.json").is_file():
-            found.append(_from_run_dir(p))
         elif p.is_dir():
-            runs = sorted(q.parent for q in p.glob("*/run.json"))
-            if not runs:
-                raise DataError(f"{p}: no run.json here or in its subfolders")
-            found.extend(_from_run_dir(d) for d in runs)
+            found.extend(_from_run_dir(d) for d in run_dirs(p))
         else:
-            raise DataError(f"{p}: not a run directory, a folder of runs or a .keras file")
+            raise ExportError(f"{p}: not a run directory, a folder of runs or a .keras file")
     if models:
         wanted = list(PAPER_MODELS) if models == ["all"] else models
         by_name = {s.name: s for s in found}
         missing = [m for m in wanted if m not in by_name]
         if missing:
-            raise DataError(f"no run for {', '.join(missing)} under {', '.join(map(str, paths))}; train it with "
-                            f"`python -m train --model {','.join(missing)} --out DIR` and pass DIR")
+            raise ExportError(f"no run for {', '.join(missing)} under {', '.join(map(str, paths))}; train it with "
+                              f"`python -m train --model {','.join(missing)} --out DIR` and pass DIR")
         found = [by_name[m] for m in wanted]
     names = [s.name for s in found]
     if len(set(names)) != len(names):
-        raise DataError(f"two sources for the same model ({names}); export them in separate commands")
+        raise ExportError(f"two sources for the same model ({names}); export them in separate commands")
     return found

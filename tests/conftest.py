@@ -8,7 +8,7 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from train.phantom import CSV_COLUMNS, generate_phantom_dataset  # noqa: E402
+from fracdata.phantom import CSV_COLUMNS, generate_phantom_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from train.augment import augment, describe, geometry, photometric
 
 
 def _image():
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
     spec = PreprocessSpec()
     return resize_input(render_phantom(np.random.default_rng(1), "leg", True, size=(300, 240)) / 255.0, spec)
 
@@ -44,7 +44,8 @@ def test_geometry_rotates_by_quarter_turns_only_when_dihedral():
 
 
 def test_training_batches_are_normalised_like_the_device_input():
-    from train.dataset import LoadedSplit, training_batches
+    from fracdata.images import LoadedSplit
+    from train.dataset import training_batches
 
     spec = PreprocessSpec(normalize="window", views="dihedral")
     xs = np.stack([_image() for _ in range(5)])

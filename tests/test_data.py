@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
-from train.data import DataError, load_data, read_fracatlas, resolve_data
-from train.phantom import generate_phantom_dataset
+from fracdata.data import DataError, load_data, read_fracatlas, resolve_data
+from fracdata.phantom import generate_phantom_dataset
 
 
 def test_reader_keeps_labels_paths_and_metadata(fake_fracatlas):
@@ -84,7 +84,7 @@ def test_fractured_phantoms_differ_from_intact_ones_on_the_bone():
     """The generator really draws a break: same seed, fracture on vs off, differs along the shaft."""
     import numpy as np
 
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
 
     intact = render_phantom(np.random.default_rng(5), "leg", False, size=(200, 160)).astype(int)
     broken = render_phantom(np.random.default_rng(5), "leg", True, size=(200, 160)).astype(int)

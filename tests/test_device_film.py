@@ -32,7 +32,7 @@ OVERHANG_TOLERANCE = 0.035
 @pytest.fixture(scope="module")
 def radiographs():
     """Four phantom radiographs at a film-like resolution, both classes, three regions."""
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
 
     out = []
     for i, (region, fractured) in enumerate([("leg", True), ("hand", True), ("leg", False), ("hip", False)]):
@@ -194,8 +194,8 @@ def test_the_film_is_predicted_from_the_array_through_the_same_preprocessing(tin
     rec = triage_photo(pred, path, None)
     flat = read_film(open_photo(path))["flat"]
     again = pred.predict_pixels(DecodedImage(flat.pixels, "film", (1, 1), []), "x")
-    assert rec["probability"] == pytest.approx(again["probability"], abs=1e-6)
-    assert "flattened" not in rec  # nothing written without --keep
+    assert rec.probability == pytest.approx(again.probability, abs=1e-6)
+    assert rec.flattened is None  # nothing written without --keep
 
 
 class FakePicamera2:
@@ -293,7 +293,7 @@ def test_odd_photos_never_stop_the_batch(tiny_bundle, radiographs, tmp_path, cap
     good, _ = _photo(radiographs[0], "room", 4, tmp_path)
     for d in ("a", "b"):
         (tmp_path / d / "IMG_0001.jpg").write_bytes(good.read_bytes())
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
     big = render_phantom(np.random.default_rng(9), "leg", True, size=(2400, 1800)).astype(np.uint16)
     Image.fromarray(big * 200 + 1000).save(tmp_path / "gray16.png")  # a 16-bit radiograph file, 2400 px
     tri = np.full((900, 1200, 3), 230, np.uint8)

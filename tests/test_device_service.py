@@ -73,7 +73,7 @@ def test_kill_9_mid_batch_loses_nothing_and_duplicates_nothing(tiny_bundle, phan
 def _queue_and_process(tiny_bundle, phantom_dir, tmp_path):
     """Two CR files, a broken file, a good and a blurred capture -> one queue -> five records."""
     from device.simulate import simulate
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
 
     data, watch = tmp_path / "data", tmp_path / "cr"
     _fill(watch, phantom_dir, 2)

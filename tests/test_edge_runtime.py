@@ -95,8 +95,8 @@ def test_backends_agree_on_the_same_bundle(tiny_bundle, phantom_dir):
 def test_runtime_reproduces_the_export_check(tiny_bundle, tiny_run, phantom_dir):
     """The numbers in the manifest are what the runtime gives on the same files."""
     from export.check import classification
-    from train.data import load_data
-    from train.split import load_split, records_by_split
+    from fracdata.data import load_data
+    from fracdata.split import load_split, records_by_split
 
     bundle = load_bundle(tiny_bundle)
     ds = load_data(str(phantom_dir), quiet=True)
@@ -104,7 +104,7 @@ def test_runtime_reproduces_the_export_check(tiny_bundle, tiny_run, phantom_dir)
     y = np.array([r.label for r in test])
     for key in ("tflite_int8", "onnx_int8"):
         pred = Predictor(bundle, artifact=key, gradcam=False)
-        p = np.array([pred.predict_file(r.path)["probability"] for r in test])
+        p = np.array([pred.predict_file(r.path).probability for r in test])
         got = classification(y, p, bundle.threshold)
         want = bundle.manifest["artifacts"][key]["metrics"]
         for k in ("auc", "accuracy", "sensitivity", "specificity"):
@@ -140,10 +140,10 @@ def test_bad_inputs_each_get_their_reason_and_the_batch_goes_on(tiny_bundle, pha
              "report.dcm": "no pixel data"}
     paths = [good] + [tmp_path / n for n in cases] + [good]
     recs = list(Predictor(tiny_bundle).predict_files(paths))
-    assert "probability" in recs[0] and "probability" in recs[-1]
+    assert recs[0].answered and recs[-1].answered
     for rec, (name, reason) in zip(recs[1:-1], cases.items()):
-        assert rec["file"].endswith(name) and reason in rec["error"], rec
-        assert "probability" not in rec
+        assert rec.file.endswith(name) and reason in rec.error, rec
+        assert rec.probability is None and "probability" not in rec.to_dict()
 
 
 def test_colour_and_16_bit_inputs(tiny_bundle, phantom_dir, tmp_path):
@@ -152,7 +152,7 @@ def test_colour_and_16_bit_inputs(tiny_bundle, phantom_dir, tmp_path):
     Image.fromarray((src.astype(np.uint16) * 16).astype(np.uint16)).save(tmp_path / "cr12.png")  # 12-bit data
     pred = Predictor(tiny_bundle)
     colour = pred.predict_file(tmp_path / "photo.png")
-    assert any("colour" in w for w in colour["warnings"]) and "probability" in colour
+    assert any("colour" in w for w in colour.warnings) and colour.answered
     d12 = read_grayscale(tmp_path / "cr12.png")
     assert any("12-bit" in w for w in d12.warnings)
     assert np.abs(d12.pixels - src / 255.0).max() < 0.01  # 16*v/4095 ~ v/255: not a dark image
@@ -223,7 +223,7 @@ def test_committed_reference_bundle_verifies_and_answers(phantom_dir):
     bundle = load_bundle()  # the default: models/reference-bundle
     assert bundle.manifest["status"] == "accepted" and bundle.demonstration_only
     rec = Predictor(bundle).predict_file(_images(phantom_dir, 1)[0])
-    assert 0 <= rec["probability"] <= 1 and rec["threshold"] == bundle.threshold
+    assert 0 <= rec.probability <= 1 and rec.threshold == bundle.threshold
 
 
 def test_the_same_pixels_in_every_format_give_the_same_answer(tiny_bundle, tmp_path):
@@ -232,7 +232,7 @@ def test_the_same_pixels_in_every_format_give_the_same_answer(tiny_bundle, tmp_p
     from PIL import Image
 
     from edge_runtime.predictor import Predictor
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
 
     pred = Predictor(tiny_bundle, gradcam=False)
     assert pred.spec.normalize != "none"
@@ -247,7 +247,7 @@ def test_the_same_pixels_in_every_format_give_the_same_answer(tiny_bundle, tmp_p
         write_dicom(tmp_path / "c_nowin.dcm", v)
         write_dicom(tmp_path / "c_mono1.dcm", 4095 - v, photometric="MONOCHROME1")
         write_dicom(tmp_path / "c_rescaled.dcm", v, slope=0.5, intercept=-1000)
-        ps = {f: pred.predict_file(tmp_path / f)["probability"]
+        ps = {f: pred.predict_file(tmp_path / f).probability
               for f in ("a.jpg", "b16.png", "b12.png", "c_win.dcm", "c_nowin.dcm", "c_mono1.dcm", "c_rescaled.dcm")}
         assert max(ps.values()) - min(ps.values()) <= SAME_PIXELS_TOLERANCE, ps
 
@@ -259,7 +259,7 @@ def test_dihedral_views_answer_a_turned_or_mirrored_file_alike(tiny_bundle, tmp_
     from PIL import Image
 
     from edge_runtime.predictor import Predictor
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
 
     pred = Predictor(tiny_bundle)
     assert pred.spec.views == "dihedral"
@@ -267,8 +267,8 @@ def test_dihedral_views_answer_a_turned_or_mirrored_file_alike(tiny_bundle, tmp_
     for name, a in (("orig", arr), ("rot90", np.rot90(arr)), ("rot180", np.rot90(arr, 2)), ("mirror", arr[:, ::-1])):
         Image.fromarray(np.ascontiguousarray(a)).save(tmp_path / f"{name}.png")
     recs = {n: pred.predict_file(tmp_path / f"{n}.png") for n in ("orig", "rot90", "rot180", "mirror")}
-    ps = [r["probability"] for r in recs.values()]
-    assert max(ps) - min(ps) < 1e-4 and all(r["views"] == 8 for r in recs.values())
+    ps = [r.probability for r in recs.values()]
+    assert max(ps) - min(ps) < 1e-4 and all(r.views == 8 for r in recs.values())
 
 
 def test_blank_flat_and_noise_images_are_refused_not_answered(tiny_bundle, tmp_path, capsys):

@@ -86,20 +86,22 @@ def test_zero_tolerance_rejects_and_ships_nothing(tiny_run, tmp_path, capsys):
 def test_a_planted_wrong_calibration_is_caught(tiny_run, phantom_dir, tmp_path):
     """The committed demonstration model (it separates phantom fractures well), calibrated on blank
     film: int8 ranges collapse, and the check must see the drift the right calibration avoids."""
-    from export.pipeline import Settings, export_one
+    import dataclasses
+
+    from export.pipeline import Settings, export_prepared, prepare
     from export.sources import reference_dir, resolve_sources
 
     model = tmp_path / "custom_cnn_gap.keras"
     shutil.copy(reference_dir() / "model.keras", model)
     source = resolve_sources([model], split=tiny_run / "split.csv")[0]
-    dark = np.full((20, 128, 128, 1), 0.02, np.float32)
-    kw = dict(data=str(phantom_dir), artifacts=["tflite_int8"], calibration_size=20, progress=False)
-    right = export_one(source, tmp_path / "right", Settings(**kw))
-    wrong = export_one(source, tmp_path / "wrong", Settings(**kw, calibration_override=dark))
+    settings = Settings(data=str(phantom_dir), artifacts=["tflite_int8"], calibration_size=20, progress=False)
+    prepared = prepare(source, settings)
+    right = export_prepared(prepared, tmp_path / "right", settings)
+    dark = np.full_like(prepared.calibration, 0.02)  # the steps' seam is where a fault is planted
+    wrong = export_prepared(dataclasses.replace(prepared, calibration=dark), tmp_path / "wrong", settings)
     r, w = right["artifacts"]["tflite_int8"], wrong["artifacts"]["tflite_int8"]
     assert wrong["status"] == "rejected" and not w["check"]["passed"]
     assert w["metrics"]["mean_abs_diff"] > 5 * r["metrics"]["mean_abs_diff"]
-    assert wrong["data"]["calibration"]["planted_fault"] is True
     assert not (tmp_path / "wrong").exists() and (tmp_path / "wrong.rejected").is_dir()
 
 
@@ -165,3 +167,29 @@ def test_bn_folding_and_gradcam_head_are_exact_for_every_head(name):
     head = GradCamHead("block3_conv", spec.arrays.get("alpha"), spec.arrays.get("mix"), spec.arrays.get("w_out"))
     ours = np.stack([head.cam(feats[0][i], feats[1][i] if spec.hidden_layer else None)[1] for i in range(4)])
     assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_one_table_of_artifacts_and_a_suggestion_for_a_typo(capsys):
+    from export.convert import ARTIFACTS, DEFAULT_ARTIFACTS, parse_artifacts
+
+    assert set(DEFAULT_ARTIFACTS) <= set(ARTIFACTS)
+    assert len({a.file for a in ARTIFACTS.values()}) == len(ARTIFACTS)
+    assert all(a.file.endswith("." + a.format) for a in ARTIFACTS.values())
+    assert parse_artifacts(" tflite_int8, onnx_float ") == ["tflite_int8", "onnx_float"]
+    with pytest.raises(ValueError, match="did you mean 'tflite_int8'"):
+        parse_artifacts("tflite_int8,tflite_in8")
+    assert export_main(["--artifacts", "onnx_int", "--out", "unused"]) == 2
+    assert "did you mean 'onnx_int8'" in capsys.readouterr().err
+
+
+def test_the_reference_bundle_would_be_made_again_with_the_same_preprocessing_and_decision():
+    """The committed bundle's preprocess and decision sections are what export derives from the
+    reference run today (its run.json's PreprocessSpec, its metrics.json's threshold)."""
+    from export.pipeline import decision_section, preprocess_section, recorded_threshold, source_spec
+    from export.sources import MODELS_DIR, resolve_sources
+
+    m = json.loads((MODELS_DIR / "reference-bundle" / "manifest.json").read_text())
+    source = resolve_sources([])[0]
+    assert m["model"]["source"].endswith(str(source.model_path.parent.relative_to(MODELS_DIR.parent)))
+    assert preprocess_section(source_spec(source)) == m["preprocess"]
+    assert decision_section(recorded_threshold(source)) == m["decision"]

@@ -64,7 +64,7 @@ def test_an_older_manifest_means_no_normalisation_and_one_view():
 @pytest.mark.parametrize("normalize", ["window", "clahe"])
 def test_normalisation_removes_gain_and_offset(normalize):
     """The same anatomy under another window, gain or bit depth gives the same model input."""
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
 
     spec = PreprocessSpec(normalize=normalize)
     x = render_phantom(np.random.default_rng(0), "hand", True, size=(300, 240)).astype(np.float32) / 255.0
@@ -137,7 +137,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatch):
 def test_fast_decode_matches_full_decode_after_preprocess(tmp_path, name, mode):
     """JPEG draft (DCT scaling) and the box reduction of other formats stay within a tolerance of
     decoding every pixel: measured mean |diff| ~0.001 on the model input."""
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
 
     arr = render_phantom(np.random.default_rng(1), "leg", True, size=(1200, 1000))
     img = Image.fromarray(arr.astype(np.uint16) * 257) if mode == "I;16" else Image.fromarray(arr)

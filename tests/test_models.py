@@ -63,3 +63,41 @@ def test_weights_errors_are_clear(tmp_path):
 def test_unknown_model_suggests_the_closest():
     with pytest.raises(UnknownModelError, match="did you mean 'resnet50'"):
         get_config("resnet5")
+
+
+def test_each_entry_states_its_preprocessing_and_the_model_follows_it():
+    """The input size is stated once, in the entry's PreprocessSpec: the builder takes its shape
+    from there, so an entry with another size builds a model of that size."""
+    import dataclasses
+
+    from train.models import PAPER_MODELS
+    from train.models.registry import DEFAULT_NORMALIZE, DEFAULT_RESIZE, DEFAULT_VIEWS, _REGISTRY
+
+    assert set(PAPER_MODELS) <= set(list_models())
+    for name in list_models():
+        p = get_config(name).preprocess
+        assert (p.resize, p.normalize, p.views) == (DEFAULT_RESIZE, DEFAULT_NORMALIZE, DEFAULT_VIEWS)
+        assert get_config(name).input_size == p.size
+    cfg = get_config("custom_cnn_gap")
+    smaller = dataclasses.replace(cfg, name="custom_cnn_gap_96", preprocess=dataclasses.replace(cfg.preprocess, size=96))
+    _REGISTRY[smaller.name] = smaller
+    try:
+        assert tuple(build_model(smaller.name).input.shape) == (None, 96, 96, 1)
+    finally:
+        del _REGISTRY[smaller.name]
+
+
+def test_training_options_override_the_entry_and_refuse_nonsense():
+    from train.fit import TrainOptions
+
+    base = get_config("custom_cnn").preprocess
+    assert TrainOptions().preprocess_for(base) == base
+    letterboxed = TrainOptions(resize="letterbox", normalize="clahe", views="single").preprocess_for(base)
+    assert (letterboxed.size, letterboxed.resize, letterboxed.normalize, letterboxed.views) == \
+        (base.size, "letterbox", "clahe", "single")
+    with pytest.raises(ValueError, match="unknown threshold rule 'f1'"):
+        TrainOptions(threshold_rule="f1")
+    with pytest.raises(ValueError, match="resize must be one of"):
+        TrainOptions(resize="crop")
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        TrainOptions(batch_size=0)

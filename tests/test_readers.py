@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import write_fake_fracatlas
-from train.data import UNLABELLED, DataError, load_data
-from train.readers import detect_format, layout_split, read_dataset
+from fracdata.data import UNLABELLED, DataError, load_data
+from fracdata.readers import detect_format, layout_split, read_dataset
 
 FOREARM = Path(__file__).resolve().parents[2] / "shared" / "data" / "forearm-fractures"
 needs_forearm = pytest.mark.skipif(not FOREARM.is_dir(), reason="../shared/data/forearm-fractures is not present here")
@@ -227,7 +227,7 @@ def test_data_format_overrides_detection(tmp_path):
 
 def test_exact_and_near_duplicates_across_splits_are_reported(tmp_path, capsys):
     from train.duplicates import main as dup_main
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
 
     root = tmp_path / "dups"
     arrays = [render_phantom(np.random.default_rng(i), region, bool(i % 2), size=(220, 180))
@@ -253,7 +253,7 @@ def test_exact_and_near_duplicates_across_splits_are_reported(tmp_path, capsys):
 def test_run_training_reports_duplicates_and_honours_the_split(tmp_path):
     """The training path's own use: the loaded splits' resized images, hashed."""
     from edge_runtime.preprocess import PreprocessSpec
-    from train.dataset import load_images
+    from fracdata.images import load_images
     from train.duplicates import across_splits, warning_lines
 
     root = tmp_path / "s"

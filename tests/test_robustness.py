@@ -239,8 +239,8 @@ def test_a_heatmap_that_cannot_be_written_is_a_warning_on_a_standing_answer(bund
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(predictor_module, "save_overlay", full_disk)
     rec = predictor_module.Predictor(bundle).predict_file(good, tmp_path / "h" / "good_gradcam.jpg")
-    assert rec["probability"] is not None and not rec.get("error")
-    assert any("heatmap not written" in w for w in rec["warnings"])
+    assert rec.probability is not None and not rec.error
+    assert any("heatmap not written" in w for w in rec.warnings) and rec.heatmap_errno == 28
 
 
 # --- the manifest ------------------------------------------------------------------------------------
@@ -275,6 +275,7 @@ def test_an_edited_manifest_is_refused(tmp_path):
     (lambda m: m["gradcam"]["arrays"]["alpha"].update(offset=-4), "gradcam.arrays.alpha.offset"),
     (lambda m: m["artifacts"][next(iter(m["artifacts"]))].update(file="../../etc/passwd"), "file"),
     (lambda m: m.update(demonstration_only="no"), "demonstration_only"),
+    (lambda m: m["decision"].update(positive_class="non-fractured"), "decision.positive_class"),
 ])
 def test_an_invalid_manifest_is_refused_with_the_field_named(tmp_path, edit, field, capsys):
     copy = _bundle_copy(tmp_path)

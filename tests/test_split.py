@@ -4,8 +4,9 @@ from collections import Counter
 
 import pytest
 
-from train.data import DataError, Dataset, Record
-from train.split import load_split, make_split, records_by_split, save_split
+from fracdata.data import DataError, Dataset, Record
+from fracdata.split import load_split, records_by_split, save_split
+from train.split import make_split
 
 
 def _dataset(n=400):

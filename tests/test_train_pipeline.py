@@ -67,8 +67,9 @@ def test_evaluate_refuses_a_changed_split(run_dir, tmp_path):
 
 def test_augmentation_only_touches_training_batches(phantom_dir):
     from edge_runtime.preprocess import PreprocessSpec
-    from train.data import read_fracatlas
-    from train.dataset import load_images, make_tf_dataset
+    from fracdata.data import read_fracatlas
+    from fracdata.images import load_images
+    from train.dataset import make_tf_dataset
 
     split = load_images(read_fracatlas(phantom_dir).records[:8], PreprocessSpec(size=64), progress=False)
     plain = np.concatenate([x.numpy() for x, _ in make_tf_dataset(split, 4, training=False, seed=0)])
@@ -81,8 +82,8 @@ def test_unreadable_images_are_skipped_counted_or_stop_the_run(phantom_dir, tmp_
     import shutil
 
     from edge_runtime.preprocess import PreprocessSpec
-    from train.data import DataError, read_fracatlas
-    from train.dataset import load_images
+    from fracdata.data import DataError, read_fracatlas
+    from fracdata.images import load_images
 
     data = tmp_path / "data"
     shutil.copytree(phantom_dir, data)
@@ -129,9 +130,13 @@ def test_several_models_share_one_split_and_mixed_precision_saves_float32(phanto
 
     out = tmp_path / "two"
     rc = train_main(["--model", "custom_cnn_gap,custom_cnn_gmp", "--data", str(phantom_dir), "--out", str(out),
-                     "--epochs", "1", "--batch-size", "16", "--bootstrap", "50", "--mixed-precision"])
+                     "--epochs", "1", "--batch-size", "16", "--bootstrap", "50", "--mixed-precision",
+                     "--resize", "letterbox", "--normalize", "clahe"])
     assert rc == 0
     shas = {json.loads((out / n / "run.json").read_text())["split"]["sha256"] for n in ("custom_cnn_gap", "custom_cnn_gmp")}
+    for n in ("custom_cnn_gap", "custom_cnn_gmp"):  # the flags override the registry entry, recorded for export
+        pre = json.loads((out / n / "run.json").read_text())["preprocess"]
+        assert (pre["size"], pre["resize"], pre["normalize"], pre["views"]) == (128, "letterbox", "clahe", "dihedral")
     summary = (out / "summary.txt").read_text()
     assert len(shas) == 1 and summary.count("AUC") == 2 and summary.startswith("PHANTOM")
     run = json.loads((out / "custom_cnn_gmp" / "run.json").read_text())
@@ -153,8 +158,9 @@ def test_missing_baseline_weights_stop_before_any_training(phantom_dir, tmp_path
 
 def test_validation_batches_carry_the_training_class_weights(phantom_dir):
     from edge_runtime.preprocess import PreprocessSpec
-    from train.data import read_fracatlas
-    from train.dataset import load_images, make_tf_dataset
+    from fracdata.data import read_fracatlas
+    from fracdata.images import load_images
+    from train.dataset import make_tf_dataset
 
     split = load_images(read_fracatlas(phantom_dir).records[:12], PreprocessSpec(size=32), progress=False)
     x, y, w = next(iter(make_tf_dataset(split, 12, training=False, seed=0, class_weight={0: 0.5, 1: 3.0})))

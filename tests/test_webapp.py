@@ -15,7 +15,9 @@ import base64
 import io
 import json
 import os
+import hashlib
 import shutil
+import struct
 import threading
 import urllib.request
 from http.server import ThreadingHTTPServer
@@ -27,8 +29,10 @@ from PIL import Image
 
 from device.page import make_handler, start_page
 from device.service import Ledger
+from device.triage import Triaged
 from device.webapp import VENDOR_FILES, build_site, content_type, webapp_root, write_site
 from edge_runtime.bundle import default_bundle_dir, load_bundle
+from edge_runtime.result import field_names
 
 # Parity tolerances: probability, heatmap correlation. A JPEG larger than twice the model input is
 # decoded by Pillow at a reduced DCT scale (draft mode): the box mean of the codec's unrounded IDCT.
@@ -39,6 +43,9 @@ MAX_ABS_DP = 0.01
 MAX_ABS_DP_REAL_JPEG = 0.02
 MAX_MEAN_ABS_DP = 0.002
 MIN_HEAT_CORR = 0.98
+
+# The web app's records carry the Python result type's fields, and only those (edge_runtime/result.py).
+RESULT_FIELDS = field_names(Triaged)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FOREARM = Path(os.environ.get("FRACTURE_EDGE_FOREARM", Path(__file__).resolve().parents[2] / "shared/data/forearm-fractures"))
@@ -152,7 +159,7 @@ def python_answer(predictor, path: Path):
 
 def parity_images(tmp: Path):
     """60 phantom radiographs unseen in training (their own seed), plus up to 40 real ones."""
-    from train.phantom import generate_phantom_dataset
+    from fracdata.phantom import generate_phantom_dataset
     root = generate_phantom_dataset(tmp / "phantom", n_images=60, seed=424242)
     files = sorted((root / "images").rglob("*.jpg"))
     if FOREARM.is_dir():
@@ -171,6 +178,7 @@ def test_site_holds_everything_and_serves_it_isolated_and_compressed(bundle, ser
     sw = site.files["sw.js"].decode()
     cached = json.loads(sw.split("const FILES = ", 1)[1].split(";\n", 1)[0])
     assert set(cached) == {"./"} | set(site.files) - {"sw.js"}  # every file is cached for offline use
+    assert all(cached[rel] == hashlib.sha256(site.files[rel]).hexdigest() for rel in cached if rel != "./")
     assert site.version in sw
     for needed in ("index.html", "app.js", "config.json", "manifest.webmanifest", "bundle/manifest.json",
                    f"bundle/{bundle.manifest['artifacts'][site.artifact]['file']}", "bundle/gradcam_head.f32",
@@ -217,6 +225,7 @@ def test_webapp_cli_writes_the_site_and_refuses_a_missing_runtime(tmp_path, monk
     assert main(["webapp", "--out", str(tmp_path / "site")]) == 0
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
+    (tmp_path / "other" / "sw.js").write_text("someone else's site")
     assert main(["webapp", "--out", str(tmp_path / "other")]) == 2
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
     fake = tmp_path / "fake_webapp"
@@ -243,6 +252,7 @@ def test_browser_matches_python_on_files(browser, server, bundle, tmp_path):
     for path in files:
         js = analyze(page, path.read_bytes(), path.name)
         assert not js.get("error"), (path.name, js.get("error"))
+        assert set(js) - {"heat", "heat_side", "display_shape"} <= RESULT_FIELDS, set(js) - RESULT_FIELDS
         p, heat = python_answer(predictor, path)
         (real if FOREARM in path.parents else dps).append(abs(js["probability"] - p))
         if (js["probability"] >= bundle.threshold) != (p >= bundle.threshold):
@@ -276,12 +286,20 @@ def test_bad_files_get_a_clear_reason_and_the_batch_goes_on(browser, server, tmp
         "strip.png": (_png(np.full((20, 400), 128, np.uint8)), "strip"),
         "flat.png": (_png(np.full((200, 200), 90, np.uint8)), "blank image"),
         "bomb.png": (_bomb_png(), "more than this app decodes"),  # 81 MP declared in a few KB
+        "bomb.webp": (_webp_header(9000, 9000), "more than this app decodes"),
+        "headless.jpg": (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 200, "header does not give"),
     }
     for name, (data, why) in cases.items():
         rec = analyze(page, data, name)
         assert why in rec.get("error", ""), (name, rec)
         assert rec.get("probability") is None
     assert not page.errors
+
+
+def _webp_header(w: int, h: int) -> bytes:
+    """A WebP that declares a canvas (VP8X) and holds nothing else."""
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\0\0\0\0" + (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
+    return b"RIFF" + struct.pack("<I", 4 + len(vp8x)) + b"WEBP" + vp8x
 
 
 def _bomb_png() -> bytes:
@@ -445,7 +463,7 @@ def film_cases(tmp: Path, n_radiographs: int = 4, seed: int = 7100):
     radiographs, every listed condition each; plus real radiographs when present."""
     from device.simulate import simulate
     from edge_runtime.imageio import read_grayscale
-    from train.phantom import generate_phantom_dataset
+    from fracdata.phantom import generate_phantom_dataset
 
     root = generate_phantom_dataset(tmp / "film-phantom", n_images=12, seed=seed, size=(420, 340))
     sources = sorted((root / "images").rglob("*.jpg"))[:n_radiographs]
@@ -465,7 +483,7 @@ def film_cases(tmp: Path, n_radiographs: int = 4, seed: int = 7100):
 
 def python_film(predictor, path: Path):
     from device.triage import triage_photo
-    return triage_photo(predictor, path, keep_dir=None)
+    return triage_photo(predictor, path, keep_dir=None).to_dict()
 
 
 def outcome(rec):
@@ -488,6 +506,7 @@ def test_photos_of_film_agree_with_the_python_film_path(browser, server, bundle,
         py = python_film(predictor, path)
         js = analyze(page, path.read_bytes(), path.name, kind="film")
         ok = outcome(py) == outcome(js)
+        assert set(js) - {"heat", "heat_side", "display_shape"} <= RESULT_FIELDS, set(js) - RESULT_FIELDS
         same += ok
         if "probability" in py and "probability" in js:
             dps.append(abs(py["probability"] - js["probability"]))
@@ -559,6 +578,7 @@ def test_digest_and_sha256_ports_match_python(browser, server):
 
     page = open_app(browser, server)
     odd = {"b": [1.0, 1e-05, -0.0, 12345678901234567890, 0.1], "a": "é ☃ 𝄞 \"q\" \\ \n\t\u0001",
+           "\ue000": 1, "𝄞": 2,  # sorted by code point, as Python does (UTF-16 order differs here)
            "c": {"z": None, "y": True, "ä": False}, DIGEST_KEY: "x", "threshold": 0.5908759580925107}
     text = json.dumps(odd, indent=2, ensure_ascii=False)
     got = page.evaluate("""async (text) => {
@@ -570,3 +590,42 @@ def test_digest_and_sha256_ports_match_python(browser, server):
         js = page.evaluate("""async (b64) => { const { sha256Plain } = await import("./lib/sha256.js");
             return sha256Plain(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))); }""", base64.b64encode(data).decode())
         assert js == hashlib.sha256(data).hexdigest(), n
+
+
+def test_gzip_is_sent_only_to_clients_that_accept_it():
+    from device.page import accepts_gzip
+    assert accepts_gzip("gzip, deflate, br") and accepts_gzip("br;q=1.0, gzip;q=0.8") and accepts_gzip("*")
+    assert not accepts_gzip("gzip;q=0") and not accepts_gzip("identity") and not accepts_gzip("")
+
+
+def test_the_devices_ca_may_vouch_only_for_local_names(tmp_path):
+    import ipaddress
+
+    from cryptography import x509
+
+    from device.tls import ensure_certificates, outside_constraints
+    _, _, ca = ensure_certificates(tmp_path / "tls", ["127.0.0.1", "localhost"])
+    nc = x509.load_pem_x509_certificate(ca.read_bytes()).extensions.get_extension_for_class(x509.NameConstraints)
+    assert nc.critical
+    nets = [g.value for g in nc.value.permitted_subtrees if isinstance(g, x509.IPAddress)]
+    assert ipaddress.ip_network("192.168.0.0/16") in nets and not any(n.supernet_of(ipaddress.ip_network("8.8.8.0/24"))
+                                                                       for n in nets if n.version == 4)
+    assert outside_constraints(["192.168.1.20", "10.0.0.5", "pi.local", "localhost"]) == []
+    assert outside_constraints(["8.8.8.8", "www.example.com"]) == ["8.8.8.8", "www.example.com"]
+
+
+@needs_browser
+def test_a_phone_without_storage_still_answers(browser, server):
+    """Private mode or a full disk: IndexedDB throws; the answer stands, the history says it is not kept."""
+    ctx = browser.new_context()
+    ctx.add_init_script("indexedDB.open = () => { throw new DOMException('blocked', 'SecurityError'); };")
+    page = ctx.new_page()
+    page.goto(server)
+    page.wait_for_function("window.fractureEdge !== undefined", timeout=120_000)
+    assert page.evaluate("fractureEdge.error || null") is None
+    assert "No history" in page.locator("#history-note").inner_text()
+    rec = page.evaluate("fractureEdge.run('file', new Blob([Uint8Array.from(atob('%s'), c => c.charCodeAt(0))]), 'x.jpg')"
+                        % base64.b64encode(_radiograph_jpeg()).decode())
+    assert rec["decision"] in ("fractured", "non-fractured")
+    assert page.locator("#result .badge").is_visible() and "not saved" in page.locator("#history-note").inner_text()
+    ctx.close()

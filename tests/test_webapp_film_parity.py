@@ -56,7 +56,7 @@ if NODE is None:
 
 
 def _phantoms():
-    from train.phantom import render_phantom
+    from fracdata.phantom import render_phantom
 
     specs = [("leg", True), ("hand", True), ("leg", False), ("hip", False)]
     return [render_phantom(np.random.default_rng(i), region, fractured, size=(620, 500)).astype(np.float32) / 255.0

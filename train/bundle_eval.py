@@ -37,7 +37,8 @@ from edge_runtime.predictor import OVERLAY_SIDE, Predictor
 from edge_runtime.preprocess import content_problem, normalize_intensity, resize_input
 
 from . import metrics as M
-from .data import UNLABELLED, DataError, Dataset, Record
+from fracdata.data import UNLABELLED, DataError, Dataset, Record
+from fracdata.progress import progress as progress_of
 from .localisation import agreement, heat_on_image, score, summarise
 
 QUANTILES = (0, 5, 25, 50, 75, 95, 100)
@@ -122,7 +123,7 @@ def select(ds: Dataset, subset: str, assignment: Optional[Dict[str, str]], limit
 def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Optional[Sequence[str]] = None,
                     subset: str = "all", assignment: Optional[Dict[str, str]] = None, limit: Optional[int] = None,
                     n_overlays: int = 8, n_boot: int = 2000, seed: int = 0, progress: bool = False,
-                    command: str = "", allow_rejected: bool = False) -> Dict:
+                    command: str = "", allow_rejected: bool = False, backend: str = "auto") -> Dict:
     from .duplicates import PHANTOM_NOTE, find_duplicates, image_hashes
 
     bundle = load_bundle(bundle_dir, require_accepted=not allow_rejected)
@@ -136,7 +137,7 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
     not_run: Dict[str, str] = {}
     for k in keys:
         try:
-            predictors[k] = Predictor(bundle, "auto", k, gradcam=True)
+            predictors[k] = Predictor(bundle, backend, k, gradcam=True)
         except BackendError as exc:
             not_run[k] = str(exc)
     if not predictors:
@@ -154,9 +155,7 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
     loc: Dict[str, List[Dict]] = {k: [] for k in predictors}
     loc_rows: List[int] = []
     hashes, digests = [], []
-    from tqdm import tqdm
-
-    for r in tqdm(records, desc="images", unit="img", disable=None if progress else True, leave=False):
+    for r in progress_of(records, "images", enabled=progress):
         try:
             decoded = read_image(r.path, spec)
         except ImageReadError as exc:

@@ -1,72 +1,19 @@
-"""Images -> arrays through edge_runtime's own decoder and preprocess -> tf.data pipelines.
+"""Loaded splits (fracdata.images) -> tf.data pipelines.
 
-Unreadable or missing images are skipped and counted, each named on stderr; more than
-`max_skip_fraction` of them stops the run (a broken copy of the data is not worth training on).
-Each split keeps its images resized but not yet normalised; validation and test are normalised
-once (together that is exactly edge_runtime.preprocess.preprocess), training images are
-augmented (train/augment.py) and then normalised, batch by batch, so the intensity normalisation
-the device runs comes after what photos do, as it does on the device.
+Validation and test images are normalised once (together with the resize that is exactly
+edge_runtime.preprocess.preprocess); training images are augmented (train/augment.py) and then
+normalised, batch by batch, so the intensity normalisation the device runs comes after what
+photos do, as it does on the device.
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 
-from edge_runtime.errors import ImageReadError
-from edge_runtime.inputs import read_image
-from edge_runtime.preprocess import PreprocessSpec, normalize_intensity, resize_input
-
-from .data import DataError, Record
-
-
-@dataclass
-class LoadedSplit:
-    records: List[Record]
-    resized: np.ndarray  # (n, size, size) float32: resized, not yet normalised
-    labels: np.ndarray  # (n,) int
-    spec: PreprocessSpec
-    skipped: List[str] = field(default_factory=list)  # "path: reason"
-    shapes: List[Tuple[int, int]] = field(default_factory=list)  # decoded (h, w) of each image, for boxes
-    _images: Optional[np.ndarray] = field(default=None, repr=False)
-
-    @property
-    def images(self) -> np.ndarray:
-        """(n, size, size, 1) float32: the model inputs, as edge_runtime.preprocess makes them."""
-        if self._images is None:
-            self._images = np.stack([normalize_intensity(x, self.spec) for x in self.resized])[..., None] \
-                if len(self.resized) else np.zeros((0, self.spec.size, self.spec.size, 1), np.float32)
-        return self._images
-
-    @property
-    def regions(self) -> List[str]:
-        return [r.region for r in self.records]
-
-
-def load_images(records: Sequence[Record], spec: PreprocessSpec, desc: str = "images",
-                progress: bool = True, max_skip_fraction: float = 0.02) -> LoadedSplit:
-    from tqdm import tqdm
-
-    kept, arrays, skipped, shapes = [], [], [], []
-    for r in tqdm(records, desc=desc, unit="img", disable=None if progress else True, leave=False):
-        try:
-            pixels = read_image(r.path, spec).pixels
-            x = resize_input(pixels, spec)
-        except ImageReadError as exc:
-            skipped.append(str(exc))
-            print(f"skipped: {exc}", file=sys.stderr)
-            continue
-        arrays.append(x)
-        kept.append(r)
-        shapes.append(tuple(pixels.shape[:2]))
-    if records and len(skipped) / len(records) > max_skip_fraction:
-        raise DataError(f"{len(skipped)} of {len(records)} {desc} unreadable (limit "
-                        f"{max_skip_fraction:.0%}); first: {skipped[0]}")
-    resized = np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, spec.size, spec.size), np.float32)
-    return LoadedSplit(kept, resized, np.array([r.label for r in kept], dtype=np.int32), spec, skipped, shapes)
+from edge_runtime.preprocess import normalize_intensity
+from fracdata.images import LoadedSplit
 
 
 def training_batches(split: LoadedSplit, batch_size: int, seed: int, photo: bool = True):

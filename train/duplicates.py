@@ -238,26 +238,31 @@ def _quantiles(v) -> Dict[str, float]:
     return {f"p{q}": float(np.percentile(v, q)) for q in (0, 1, 5, 25, 50, 75, 95, 100)}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from fracdata.readers import FORMATS
+
     ap = argparse.ArgumentParser(prog="python -m train.duplicates", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="data folder (any layout train.readers reads)")
-    ap.add_argument("--data-format", default="auto", choices=("auto", "fracatlas", "folders", "yolo"),
+    ap.add_argument("--data", required=True, help="data folder (any layout fracdata.readers reads)")
+    ap.add_argument("--data-format", default="auto", choices=FORMATS,
                     help="the data folder's layout (default: %(default)s, detected)")
     ap.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD,
                     help="largest Hamming distance (of 256 bits) that counts as a near-duplicate (default: %(default)s)")
     ap.add_argument("--copies", type=int, default=0, metavar="N",
                     help="also make a published-style copy of N images (mirrored, rotated ±7°, rescaled, JPEG) "
-                         "and measure how many the threshold finds")
+                         "and measure how many the threshold finds (default: %(default)s, none)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the copies (default: %(default)s)")
-    ap.add_argument("--json", action="store_true", help="print the report as JSON")
-    args = ap.parse_args(argv)
+    ap.add_argument("--json", action="store_true", help="print the report as JSON (default: a summary for people)")
+    return ap
 
-    from edge_runtime.bundle import sha256_file
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+
     from edge_runtime.errors import ImageReadError
     from edge_runtime.inputs import read_image
     from edge_runtime.preprocess import PreprocessSpec, resize_input
-
-    from .data import DataError, load_data
+    from fracdata.data import DataError, load_data
+    from fracdata.provenance import sha256_file
 
     try:
         ds = load_data(args.data, quiet=True, data_format=args.data_format)

@@ -13,37 +13,25 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from edge_runtime.backends import BACKEND_CHOICES
 from edge_runtime.imageio import read_grayscale
 from edge_runtime.overlay import save_overlay
-from edge_runtime.preprocess import PreprocessSpec, views
+from edge_runtime.preprocess import PreprocessSpec
+from fracdata.data import DataError, load_data
+from fracdata.images import LoadedSplit, load_images
+from fracdata.readers import FORMATS, UNBOXED
+from fracdata.runs import dataset_for_run, read_run, run_dirs
+from fracdata.split import load_split, records_by_split
 
 from . import metrics as M
-from .data import DataError, Dataset, load_data
-from .dataset import LoadedSplit, load_images
 from .localisation import boxed_positives, heat_on_image, localise
-from .split import file_sha256, load_split, records_by_split
-
-
-def predict(model, images: np.ndarray, spec: Optional[PreprocessSpec] = None, batch_size: int = 32) -> np.ndarray:
-    """P(fractured) per image: the mean over the spec's views, as the device computes it."""
-    if len(images) == 0:
-        return np.zeros((0,), np.float32)
-    n_views = spec.n_views if spec is not None else 1
-    if n_views == 1:
-        return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64).reshape(-1)
-    out = []
-    for start in range(0, len(images), 64):  # eight views of a chunk at a time: bounded memory
-        chunk = np.concatenate([views(x, spec) for x in images[start:start + 64]])
-        p = np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0), dtype=np.float64)
-        out.append(p.reshape(-1, n_views).mean(axis=1))
-    return np.concatenate(out)
+from .reference import gradcam_reference, predict
 
 
 def _gradcam_examples(y, p, threshold: float, n: int) -> List[int]:
@@ -79,16 +67,13 @@ def write_gradcams(model, layer: str, split: LoadedSplit, p: np.ndarray, thresho
     return written
 
 
-def localisation_of(model, layer: str, split: LoadedSplit, batch: int = 32) -> Optional[Dict]:
+def localisation_of(model, layer: str, split: LoadedSplit) -> Optional[Dict]:
     """Pointing game and energy in boxes of the float model's Grad-CAM (GradientTape) on the
     split's fractured images that carry boxes; None when none does."""
-    from .gradcam import gradcam_views
-
     idx = boxed_positives(split.records)
     if not idx:
         return None
-    raws = np.concatenate([gradcam_views(model, split.images[idx[k:k + batch]], layer, split.spec)[0]
-                           for k in range(0, len(idx), batch)])
+    raws = gradcam_reference(model, layer, split.images[idx], split.spec)
     shapes = [split.shapes[i] for i in idx] if split.shapes else None
     _, summary = localise(raws, [split.records[i] for i in idx], split.spec, shapes)
     return {"reference_float_gradcam": summary,
@@ -149,21 +134,6 @@ def localisation_line(s: Dict) -> str:
             f"{s['chance']['box_share_of_image']:.3f} of the image; centre in a box {s['chance']['centre_in_box']:.3f})")
 
 
-def dataset_for_run(run: Dict, data_arg: Optional[str], data_format: Optional[str] = None,
-                    unboxed: Optional[str] = None) -> Dataset:
-    """The run's data, read the way the run read it (layout and --unboxed from its provenance)
-    unless the arguments say otherwise."""
-    prov = run["data"]["provenance"]
-    kw = {"data_format": data_format or prov.get("format"), "unboxed": unboxed or prov.get("unboxed")}
-    if data_arg:
-        return load_data(data_arg, data_format=data_format, unboxed=unboxed)
-    if run["data"]["phantom"] and "phantom_images" in prov:
-        return load_data("phantom", phantom_images=prov["phantom_images"], phantom_seed=prov["phantom_seed"])
-    if Path(prov.get("path", "")).is_dir():
-        return load_data(prov["path"], **kw)
-    return load_data(None)
-
-
 def evaluate_run(run_dir: Path, data_arg: Optional[str] = None, rule: Optional[str] = None,
                  n_boot: Optional[int] = None, progress: bool = True, data_format: Optional[str] = None,
                  unboxed: Optional[str] = None) -> Dict:
@@ -171,22 +141,14 @@ def evaluate_run(run_dir: Path, data_arg: Optional[str] = None, rule: Optional[s
 
     from .models import get_config
 
-    run_dir = Path(run_dir)
-    run_file = run_dir / "run.json"
-    if not run_file.is_file():
-        raise DataError(f"{run_file}: not a run directory (run.json missing)")
-    run = json.loads(run_file.read_text())
+    found = read_run(run_dir)
+    run_dir, run = found.dir, found.record
     dataset = dataset_for_run(run, data_arg, data_format, unboxed)
-    split_path = run_dir / "split.csv"
-    sha = file_sha256(split_path)
-    if sha != run["split"]["sha256"]:
-        raise DataError(f"{split_path}: checksum {sha[:12]} differs from the one recorded in run.json "
-                        f"({run['split']['sha256'][:12]}); the split was changed after training")
-    parts = records_by_split(dataset, load_split(split_path, dataset))
+    parts = records_by_split(dataset, load_split(found.split_path, dataset))
     spec = PreprocessSpec.from_dict(run["preprocess"])
     val = load_images(parts["val"], spec, "val images", progress)
     test = load_images(parts["test"], spec, "test images", progress)
-    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    model = keras.models.load_model(found.model_path, compile=False)
     cfg = get_config(run["model"]["name"])
     settings = run["evaluation"]
     result = evaluate_model(model, cfg.name, cfg.gradcam_layer, val, test, run_dir,
@@ -203,15 +165,6 @@ def _header(run: Dict) -> Dict:
             "complexity": run["model"]["complexity"]}
 
 
-def run_dirs_under(path: Path) -> List[Path]:
-    if (path / "run.json").is_file():
-        return [path]
-    found = sorted(p.parent for p in path.glob("*/run.json"))
-    if not found:
-        raise DataError(f"{path}: no run.json here or in its subfolders")
-    return found
-
-
 EPILOG = """\
 RUN_DIR: re-evaluates a training run on its own test split (TensorFlow).
 --bundle: runs a bundle through the edge runtime on --data (any layout: FracAtlas, a folder per
@@ -222,40 +175,57 @@ bundle or arguments.
 """
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    from .readers import FORMATS, UNBOXED
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.splitlines()[0],
                                  epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", type=Path, nargs="?", help="a run directory, or a folder of them (from --model all)")
+    ap.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR",
+                    help="a run directory, or a folder of them (from --model all); give this or --bundle")
     ap.add_argument("--bundle", type=Path, help="evaluate this bundle through the edge runtime instead (needs --data)")
-    ap.add_argument("--data", help="data folder or 'phantom' (default for a run: what it was trained on)")
-    ap.add_argument("--data-format", choices=FORMATS, help="the data folder's layout (default: detected)")
+    ap.add_argument("--data", help="data folder or 'phantom' (default for a run: what it was trained on; "
+                                   "a bundle needs it)")
+    ap.add_argument("--data-format", choices=FORMATS,
+                    help="the data folder's layout (default: the run's for a run, else detected)")
     ap.add_argument("--unboxed", choices=UNBOXED,
-                    help="YOLO exports: what an image without boxes is (default: unknown, reported apart)")
+                    help="YOLO exports: what an image without boxes is (default: the run's for a run, else unknown, "
+                         "reported apart)")
     ap.add_argument("--threshold-rule", help="run only: 'youden' or 'sensitivity=0.9' (default: the run's)")
-    ap.add_argument("--bootstrap", type=int, help="bootstrap resamples for the AUC CI (default: the run's; 2000)")
+    ap.add_argument("--bootstrap", type=int,
+                    help="bootstrap resamples for the AUC CI (default: the run's for a run, 2000 for a bundle)")
     ap.add_argument("--artifacts", help="bundle only: comma list of the bundle's artifacts (default: all it holds)")
     ap.add_argument("--subset", default="all", choices=["all", "train", "val", "test"],
-                    help="bundle only: which split of the data (from --split, or the data's own split folders)")
-    ap.add_argument("--split", type=Path, help="bundle only: a split file (image_id,split) for --subset")
-    ap.add_argument("--limit", type=int, help="bundle only: at most this many images, evenly spread (a quick look)")
+                    help="bundle only: which split of the data, from --split or the data's own split folders "
+                         "(default: %(default)s)")
+    ap.add_argument("--split", type=Path,
+                    help="bundle only: a split file (image_id,split) for --subset (default: the data's own folders)")
+    ap.add_argument("--limit", type=int,
+                    help="bundle only: at most this many images, evenly spread, for a quick look (default: all)")
     ap.add_argument("--overlays", type=int, default=8, help="bundle only: how many cases to draw (default: %(default)s)")
     ap.add_argument("--out", type=Path, help="bundle only: output folder (default: runs/eval/<bundle>_on_<data>)")
     ap.add_argument("--allow-rejected", action="store_true",
                     help="bundle only: also measure a bundle export's gate rejected (OUT.rejected: its int8 copies, say); "
-                         "labelled as such, never for use")
-    ap.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
+                         "labelled as such, never for use (default: refuse it)")
+    ap.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                    help="bundle only: the interpreter (default: %(default)s, the first installed that runs each artifact)")
+    ap.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout (default: a summary)")
+    ap.add_argument("--verbose", action="store_true",
+                    help="let TensorFlow, absl and oneDNN print their start-up and log lines (default: held back)")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if (args.run_dir is None) == (args.bundle is None):
         ap.error("give a RUN_DIR or --bundle BUNDLE (one of them)")
     if args.bundle is not None:
         return _main_bundle(args, argv)
+    from fracdata.console import quiet_start
+
+    quiet_start(args.verbose, ["tensorflow"])
     try:
-        results = {d.name: evaluate_run(d, args.data, args.threshold_rule, args.bootstrap, progress=sys.stderr.isatty(),
+        results = {d.name: evaluate_run(d, args.data, args.threshold_rule, args.bootstrap,
                                         data_format=args.data_format, unboxed=args.unboxed)
-                   for d in run_dirs_under(args.run_dir)}
+                   for d in run_dirs(args.run_dir)}
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -269,7 +239,6 @@ def _main_bundle(args, argv) -> int:
     from edge_runtime.bundle import BundleError
 
     from .bundle_eval import evaluate_bundle, print_summary
-    from .split import load_split
 
     if not args.data:
         print("error: --bundle needs --data DIR (or --data phantom)", file=sys.stderr)
@@ -282,8 +251,8 @@ def _main_bundle(args, argv) -> int:
         command = "python -m train.evaluate " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         result = evaluate_bundle(args.bundle, ds, out, keys, args.subset, assignment, args.limit, args.overlays,
-                                 args.bootstrap or 2000, progress=sys.stderr.isatty(), command=command,
-                                 allow_rejected=args.allow_rejected)
+                                 args.bootstrap or 2000, progress=True, command=command,
+                                 allow_rejected=args.allow_rejected, backend=args.backend)
     except (DataError, BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,40 +1,80 @@
-"""Train one registry model into a run directory with the paper's recipe and honest bookkeeping."""
+"""Train registry models into a run directory with the paper's recipe and honest bookkeeping.
+
+`run_training` (several models, one split, images loaded once per preprocessing) and `train_one`
+(one model) take their settings as one typed `TrainOptions`; `python -m train` (train/cli.py)
+only turns flags into it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import platform
+import shutil
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_runtime.preprocess import PreprocessSpec
+from edge_runtime.preprocess import NORMALIZATIONS, RESIZE_MODES, VIEW_MODES, PreprocessSpec
+from fracdata.data import Dataset
+from fracdata.images import LoadedSplit, load_images
+from fracdata.provenance import sha256_file, versions
+from fracdata.split import load_split, records_by_split, save_split, split_summary
 
-from .data import Dataset
 from .augment import describe as describe_augmentation
-from .dataset import LoadedSplit, make_tf_dataset
+from .dataset import make_tf_dataset
 from .evaluate import _header, evaluate_model
-from .split import split_summary
 
 TRAIN_PACKAGES = ("tensorflow", "keras", "numpy", "pillow", "scikit-learn", "matplotlib")
 
 
-def versions(packages: Sequence[str] = TRAIN_PACKAGES) -> Dict[str, Optional[str]]:
-    """Python, platform and each package's installed version (None where it is absent)."""
-    import importlib.metadata as md
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train (every field has the CLI's default). The preprocessing fields override the
+    model's registry entry where set; None keeps the entry's."""
+    epochs: Optional[int] = None  # None: the model's default_epochs
+    batch_size: int = 32
+    lr: float = 1e-3
+    patience: int = 8  # EarlyStopping on validation loss; ReduceLROnPlateau waits patience // 2 - 1
+    seed: int = 42  # the split, weights, shuffling and augmentation
+    weights: str = "imagenet"  # baselines only: imagenet, none, or a local file or folder
+    mixed_precision: bool = False
+    deterministic: bool = True  # TensorFlow op determinism
+    photo_augment: bool = True
+    threshold_rule: str = "youden"  # or "sensitivity=0.9"
+    bootstrap: int = 2000  # resamples for the test AUC CI
+    resize: Optional[str] = None  # stretch | letterbox
+    normalize: Optional[str] = None  # window | clahe | none
+    views: Optional[str] = None  # dihedral | single
+    split: Optional[Path] = None  # reuse this split file
+    max_skip_fraction: float = 0.02  # stop if more images than this are unreadable
+    command: str = "python -m train"  # recorded in run.json
+    quiet_stdout: bool = False  # Keras's output to stderr (stdout carries JSON)
+    progress: bool = True  # progress of image loading on stderr
 
-    out: Dict[str, Optional[str]] = {"python": platform.python_version(), "platform": platform.platform(),
-                                     "machine": platform.machine()}
-    for pkg in packages:
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    def __post_init__(self) -> None:
+        from .metrics import parse_rule
+
+        parse_rule(self.threshold_rule)  # a typo here should not cost a training run
+        for name in ("batch_size", "patience", "bootstrap"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ValueError(f"max_skip_fraction must be within [0, 1], got {self.max_skip_fraction}")
+        for name, allowed in (("resize", RESIZE_MODES), ("normalize", NORMALIZATIONS), ("views", VIEW_MODES)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    def preprocess_for(self, base: PreprocessSpec) -> PreprocessSpec:
+        """The model's registry PreprocessSpec with these options' overrides."""
+        overrides = {k: getattr(self, k) for k in ("resize", "normalize", "views") if getattr(self, k) is not None}
+        return replace(base, **overrides)
 
 
 def devices() -> Dict[str, object]:
@@ -66,42 +106,47 @@ def class_weights(labels: np.ndarray) -> Dict[int, float]:
     return {0: float(w[0]), 1: float(w[1])}
 
 
-def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_info: Dict, out_dir: Path, *,
-              epochs: Optional[int] = None, batch_size: int = 32, lr: float = 1e-3, seed: int = 42,
-              weights: str = "imagenet", mixed_precision: bool = False, threshold_rule: str = "youden",
-              n_boot: int = 2000, patience: int = 8, argv: Optional[List[str]] = None,
-              quiet_stdout: bool = False, deterministic: bool = True, photo_augment: bool = True) -> Dict:
+def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_info: Dict, out_dir: Path,
+              spec: PreprocessSpec, options: TrainOptions = TrainOptions()) -> Dict:
+    """Fit one model on `parts` (loaded with `spec`), save it and run.json, evaluate it on test."""
     import keras
 
     from .models import build_model, get_config
     from .models.complexity import complexity
     from .plots import plot_history
 
+    if any(part.spec != spec for part in parts.values()):
+        raise ValueError(f"{name}: the images were loaded with another PreprocessSpec than the one given")
+    o = options
     cfg = get_config(name)
-    epochs = epochs or cfg.default_epochs
+    epochs = o.epochs or cfg.default_epochs
     out_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-    if deterministic:
+    keras.utils.set_random_seed(o.seed)
+    if o.deterministic:
         _deterministic_ops()
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed_precision else "float32")
+    keras.mixed_precision.set_global_policy("mixed_float16" if o.mixed_precision else "float32")
     with _strategy().scope():
-        model = build_model(name, weights=weights)
-        model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
+        model = build_model(name, weights=o.weights)
+        model.compile(optimizer=keras.optimizers.Adam(o.lr), loss="binary_crossentropy",
                       metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
     train, val, test = parts["train"], parts["val"], parts["test"]
     cw = class_weights(train.labels)
     ckpt = out_dir / "best.weights.h5"
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True),
         keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, patience // 2 - 1), min_lr=1e-6),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, o.patience // 2 - 1),
+                                          min_lr=1e-6),
         keras.callbacks.CSVLogger(str(out_dir / "history.csv")),
     ]
     title = f"{name} on {'PHANTOM data (demonstration)' if dataset.phantom else dataset.name}"
     t0 = time.time()
-    with contextlib.redirect_stdout(sys.stderr) if quiet_stdout else contextlib.nullcontext():
-        model.fit(make_tf_dataset(train, batch_size, True, seed, photo=photo_augment), validation_data=make_tf_dataset(val, batch_size, False, seed, class_weight=cw),
-                  epochs=epochs, class_weight=cw, shuffle=False, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
+    # verbose=2 off a terminal: one line per epoch, so a log shows training is alive without bars.
+    with contextlib.redirect_stdout(sys.stderr) if o.quiet_stdout else contextlib.nullcontext():
+        model.fit(make_tf_dataset(train, o.batch_size, True, o.seed, photo=o.photo_augment),
+                  validation_data=make_tf_dataset(val, o.batch_size, False, o.seed, class_weight=cw),
+                  epochs=epochs, class_weight=cw, shuffle=False, callbacks=callbacks,
+                  verbose=1 if sys.stderr.isatty() else 2)
     train_seconds = time.time() - t0
     model.load_weights(ckpt)
     ckpt.unlink()
@@ -112,30 +157,95 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     clean.save(out_dir / "model.keras")
     plot_history(out_dir / "history.csv", out_dir / "curves.png", title)
 
-    spec = train.spec
     run = {
         "title": title,
-        "command": " ".join(["python -m train", *(argv or [])]),
+        "command": o.command,
         "started_unix": t0, "train_seconds": round(train_seconds, 1),
-        "model": {"name": name, "description": cfg.description, "input_size": cfg.input_size,
-                  "gradcam_layer": cfg.gradcam_layer, "weights": weights if cfg.pretrained else "from scratch",
+        "model": {"name": name, "description": cfg.description, "input_size": spec.size,
+                  "gradcam_layer": cfg.gradcam_layer, "weights": o.weights if cfg.pretrained else "from scratch",
                   "complexity": complexity(clean)},
         "training": {"epochs_max": epochs, "epochs_run": len(model.history.history.get("loss", [])),
-                     "batch_size": batch_size, "learning_rate": lr, "optimizer": "Adam",
-                     "loss": "binary_crossentropy", "class_weight": cw, "seed": seed,
+                     "batch_size": o.batch_size, "learning_rate": o.lr, "optimizer": "Adam",
+                     "loss": "binary_crossentropy", "class_weight": cw, "seed": o.seed,
                      "validation_loss": "class-weighted like training (EarlyStopping, checkpoint)",
-                     "mixed_precision": mixed_precision, "early_stopping_patience": patience,
-                     "deterministic_ops": deterministic,
-                     "augmentation": describe_augmentation(spec.views == "dihedral", photo_augment)},
+                     "mixed_precision": o.mixed_precision, "early_stopping_patience": o.patience,
+                     "deterministic_ops": o.deterministic,
+                     "augmentation": describe_augmentation(spec.views == "dihedral", o.photo_augment)},
         "preprocess": spec.to_dict(),
         "data": {"name": dataset.name, "phantom": dataset.phantom, "provenance": dataset.provenance,
                  "counts": dataset.counts(), "skipped_train": train.skipped},
         "split": {**split_info, "counts": split_summary({k: v.records for k, v in parts.items()})},
-        "evaluation": {"threshold_rule": threshold_rule, "bootstrap": n_boot, "seed": seed},
-        "versions": versions(), "devices": devices(),
+        "evaluation": {"threshold_rule": o.threshold_rule, "bootstrap": o.bootstrap, "seed": o.seed},
+        "versions": versions(TRAIN_PACKAGES), "devices": devices(),
     }
     (out_dir / "run.json").write_text(json.dumps(run, indent=2))
-    result = evaluate_model(clean, name, cfg.gradcam_layer, val, test, out_dir, threshold_rule, n_boot, seed, title)
+    result = evaluate_model(clean, name, cfg.gradcam_layer, val, test, out_dir, o.threshold_rule, o.bootstrap,
+                            o.seed, title)
     result = {**_header(run), **result}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _split(dataset: Dataset, out: Path, options: TrainOptions) -> Tuple[Dict[str, str], str]:
+    """The split (reused, the data's own folders, or made) saved as OUT/split.csv, and how it came."""
+    from fracdata.readers import layout_split
+
+    from .split import make_split
+
+    split_path = out / "split.csv"
+    if options.split:
+        assignment = load_split(options.split, dataset)
+        if options.split.resolve() != split_path.resolve():
+            shutil.copyfile(options.split, split_path)
+        return assignment, f"reused {options.split}"
+    assignment = layout_split(dataset, options.seed)
+    if assignment is not None:
+        save_split(assignment, dataset, split_path)
+        carved = sorted({s for s in ("val", "test") if not any(r.split == s for r in dataset.records)})
+        return assignment, ("the data's own split folders (honoured)"
+                            + (f"; {' and '.join(carved)} carved from train (seed {options.seed}, stratified by label)"
+                               if carved else ""))
+    assignment = make_split(dataset, seed=options.seed)
+    save_split(assignment, dataset, split_path)
+    return assignment, f"made by train.split (seed {options.seed}, 70/15/15, stratified label x region)"
+
+
+def run_training(names: Sequence[str], dataset: Dataset, out: Path,
+                 options: TrainOptions = TrainOptions()) -> Dict[str, Dict]:
+    """Train each model into OUT (one model) or OUT/<model> (several), all on one split; images are
+    loaded once per PreprocessSpec (the model's registry entry with the options' overrides)."""
+    from .duplicates import across_splits, warning_lines
+    from .models import build_model, get_config
+
+    for name in names:  # fail before hours of training, not after: fetch or find every model's weights now
+        if get_config(name).pretrained:
+            build_model(name, weights=options.weights)
+    specs = {name: options.preprocess_for(get_config(name).preprocess) for name in names}
+    assignment, made = _split(dataset, out, options)
+    split_path = out / "split.csv"
+    split_info = {"file": "split.csv", "sha256": sha256_file(split_path), "made": made}
+    records = records_by_split(dataset, assignment)
+    cache: Dict[PreprocessSpec, Dict[str, LoadedSplit]] = {}
+    results = {}
+    for name in names:
+        spec = specs[name]
+        if spec not in cache:
+            cache[spec] = {s: load_images(rs, spec, f"{s} images {spec.size}px", options.progress,
+                                          options.max_skip_fraction)
+                           for s, rs in records.items()}
+            if "duplicates" not in split_info:  # once: the same images whatever the input size
+                report = across_splits(cache[spec], phantom=dataset.phantom)
+                split_info["duplicates"] = {k: v for k, v in report.items() if k != "listed"}
+                for line in warning_lines(report, dataset.phantom):
+                    print(line, file=sys.stderr)
+        model_dir = out if len(names) == 1 else out / name
+        if model_dir != out:
+            model_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(split_path, model_dir / "split.csv")
+        print(f"== training {name} -> {model_dir}", file=sys.stderr)
+        results[name] = train_one(name, dataset, cache[spec], split_info, model_dir, spec, options)
+    if len(names) > 1:
+        from .evaluate import summary_line
+        head = ["PHANTOM DATA: demonstration only, not clinical results"] if dataset.phantom else []
+        (out / "summary.txt").write_text("\n".join(head + [summary_line(n, m) for n, m in results.items()]) + "\n")
+    return results

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import CLASS_NAMES
+from fracdata.data import CLASS_NAMES
 
 
 def confusion(y_true, y_pred) -> Dict[str, int]:

@@ -15,6 +15,15 @@ def _plt():
     return plt
 
 
+def _title(fig, title: str, fontsize: float) -> None:
+    """The title centred on the figure and wrapped to its width, so a long model or data name is
+    never clipped (an axes title is centred on the axes, which the y labels push right)."""
+    import textwrap
+
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.6 * fontsize)) - 4)  # ~0.6 em per character
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in title.split("\n")), fontsize=fontsize)
+
+
 def plot_history(history_csv: Path, out: Path, title: str) -> Optional[Path]:
     import csv
 
@@ -61,7 +70,7 @@ def plot_roc(y_val, p_val, y_test, p_test, metrics: Dict, out: Path, title: str)
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title(title)
+    _title(fig, title, 12)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -80,7 +89,7 @@ def plot_confusion(conf: Dict[str, int], out: Path, title: str) -> Path:
     ax.set_yticks([0, 1], ["non-fractured", "fractured"])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
+    _title(fig, title, 9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .evaluate import run_dirs_under
+from fracdata.runs import run_dirs
 
 
 def _f(v, digits: int = 3) -> str:
@@ -63,7 +63,7 @@ def summary_table(rows: List[Dict]) -> List[str]:
 def load_runs(paths: List[Path]) -> List[Tuple[Dict, Dict]]:
     """(run.json, metrics.json) of every run directory under the given paths."""
     return [(json.loads((d / "run.json").read_text()), json.loads((d / "metrics.json").read_text()))
-            for p in paths for d in run_dirs_under(p)]
+            for p in paths for d in run_dirs(p)]
 
 
 def seed_table(paths: List[Path]) -> List[str]:
@@ -101,12 +101,17 @@ def render(paths: List[Path]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m train.report", description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", type=Path, help="run directories or folders of them")
+    ap.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories or folders of them")
     ap.add_argument("--seeds", action="store_true",
-                    help="only the cross-run table: each model's test AUC per seed, mean and spread")
-    args = ap.parse_args(argv)
+                    help="only the cross-run table: each model's test AUC per seed, mean and spread "
+                         "(default: every run's full section)")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     print("\n".join(seed_table(args.runs)) if args.seeds else render(args.runs))
     return 0
 

@@ -6,7 +6,7 @@
 #
 # Idempotent: every step checks first and only changes what differs, so running it again after
 # an update is safe. --dry-run prints every step and changes nothing. Offline: carry the wheels on
-# a USB stick (see README, "Install on a clinic device") and pass --wheels DIR.
+# a USB stick (see docs/device.md, "Install on a clinic device") and pass --wheels DIR.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
@@ -113,7 +113,7 @@ else
         already "${APT_PKGS[*]}"
     elif [ -n "$WHEELS" ]; then
         echo "offline install, but these apt packages are missing: ${missing[*]}" >&2
-        echo "install them from the Raspberry Pi OS image or carry their .deb files (see README)" >&2
+        echo "install them from the Raspberry Pi OS image or carry their .deb files (see docs/device.md)" >&2
         [ "$DRY_RUN" -eq 1 ] || exit 1
     else
         run apt-get update

@@ -38,7 +38,7 @@ Options:
   --images N          reference images (default: $N_IMAGES)
   --backend NAME      predict --backend, on both sides (default: $BACKEND)
   --offline           download the aarch64 wheels on the host and install with install.sh --wheels
-                      (the README's offline path) instead of pip inside the emulated system
+                      (the offline path of docs/device.md) instead of pip inside the emulated system
   --stages LIST       comma-separated subset of: $STAGES (default: all; each skips what is done)
   --fresh             delete DIR/rootfs (and the recorded timings) first and build it again
   --nice N            niceness of every step (default: $NICE)
@@ -225,7 +225,7 @@ if want install; then
     fi
     INSTALL_ARGS=(--target generic --no-systemd)
     if [ "$OFFLINE" -eq 1 ]; then
-        # The README's offline recipe, for the rootfs's platform (aarch64, its python3's version).
+        # The offline recipe of docs/device.md, for the rootfs's platform (aarch64, its python3's version).
         pyver=$(inside /usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
         rm -rf "$WORK/wheels" "$ROOTFS/root/wheels"
         mkdir -p "$WORK/wheels"
@@ -252,7 +252,7 @@ if want predict; then
     [ -x "$ROOTFS$PREFIX/venv/bin/python" ] || die "nothing installed in $ROOTFS$PREFIX (stage install)"
     IMG=$WORK/images
     rm -rf "$IMG"
-    "$HOST_PY" -c "from train.phantom import generate_phantom_dataset as g; g('$IMG', n_images=$N_IMAGES, seed=3, size=(180, 150), progress=False)"
+    "$HOST_PY" -c "from fracdata.phantom import generate_phantom_dataset as g; g('$IMG', n_images=$N_IMAGES, seed=3, size=(180, 150), progress=False)"
     # Bound at the same path inside: proot 5.1.0 does not translate faccessat2, which qemu's glibc
     # calls for every access(), so os.access(image, R_OK) (edge_runtime/filecheck.py) is answered
     # for the HOST path (and a relative one against proot's real cwd, not the emulated one); a file

@@ -6,9 +6,10 @@ usual head. Which serves FracAtlas better is measured, not assumed (docs/results
 
 from __future__ import annotations
 
-from .registry import register_model
+from .registry import model_preprocess, register_model
 
 FILTERS = (32, 64, 128)
+PREPROCESS = model_preprocess(128)  # the input size of all three: the paper's 128 x 128
 
 
 def _features(x, layers):
@@ -28,13 +29,13 @@ def _output(x, layers):
     return layers.Activation("sigmoid", dtype="float32", name="prob")(logit)
 
 
-@register_model("custom_cnn", input_size=128, gradcam_layer="block3_conv", default_epochs=30,
+@register_model("custom_cnn", preprocess=PREPROCESS, gradcam_layer="block3_conv", default_epochs=30,
                 pretrained=False, description="paper: 3x(Conv-BN-MaxPool-Dropout), Flatten, Dense(128), Dense(1)")
-def custom_cnn():
+def custom_cnn(input_shape):
     import keras
     from keras import layers
 
-    inp = keras.Input((128, 128, 1), name="image")
+    inp = keras.Input(input_shape, name="image")
     x = _features(inp, layers)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="dense")(x)
@@ -42,11 +43,11 @@ def custom_cnn():
     return keras.Model(inp, _output(x, layers), name="custom_cnn")
 
 
-def _lean(name: str, pooling: str):
+def _lean(name: str, pooling: str, input_shape):
     import keras
     from keras import layers
 
-    inp = keras.Input((128, 128, 1), name="image")
+    inp = keras.Input(input_shape, name="image")
     x = _features(inp, layers)
     pool = layers.GlobalMaxPooling2D if pooling == "gmp" else layers.GlobalAveragePooling2D
     x = pool(name=pooling)(x)
@@ -54,13 +55,13 @@ def _lean(name: str, pooling: str):
     return keras.Model(inp, _output(x, layers), name=name)
 
 
-@register_model("custom_cnn_gmp", input_size=128, gradcam_layer="block3_conv", default_epochs=30,
+@register_model("custom_cnn_gmp", preprocess=PREPROCESS, gradcam_layer="block3_conv", default_epochs=30,
                 pretrained=False, description="ours: same 3 blocks, GlobalMaxPooling head (~45x fewer params)")
-def custom_cnn_gmp():
-    return _lean("custom_cnn_gmp", "gmp")
+def custom_cnn_gmp(input_shape):
+    return _lean("custom_cnn_gmp", "gmp", input_shape)
 
 
-@register_model("custom_cnn_gap", input_size=128, gradcam_layer="block3_conv", default_epochs=30,
+@register_model("custom_cnn_gap", preprocess=PREPROCESS, gradcam_layer="block3_conv", default_epochs=30,
                 pretrained=False, description="ours: same 3 blocks, GlobalAveragePooling head (~45x fewer params)")
-def custom_cnn_gap():
-    return _lean("custom_cnn_gap", "gap")
+def custom_cnn_gap(input_shape):
+    return _lean("custom_cnn_gap", "gap", input_shape)

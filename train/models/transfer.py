@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .registry import register_model
+from .registry import model_preprocess, register_model
+
+PREPROCESS = model_preprocess(224)  # the ImageNet bases' native input size
 
 # Keras's own file names for the no-top ImageNet weights, so `--weights DIR` can hold all three.
 WEIGHT_FILES = {
@@ -37,17 +39,17 @@ def resolve_weights(name: str, weights: str):
     return str(p)
 
 
-def _transfer(name: str, app: str, scale: float, offset, weights: str):
+def _transfer(name: str, app: str, scale: float, offset, input_shape, weights: str):
     import keras
     from keras import layers
 
-    inp = keras.Input((224, 224, 1), name="image")
+    inp = keras.Input(input_shape, name="image")
     x = layers.Concatenate(name="gray_to_rgb")([inp, inp, inp])
     x = layers.Rescaling(scale, offset=offset, name="imagenet_scaling")(x)
     w = resolve_weights(name, weights)
     try:
         base = getattr(keras.applications, app)(include_top=False, weights=w, input_tensor=x,
-                                                input_shape=(224, 224, 3))
+                                                input_shape=(*input_shape[:2], 3))
     except Exception as exc:  # network failure, wrong file: say which and what to do
         raise WeightsError(
             f"{name}: could not load weights {w!r} ({type(exc).__name__}: {exc}). Without internet, "
@@ -61,20 +63,20 @@ def _transfer(name: str, app: str, scale: float, offset, weights: str):
     return keras.Model(inp, out, name=name)
 
 
-@register_model("efficientnetb0", input_size=224, gradcam_layer="top_activation", default_epochs=5,
+@register_model("efficientnetb0", preprocess=PREPROCESS, gradcam_layer="top_activation", default_epochs=5,
                 pretrained=True, description="EfficientNetB0 base (expects 0-255)")
-def efficientnetb0(weights: str = "imagenet"):
-    return _transfer("efficientnetb0", "EfficientNetB0", 255.0, 0.0, weights)
+def efficientnetb0(input_shape, weights: str = "imagenet"):
+    return _transfer("efficientnetb0", "EfficientNetB0", 255.0, 0.0, input_shape, weights)
 
 
-@register_model("mobilenetv2", input_size=224, gradcam_layer="out_relu", default_epochs=5,
+@register_model("mobilenetv2", preprocess=PREPROCESS, gradcam_layer="out_relu", default_epochs=5,
                 pretrained=True, description="MobileNetV2 base (expects [-1, 1])")
-def mobilenetv2(weights: str = "imagenet"):
-    return _transfer("mobilenetv2", "MobileNetV2", 2.0, -1.0, weights)
+def mobilenetv2(input_shape, weights: str = "imagenet"):
+    return _transfer("mobilenetv2", "MobileNetV2", 2.0, -1.0, input_shape, weights)
 
 
-@register_model("resnet50", input_size=224, gradcam_layer="conv5_block3_out", default_epochs=5,
+@register_model("resnet50", preprocess=PREPROCESS, gradcam_layer="conv5_block3_out", default_epochs=5,
                 pretrained=True, description="ResNet50 base (caffe: BGR means subtracted from 0-255)")
-def resnet50(weights: str = "imagenet"):
+def resnet50(input_shape, weights: str = "imagenet"):
     # Gray replicated, so the BGR order of the caffe means only decides which channel gets which.
-    return _transfer("resnet50", "ResNet50", 255.0, [-103.939, -116.779, -123.68], weights)
+    return _transfer("resnet50", "ResNet50", 255.0, [-103.939, -116.779, -123.68], input_shape, weights)

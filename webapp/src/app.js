@@ -5,7 +5,7 @@ import { Engine } from "./lib/engine.js";
 import { runSelfTest } from "./lib/selftest.js";
 import { analyzeFile, analyzePhoto } from "./lib/pipeline.js";
 import { blend, displaySize, heatOnImage } from "./lib/overlay.js";
-import { addRecord, allRecords, clearRecords, toCSV, toJSON } from "./lib/history.js";
+import { addRecord, allRecords, clearRecords, latestRecords, toCSV, toJSON } from "./lib/history.js";
 
 const $ = (id) => document.getElementById(id);
 let engine = null;
@@ -76,6 +76,16 @@ function showResult(rec) {
 }
 
 async function keep(rec, canvas) {
+  try {
+    await store(rec, canvas);
+  } catch (e) { // private mode, storage full: the answer on screen stands, only the history misses it
+    $("history-note").textContent = `History not saved on this phone (${e.name || e.message}).`;
+    return;
+  }
+  await renderHistory();
+}
+
+async function store(rec, canvas) {
   let thumbnail = null;
   if (canvas) {
     const c = new OffscreenCanvas(96, Math.max(1, Math.round(96 * canvas.height / canvas.width)));
@@ -88,19 +98,29 @@ async function keep(rec, canvas) {
     bundle_digest: engine.digest, retake_reasons: rec.retake ? rec.quality.codes : [], error: rec.error ?? null,
     warnings: rec.warnings || [], thumbnail,
   });
-  await renderHistory();
 }
+
+let shownUrls = [];
 
 async function renderHistory() {
   const list = $("history-list");
-  const records = (await allRecords()).reverse();
+  let records;
+  try {
+    records = await latestRecords(50);
+  } catch (e) {
+    $("history-note").textContent = `No history on this phone (${e.name || e.message}): results are shown, not kept.`;
+    return;
+  }
+  shownUrls.forEach((u) => URL.revokeObjectURL(u));
+  shownUrls = [];
   list.replaceChildren();
-  for (const r of records.slice(0, 50)) {
+  for (const r of records) {
     const li = el("li");
     if (r.thumbnail) {
       const img = el("img");
       img.alt = "";
       img.src = URL.createObjectURL(r.thumbnail);
+      shownUrls.push(img.src);
       li.append(img);
     }
     const fake = { error: r.error, retake: r.decision === config.RETAKE, decision: r.decision };
@@ -191,7 +211,8 @@ async function main() {
     $("demo").textContent = `${config.LABELS.demonstration} (${engine.manifest.model.name})`;
     $("demo").hidden = false;
   }
-  const key = `selftest:${engine.digest}:${engine.artifactKey}:${config.APP_VERSION}`;
+  // Remembered per bundle, app build and browser: a new Chrome (its WASM engine) or a new app checks again.
+  const key = `selftest:${engine.digest}:${engine.artifactKey}:${config.APP_BUILD}:${navigator.userAgent}`;
   let st = JSON.parse(localStorage.getItem(key) || "null");
   if (!st) {
     st = await runSelfTest(engine, config);
@@ -203,13 +224,19 @@ async function main() {
     return;
   }
   for (const id of ["camera-btn", "photo-input", "file-input"]) $(id).disabled = false;
-  for (const id of ["photo-label", "file-label"]) $(id).setAttribute("aria-disabled", "false");
+  for (const [label, input] of [["photo-label", "photo-input"], ["file-label", "file-input"]]) {
+    $(label).setAttribute("aria-disabled", "false");
+    $(label).onkeydown = (ev) => { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); $(input).click(); } };
+  }
   $("camera-btn").onclick = startCamera;
   $("photo-input").onchange = async (ev) => { for (const f of ev.target.files) await run("film", f, f.name); ev.target.value = ""; };
   $("file-input").onchange = async (ev) => { for (const f of ev.target.files) await run("file", f, f.name); ev.target.value = ""; };
-  $("csv-btn").onclick = async () => download(toCSV(await allRecords()), "fracture-screening-history.csv", "text/csv");
-  $("json-btn").onclick = async () => download(toJSON(await allRecords()), "fracture-screening-history.json", "application/json");
-  $("clear-btn").onclick = async () => { if (confirm("Delete the history on this phone?")) { await clearRecords(); await renderHistory(); } };
+  const exporting = (fn) => async () => {
+    try { await fn(); } catch (e) { $("history-note").textContent = `Export failed (${e.name || e.message}).`; }
+  };
+  $("csv-btn").onclick = exporting(async () => download(toCSV(await allRecords()), "fracture-screening-history.csv", "text/csv"));
+  $("json-btn").onclick = exporting(async () => download(toJSON(await allRecords()), "fracture-screening-history.json", "application/json"));
+  $("clear-btn").onclick = exporting(async () => { if (confirm("Delete the history on this phone?")) { await clearRecords(); await renderHistory(); } });
   await renderHistory();
   const readyMs = performance.now(); // since navigation started
   const offline = await registerServiceWorker();

@@ -1,15 +1,37 @@
 // The offline copy: every file of the app, the WASM runtime and the bundle is cached on install,
-// and answered from the cache first. The build writes VERSION (a hash of every file) and FILES,
-// so a new app or a new bundle on the server installs a new cache and the old one is dropped.
+// and answered from the cache first. The build writes VERSION (a hash of every file) and FILES
+// (each file's sha256), so a new app or a new bundle on the server installs a new cache and the
+// old one is dropped. Install fetches past the HTTP cache and checks every file against its
+// sha256: a stale or half-updated server (a bundle switched mid-install) fails the install, and
+// the previous, consistent copy stays in use until the next visit tries again.
 // Responses get COOP/COEP headers, so the page is cross-origin isolated (WASM threads) even
 // where the server that first delivered it did not send them.
 const VERSION = "__VERSION__";
 const FILES = __FILES__;
 const CACHE = `fracture-edge-${VERSION}`;
 
-self.addEventListener("install", (event) => {
-  event.waitUntil(caches.open(CACHE).then((c) => c.addAll(FILES)).then(() => self.skipWaiting()));
-});
+async function hex(buffer) {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", buffer));
+  return Array.from(d, (v) => v.toString(16).padStart(2, "0")).join("");
+}
+
+async function install() {
+  const cache = await caches.open(CACHE);
+  try {
+    for (const [url, sha] of Object.entries(FILES)) {
+      const response = await fetch(new Request(url, { cache: "reload" }));
+      if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+      if (sha && (await hex(await response.clone().arrayBuffer())) !== sha) throw new Error(`${url}: not this version's file`);
+      await cache.put(url, response);
+    }
+  } catch (e) {
+    await caches.delete(CACHE);
+    throw e;
+  }
+  await self.skipWaiting();
+}
+
+self.addEventListener("install", (event) => event.waitUntil(install()));
 
 self.addEventListener("activate", (event) => {
   event.waitUntil(caches.keys()

@@ -70,8 +70,13 @@ function pyString(s) {
   return out + '"';
 }
 
-// Python sorts keys by code point; JS's default sort compares UTF-16 units (same below U+D800).
-const byCodePoint = (a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0);
+// Python sorts keys by code point; JS compares strings by UTF-16 unit, which differs once a key
+// holds characters above U+FFFF next to ones in U+E000-U+FFFF: compare code points.
+function byCodePoint([a], [b]) {
+  const x = Array.from(a, (c) => c.codePointAt(0)), y = Array.from(b, (c) => c.codePointAt(0));
+  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
+  return x.length - y.length;
+}
 
 function dump(node) {
   switch (node.t) {

@@ -26,38 +26,51 @@ function sniff(b) {
 // photo is refused with advice, before decoding, from the size its header declares.
 const MAX_BROWSER_PIXELS = 64_000_000;
 
-/** [width, height] as the header declares them (PNG, JPEG, GIF, BMP), or null. */
-export function declaredSize(b, format) {
-  const u16 = (o, le) => (le ? b[o] | (b[o + 1] << 8) : (b[o] << 8) | b[o + 1]);
-  const u32 = (o, le) => (le ? (u16(o, true) | (u16(o + 2, true) << 16)) >>> 0 : ((u16(o) << 16) | u16(o + 2)) >>> 0);
-  if (format === "PNG" && b.length >= 24) return [u32(16), u32(20)];
-  if (format === "GIF" && b.length >= 10) return [u16(6, true), u16(8, true)];
-  if (format === "BMP" && b.length >= 26) return [u32(18, true), Math.abs(u32(22, true) | 0)];
-  if (format === "JPEG") {
+/** [width, height] as the file's header declares them (PNG, JPEG, WebP, GIF, BMP), or null when
+ * the header does not say (then the file is refused: every valid image of these formats says). */
+export async function declaredSize(blob, b, format) {
+  const u16 = (a, o, le) => (le ? a[o] | (a[o + 1] << 8) : (a[o] << 8) | a[o + 1]);
+  const u24le = (a, o) => a[o] | (a[o + 1] << 8) | (a[o + 2] << 16);
+  const u32 = (a, o, le) => (le ? (u16(a, o, true) | (u16(a, o + 2, true) << 16)) >>> 0 : ((u16(a, o) << 16) | u16(a, o + 2)) >>> 0);
+  if (format === "PNG" && b.length >= 24) return [u32(b, 16), u32(b, 20)];
+  if (format === "GIF" && b.length >= 10) return [u16(b, 6, true), u16(b, 8, true)];
+  if (format === "BMP" && b.length >= 26) return [u32(b, 18, true), Math.abs(u32(b, 22, true) | 0)];
+  if (format === "WEBP" && b.length >= 30) {
+    const chunk = String.fromCharCode(b[12], b[13], b[14], b[15]);
+    if (chunk === "VP8X") return [u24le(b, 24) + 1, u24le(b, 27) + 1];
+    if (chunk === "VP8 ") return [u16(b, 26, true) & 0x3fff, u16(b, 28, true) & 0x3fff];
+    if (chunk === "VP8L") {
+      const bits = u32(b, 21, true);
+      return [(bits & 0x3fff) + 1, ((bits >>> 14) & 0x3fff) + 1];
+    }
+    return null;
+  }
+  if (format === "JPEG") { // walk the segments to the frame header, wherever it is
     let o = 2;
-    while (o + 9 < b.length) {
-      if (b[o] !== 0xff) return null;
-      const marker = b[o + 1];
-      if (marker === 0xff) { o++; continue; }
-      const len = u16(o + 2);
+    for (let n = 0; n < 10000 && o + 9 < blob.size; n++) {
+      const h = new Uint8Array(await blob.slice(o, o + 9).arrayBuffer());
+      if (h[0] !== 0xff) return null;
+      if (h[1] === 0xff) { o++; continue; }
       // SOF0-SOF15 but DHT (C4), JPG (C8) and DAC (CC)
-      if (marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker)) return [u16(o + 7), u16(o + 5)];
-      o += 2 + len;
+      if (h[1] >= 0xc0 && h[1] <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(h[1])) return [u16(h, 7), u16(h, 5)];
+      if (h[1] === 0xda || h[1] === 0xd9) return null; // scan data or the end, and no frame header yet
+      o += 2 + u16(h, 2);
     }
   }
   return null;
 }
 
 async function bitmapOf(blob, name, limits) {
-  const head = new Uint8Array(await blob.slice(0, 262144).arrayBuffer());
+  const head = new Uint8Array(await blob.slice(0, 160).arrayBuffer());
   const format = sniff(head);
   if (format === "DICOM") throw new ImageReadError(name, "DICOM is read by the clinic's Pi (python -m edge_runtime predict), not in the browser; export it as PNG or JPEG");
   if (!format) throw new ImageReadError(name, "not an image, or an image format this app cannot read (JPEG, PNG, WebP, GIF, BMP)");
   if (format === "PNG" && head[24] === 16) {
     throw new ImageReadError(name, "16-bit PNG: a browser reads only 8 of its bits, which would lose most gray levels of a 10-14-bit radiograph; read it on the clinic's Pi (python -m edge_runtime predict)");
   }
-  const size = declaredSize(head, format);
-  if (size && size[0] * size[1] > Math.min(limits.MAX_PIXELS, MAX_BROWSER_PIXELS)) {
+  const size = await declaredSize(blob, head, format);
+  if (!size) throw new ImageReadError(name, `corrupt ${format}: its header does not give the image's size`);
+  if (size[0] * size[1] > Math.min(limits.MAX_PIXELS, MAX_BROWSER_PIXELS)) {
     throw new ImageReadError(name, `image is ${size[0]}x${size[1]} px, more than this app decodes in a phone's memory `
       + `(${Math.min(limits.MAX_PIXELS, MAX_BROWSER_PIXELS).toLocaleString("en")} px): set the camera to 12 MP, or read it on the clinic's Pi`);
   }

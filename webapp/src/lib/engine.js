@@ -41,7 +41,10 @@ export class Engine {
     this.config = config;
     this.spec = specFromManifest(b.manifest.preprocess);
     this.threshold = b.manifest.decision.threshold;
-    this.positive = b.manifest.decision.positive_class;
+    this.positive = b.manifest.decision.positive_class ?? config.POSITIVE;
+    if (this.positive !== config.POSITIVE) {
+      throw new BundleError(`manifest: this app's models answer P(${config.POSITIVE}), the bundle says P(${this.positive})`);
+    }
     this.threads = ort.env.wasm.numThreads;
     const shape = b.manifest.model.input.shape;
     this.inputName = b.manifest.model.input.name;

@@ -18,12 +18,24 @@ function tx(mode, fn) {
     const out = fn(t.objectStore(STORE));
     t.oncomplete = () => { db.close(); resolve(out.result ?? out); };
     t.onerror = () => { db.close(); reject(t.error); };
+    t.onabort = () => { db.close(); reject(t.error || new Error("history transaction aborted (storage full?)")); };
   }));
 }
 
 export const addRecord = (rec) => tx("readwrite", (s) => s.add(rec));
 export const allRecords = () => tx("readonly", (s) => s.getAll());
 export const clearRecords = () => tx("readwrite", (s) => s.clear());
+
+/** The newest `n` records (a cursor from the end: the list does not read years of history). */
+export const latestRecords = (n) => tx("readonly", (s) => {
+  const out = [];
+  const req = s.openCursor(null, "prev");
+  req.onsuccess = () => {
+    const c = req.result;
+    if (c && out.length < n) { out.push(c.value); c.continue(); }
+  };
+  return out;
+});
 
 export const CSV_COLUMNS = ["id", "when_utc", "name", "mode", "decision", "probability", "threshold", "model",
   "bundle_digest", "retake_reasons", "error", "warnings"];

@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image, ImageFilter
 
+from .progress import progress as progress_of
+
 GENERATOR_VERSION = 5
 CSV_COLUMNS = ("image_id", "hand", "leg", "hip", "shoulder", "mixed", "hardware", "multiscan",
                "fractured", "fracture_count", "frontal", "lateral", "oblique")
@@ -188,10 +190,7 @@ def _write_boxes(out: Path, rows: List[Dict], seed: int, size, progress: bool, b
     import shutil
 
     todo = [(i, r) for i, r in enumerate(rows) if r["fractured"] and r["image_id"] not in boxes]
-    if progress and todo:
-        from tqdm import tqdm
-        todo = tqdm(todo, desc="phantom fracture boxes", unit="img", disable=None)
-    for i, row in todo:
+    for i, row in progress_of(todo, "phantom fracture boxes", enabled=progress):
         found: List = []
         render_phantom(np.random.default_rng([seed, i, 1]), row["region"], True, size=size,
                        hardware=bool(row["hardware"]), box_out=found)
@@ -227,12 +226,8 @@ def generate_phantom_dataset(out: Path, n_images: int = 1200, seed: int = 0, pro
     for d in ("Fractured", "Non_fractured"):
         (out / "images" / d).mkdir(parents=True, exist_ok=True)
     rows = phantom_rows(n_images, seed)
-    iterator = rows
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(rows, desc="phantom radiographs", unit="img", disable=None)
     boxes: Dict[str, list] = {}
-    for i, row in enumerate(iterator):
+    for i, row in enumerate(progress_of(rows, "phantom radiographs", enabled=progress)):
         rng = np.random.default_rng([seed, i, 1])
         found: List = []
         arr = render_phantom(rng, row["region"], bool(row["fractured"]), size=size, hardware=bool(row["hardware"]),
@@ -255,7 +250,7 @@ def generate_phantom_dataset(out: Path, n_images: int = 1200, seed: int = 0, pro
                 **{v: int(row["view"] == v) for v in ("frontal", "lateral", "oblique")},
             })
     (out / "README.md").write_text(
-        "# Phantom radiographs (synthetic)\n\nMade by `train.phantom` (generator version "
+        "# Phantom radiographs (synthetic)\n\nMade by `fracdata.phantom` (generator version "
         f"{GENERATOR_VERSION}, seed {seed}, {n_images} images). Not patient data, not FracAtlas: "
         "results on these images demonstrate the pipeline only. Annotations/YOLO holds each fracture's "
         "box (class 0), as FracAtlas ships its own.\n")

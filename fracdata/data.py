@@ -1,6 +1,6 @@
 """The FracAtlas reader, the record every reader makes, and where data comes from (--data,
 FRACATLAS_DIR, ../shared, phantom). The other layouts (a folder per class, a YOLO export) and the
-detection of which one a folder holds are in train/readers.py."""
+detection of which one a folder holds are in fracdata/readers.py."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from edge_runtime.labels import NEGATIVE, POSITIVE
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "fracatlas"
 ENV_VAR = "FRACATLAS_DIR"
@@ -20,7 +22,7 @@ REGIONS = ("hand", "leg", "hip", "shoulder")
 VIEWS = ("frontal", "lateral", "oblique")
 REQUIRED_COLUMNS = ("image_id", *REGIONS, "mixed", "hardware", "multiscan", "fractured")
 CLASS_DIRS = {0: "Non_fractured", 1: "Fractured"}
-CLASS_NAMES = ("non-fractured", "fractured")
+CLASS_NAMES = (NEGATIVE, POSITIVE)  # index = label (0, 1)
 
 
 class DataError(RuntimeError):
@@ -52,7 +54,7 @@ class Dataset:
     records: List[Record]
     phantom: bool = False
     provenance: Dict[str, object] = field(default_factory=dict)
-    format: str = "fracatlas"  # fracatlas | folders | yolo (train/readers.py)
+    format: str = "fracatlas"  # fracatlas | folders | yolo (fracdata/readers.py)
     unlabelled: List[Record] = field(default_factory=list)  # read, but with no label (see --unboxed)
     notes: List[str] = field(default_factory=list)  # what the reader assumed or ignored, for people
     annotations: Optional[str] = None  # where the fracture boxes came from, None when there are none
@@ -107,7 +109,7 @@ def read_fracatlas(root: Path, name: str = "FracAtlas") -> Dataset:
 
     A missing folder or CSV, a missing column or a bad flag stops here, and so does a malformed
     annotation. A listed image that is missing on disk is kept as a record; the loader skips and
-    counts it (see train.dataset).
+    counts it (see fracdata.images).
     """
     root = Path(root)
     if not root.is_dir():
@@ -211,7 +213,7 @@ def banner(lines: List[str]) -> str:
 
 
 PHANTOM_BANNER = banner([
-    "PHANTOM DATA: synthetic radiographs made by train.phantom.",
+    "PHANTOM DATA: synthetic radiographs made by fracdata.phantom.",
     "Every number from this run is a DEMONSTRATION of the pipeline,",
     "not a clinical result, and the model is not a clinical model.",
 ])
@@ -256,7 +258,7 @@ def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int 
     """Resolve and read the data; generate the phantom set (cached) when that is the choice.
 
     `data_format` (auto, fracatlas, folders, yolo) and `unboxed` (what a YOLO export's images
-    without boxes are: unknown, negative, fractured) go to train.readers.read_dataset. What the
+    without boxes are: unknown, negative, fractured) go to fracdata.readers.read_dataset. What the
     reader assumed is printed on stderr (unless quiet) and kept in the provenance."""
     from .readers import DEFAULT_UNBOXED, read_dataset
 

@@ -1,0 +1,42 @@
+"""The float Keras model as the reference that evaluation and export measure against.
+
+What export takes from training, besides the model registry (train.models): the float model's
+answers and its GradientTape Grad-CAM, both over the PreprocessSpec's views as the device computes
+them, the validation threshold rule, and the classification and localisation scores.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from edge_runtime.preprocess import PreprocessSpec, views
+
+from .localisation import agreement, boxed_positives, localise  # noqa: F401 - export's localisation scores
+from .metrics import auc, choose_threshold, sens_spec  # noqa: F401 - export's classification scores
+
+GRADCAM_BATCH = 32
+
+
+def predict(model, images: np.ndarray, spec: Optional[PreprocessSpec] = None, batch_size: int = 32) -> np.ndarray:
+    """P(fractured) per image: the mean over the spec's views, as the device computes it."""
+    if len(images) == 0:
+        return np.zeros((0,), np.float32)
+    n_views = spec.n_views if spec is not None else 1
+    if n_views == 1:
+        return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64).reshape(-1)
+    out = []
+    for start in range(0, len(images), 64):  # eight views of a chunk at a time: bounded memory
+        chunk = np.concatenate([views(x, spec) for x in images[start:start + 64]])
+        p = np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0), dtype=np.float64)
+        out.append(p.reshape(-1, n_views).mean(axis=1))
+    return np.concatenate(out)
+
+
+def gradcam_reference(model, layer: str, images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Raw Grad-CAM maps (n, h, w) by GradientTape, each the mean over the spec's views turned back."""
+    from .gradcam import gradcam_views
+
+    return np.concatenate([gradcam_views(model, images[i:i + GRADCAM_BATCH], layer, spec)[0]
+                           for i in range(0, len(images), GRADCAM_BATCH)])
