@@ -41,16 +41,18 @@ def _card(d: Dict) -> str:
     r = Record.from_dict(d)
     name = html.escape(Path(str(r.source or r.file or "?")).name)
     when = html.escape(r.received_utc or "")
-    if r.error:
-        body = f'<span class="badge err">{WORDING["error"]}</span><p>{html.escape(r.error)}</p>'
+    if r.error or (not r.retake and r.probability is None):  # a line of an older or damaged log: shown, not fatal
+        body = f'<span class="badge err">{WORDING["error"]}</span><p>{html.escape(r.error or "no answer recorded")}</p>'
     elif r.retake:
         reasons = "".join(f"<li>{html.escape(x)}</li>" for x in (r.quality or {}).get("reasons", []))
         body = f'<span class="badge retake">{WORDING[RETAKE]}</span><ul>{reasons}</ul>'
     else:
         img = (f'<img alt="radiograph with Grad-CAM heatmap" src="/img/{r.id}/{filenames.GRADCAM}">'
                if r.heatmap else "")
-        body = (f'{img}<p><span class="badge {"pos" if r.positive else "neg"}">{WORDING[r.decision]}</span></p>'
-                f'<p>probability {r.probability:.3f} (threshold {r.threshold:.3f})</p>')
+        label = html.escape(WORDING.get(r.decision, str(r.decision)))
+        threshold = f" (threshold {r.threshold:.3f})" if r.threshold is not None else ""
+        body = (f'{img}<p><span class="badge {"pos" if r.positive else "neg"}">{label}</span></p>'
+                f"<p>probability {r.probability:.3f}{threshold}</p>")
     return f'<div class="card"><b>{name}</b><div class="small">{when}</div>{body}</div>'
 
 

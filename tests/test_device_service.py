@@ -164,3 +164,14 @@ def test_an_internal_error_on_one_image_is_logged_and_the_queue_goes_on(tiny_bun
     bad = [r for r in recs if r.get("internal_error")]
     # the type in the record, the text (which could quote a file's content) only in the service log
     assert len(bad) == 1 and "internal error (RuntimeError)" in bad[0]["error"] and "simulated" not in bad[0]["error"]
+
+
+def test_the_page_shows_odd_log_lines_instead_of_failing():
+    """A line from an older or damaged log (no decision, no threshold, no answer, unknown keys) is
+    shown as what it is; the page never fails on it."""
+    from device.page import render
+    html = render([{"id": "a" * 32, "file": "old.jpg", "decision": "fractured"},  # no probability
+                   {"id": "b" * 32, "file": "new.jpg", "probability": 0.7, "decision": "fractured", "later_key": 1},
+                   {"id": "c" * 32, "source": "/mnt/x/<b>.png", "retake": True, "quality": {"reasons": ["blurred"]}}])
+    assert "no answer recorded" in html and "probability 0.700<" in html and "blurred" in html
+    assert "<b>.png" not in html and "&lt;b&gt;.png" in html
