@@ -8,7 +8,6 @@ log), so it needs no state of its own and costs the same after years of results.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import re
@@ -72,8 +71,8 @@ def render(records: List[Dict], status: Sequence[str] = ()) -> str:
 
 class AppSite:
     """The phone app (device/webapp.py) for whichever bundle the service uses now: rebuilt in
-    memory when the bundle changes (an update). Files are gzipped once per content, so a rebuild
-    for a new bundle re-compresses only the bundle's files, not the 14 MB runtime; a build that
+    memory when the bundle changes (an update). Files are gzipped once, and a rebuild for a new
+    bundle re-compresses only the files that changed, not the 14 MB runtime; a build that
     fails is retried after RETRY_S, not on every request."""
 
     RETRY_S = 30.0
@@ -83,7 +82,7 @@ class AppSite:
         self._lock = threading.Lock()
         self._digest: Optional[str] = None
         self._site = None
-        self._gz: Dict[bytes, bytes] = {}  # sha256 of a file's content -> its gzip
+        self._gz: Dict[str, bytes] = {}  # file -> its gzip, for the current site
         self._failed: Optional[tuple] = None  # (digest, monotonic time, exception)
 
     def _current(self):
@@ -100,9 +99,9 @@ class AppSite:
         except Exception as exc:
             self._failed = (bundle.digest, time.monotonic(), exc)
             raise
+        old = self._site.files if self._site is not None else {}
+        self._gz = {rel: z for rel, z in self._gz.items() if old.get(rel) == site.files.get(rel)}  # unchanged files
         self._site, self._digest, self._failed = site, bundle.digest, None
-        keep = {hashlib.sha256(c).digest() for c in site.files.values()}
-        self._gz = {k: v for k, v in self._gz.items() if k in keep}
         return site
 
     def get(self, rel: str, gzip_ok: bool):
@@ -114,10 +113,9 @@ class AppSite:
             if content is None:
                 return None
             if gzip_ok:
-                key = hashlib.sha256(content).digest()
-                if key not in self._gz:
-                    self._gz[key] = gzipped(rel, content)
-                z = self._gz[key]
+                if rel not in self._gz:
+                    self._gz[rel] = gzipped(rel, content)
+                z = self._gz[rel]
                 if z is not content:
                     return z, content_type(rel), True
             return content, content_type(rel), False

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from edge_runtime.bundle import Bundle, load_bundle
+from edge_runtime.environment import package_version
 
 ARTIFACT_PREFERENCE = ("onnx_int8", "onnx_float")  # the app runs ONNX Runtime Web: int8 where export accepted it
 VENDOR_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
@@ -89,11 +90,7 @@ def app_config(bundle: Bundle, trusted_key_b64: Optional[str]) -> Dict:
 
 
 def _app_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("fracture-edge")
-    except Exception:  # noqa: BLE001 - a source tree without metadata
-        return "source"
+    return package_version("fracture-edge") or "source"  # "source": a tree without package metadata
 
 
 def _icon(size: int) -> bytes:
@@ -181,18 +178,24 @@ def build_site(bundle: Optional[Bundle] = None, trusted_key: Optional[Path] = No
     from edge_runtime.signature import SIGNATURE
     if (bundle.root / SIGNATURE).is_file():
         files[f"bundle/{SIGNATURE}"] = (bundle.root / SIGNATURE).read_bytes()
-    build = hashlib.sha256(b"".join(hashlib.sha256(files[rel]).digest() for rel in sorted(files))).hexdigest()[:16]
+    digests: Dict[str, bytes] = {}  # each file hashed once (the runtime is 14 MB; serve rebuilds on updates)
+
+    def digest(rel: str) -> bytes:
+        if rel not in digests:
+            digests[rel] = hashlib.sha256(files[rel]).digest()
+        return digests[rel]
+
+    build = hashlib.sha256(b"".join(digest(rel) for rel in sorted(files))).hexdigest()[:16]
     config = {**app_config(bundle, _trusted_key_b64(trusted_key)), "APP_BUILD": build}  # the app's own files
     files["config.json"] = (json.dumps(config, indent=1, ensure_ascii=False) + "\n").encode()
     files["manifest.webmanifest"] = _web_manifest(bundle)
     files["icon-192.png"], files["icon-512.png"] = _icon(192), _icon(512)
     h = hashlib.sha256()
     for rel in sorted(files):
-        h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
+        h.update(rel.encode() + b"\0" + digest(rel))
     version = h.hexdigest()[:16]
     # Every file with its sha256 ("./" is index.html, as the server answers it)
-    cached = {"./": hashlib.sha256(files["index.html"]).hexdigest(),
-              **{rel: hashlib.sha256(files[rel]).hexdigest() for rel in sorted(files)}}
+    cached = {"./": digest("index.html").hex(), **{rel: digest(rel).hex() for rel in sorted(files)}}
     sw = (src / "sw.js").read_text(encoding="utf-8")
     sw = sw.replace('"__VERSION__"', json.dumps(version)).replace("__FILES__", json.dumps(cached, indent=0))
     files["sw.js"] = sw.encode()

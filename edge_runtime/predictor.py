@@ -26,7 +26,7 @@ from .inputs import read_image
 from .labels import NEGATIVE, POSITIVE
 from .result import Result
 from .overlay import save_overlay
-from .preprocess import content_box, content_problem, merge_maps, normalize_intensity, resize_input, views
+from .preprocess import checked_input, map_on_image, merge_maps, views
 
 OVERLAY_SIDE = 768  # long side of the overlay PNG: readable on a phone, cheap to write
 
@@ -135,12 +135,10 @@ class Predictor:
         t_all = t_start if t_start is not None else time.perf_counter()
         timings: Dict[str, float] = {}
         t0 = time.perf_counter()
-        small = resize_input(decoded.pixels, self.spec)
-        problem = content_problem(small)
+        x, problem, _ = checked_input(decoded.pixels, self.spec)
         if problem:
             rec.error, rec.warnings = problem, list(decoded.warnings)
             return rec
-        x = normalize_intensity(small, self.spec)[:, :, None]
         timings["preprocess"] = _ms(t0)
         p, raw = self.answer(x, timings)
         rec.probability = round(p, 6)
@@ -172,13 +170,8 @@ class Predictor:
     def _on_image(self, heat: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
         """The heatmap over the image itself: cropped to the unpadded part when letterboxed."""
         if self.spec.resize == "stretch":
-            return heat
-        from PIL import Image
-        size = self.spec.size
-        full = np.asarray(Image.fromarray(np.ascontiguousarray(heat, dtype=np.float32)).resize(
-            (size, size), Image.Resampling.BILINEAR), dtype=np.float32)
-        top, left, nh, nw = content_box(shape, self.spec)
-        return full[top:top + nh, left:left + nw]
+            return heat  # the overlay upsamples it to the image itself
+        return map_on_image(heat, shape, self.spec)
 
     def _header(self, name: Union[str, Path]) -> Result:
         return Result(file=str(name), model=self.bundle.model_name, backend=self.backend, artifact=self.artifact,

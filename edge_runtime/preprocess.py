@@ -171,6 +171,27 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return normalize_intensity(resize_input(pixels, spec), spec)[:, :, None]
 
 
+def checked_input(pixels: np.ndarray, spec: PreprocessSpec) -> Tuple[Optional[np.ndarray], Optional[str], np.ndarray]:
+    """(model input (size, size, 1) or None, why there is nothing to read or None, the resized
+    image before normalisation): the content check between the two halves of preprocessing, as
+    every reader of decoded pixels needs it (the predictor, evaluation through a bundle)."""
+    small = resize_input(pixels, spec)
+    problem = content_problem(small)
+    if problem:
+        return None, problem, small
+    return normalize_intensity(small, spec)[:, :, None], None, small
+
+
+def map_on_image(heat: np.ndarray, shape: Tuple[int, int], spec: PreprocessSpec) -> np.ndarray:
+    """A map over the model's input grid (e.g. Grad-CAM's h x w) upsampled bilinearly to the input
+    size, then cropped to the image's own part when letterboxed (`shape`: the decoded image's)."""
+    size = spec.size
+    full = np.asarray(Image.fromarray(np.ascontiguousarray(heat, dtype=np.float32)).resize(
+        (size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+    top, left, nh, nw = content_box(shape, spec)
+    return full[top:top + nh, left:left + nw]
+
+
 def content_problem(x: np.ndarray) -> Optional[str]:
     """Why a resized input (before normalisation) holds nothing to read, or None.
 

@@ -149,10 +149,9 @@ def analyze(page, data: bytes, name: str, kind: str = "file"):
 def python_answer(predictor, path: Path):
     """(probability, heatmap scaled to its peak) from the Python runtime, as predict_file computes them."""
     from edge_runtime.inputs import read_image
-    from edge_runtime.preprocess import normalize_intensity, resize_input
+    from edge_runtime.preprocess import checked_input
 
-    decoded = read_image(path, predictor.spec)
-    x = normalize_intensity(resize_input(decoded.pixels, predictor.spec), predictor.spec)[:, :, None]
+    x, _, _ = checked_input(read_image(path, predictor.spec).pixels, predictor.spec)
     p, raw = predictor.answer(x)
     return p, raw / raw.max() if raw.max() > 0 else raw
 

@@ -12,7 +12,7 @@ reason texts 43/43, metrics equal after Quality.to_dict's rounding 43/43, corner
 0.1 px triage records), every flattened film bit-identical. On a longer run (115 photos, seeds
 7100, 20 of real radiographs): decision, codes and texts 115/115, metrics 113/115, corners equal
 on all 89 films, 83 bit-identical, the other six correlated >= 0.99994 (mean |diff| <= 1e-4).
-The port emulates Pillow 13's and numpy's arithmetic step by step (webapp/src/film/pil.js,
+The port emulates Pillow 13's and numpy's arithmetic step by step (webapp/src/lib/pil.js,
 npy.js); what it cannot (LAPACK's SVD and least squares, numpy's unstable SIMD argsort on ties,
 BLAS summation order) differs in the last bits, which moves a warped pixel by one 8-bit step or a
 fitted edge by ~0.01 px. The thresholds below leave room for a rare borderline flip while failing

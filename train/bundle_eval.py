@@ -34,7 +34,7 @@ from edge_runtime.imageio import read_grayscale
 from edge_runtime.inputs import read_image
 from edge_runtime.overlay import save_overlay
 from edge_runtime.predictor import OVERLAY_SIDE, Predictor
-from edge_runtime.preprocess import content_problem, normalize_intensity, resize_input
+from edge_runtime.preprocess import checked_input
 
 from . import metrics as M
 from fracdata.data import UNLABELLED, DataError, Dataset, Record
@@ -161,12 +161,10 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
         except ImageReadError as exc:
             skipped.append(str(exc))
             continue
-        small = resize_input(decoded.pixels, spec)
-        problem = content_problem(small)
+        x, problem, small = checked_input(decoded.pixels, spec)
         if problem:
             refused.append(f"{r.path}: {problem}")
             continue
-        x = normalize_intensity(small, spec)[:, :, None]
         row = {"record": r, "shape": tuple(decoded.pixels.shape[:2])}
         scored = r.label == 1 and bool(r.boxes) and has_cam
         for k, pred in predictors.items():

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_runtime.preprocess import PreprocessSpec, content_box
+from edge_runtime.preprocess import PreprocessSpec, map_on_image
 
 from .metrics import wilson_interval
 
@@ -28,17 +28,9 @@ from .metrics import wilson_interval
 def heat_on_image(raw: np.ndarray, spec: PreprocessSpec, image_shape: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """The raw map (h, w) upsampled bilinearly to the model's input grid, cropped to the image's
     own part when the input is letterboxed; negative values set to 0."""
-    from PIL import Image
-
-    size = spec.size
-    up = np.asarray(Image.fromarray(np.ascontiguousarray(raw, dtype=np.float32)).resize(
-        (size, size), Image.Resampling.BILINEAR), dtype=np.float32)
-    if spec.resize != "stretch":
-        if image_shape is None:
-            raise ValueError("a letterboxed heatmap needs the image's shape to find the image in it")
-        top, left, nh, nw = content_box(image_shape, spec)
-        up = up[top:top + nh, left:left + nw]
-    return np.maximum(up, 0.0)
+    if spec.resize != "stretch" and image_shape is None:
+        raise ValueError("a letterboxed heatmap needs the image's shape to find the image in it")
+    return np.maximum(map_on_image(raw, image_shape or (spec.size, spec.size), spec), 0.0)
 
 
 def box_mask(boxes: Sequence[Tuple[float, float, float, float]], shape: Tuple[int, int]) -> np.ndarray:

@@ -7,7 +7,7 @@ import { boxMean, dilate, erode } from './imageops.js';
 import { resize8 } from '../lib/pil.js';
 import {
   f32, linspace, lstsq, medianF32, medianF64, percentileF32, percentileSortedF32, pyRound, roundHalfEven,
-} from './npy.js';
+} from '../lib/npy.js';
 
 export class FilmNotFound extends Error {}
 

@@ -6,7 +6,7 @@ import { FilmNotFound, gray, locate, workingCopy } from './finder.js';
 import { convertLMatrix, perspective8, reduce8, resizeF } from '../lib/pil.js';
 import {
   f32, interp, linspace, lstsq, medianF32, medianF64, percentileF64, roundHalfEven,
-} from './npy.js';
+} from '../lib/npy.js';
 
 export { FilmNotFound };
 

@@ -1,7 +1,7 @@
 // device/geometry.py: homographies, hulls, robust lines, quads, connected components.
 // Points are [x, y] arrays; masks are 0/1 Uint8Array, row-major (index y * w + x).
 
-import { argsort, lstsq } from './npy.js';
+import { argsort, lstsq } from '../lib/npy.js';
 import { fillPolygon as pilFillPolygon } from '../lib/pil.js';
 
 export class LinAlgError extends Error {}

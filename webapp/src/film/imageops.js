@@ -1,6 +1,6 @@
 // device/imageops.py: float box means and binary morphology on row-major typed arrays.
 
-import { roundHalfEven } from './npy.js';
+import { roundHalfEven } from '../lib/npy.js';
 
 /**
  * Mean over a window of 2r + 1 along `axis` (0: down the columns, 1: along the rows), edges

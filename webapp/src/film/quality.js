@@ -4,7 +4,7 @@
 import { resizeF } from '../lib/pil.js';
 import {
   f32, percentileF32, percentileSortedF32Array, pyFixed, pyRound,
-} from './npy.js';
+} from '../lib/npy.js';
 
 /**
  * Python's str.format for the fields quality.TEXT uses: {name}, {name:.Nf}, {name:.N%}

@@ -12,7 +12,7 @@
 
 import { FilmNotFound, flattenFilm } from './flatten.js';
 import { gray, workingCopy } from './finder.js';
-import { f32, npRound, percentileF32, pyRound } from './npy.js';
+import { f32, npRound, percentileF32, pyRound } from '../lib/npy.js';
 import { assess, beforeFinding, notFound, qualityDict } from './quality.js';
 
 export { decodePlan } from '../lib/pil.js';

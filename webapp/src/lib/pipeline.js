@@ -3,17 +3,11 @@
 // "retake", its reasons and no probability.
 
 import { readGrayscale, readPhoto, ImageReadError } from "./decode.js";
-import { percentiles } from "./stats.js";
+import { windowed } from "./preprocess.js";
 import { readFilm } from "../film/read_film.js";
 
-/** The flattened film as a viewer would show it (auto-window 0.5-99.5%). */
-function displayWindow(px) {
-  const [lo, hi] = percentiles(px, [0.5, 99.5]);
-  const out = new Float32Array(px.length);
-  if (hi - lo < 1e-6) return out;
-  for (let i = 0; i < px.length; i++) out[i] = Math.min(1, Math.max(0, (px[i] - lo) / (hi - lo)));
-  return out;
-}
+/** The flattened film as a viewer would show it (triage.display_image: auto-window 0.5-99.5%). */
+const displayWindow = (px) => windowed(px, [0.5, 99.5]);
 
 export async function analyzeFile(engine, blob, name) {
   const t0 = performance.now();

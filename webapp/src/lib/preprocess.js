@@ -1,6 +1,7 @@
 // THE preprocessing (edge_runtime/preprocess.py), ported: the spec is the bundle manifest's
 // `preprocess` block, read as is; tests/test_webapp.py pins this port to the Python function.
 
+import { pyFixed, roundHalfEven } from "./npy.js";
 import { resizeFloat } from "./resample.js";
 import { percentiles, std } from "./stats.js";
 
@@ -24,14 +25,8 @@ export function specFromManifest(p) {
 export function contentBox(h, w, spec) {
   if (spec.resize === "stretch") return [0, 0, spec.size, spec.size];
   const scale = spec.size / Math.max(h, w);
-  const nw = Math.max(1, pyRound(w * scale)), nh = Math.max(1, pyRound(h * scale));
+  const nw = Math.max(1, roundHalfEven(w * scale)), nh = Math.max(1, roundHalfEven(h * scale));
   return [Math.floor((spec.size - nh) / 2), Math.floor((spec.size - nw) / 2), nh, nw];
-}
-
-/** Python's round(): halves to even. */
-export function pyRound(x) {
-  const r = Math.round(x);
-  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
 /** Decoded gray pixels (h x w, [0, 1]) -> (size x size) float32: the geometric half. */
@@ -110,7 +105,7 @@ export function normalizeIntensity(x, spec) {
 export function contentProblem(x, w, h, limits) {
   const [lo, hi] = percentiles(x, [1.0, 99.0]);
   if (hi - lo < limits.MIN_CONTRAST) {
-    return `blank image: no contrast (gray levels ${lo.toFixed(3)}-${hi.toFixed(3)}); nothing to read`;
+    return `blank image: no contrast (gray levels ${pyFixed(lo, 3)}-${pyFixed(hi, 3)}); nothing to read`;
   }
   const b = Math.max(4, Math.min(8, Math.floor(Math.min(h, w) / 8)));
   const bh = Math.floor(h / b), bw = Math.floor(w / b);
@@ -124,7 +119,7 @@ export function contentProblem(x, w, h, limits) {
   }
   const ratio = std(blocks) / (std(x) + 1e-9);
   if (ratio < limits.MIN_STRUCTURE) {
-    return `no image structure (noise only, structure ratio ${ratio.toFixed(2)}): not a radiograph`;
+    return `no image structure (noise only, structure ratio ${pyFixed(ratio, 2)}): not a radiograph`;
   }
   return null;
 }
