@@ -1,12 +1,14 @@
 """python -m benchmarks.fuzz: seeded mutation fuzzing of everything a clinic can feed the runtime.
 
 Every input format the runtime reads (PNG 8/16-bit, JPEG, TIFF, BMP, GIF, WebP, DICOM plain,
-windowed and deflated) starts from a small valid file made here, then gets mutated: 1-6 random
+windowed, deflated, and with JPEG, JPEG 2000 and RLE frames) starts from a small valid file made
+here, then gets mutated: 1-6 random
 bytes changed, inserted or deleted, a truncation, or a header field (width, height, rows, frames)
 set to something hostile with the checksum repaired so the decoder believes it. Each mutant goes
 through the runtime's own input path (`read_image`, then the content check and normalisation of
 THE preprocessing). The only allowed outcomes are an answer or an ImageReadError that names the
-file; anything else is an escape. The manifest loader gets the same treatment: every mutant
+file; anything else is an escape. Crafted inputs (bombs in pixels, in compressed frames, and in
+the metadata Pillow reads while opening a file) each run in a process of their own. The manifest loader gets the same treatment: every mutant
 manifest must load or raise BundleError.
 
 Mutants run in a worker process that reports after every input, so a hang is caught by a
@@ -15,6 +17,7 @@ resident memory is the bound we promise (400 MB for any input of at most 10 MB).
 
     python -m benchmarks.fuzz --mutations 100000 --out runs/fuzz        # the long run (docs/robustness.md)
     python -m benchmarks.fuzz --seconds 50                                # what the test suite runs
+    python -m benchmarks.fuzz --mutations 0 --out runs/fuzz-crafted       # only the crafted inputs
 """
 
 from __future__ import annotations
@@ -110,12 +113,28 @@ def seeds() -> Dict[str, bytes]:
     out["dicom_window"] = _dicom(g16, window=True)
     out["dicom_frames"] = _dicom(g16, frames=3)
     out["dicom_deflated"] = _dicom(g16, syntax="1.2.840.10008.1.2.1.99")
+    # Compressed frames: their codestream headers are checked against the DICOM header (issue 4).
+    h, w = g8.shape
+    jpeg, j2k = io.BytesIO(), io.BytesIO()
+    Image.fromarray(g8).save(jpeg, "JPEG", quality=90)
+    Image.fromarray(g8).save(j2k, "JPEG2000", irreversible=False)
+    out["dicom_jpeg"] = encapsulated_dicom(h, w, jpeg.getvalue(), JPEG_BASELINE)
+    out["dicom_j2k"] = encapsulated_dicom(h, w, j2k.getvalue(), J2K_LOSSLESS)
+    out["dicom_rle"] = encapsulated_dicom(h, w, _rle_encode(g8), RLE_LOSSLESS)
     return out
+
+
+def _rle_encode(plane: np.ndarray) -> bytes:
+    """One 8-bit plane as a DICOM RLE frame (literal runs only: valid, and enough to mutate)."""
+    data = plane.tobytes()
+    seg = b"".join(bytes([len(data[i:i + 128]) - 1]) + data[i:i + 128] for i in range(0, len(data), 128))
+    return struct.pack("<2I", 1, 64).ljust(64, b"\0") + seg
 
 
 SUFFIX = {"png8": ".png", "png16": ".png", "jpeg": ".jpg", "jpeg_rgb": ".jpg", "tiff": ".tif", "tiff16": ".tif",
           "bmp": ".bmp", "gif": ".gif", "webp": ".webp", "dicom": ".dcm", "dicom_window": ".dcm",
-          "dicom_frames": ".dcm", "dicom_deflated": ".dcm"}
+          "dicom_frames": ".dcm", "dicom_deflated": ".dcm", "dicom_jpeg": ".dcm", "dicom_j2k": ".dcm",
+          "dicom_rle": ".dcm"}
 
 
 # --- mutations -------------------------------------------------------------------------------
@@ -206,12 +225,15 @@ def _deflate_zeros(comp, total: int, row: bytes = b"") -> List[bytes]:
     return parts
 
 
-def png_bomb(width: int, height: int, bit_depth: int = 8) -> bytes:
-    """A valid all-black PNG of any declared size: kilobytes on disk, width x height in memory."""
-    row = b"\0" + bytes(width * bit_depth // 8)
+def png_bomb(width: int, height: int, bit_depth: int = 8, colour_type: int = 0) -> bytes:
+    """A valid all-black PNG of any declared size: kilobytes on disk, width x height in memory
+    (colour type 6: RGBA, four times that)."""
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
+    row = b"\0" + bytes(width * channels * bit_depth // 8)
     comp = zlib.compressobj(9)
     idat = b"".join(_deflate_zeros(comp, len(row) * height, row)) + comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0))
+    return (b"\x89PNG\r\n\x1a\n"
+            + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0))
             + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
 
 
@@ -244,19 +266,261 @@ def deflated_dicom_bomb(rows: int, cols: int, frames: int) -> bytes:
     return bytes(128) + b"DICM" + head.getvalue() + b"".join(parts)
 
 
+# --- codestreams and containers that decode past what their header says --------------------------
+
+def _marker(code: int, body: bytes) -> bytes:
+    return struct.pack(">HH", code, len(body) + 2) + body
+
+
+def jpeg_blank(width: int, height: int, components: int = 1, sampling: int = 1, sof: int = 0xFFC0,
+               precision: int = 8) -> bytes:
+    """A valid JPEG of any declared size whose every block is flat: Huffman tables of one 1-bit
+    code each make a block 2 bits, so a 13,000^2 colour frame is ~1 MB of zero bytes, and every
+    decoder really decodes it (Pillow/libjpeg: 128 everywhere)."""
+    comps = b"".join(struct.pack(">BBB", i + 1, (sampling << 4 | sampling) if i == 0 else 0x11, 0)
+                     for i in range(components))
+    one_code = bytes([1] + [0] * 15)
+    out = (b"\xff\xd8" + _marker(0xFFDB, b"\x00" + b"\x01" * 64)
+           + _marker(sof, struct.pack(">BHHB", precision, height, width, components) + comps)
+           + _marker(0xFFC4, b"\x00" + one_code + b"\x00" + b"\x10" + one_code + b"\x00")
+           + _marker(0xFFDA, bytes([components]) + b"".join(struct.pack(">BB", i + 1, 0) for i in range(components))
+                     + b"\x00\x3f\x00"))
+    mcu = 8 * sampling
+    blocks = -(-width // mcu) * -(-height // mcu) * (sampling * sampling + components - 1)
+    return out + bytes(-(-blocks * 2 // 8)) + b"\xff\xd9"
+
+
+def j2k_blank(width: int, height: int, components: int = 1, precision: int = 8, tile: Optional[Tuple[int, int]] = None,
+              levels: int = 0, codeblock_exp: int = 4) -> bytes:
+    """A valid JPEG 2000 codestream of any declared size with every packet empty (one zero byte):
+    a ~100-byte file that openjpeg decodes to width x height x components int32 samples."""
+    tw, th = tile or (width, height)
+    siz = (struct.pack(">HIIIIIIIIH", 0, width, height, 0, 0, tw, th, 0, 0, components)
+           + bytes([precision - 1, 1, 1]) * components)
+    cod = struct.pack(">BBHBBBBBB", 0, 0, 1, 0, levels, codeblock_exp, codeblock_exp, 0, 1)
+    qcd = b"\x40" + bytes([(precision + 2) << 3]) * (1 + 3 * levels)
+    out = [b"\xff\x4f" + _marker(0xFF51, siz) + _marker(0xFF52, cod) + _marker(0xFF5C, qcd)]
+    packets = bytes(components * (levels + 1))
+    for t in range(-(-width // tw) * -(-height // th)):
+        out.append(_marker(0xFF90, struct.pack(">HIBB", t, 14 + len(packets), 0, 1)) + b"\xff\x93" + packets)
+    return b"".join(out) + b"\xff\xd9"
+
+
+def jp2_wrap(codestream: bytes, height: int, width: int, components: int = 1) -> bytes:
+    """A JP2 file around a codestream; its image header (ihdr) says height x width, whatever the
+    codestream says."""
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body) + 8) + kind + body
+    ihdr = box(b"ihdr", struct.pack(">IIHBBBB", height, width, components, 7, 7, 0, 0))
+    colr = box(b"colr", struct.pack(">BBBI", 1, 0, 0, 17 if components == 1 else 16))
+    return (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + box(b"ftyp", b"jp2 \x00\x00\x00\x00jp2 ")
+            + box(b"jp2h", ihdr + colr) + box(b"jp2c", codestream))
+
+
+def rle_bomb(decoded_bytes: int, segments: int = 1) -> bytes:
+    """A DICOM RLE frame whose segments each decode to `decoded_bytes` (2 bytes per 128): pydicom's
+    decoder grows a buffer for all of it before comparing with Rows x Columns."""
+    seg = b"\x81\x00" * -(-decoded_bytes // 128)
+    offsets = [64 + i * len(seg) for i in range(segments)]
+    head = struct.pack(f"<{1 + segments}I", segments, *offsets).ljust(64, b"\0")
+    return head + seg * segments
+
+
+def encapsulated_dicom(rows: int, cols: int, frame: bytes, syntax: str, samples: int = 1, bits: int = 8,
+                       photometric: Optional[str] = None) -> bytes:
+    """A DICOM whose header says rows x cols x samples, holding one compressed frame as it is."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import UID
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1")
+    meta.MediaStorageSOPInstanceUID = UID("1.2.3.4.5.6.7.8.11")
+    meta.TransferSyntaxUID = UID(syntax)
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = CANARY, "CANARY-ID-0001", "CR"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, samples
+    ds.PhotometricInterpretation = photometric or ("MONOCHROME2" if samples == 1 else "RGB")
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, min(bits, 12), min(bits, 12) - 1, 0
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def ico_wrapping(image: bytes) -> bytes:
+    """An ICO whose one entry is `image` (a PNG): Pillow decodes it inside Image.open."""
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(image), 22) + image
+
+
+def icns_wrapping(png: bytes) -> bytes:
+    """A macOS ICNS whose 512^2 slot ('ic09') holds `png`, whatever size the PNG really is."""
+    return b"icns" + struct.pack(">I", 16 + len(png)) + b"ic09" + struct.pack(">I", 8 + len(png)) + png
+
+
+def tiff_strip(width: int, height: int, strip: bytes, compression: int = 7) -> bytes:
+    """A one-strip gray TIFF (compression 7: the strip is a JPEG stream) of width x height."""
+    entries = sorted([(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, compression), (262, 3, 1),
+                      (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, len(strip))])
+    pad = len(strip) % 2
+    ifd = (struct.pack("<H", len(entries))
+           + b"".join(struct.pack("<HHII", t, ty, 1, v) if ty == 4 else struct.pack("<HHIHH", t, ty, 1, v, 0)
+                      for t, ty, v in entries) + b"\0\0\0\0")
+    return b"II*\0" + struct.pack("<I", 8 + len(strip) + pad) + strip + b"\0" * pad + ifd
+
+
+def tiff_many_strips(strips: int, side: int = 256) -> bytes:
+    """A side x side 8-bit gray TIFF whose StripOffsets and StripByteCounts list `strips` entries
+    each (8 bytes per strip on disk), all pointing at the one real strip. Pillow unpacked both
+    lists and made a tile per entry inside Image.open: 3,000,000 strips (24 MB on disk) took 569 MB."""
+    head = 8 + 2 + 9 * 12 + 4
+    offsets_at, counts_at = head, head + 4 * strips
+    pixels_at = counts_at + 4 * strips
+    entries = [(256, 4, 1, side), (257, 4, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, strips, offsets_at), (277, 3, 1, 1), (278, 4, 1, 1), (279, 4, strips, counts_at)]
+    ifd = (struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries)
+           + struct.pack("<I", 0))
+    offsets = np.full(strips, pixels_at, "<u4").tobytes()
+    counts = np.full(strips, side, "<u4").tobytes()
+    return b"II*\0" + struct.pack("<I", 8) + ifd + offsets + counts + bytes(side * side)
+
+
+def _small_image(fmt: str, **kw) -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray((_radiograph(64, 64) * 255).astype(np.uint8)).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def gif_comment(nbytes: int) -> bytes:
+    """A 64 x 64 GIF with a comment extension of `nbytes` before its image: Pillow kept every
+    255-byte sub-block, then joined them, inside Image.open (80 MB: 263 MB)."""
+    gif = _small_image("GIF")
+    at = 13 + (3 << ((gif[10] & 7) + 1) if gif[10] & 0x80 else 0)
+    block = b"\xff" + b"c" * 255
+    comment = b"!\xfe" + block * (nbytes // 255) + b"\0"
+    return gif[:at] + comment + gif[at:]
+
+
+def png_private_chunk(nbytes: int) -> bytes:
+    """A 64 x 64 PNG with one private ancillary chunk of `nbytes` before its image data: Pillow
+    reads it (twice: in blocks, then joined) and keeps it, inside Image.open."""
+    png = _small_image("PNG")
+    at = 8 + 25  # after the signature and IHDR
+    return png[:at] + _png_chunk(b"prVt", bytes(nbytes)) + png[at:]
+
+
+def webp_metadata(nbytes: int) -> bytes:
+    """A 64 x 64 lossless WebP (VP8X container) with an EXIF chunk of `nbytes`: Pillow reads the
+    whole file, and copies the chunk out, inside Image.open."""
+    simple = _small_image("WEBP", lossless=True)
+    vp8l = simple[12:]  # the one VP8L chunk of a simple lossless file
+    vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x08, 0, 0, 0]) + (63).to_bytes(3, "little") * 2
+    exif = b"EXIF" + struct.pack("<I", nbytes) + b"II*\0" + bytes(max(0, nbytes - 4)) + b"\0" * (nbytes & 1)
+    body = b"WEBP" + vp8x + vp8l + exif
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def jpeg_metadata_after_frame(nbytes: int) -> bytes:
+    """A 64 x 64 JPEG with `nbytes` of ICC (APP2) segments between its frame header and its
+    first scan, where a check that stops at the frame header does not look: Pillow gathers them,
+    then joins the ICC profile, inside Image.open."""
+    jpg = _small_image("JPEG")
+    sof = jpg.find(b"\xff\xc0")
+    end = sof + 2 + struct.unpack(">H", jpg[sof + 2:sof + 4])[0]
+    body = b"ICC_PROFILE\0\1\1" + bytes(65533 - 16)
+    seg = b"\xff\xe2" + struct.pack(">H", 2 + len(body)) + body
+    return jpg[:end] + seg * max(1, nbytes // len(seg)) + jpg[end:]
+
+
+def bmp_header(nbytes: int) -> bytes:
+    """A 64 x 64 BMP whose info header says it is `nbytes` long (padded to that): Pillow reads the
+    whole header inside Image.open before it looks at its size."""
+    bmp = bytearray(_small_image("BMP"))
+    bmp[14:18] = struct.pack("<I", nbytes)
+    return bytes(bmp) + bytes(max(0, nbytes - len(bmp)))
+
+
+def crafted_metadata(scale: float = 1.0, mb: Optional[int] = None) -> Dict[str, Tuple[str, bytes]]:
+    """Containers that make Pillow allocate inside Image.open, before any image budget is
+    checked: metadata and structure, not pixels (the 2026-12 review's memory bombs, and their kin
+    in every format Pillow is allowed to open). Each must be refused unread, its file named.
+    `mb`: megabytes of metadata in each (default: 40 x scale, at least 20, above the 16 MB cap)."""
+    mb = mb if mb is not None else max(20, int(40 * scale))
+    strips = max(100_000, int(3_000_000 * scale))
+    return {f"tiff_256x256_{strips}_strips": (".tif", tiff_many_strips(strips)),
+            f"gif_comment_{mb}mb": (".gif", gif_comment(mb * 2 ** 20)),
+            f"png_private_chunk_{mb}mb": (".png", png_private_chunk(mb * 2 ** 20)),
+            f"webp_exif_{mb}mb": (".webp", webp_metadata(mb * 2 ** 20)),
+            f"jpeg_icc_after_frame_{mb}mb": (".jpg", jpeg_metadata_after_frame(mb * 2 ** 20)),
+            f"bmp_header_{mb}mb": (".bmp", bmp_header(mb * 2 ** 20))}
+
+
+J2K_LOSSLESS, JPEG_BASELINE, JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70"
+JPEG_LS_LOSSLESS, RLE_LOSSLESS = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"
+
+
+def crafted_decoders(scale: float = 1.0) -> Dict[str, Tuple[str, bytes]]:
+    """Issue 4: compressed frames larger than their DICOM header says (before: 3.26 GB for a J2K,
+    1.73 GB for a JPEG, 626 bytes and 1 MB on disk), coding parameters that make openjpeg's own
+    structures huge, and containers Pillow decodes inside Image.open (an ICO wrapping a 13,000^2
+    RGBA PNG: 725 MB), under misleading names. Each must be refused before decoding."""
+    side = 13000 if scale >= 1 else 6000
+    out: Dict[str, Tuple[str, bytes]] = {}
+    png = png_bomb(side, side, 8, 6)
+    out[f"ico_png_{side}x{side}_rgba_as_png"] = (".png", ico_wrapping(png))
+    out[f"ico_png_{side}x{side}_rgba_as_dcm"] = (".dcm", ico_wrapping(png))
+    out[f"icns_png_{side}x{side}_rgba_as_jpg"] = (".jpg", icns_wrapping(png))
+    out[f"tiff_512x512_jpeg_strip_{side}x{side}"] = (".tif", tiff_strip(512, 512, jpeg_blank(side, side)))
+    try:
+        import pydicom  # noqa: F401
+    except ImportError:
+        return out
+    rgb = {"samples": 3, "photometric": "YBR_FULL_422"}
+    out[f"dicom_j2k_{side}x{side}x3_in_512x512"] = (
+        ".dcm", encapsulated_dicom(512, 512, j2k_blank(side, side, 3), J2K_LOSSLESS, samples=3))
+    out[f"dicom_jp2_{side}x{side}_ihdr_512x512"] = (
+        ".dcm", encapsulated_dicom(512, 512, jp2_wrap(j2k_blank(side, side), 512, 512), J2K_LOSSLESS))
+    out[f"dicom_jpeg_{side}x{side}x3_in_512x512"] = (
+        ".dcm", encapsulated_dicom(512, 512, jpeg_blank(side, side, 3, 2), JPEG_BASELINE, **rgb))
+    out[f"dicom_j2k_stream_under_jpeg_syntax_{side}x{side}"] = (
+        ".dcm", encapsulated_dicom(512, 512, j2k_blank(side, side), JPEG_BASELINE))
+    out[f"dicom_jpeg_lossless_{side}x{side}_in_512x512"] = (
+        ".dcm", encapsulated_dicom(512, 512, jpeg_blank(side, side, sof=0xFFC3, precision=16), JPEG_LOSSLESS_SV1,
+                                   bits=16))
+    out[f"dicom_jpegls_{side}x{side}_in_512x512"] = (
+        ".dcm", encapsulated_dicom(512, 512, jpeg_blank(side, side, sof=0xFFF7), JPEG_LS_LOSSLESS))
+    rle_mb = 256 if scale >= 1 else 64
+    out[f"dicom_rle_segment_{rle_mb}mb_in_512x512"] = (
+        ".dcm", encapsulated_dicom(512, 512, rle_bomb(rle_mb * 2 ** 20), RLE_LOSSLESS))
+    out["dicom_j2k_3000x3000x3_4x4_codeblocks"] = (
+        ".dcm", encapsulated_dicom(3000, 3000, j2k_blank(3000, 3000, 3, levels=5, codeblock_exp=0), J2K_LOSSLESS,
+                                   samples=3))
+    out["dicom_j2k_3000x3000_12x12_tiles"] = (
+        ".dcm", encapsulated_dicom(3000, 3000, j2k_blank(3000, 3000, tile=(12, 12)), J2K_LOSSLESS))
+    return out
+
+
 def crafted(scale: float = 1.0) -> Dict[str, Tuple[str, bytes]]:
-    """The adversarial shapes found by hand (issue 11), each refused or read within the memory bound.
-    `scale` < 1 shrinks the deflated DICOM for the test suite (still far above the budget)."""
+    """The adversarial shapes found by hand (issue 11), each refused or read within the memory bound,
+    then the decoder cases of crafted_decoders. `scale` < 1 shrinks the deflated DICOM and the
+    wrapped images for the test suite (still far above the budget). The metadata cases
+    (crafted_metadata) are run beside these by `run_crafted` and `--write-crafted`."""
     out = {"png_4999000x16": (".png", png_bomb(4_999_000, 16)),
            "png16_8900x8900": (".png", png_bomb(8900, 8900, 16)),
            "png_16000x16000": (".png", png_bomb(16000, 16000))}
     try:
         import pydicom  # noqa: F401
     except ImportError:
-        return out
+        return {**out, **crafted_decoders(scale)}
     frames = max(3, int(60 * scale))
     out[f"dicom_deflated_{frames}x4000x4000"] = (".dcm", deflated_dicom_bomb(4000, 4000, frames))
-    return out
+    return {**out, **crafted_decoders(scale)}
 
 
 # --- targets ---------------------------------------------------------------------------------
@@ -381,7 +645,7 @@ def run_crafted(scale: float = 1.0) -> Dict[str, Dict]:
     """Each crafted bomb in a process of its own, so its peak memory is its own."""
     out = {}
     with tempfile.TemporaryDirectory(prefix="fuzz-bombs-") as tmp:
-        for name, (suffix, data) in crafted(scale).items():
+        for name, (suffix, data) in {**crafted(scale), **crafted_metadata(scale)}.items():
             path = Path(tmp) / f"{name}{suffix}"
             path.write_bytes(data)
             res = subprocess.run([sys.executable, "-m", "benchmarks.fuzz", "--worker-file", str(path)],
@@ -544,7 +808,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--bomb-scale", type=float, default=1.0,
                     help="size of the crafted deflated DICOM, 1 = 60 frames of 4000^2; 0 skips the bombs (default: %(default)s)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--write-crafted", type=Path, metavar="DIR",
+                    help="only write the crafted inputs (at --bomb-scale) into DIR, e.g. to run them through "
+                         "`python -m edge_runtime predict` under /usr/bin/time")
     args = ap.parse_args(argv)
+    if args.write_crafted:
+        args.write_crafted.mkdir(parents=True, exist_ok=True)
+        scale = args.bomb_scale or 1.0
+        for name, (suffix, data) in {**crafted(scale), **crafted_metadata(scale)}.items():
+            (args.write_crafted / f"{name}{suffix}").write_bytes(data)
+            print(args.write_crafted / f"{name}{suffix}")
+        return 0
     result = fuzz(args.mutations, args.seed, args.seconds, bundle=args.bundle,
                   formats=args.formats.split(",") if args.formats else None, progress=sys.stderr.isatty(),
                   bomb_scale=args.bomb_scale)

@@ -40,7 +40,7 @@ def targets(res: Dict) -> List[Dict]:
     e2e = res["end_to_end"].get("jpeg")
     out.append(_target("full-size JPEG: everything after decoding <= 30% on top of the decode",
                        e2e["overhead_over_decode"] if e2e else None, 0.30, False))
-    out.append(_target("Grad-CAM <= half of one inference",
+    out.append(_target("heatmap (Grad-CAM, or a fracture map's own) <= half of one inference",
                        e2e["gradcam_ms"] / e2e["inference_ms"] if e2e else None, 0.5, False))
     out.append(_target("full-size JPEG with --heatmap <= 2x the same without",
                        e2e.get("heatmap_ratio") if e2e else None, 2.0, False, "x"))
@@ -48,7 +48,9 @@ def targets(res: Dict) -> List[Dict]:
     out.append(_target("film path, 12 MP JPEG: <= 0.3 s", film.get("total_ms") / 1000 if film.get("total_ms") else None,
                        0.3, False, "s"))
     out.append(_target("film path, 12 MP JPEG: <= 300 MB peak RSS", film.get("peak_rss_mb"), 300, False, "MB"))
-    deltas = [a["delta_auc"] for a in res["accuracy"]["artifacts"].values() if a.get("delta_auc") is not None]
+    acc = res["accuracy"]
+    per = [g["artifacts"] for g in acc["by_source"].values()] if acc.get("by_source") else [acc["artifacts"]]
+    deltas = [a["delta_auc"] for arts in per for a in arts.values() if a.get("delta_auc") is not None]
     out.append(_target("int8 within 0.01 AUC of float on the test split",
                        max(abs(d) for d in deltas) if deltas else None, 0.01, False))
     return out
@@ -60,8 +62,11 @@ def _f(v, fmt=".2f") -> str:
 
 def markdown(res: Dict) -> str:
     d = res["device"]
-    lines = [f"# Benchmark — {res['model']}" + (" (PHANTOM demonstration model)" if res["demonstration_only"] else ""),
-             "", f"{res['date']}; `{res['command']}`" + ("; **quick mode**" if res["quick"] else ""), "",
+    heat = res.get("heatmap", "Grad-CAM")
+    lines = [f"# Benchmark — {res['model']}" + (" (DEMONSTRATION model)" if res["demonstration_only"] else ""), ""]
+    if res.get("title"):
+        lines += [f"Bundle: {res['title']}.", ""]
+    lines += [f"{res['date']}; `{res['command']}`" + ("; **quick mode**" if res["quick"] else ""), "",
              f"Device: {d['cpu']} ({d['machine']}, {d['cores']} cores), Python {d['python']}, numpy {d['numpy']}, "
              f"interpreters {', '.join(f'{k} {v}' for k, v in d['interpreters'].items() if v)}, "
              f"TensorFlow {d['tensorflow'] or 'absent'}. Nominal peak: {_f(d['peak']['gops_fp32'], '.0f')} GOPS "
@@ -77,8 +82,8 @@ def markdown(res: Dict) -> str:
                      f"{_f(r['p90_ms'], '.3f')} | {_f(r['p99_ms'], '.3f')} | {_f(r['throughput_images_per_s'], '.0f')} | "
                      f"{_f(r['cold_start_s'])} | {_f(r['peak_rss_mb'], '.0f')} | {_f(r['file_mb'])} | "
                      f"{_f(r.get('achieved_gops'), '.1f')} |")
-    lines += ["", "## End to end from a file (medians; Grad-CAM included, overlay drawn only in the last column)", "",
-              "| file | size | decode full ms | decode fast ms | preprocess ms | inference ms | Grad-CAM ms | "
+    lines += ["", f"## End to end from a file (medians; {heat} included, overlay drawn only in the last column)", "",
+              f"| file | size | decode full ms | decode fast ms | preprocess ms | inference ms | {heat} ms | "
               "answer total ms | total over fast decode | with --heatmap ms |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for kind, e in res["end_to_end"].items():
@@ -90,7 +95,7 @@ def markdown(res: Dict) -> str:
         lines += ["", "## Film path: a phone photo of film on a lightbox to the answer (medians, 1 thread, kept "
                       "image written, no overlay)", "",
                   "| photo | pixels | file MB | decode ms | checks+find+flatten+gate ms | keep ms | preprocess ms | "
-                  "inference ms | Grad-CAM ms | total ms | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"inference ms | {heat} ms | total ms | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, e in res["film_path"].items():
             if "error" in e:
                 lines.append(f"| {name} | error: {e['error']} | | | | | | | | | |")
@@ -100,10 +105,15 @@ def markdown(res: Dict) -> str:
                          f"{_f(e.get('inference_ms'), '.1f')} | {_f(e.get('gradcam_ms'), '.2f')} | {_f(e.get('total_ms'), '.0f')} | "
                          f"{_f(e.get('peak_rss_mb'), '.0f')} |")
     acc = res["accuracy"]
-    lines += ["", f"## Accuracy ({acc['source']}; float AUC {_f(acc['float_auc'], '.3f')})", "",
-              "| artifact | AUC | ΔAUC | agreement |", "|---|---:|---:|---:|"]
-    for k, a in acc["artifacts"].items():
-        lines.append(f"| {k} | {_f(a['auc'], '.3f')} | {_f(a['delta_auc'], '+.4f')} | {_f(a['agreement'], '.3f')} |")
+    groups = acc.get("by_source") or {"": {"float": {"auc": acc["float_auc"]}, "artifacts": acc["artifacts"]}}
+    for src, g in groups.items():
+        on = f", {src} ({g['float'].get('n')} images)" if src else ""
+        lines += ["", f"## Accuracy ({acc['source']}{on}; float AUC {_f(g['float'].get('auc'), '.3f')}"
+                      + (f", float sensitivity {_f(g['float'].get('sensitivity'), '.3f')}" if src else "") + ")", "",
+                  "| artifact | AUC | ΔAUC | sensitivity | agreement | mean \\|Δp\\| |", "|---|---:|---:|---:|---:|---:|"]
+        for k, a in g["artifacts"].items():
+            lines.append(f"| {k} | {_f(a.get('auc'), '.3f')} | {_f(a.get('delta_auc'), '+.4f')} | "
+                         f"{_f(a.get('sensitivity'), '.3f')} | {_f(a.get('agreement'), '.3f')} | {_f(a.get('mean_abs_diff'), '.4f')} |")
     lines += ["", "## Targets (ratios from this run)", "", "| target | measured | limit | verdict |", "|---|---:|---:|---|"]
     for t in res["targets"]:
         verdict = t["note"] if t["met"] is None else ("met" if t["met"] else f"**MISSED** ({t['note']})")

@@ -122,16 +122,16 @@ def run(reps: int = 20, out: Optional[Path] = None, chromium: Optional[str] = No
             transferred: List[int] = []
             page.on("requestfinished", lambda r: transferred.append(r.sizes()["responseBodySize"]))
             page.goto(url + "?threads=64")  # every core the page may use (capped at hardwareConcurrency)
-            page.wait_for_function("window.fractureEdge && window.fractureEdge.offline", timeout=120_000)
+            page.wait_for_function("() => window.fractureEdge && window.fractureEdge.offline", timeout=120_000)
             res["first_visit_ready_ms"] = page.evaluate("fractureEdge.readyMs")
-            page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=60_000)
+            page.wait_for_function("() => navigator.serviceWorker.controller !== null", timeout=60_000)
             page.wait_for_timeout(500)
             res["first_visit_transferred_bytes"] = int(sum(transferred))
             res["first_visit_requests"] = len(transferred)
             ready = []
             for _ in range(3):  # return visits: from the offline copy, self-test remembered
                 page.reload()
-                page.wait_for_function("window.fractureEdge && window.fractureEdge.readyMs", timeout=120_000)
+                page.wait_for_function("() => window.fractureEdge && window.fractureEdge.readyMs", timeout=120_000)
                 ready.append(page.evaluate("fractureEdge.readyMs"))
             res["return_visit_ready_ms"] = _median(ready)
             res["threads_isolated"] = page.evaluate("fractureEdge.engine.threads")
@@ -147,7 +147,7 @@ def run(reps: int = 20, out: Optional[Path] = None, chromium: Optional[str] = No
             ctx = browser.new_context()
             page = ctx.new_page()
             page.goto(url + "?threads=1")
-            page.wait_for_function("window.fractureEdge && window.fractureEdge.engine", timeout=120_000)
+            page.wait_for_function("() => window.fractureEdge && window.fractureEdge.engine", timeout=120_000)
             res["browser_image_ms_1thread"] = _median(page.evaluate(TIME_INFER, [reps, views]))
             res["browser_view_ms_1thread"] = _median(page.evaluate(TIME_INFER, [reps, 1]))
             ctx.close()
@@ -178,14 +178,14 @@ def run(reps: int = 20, out: Optional[Path] = None, chromium: Optional[str] = No
 def markdown(r: Dict) -> str:
     met = lambda ok: "met" if ok else "MISSED"  # noqa: E731
     mb = r["first_visit_transferred_bytes"] / 1e6
-    return f"""# Web app benchmark — {r['model']} ({r['artifact']}, {r['views_per_image']} views per image)
+    return f"""# Web app benchmark — {r['model']} ({r['artifact']}, {r['views_per_image']} view{'s' if r['views_per_image'] != 1 else ''} per image)
 
 {r['date_utc']}; `python -m benchmarks.webapp --out runs/bench-webapp`; Chromium {r['chromium']} headless on
 {r['machine']}; native: {r['native_backend']} {r['native_artifact']}, 1 thread, same run. Medians of {r['reps']}.
 
 | measure | browser | native | ratio | target |
 |---|---:|---:|---:|---|
-| one image ({r['views_per_image']} views), 1 thread | {r['browser_image_ms_1thread']:.1f} ms | {r['native_image_ms_1thread']:.1f} ms | {r['ratio_image_1thread']:.1f}x | <= {TARGET_RATIO:.0f}x: {met(r['ratio_image_1thread'] <= TARGET_RATIO)} |
+| one image ({r['views_per_image']} view{'s' if r['views_per_image'] != 1 else ''}), 1 thread | {r['browser_image_ms_1thread']:.1f} ms | {r['native_image_ms_1thread']:.1f} ms | {r['ratio_image_1thread']:.1f}x | <= {TARGET_RATIO:.0f}x: {met(r['ratio_image_1thread'] <= TARGET_RATIO)} |
 | one image, WASM threads ({r['threads_isolated']}) | {r['browser_image_ms_threads']:.1f} ms | {r['native_image_ms_1thread']:.1f} ms | {r['ratio_image_threads']:.1f}x | <= {TARGET_RATIO:.0f}x: {met(r['ratio_image_threads'] <= TARGET_RATIO)} |
 | one view, 1 thread | {r['browser_view_ms_1thread']:.2f} ms | {r['native_view_ms_1thread']:.2f} ms | {r['ratio_view_1thread']:.1f}x | |
 | one view, WASM threads | {r['browser_view_ms_threads']:.2f} ms | | | |

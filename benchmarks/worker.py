@@ -27,8 +27,8 @@ def _keras_runner(model_path: str, threads: int, size: int) -> Callable[[np.ndar
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    import keras
-    model = keras.models.load_model(model_path, compile=False)
+    from train.models import load_model  # the project's own layers (a fracture map's pooling) must be known
+    model = load_model(model_path)
 
     def run(x: np.ndarray) -> float:  # the float model called on one image, as a script would
         return float(np.asarray(model(x[None], training=False)).reshape(-1)[0])

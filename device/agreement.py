@@ -140,7 +140,8 @@ def _bar(total: int, progress: bool):
 
 def collect(paths: Sequence[Path], limit: int = 0, every: int = 1, split: Optional[Path] = None,
             part: str = "test") -> List[Path]:
-    """Image files under `paths`; with `split` (a split.csv), only that split's images."""
+    """Image files under `paths`; with `split` (a split.csv), only that split's images (matched by
+    file name: a split's image IDs are paths relative to their data folder, `images/x.jpg`)."""
     files: List[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -149,7 +150,7 @@ def collect(paths: Sequence[Path], limit: int = 0, every: int = 1, split: Option
             files.append(p)
     if split is not None:
         with open(split, newline="") as fh:
-            wanted = {row["image_id"] for row in csv.DictReader(fh) if row.get("split") == part}
+            wanted = {Path(row["image_id"]).name for row in csv.DictReader(fh) if row.get("split") == part}
         files = [f for f in files if f.name in wanted]
     files = files[::max(1, every)]
     return files[:limit] if limit else files

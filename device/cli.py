@@ -17,13 +17,13 @@ from typing import List, Optional
 from edge_runtime.cli import (DISCLAIMER, EXIT_UNUSABLE, check_output_dir, exit_status, printable, run_command,
                               thread_count)
 from edge_runtime.backends import BACKEND_CHOICES, BACKENDS
-from edge_runtime.labels import SHORT
+from edge_runtime.labels import SHORT, demonstration_notice
+from edge_runtime.memlimit import DEFAULT_MB, ENV_VAR as MEMORY_ENV, allowance_mb, megabytes, memory_ceiling
 
 from .simulate import CONDITIONS
 
 
 WATCH_ENV = "FRACTURE_EDGE_WATCH"  # more watched folders, separated by ':' (the install script writes it)
-DEMO_NOTICE = "NOTE: this bundle is a DEMONSTRATION model (trained on phantom data), not for patients."
 
 
 def _film(args) -> int:
@@ -38,33 +38,34 @@ def _film(args) -> int:
     predictor = Predictor(args.bundle, args.backend, None, args.threads)
     demo = predictor.bundle.demonstration_only
     if demo:
-        print(DEMO_NOTICE, file=sys.stderr)
-    if predictor.spec.normalize == "none" or predictor.spec.views == "single":
-        print("WARNING: this bundle predates film photos (no intensity normalisation or orientation views): "
-              "answers from photos may differ from the file's; re-export it with the current pipeline.", file=sys.stderr)
+        print(demonstration_notice(predictor.bundle.manifest), file=sys.stderr)
+    if predictor.spec.normalize == "none":  # views are an export choice (a fracture map ships one, measured)
+        print("WARNING: this bundle predates film photos (no intensity normalisation): answers from photos may "
+              "differ from the file's; re-export it with the current pipeline.", file=sys.stderr)
     records = []
     stems = UniqueStems()
-    for photo in args.photos:
-        stem = stems.take(photo)
-        heat = args.heatmap / f"{stem}_gradcam.jpg" if args.heatmap else None
-        try:
-            rec = triage_photo(predictor, photo, args.keep, heat, stem=stem)
-        except Exception as exc:  # noqa: BLE001 - a bug on one photo must not lose the rest of the batch
-            rec = internal_error_record(Triaged(file=str(photo), mode="film"), exc)
-        records.append(rec)
-        name = printable(str(photo))
-        if args.json:
-            print(json.dumps({**rec.to_dict(), "demonstration_only": demo}), flush=True)
-        elif rec.error:
-            print(f"{name}: ERROR {rec.error}")
-        elif rec.retake:
-            print(f"{name}: RETAKE — " + "; ".join(rec.quality["reasons"]))
-        else:
-            notes = (rec.film or {}).get("notes", [])
-            print(f"{name}: p={rec.probability:.3f} (threshold {rec.threshold:.3f}) {SHORT[rec.decision]}"
-                  + (" [DEMONSTRATION MODEL]" if demo else "")
-                  + (f"  [flattened: {rec.flattened}]" if rec.flattened else "")
-                  + "".join(f"\n    note: {n}" for n in notes))
+    with memory_ceiling(allowance_mb(args.memory_mb)):  # as predict: a refusal, not the OOM killer
+        for photo in args.photos:
+            stem = stems.take(photo)
+            heat = args.heatmap / f"{stem}_heatmap.jpg" if args.heatmap else None
+            try:
+                rec = triage_photo(predictor, photo, args.keep, heat, stem=stem)
+            except Exception as exc:  # noqa: BLE001 - a bug on one photo must not lose the rest of the batch
+                rec = internal_error_record(Triaged(file=str(photo), mode="film"), exc)
+            records.append(rec)
+            name = printable(str(photo))
+            if args.json:
+                print(json.dumps({**rec.to_dict(), "demonstration_only": demo}), flush=True)
+            elif rec.error:
+                print(f"{name}: ERROR {rec.error}")
+            elif rec.retake:
+                print(f"{name}: RETAKE — " + "; ".join(rec.quality["reasons"]))
+            else:
+                notes = (rec.film or {}).get("notes", [])
+                print(f"{name}: p={rec.probability:.3f} (threshold {rec.threshold:.3f}) {SHORT[rec.decision]}"
+                      + (" [DEMONSTRATION MODEL]" if demo else "")
+                      + (f"  [flattened: {rec.flattened}]" if rec.flattened else "")
+                      + "".join(f"\n    note: {n}" for n in notes))
     if not args.json:
         print(DISCLAIMER, file=sys.stderr)
     return exit_status(records)
@@ -112,31 +113,9 @@ def _serve(args) -> int:
         return 0
     page = None
     if not args.no_page:
-        from .page import start_page
-        tls = None
-        if args.https:
-            from .tls import (ensure_certificates, fingerprint, has_lan_address, local_names, outside_constraints,
-                              server_context)
-            names = local_names(args.host, args.tls_name)
-            if not has_lan_address(names):
-                print("warning: no network address found on this device; phones can only reach it by a name given "
-                      "with --tls-name", file=sys.stderr)
-            for bad in outside_constraints(names):
-                print(f"warning: {bad} is not a local-network name or address; phones will refuse the certificate "
-                      "for it", file=sys.stderr)
-            cert, key, ca = ensure_certificates(args.data / "tls", names)
-            tls = (server_context(cert, key), ca)
-            print(f"https for {', '.join(names)}; phones install the device's CA once from /ca.crt "
-                  f"(SHA-256 fingerprint {fingerprint(ca)})", file=sys.stderr)
-        try:
-            page = start_page(service.ledger, service.store, args.host, args.port,
-                              status=lambda: list(service.status.values()), bundle=lambda: service.bundle, tls=tls)
-        except OSError as exc:
-            print(f"error: cannot serve the results page on {args.host}:{args.port} ({exc.strerror or exc}); "
-                  "another program uses the port? choose one with --port, or --no-page", file=sys.stderr)
+        page = _serve_page(args, service)
+        if page is None:
             return EXIT_UNUSABLE
-        scheme = "https" if args.https else "http"
-        print(f"results page on {scheme}://{args.host}:{page.server_address[1]}/, phone app at /app/", file=sys.stderr)
     try:
         service.run_forever(args.interval)
     except KeyboardInterrupt:
@@ -146,6 +125,106 @@ def _serve(args) -> int:
             page.shutdown()
         service.close()
     return 0
+
+
+def _serve_page(args, service):
+    """Start the results page for `service` and say where it is and who can read it; None (the
+    reason printed) when it cannot be served. It answers to --host as well as to the address it
+    is bound to (start_page), so the access link printed, which names --host, works."""
+    from .page import start_page
+
+    token = _page_token(args)
+    if token is False:
+        service.close()
+        return None
+    tls = _page_tls(args) if args.https else None
+    try:
+        page = start_page(service.ledger, service.store, args.host, args.port,
+                          status=lambda: list(service.status.values()), bundle=lambda: service.bundle, tls=tls,
+                          allowed_hosts=[*args.allowed_host, *args.tls_name], token=token)
+    except OSError as exc:
+        print(f"error: cannot serve the results page on {args.host}:{args.port} ({exc.strerror or exc}); "
+              "another program uses the port? choose one with --port, or --no-page", file=sys.stderr)
+        return None
+    scheme = "https" if args.https else "http"
+    print(f"results page on {scheme}://{_url_host(args.host)}:{page.server_address[1]}/, phone app at /app/",
+          file=sys.stderr)
+    _announce_access(args, scheme, page.server_address[1], token)
+    return page
+
+
+def _page_tls(args):
+    """(ssl context, CA certificate) for serve --https: the device's own CA and a certificate for
+    the names and addresses the CA may vouch for, with a warning for each it may not."""
+    from .tls import (PERMITTED_DNS, ensure_certificates, fingerprint, has_lan_address, local_names,
+                      outside_constraints, server_context)
+
+    asked = [n for n in (args.host, *args.tls_name) if n not in ("", "0.0.0.0", "::")]
+    for bad in outside_constraints(asked):
+        print(f"warning: {bad} is not a local-network name or address (an address of a private network, or "
+              f"a name under {', '.join('.' + d for d in PERMITTED_DNS)}): the device's CA may not vouch for "
+              "it, so it is left out of the certificate", file=sys.stderr)
+    names = [n for n in local_names(args.host, args.tls_name) if not outside_constraints([n])]
+    if not has_lan_address(names):
+        print("warning: no network address found on this device; phones can only reach it by a name given "
+              "with --tls-name", file=sys.stderr)
+    notes: list = []
+    cert, key, ca = ensure_certificates(args.data / "tls", names, notes)
+    for note in notes:
+        print(f"WARNING: {note}", file=sys.stderr)
+    context = server_context(cert, key)
+    print(f"https for {', '.join(names)}; phones install the device's CA once from /ca.crt "
+          f"(SHA-256 fingerprint {fingerprint(ca)})", file=sys.stderr)
+    return context, ca
+
+
+def _page_token(args):
+    """The token the page asks of clients: None on loopback (unless --token), else --token or the
+    one kept in DATA/page-token; False when --token is not a usable token."""
+    from .page import is_loopback, load_token, valid_token
+
+    if args.token is not None:
+        if not valid_token(args.token):
+            print("error: --token must be 16-128 letters, digits, '-' or '_'", file=sys.stderr)
+            return False
+        return args.token
+    if args.no_token or is_loopback(args.host):
+        return None
+    token, note = load_token(args.data)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return token
+
+
+def _url_host(host: str) -> str:
+    return f"[{host.strip('[]')}]" if ":" in host else host
+
+
+def _announce_access(args, scheme: str, port: int, token) -> None:
+    """Say plainly who can read the results, and give the link with the token."""
+    from .page import is_loopback
+
+    if is_loopback(args.host):
+        if token:
+            print(f"access link: {scheme}://127.0.0.1:{port}/?token={token}", file=sys.stderr)
+        return
+    if args.host in ("", "0.0.0.0", "::"):
+        import socket
+
+        from .tls import interface_addresses
+        hosts = [a for a in interface_addresses() if not a.startswith("127.")] or [f"{socket.gethostname()}.local"]
+    else:
+        hosts = [args.host]
+    if token is None:
+        print(f"WARNING: --no-token: the results page on {args.host}:{port} is readable by ANYONE on this network, "
+              "with no password: patient results, file names and images. Use it only on a network where that is "
+              "allowed; without --no-token a secret link is required.", file=sys.stderr)
+        return
+    print(f"WARNING: the results page listens on {args.host}:{port}: it is readable by anyone on this network who has "
+          "the access link below (keep it like a password; it is also in "
+          f"{args.data / 'page-token'} unless --token was given). Open on a phone or PC:", file=sys.stderr)
+    for h in hosts:
+        print(f"  {scheme}://{_url_host(h)}:{port}/?token={token}", file=sys.stderr)
 
 
 def _agreement(args) -> int:
@@ -245,6 +324,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     f.add_argument("--keep", type=Path, default=Path("runs/film"), help="where flattened radiographs go (default: %(default)s)")
     f.add_argument("--heatmap", type=Path, metavar="OUT_DIR", help="write Grad-CAM overlays here")
     f.add_argument("--json", action="store_true", help="one JSON object per photo")
+    f.add_argument("--memory-mb", type=megabytes, default=None,
+                   help=f"address space the photos may take beyond the loaded model; past it a photo is refused "
+                        f"(default: ${MEMORY_ENV}, else {DEFAULT_MB}; 0: no ceiling)")
     f.set_defaults(func=_film)
     c = sub.add_parser("capture", help="take a photo with the camera into the service's queue")
     c.add_argument("--data", type=Path, default=Path("/var/lib/fracture-edge"), help="service data folder (default: %(default)s)")
@@ -269,6 +351,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     s.add_argument("--tls-name", action="append", default=[], metavar="NAME",
                    help="another name or address phones use for this device, put in its certificate (repeatable; "
                         "default: its hostname, hostname.local and every interface's address)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="another name the page may be opened by (a DNS name or address the clinic uses for this "
+                        "device; repeatable). It always answers to loopback, its --host, its host name, host "
+                        "name.local, its addresses and any --tls-name; other names are refused (DNS rebinding)")
+    s.add_argument("--token", metavar="TOKEN",
+                   help="the access token the page asks for (16-128 letters, digits, - or _); default when --host is "
+                        "not loopback: one made once and kept in DATA/page-token (mode 0600). Shown as a link on "
+                        "the console; given once, a browser keeps it as a cookie")
+    s.add_argument("--no-token", action="store_true",
+                   help="let anyone on the network read the results page without a token (not recommended)")
     s.add_argument("--reader-memory-mb", type=int, default=512,
                    help="memory the image reader process may take beyond its model (default: %(default)s)")
     s.add_argument("--file-timeout", type=float, default=120.0,

@@ -3,7 +3,9 @@
 A 12-108 MP JPEG is decoded at a reduced DCT scale (JPEG draft mode), so its long side lands
 between DECODE_SIDE and twice that (a 108 MP photo, reduced by the codec's largest factor, 8,
 at 1,500 px): the film reader needs a few hundred pixels across the film, not a hundred million. Other formats are box-reduced by an integer factor right after
-decoding. Errors are ImageReadError with the reason, as for radiograph files.
+decoding. Errors are ImageReadError with the reason, as for radiograph files. Pillow opens only
+the format the content is, from the runtime's allow-list (`imageio.open_image`): an ICO named .jpg
+would otherwise be decoded whole inside `Image.open`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from PIL import Image, ImageOps
 
 from edge_runtime.errors import ImageReadError
 from edge_runtime.filecheck import check_input_file, open_regular
-from edge_runtime.imageio import DECODE_ERRORS, decode_error
+from edge_runtime.imageio import DECODE_ERRORS, check_file_size, decode_error, detached, open_image
 
 DECODE_SIDE = 1000  # decoded long side is at least this (when the photo has it), and below twice this
 MAX_PHOTO_PIXELS = 200_000_000  # a 200 MP phone sensor; larger is treated as a decompression bomb
@@ -40,18 +42,21 @@ class Photo:
 
 
 def open_photo(path: Union[str, Path], decode_side: int = DECODE_SIDE) -> Photo:
+    """The photo, decoded reduced. A failure is raised only after the except block is left, so the
+    failed decoding's frames (and the image they hold) are freed first (as imageio's readers do)."""
     path = Path(path)
-    check_input_file(path)
+    check_file_size(path, check_input_file(path))
+    problem = None
     try:
         with warnings.catch_warnings():
             # Pillow warns above ~89 MP; 12-108 MP phone photos are expected here and bounded below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with open_regular(path) as fh, Image.open(fh) as img:
+            with open_regular(path) as fh, open_image(fh, path) as img:
                 W, H = img.size
                 if W * H > MAX_PHOTO_PIXELS:
                     raise ImageReadError(path, f"photo is {W}x{H} px, above the {MAX_PHOTO_PIXELS:,} px limit")
                 fmt, mode = img.format or "?", img.mode
-                if fmt == "JPEG":  # the codec reduces by 2, 4 or 8 while decoding
+                if fmt in ("JPEG", "MPO"):  # the codec reduces by 2, 4 or 8 while decoding (MPO: a phone's JPEG)
                     k = max([f for f in (1, 2, 4, 8) if max(W, H) // f >= decode_side], default=1)
                     img.draft("RGB" if mode != "L" else "L", (W // k, H // k))
                 if img.size[0] * img.size[1] > MAX_DECODED_PIXELS:
@@ -68,10 +73,14 @@ def open_photo(path: Union[str, Path], decode_side: int = DECODE_SIDE) -> Photo:
                 if orientation in (5, 6, 7, 8):
                     W, H = H, W
                 out = _to_rgb(img, mode)
-    except ImageReadError:
-        raise
+    except ImageReadError as exc:
+        problem = detached(exc)
+    except MemoryError:
+        problem = MemoryError
     except DECODE_ERRORS as exc:
-        raise decode_error(path, exc) from None
+        problem = decode_error(path, exc)
+    if problem is not None:
+        raise decode_error(path, MemoryError()) if problem is MemoryError else problem
     return Photo(out, (W, H), mode, fmt)
 
 

@@ -17,7 +17,7 @@ import os
 import socket
 import ssl
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 SERVER_DAYS = 397  # what browsers accept for a server certificate; renewed 30 days before it ends
 CA_DAYS = 3650
@@ -47,7 +47,8 @@ def _normal(name: str) -> str:
     try:
         return str(ipaddress.ip_address(name.strip("[]")))
     except ValueError:
-        return name.lower()
+        name = name.lower()
+        return name[:-1] if name.endswith(".") else name
 
 
 def local_names(host: str, extra: Iterable[str] = ()) -> List[str]:
@@ -83,10 +84,19 @@ def _san(names: Iterable[str]):
     return x509.SubjectAlternativeName(out)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Written beside, then renamed over: never half a key, never through a link left there."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _new_key():
@@ -109,17 +119,44 @@ def _load(folder: Path):
 
 # The CA may vouch only for addresses and names of a local network: were its key taken from the
 # device, it could not be used to impersonate any public site to the phones that trust it.
+# A DNS name constraint always covers the name and every name below it (RFC 5280, 4.2.1.10): it
+# cannot say "this exact name". So the device's own host name is not a constraint (a host named
+# `clinic` would let the CA vouch for every name under the public TLD .clinic); phones reach the
+# device by its address or by HOSTNAME.local, and names outside these zones are left out of its
+# certificate (serve warns).
 PERMITTED_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
                       "100.64.0.0/10", "fc00::/7", "fe80::/10", "::1/128")
 PERMITTED_DNS = ("local", "localhost", "lan", "home.arpa", "internal")
 
 
-def _constraints(extra_dns: Iterable[str]):
+def _constraints():
     from cryptography import x509
-    dns = sorted({*PERMITTED_DNS, *(d for d in extra_dns if d)})
     return x509.NameConstraints(
         permitted_subtrees=[x509.IPAddress(ipaddress.ip_network(n)) for n in PERMITTED_NETWORKS]
-        + [x509.DNSName(d) for d in dns], excluded_subtrees=None)
+        + [x509.DNSName(d) for d in PERMITTED_DNS], excluded_subtrees=None)
+
+
+def _ca_problem(ca, ca_key) -> Optional[str]:
+    """Why a CA found in the folder must not be used (made by an earlier version with broader
+    constraints, or a key that is not its own), or None."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if ca.public_key().public_bytes(*raw) != ca_key.public_key().public_bytes(*raw):
+        return "its key is not its own"
+    try:
+        nc = ca.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return "it has no name constraints (it may vouch for any site)"
+    nets = {ipaddress.ip_network(n) for n in PERMITTED_NETWORKS}
+    for g in nc.permitted_subtrees or [None]:
+        if isinstance(g, x509.DNSName) and g.value.lower() in PERMITTED_DNS:
+            continue
+        if isinstance(g, x509.IPAddress) and g.value in nets:
+            continue
+        what = f"every name under {g.value!r}" if isinstance(g, x509.DNSName) else f"{getattr(g, 'value', 'any name')}"
+        return f"it may vouch for {what}, which is not only this clinic's network"
+    return None
 
 
 def outside_constraints(names: Iterable[str]) -> List[str]:
@@ -131,8 +168,8 @@ def outside_constraints(names: Iterable[str]) -> List[str]:
             if not any(ip in ipaddress.ip_network(net) for net in PERMITTED_NETWORKS):
                 bad.append(n)
         except ValueError:
-            allowed = (*PERMITTED_DNS, socket.gethostname().lower())
-            if not any(n == d or n.endswith("." + d) for d in allowed):
+            name = _normal(n)
+            if not any(name == d or name.endswith("." + d) for d in PERMITTED_DNS):
                 bad.append(n)
     return bad
 
@@ -149,21 +186,23 @@ def _make_ca(folder: Path):
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_constraints([socket.gethostname()]), critical=True)
+            .add_extension(_constraints(), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .sign(key, hashes.SHA256()))
     _write_private(folder / "ca.key", _pem_key(key))
-    (folder / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(folder / "ca.crt", cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert, key
 
 
-def _server_current(folder: Path, names: List[str]) -> bool:
+def _server_current(folder: Path, names: List[str], ca) -> bool:
     from cryptography import x509
     try:
         cert = x509.load_pem_x509_certificate((folder / "server.crt").read_bytes())
-    except (OSError, ValueError):
+        cert.verify_directly_issued_by(ca)  # not one from a CA since replaced
+    except Exception:  # noqa: BLE001 - unreadable, another issuer, a bad signature: make a new one
         return False
     left = cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -171,32 +210,45 @@ def _server_current(folder: Path, names: List[str]) -> bool:
     return left > datetime.timedelta(days=30) and set(names) <= have and (folder / "server.key").is_file()
 
 
-def ensure_certificates(folder: Path, names: List[str]) -> Tuple[Path, Path, Path]:
+def ensure_certificates(folder: Path, names: List[str], notes: Optional[List[str]] = None) -> Tuple[Path, Path, Path]:
     """(server.crt, server.key, ca.crt) in `folder`: the CA made once, the server certificate
-    (re)made when it lacks one of `names` or nears its end."""
+    (re)made when it lacks one of `names` or nears its end. Names the CA may not vouch for are
+    left out (one would make phones refuse the whole certificate). A CA from an earlier version
+    that may vouch for more than local names is replaced, and `notes` says so for the console."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+    names = [n for n in names if n not in outside_constraints(names)]
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     if (folder / "ca.crt").is_file() and (folder / "ca.key").is_file():
         ca, ca_key = _load(folder)
+        why = _ca_problem(ca, ca_key)
+        if why:
+            old = fingerprint(folder / "ca.crt")
+            ca, ca_key = _make_ca(folder)
+            if notes is not None:
+                notes.append(f"the device's CA (SHA-256 {old}) was replaced: {why}. On each phone, remove the old "
+                             f"'{CA_NAME}' certificate and install the new one from /ca.crt "
+                             f"(SHA-256 {fingerprint(folder / 'ca.crt')})")
     else:
         ca, ca_key = _make_ca(folder)
-    if not _server_current(folder, names):
+    if not _server_current(folder, names, ca):
         key = _new_key()
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname())]))
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,  # not a host name: names are in the SAN
+                                                            f"fracture-edge device ({socket.gethostname()})")]))
                 .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
                 .add_extension(_san(names), critical=False)
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
                 .sign(ca_key, hashes.SHA256()))
         _write_private(folder / "server.key", _pem_key(key))
-        (folder / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM) +
-                                            ca.public_bytes(serialization.Encoding.PEM))
+        _write_private(folder / "server.crt", cert.public_bytes(serialization.Encoding.PEM) +
+                       ca.public_bytes(serialization.Encoding.PEM), 0o644)
     return folder / "server.crt", folder / "server.key", folder / "ca.crt"
 
 

@@ -7,7 +7,9 @@ answer differently on this device's interpreter. Layout under ROOT (the install 
     ROOT/bundle -> bundles/<id>            what the runtime and the service load ($FRACTURE_EDGE_BUNDLE)
     ROOT/bundle.previous -> bundles/<id>   what `--rollback` returns to
 
-Steps: copy (or safely unzip) into ROOT/bundles/.incoming-*, verify (checksums, manifest digest and
+Steps: copy (or safely unzip) into ROOT/bundles/.incoming-* only the files the bundle's manifest
+lists, each a plain file (by lstat: no link, device, FIFO or hard link is followed or opened),
+under a size cap; then verify (checksums, manifest digest and
 schema, signature where a trusted key is configured, and the self-test: this device must reproduce
 the answers export recorded), move into place, then switch with one atomic rename of a symlink. A
 kill -9 at any moment leaves ROOT/bundle pointing at a complete, verified bundle: before the
@@ -17,23 +19,27 @@ The service notices the switch between files and reloads, so queued work is answ
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import stat
+import struct
 import time
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
-from edge_runtime.bundle import BundleError, load_bundle
+from edge_runtime.bundle import MANIFEST, MAX_MANIFEST_BYTES, BundleError, load_bundle
+from edge_runtime.signature import SIGNATURE
 
-from .fileops import exclusive_lock, fsync_dir
+from .fileops import exclusive_lock, file_kind, fsync_dir, mb, remove_path
 
 CURRENT, PREVIOUS, STORE = "bundle", "bundle.previous", "bundles"
 LEGACY = "bundle.legacy"  # a pre-update install's plain folder, while it becomes a symlink
-MAX_ZIP_BYTES = 512 * 2 ** 20
 CRASH_ENV = "FRACTURE_EDGE_UPDATE_CRASH_AT"  # tests only: SIGKILL ourselves at a named step
 
 
@@ -80,48 +86,303 @@ def recover(root: Path) -> None:
     store = root / STORE
     if store.is_dir():  # only one update runs at a time (the lock), so any staging left is a dead run's
         for leftover in [*store.glob(".incoming-*"), *store.glob(".trash-*")]:
-            shutil.rmtree(leftover, ignore_errors=True)
+            remove_path(leftover, ignore_errors=True)
     for tmp in (root / f".{CURRENT}.new", root / f".{PREVIOUS}.new"):
         if tmp.is_symlink():
             tmp.unlink()
 
 
-def _unzip(src: Path, dest: Path) -> None:
-    """Only plain files, at the top or under one folder, of bounded total size: a zip cannot write
-    outside dest or fill the disk."""
+# What a bundle may hold, checked before anything is copied. A bundle is a handful of files (the
+# reference bundle: 5, under 1 MB); the largest model export makes (ResNet50, float) is ~100 MB.
+MAX_BUNDLE_BYTES = 512 * 2 ** 20  # everything copied or unpacked, together
+MAX_MEMBERS = 64  # files listed in the manifest, and entries in a zip
+MAX_ZIP_CD_BYTES = 2 ** 20  # a zip's central directory: 64 entries need a few KB
+MAX_RATIO = 100  # unpacked / packed, per zip member over RATIO_FLOOR (model weights pack ~1.1:1, JSON ~10:1)
+RATIO_FLOOR = 2 ** 20
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as edge_runtime/manifest.py's file names
+_METHODS = {1: "shrink", 6: "implode", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstandard", 99: "AES encryption"}
+
+
+def _listed(raw: bytes, where: str) -> List[str]:
+    """The names a bundle's manifest lists, read before any other file is looked at: only these
+    are copied (with manifest.json and signature.json). The full schema is checked later, by
+    load_bundle on the copy."""
     try:
-        with zipfile.ZipFile(src) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
-                raise UpdateError(f"{src}: unpacks to more than {MAX_ZIP_BYTES // 2 ** 20} MB")
-            names = [Path(m.filename) for m in members]
-            prefixes = {n.parts[0] for n in names if len(n.parts) == 2}
-            strip = len(prefixes) == 1 and all(len(n.parts) == 2 for n in names)
-            dest.mkdir(parents=True)
-            for m, n in zip(members, names):
-                parts = n.parts[1:] if strip else n.parts
-                if len(parts) != 1 or parts[0] in ("", ".", "..") or n.is_absolute():
-                    raise UpdateError(f"{src}: unexpected entry {m.filename!r} (a bundle is one flat folder)")
-                with zf.open(m) as fin, open(dest / parts[0], "wb") as fout:
-                    shutil.copyfileobj(fin, fout)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise UpdateError(f"{src}: not a readable zip ({exc})") from None
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, a 5,000-digit number, deep nesting
+        raise UpdateError(f"{where}: not a readable manifest ({type(exc).__name__})") from None
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise UpdateError(f"{where}: the manifest lists no files: not a bundle's manifest")
+    if len(files) > MAX_MEMBERS:
+        raise UpdateError(f"{where}: the manifest lists {len(files)} files, more than the {MAX_MEMBERS} a bundle may hold")
+    for name in files:
+        if not _PLAIN_NAME.match(name) or name in (MANIFEST, SIGNATURE):
+            raise UpdateError(f"{where}: the manifest lists {name!r:.80}, not a plain file name of a bundle")
+    return [MANIFEST, *files]
 
 
-def _stage(src: Path, store: Path) -> Path:
-    staging = store / f".incoming-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    if src.is_dir():
-        shutil.copytree(src, staging, symlinks=False)
-    elif zipfile.is_zipfile(src):
-        _unzip(src, staging)
+class _Budget:
+    """Bytes left to copy, over the whole bundle: a file that grows while it is read, or a zip
+    member that inflates past what it declared, stops at the cap."""
+
+    def __init__(self):
+        self.left = MAX_BUNDLE_BYTES
+
+    def take(self, n: int, where: str) -> None:
+        self.check(n, where)
+        self.left -= n
+
+    def check(self, n: int, where: str) -> None:
+        if n > self.left:
+            raise UpdateError(f"{where}: {mb(n)} more would make the bundle larger than {mb(MAX_BUNDLE_BYTES)}, "
+                              "more than a bundle can be")
+
+
+def _copy_stream(fin, dest: Path, budget: _Budget, where: str, limit: Optional[int] = None) -> None:
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as fout:
+        done = 0
+        while True:
+            chunk = fin.read(2 ** 20)
+            if not chunk:
+                break
+            done += len(chunk)
+            if limit is not None and done > limit:
+                raise UpdateError(f"{where}: grew while it was copied")
+            budget.take(len(chunk), where)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def _open_regular(dirfd: int, name: str, where: str, missing: Optional[str] = "missing (the manifest lists it)"):
+    """`name` in the folder open as dirfd, as a file object, if it is a regular file with one link.
+    lstat first (a device is never opened, a symlink never followed), then O_NOFOLLOW and a check
+    that the same file was opened. When absent: UpdateError saying `missing`, or None if that is None."""
+    try:
+        st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        if missing:
+            raise UpdateError(f"{where}: {missing}") from None
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise UpdateError(f"{where}: {file_kind(st.st_mode)}, not a regular file; a bundle holds only plain files")
+    if st.st_nlink > 1:
+        raise UpdateError(f"{where}: a hard link ({st.st_nlink} names for one file); copy the bundle afresh")
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dirfd)
+    now = os.fstat(fd)
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(now.st_mode):
+        os.close(fd)
+        raise UpdateError(f"{where}: changed while it was read")
+    return os.fdopen(fd, "rb")
+
+
+def _copy_folder(src: Path, dest: Path, names: Optional[List[str]] = None) -> None:
+    """Copy the manifest's files (`names`: these instead, for an install of our own) from the
+    folder src. Nothing else is looked at: links, FIFOs, devices, sub-folders and anything the
+    manifest does not list stay where they are."""
+    budget = _Budget()
+    dirfd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        raw = None
+        if names is None:
+            with _open_regular(dirfd, MANIFEST, f"{src / MANIFEST}", "missing: not a bundle folder") as fh:
+                raw = fh.read(MAX_MANIFEST_BYTES + 1)
+            if len(raw) > MAX_MANIFEST_BYTES:
+                raise UpdateError(f"{src / MANIFEST}: larger than {mb(MAX_MANIFEST_BYTES)}, not a bundle's manifest")
+            names = [*_listed(raw, str(src / MANIFEST))[1:], SIGNATURE]
+        dest.mkdir(mode=0o755)
+        if raw is not None:  # the very bytes the file list came from
+            _copy_stream(io.BytesIO(raw), dest / MANIFEST, budget, str(src / MANIFEST))
+        for name in names:
+            fh = _open_regular(dirfd, name, str(src / name), None if name == SIGNATURE else "missing (the manifest lists it)")
+            if fh is None:
+                continue
+            with fh:
+                size = os.fstat(fh.fileno()).st_size
+                budget.check(size, str(src / name))
+                _copy_stream(fh, dest / name, budget, str(src / name), limit=size)
+    finally:
+        os.close(dirfd)
+
+
+def _end_record(src: Path, fh, size: int):
+    """(the central directory's size in bytes, the entries it declares, where it ends), read
+    exactly where CPython's zipfile reads them (zipfile._EndRecData): the end record in the last
+    22 bytes if it has no
+    comment, else the last signature in the final 64 KB; then a zip64 end record, if a locator
+    sits just before the end record, read from just before that locator, whatever offset the
+    locator gives. A locator whose offset points elsewhere (a decoy end record declaring 1 entry
+    while the real one declares a million) is refused: the two would disagree about the zip."""
+    fh.seek(max(0, size - 22))
+    last = fh.read(22)
+    if len(last) == 22 and last[:4] == b"PK\x05\x06" and last[-2:] == b"\0\0":
+        at = size - 22
     else:
-        raise UpdateError(f"{src}: neither a bundle folder nor a .zip of one")
-    for f in staging.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    fsync_dir(staging)
+        start = max(0, size - 65536 - 22)
+        fh.seek(start)
+        tail = fh.read()
+        found = tail.rfind(b"PK\x05\x06")
+        if found < 0 or len(tail) - found < 22:
+            raise UpdateError(f"{src}: not a readable zip (no end of central directory)")
+        at = start + found
+        fh.seek(at)
+        last = fh.read(22)
+    entries, cd_size = struct.unpack("<HL", last[10:16])
+    if at < 20:
+        return cd_size, entries, at
+    fh.seek(at - 20)
+    locator = fh.read(20)
+    if locator[:4] != b"PK\x06\x07":
+        return cd_size, entries, at
+    (pointed,) = struct.unpack("<Q", locator[8:16])
+    read_at = at - 20 - 56
+    if read_at < 0:
+        return cd_size, entries, at
+    fh.seek(read_at)
+    record = fh.read(56)
+    if record[:4] != b"PK\x06\x06":
+        return cd_size, entries, at
+    if pointed != read_at:
+        raise UpdateError(f"{src}: not a readable zip (its zip64 locator points at byte {pointed}, not at the zip64 "
+                          f"end record before it at byte {read_at}): a zip made to read differently by different tools")
+    entries, cd_size = struct.unpack("<QQ", record[32:48])
+    return cd_size, entries, read_at
+
+
+def _zip_entries(src: Path, fh) -> int:
+    """The entries of a zip's central directory, counted before zipfile builds an object per entry
+    (a 512 MB zip can declare millions). They are counted, not taken from a count field: the
+    central directory is the `size` bytes before the end record, as zipfile finds it, read whole
+    only if it is at most MAX_ZIP_CD_BYTES, and walked header by header as zipfile will."""
+    size = fh.seek(0, os.SEEK_END)
+    cd_size, declared, end_at = _end_record(src, fh, size)
+    too_many = (f"{src}: its central directory lists more than {MAX_MEMBERS} entries (it declares {declared}), "
+                "more than a bundle's zip may hold; refused before reading them")
+    if declared > MAX_MEMBERS:
+        raise UpdateError(too_many)
+    if cd_size > MAX_ZIP_CD_BYTES:
+        raise UpdateError(f"{src}: its central directory is {cd_size} bytes, more than the {mb(MAX_ZIP_CD_BYTES)} "
+                          f"the {MAX_MEMBERS} entries a bundle's zip may hold need; refused before reading it")
+    fh.seek(max(0, end_at - cd_size))  # zipfile: the central directory ends where its end record begins
+    directory = fh.read(cd_size)
+    count = pos = 0
+    while pos + 46 <= len(directory) and directory[pos:pos + 4] == b"PK\x01\x02":
+        name, extra, comment = struct.unpack_from("<HHH", directory, pos + 28)
+        pos += 46 + name + extra + comment
+        count += 1
+        if count > MAX_MEMBERS:
+            raise UpdateError(too_many)
+    return count
+
+
+def _member_problem(m: zipfile.ZipInfo) -> Optional[str]:
+    """Why this member, unpacked or not, shows the zip is not one a bundle export makes."""
+    if m.flag_bits & 0x1:
+        return "is encrypted; a bundle zip must not have a password"
+    if m.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        method = _METHODS.get(m.compress_type, f"method {m.compress_type}")
+        return (f"is packed with {method}, which this updater does not unpack; zip the bundle with plain deflate "
+                "(zip, or Python's zipfile)")
+    if m.file_size > RATIO_FLOOR and m.file_size > MAX_RATIO * max(1, m.compress_size):
+        return f"inflates {m.file_size / max(1, m.compress_size):.0f}-fold, more than {MAX_RATIO}-fold: a zip bomb"
+    p = m.filename.replace("\\", "/")
+    if p.startswith("/") or ".." in p.split("/") or ":" in p.split("/")[0]:
+        return "is a path outside the bundle: unexpected entry"
+    return None
+
+
+def _zip_layout(src: Path, members: List[zipfile.ZipInfo]):
+    """(the folder the bundle is in, "" for the top; its files by name)."""
+    tops = [m for m in members if m.filename == MANIFEST]
+    nested = [m for m in members if m.filename.count("/") == 1 and m.filename.endswith("/" + MANIFEST)]
+    if len(tops) + len(nested) != 1:
+        raise UpdateError(f"{src}: unexpected entry layout: {len(tops) + len(nested)} manifest.json found "
+                          "(a bundle zip holds one flat folder, at the top or in one folder)")
+    prefix = (tops or nested)[0].filename[:-len(MANIFEST)]
+    by_name: Dict[str, zipfile.ZipInfo] = {}
+    for m in members:
+        name = m.filename[len(prefix):]
+        if m.filename.startswith(prefix) and name and "/" not in name:
+            if name in by_name:
+                raise UpdateError(f"{src}: {m.filename!r:.80} appears twice")
+            by_name[name] = m
+    return prefix, by_name
+
+
+def _unzip(src: Path, dest: Path) -> None:
+    """The manifest's files, from the top of the zip or from one folder in it, as plain files of
+    bounded size; nothing else is unpacked. Every member's metadata is checked first (count,
+    encryption, method, ratio, path, total size): a zip that carries a bomb or a member no tool
+    of ours writes is refused whole, naming the member."""
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO swapped in after the stat would block
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UpdateError(f"{src}: neither a bundle folder nor a .zip of one")
+        with os.fdopen(fd, "rb") as raw_fh:
+            _zip_entries(src, raw_fh)
+            raw_fh.seek(0)
+            with zipfile.ZipFile(raw_fh) as zf:
+                members = zf.infolist()
+                if len(members) > MAX_MEMBERS:  # counted by _zip_entries already: a second line of defence
+                    raise UpdateError(f"{src}: holds {len(members)} entries, more than the {MAX_MEMBERS} a bundle's "
+                                      "zip may")
+                declared = _Budget()
+                for m in members:
+                    why = _member_problem(m)
+                    if why:
+                        raise UpdateError(f"{src}: {m.filename!r:.80} {why}")
+                    declared.take(m.file_size, f"{src}: {m.filename!r:.80}")
+                prefix, by_name = _zip_layout(src, members)
+                m = by_name[MANIFEST]
+                if m.file_size > MAX_MANIFEST_BYTES:
+                    raise UpdateError(f"{src}: {m.filename!r:.80} is larger than {mb(MAX_MANIFEST_BYTES)}, "
+                                      "not a bundle's manifest")
+                with zf.open(m) as fin:
+                    names = _listed(fin.read(MAX_MANIFEST_BYTES + 1), f"{src}: {m.filename!r:.80}")
+                missing = [n for n in names if n not in by_name]
+                if missing:
+                    raise UpdateError(f"{src}: {prefix + missing[0]!r:.80} is missing (the manifest lists it)")
+                names += [SIGNATURE] if SIGNATURE in by_name else []
+                for name in names:
+                    m, mode = by_name[name], by_name[name].external_attr >> 16
+                    odd = stat.S_IFMT(mode) not in (0, stat.S_IFREG)  # 0: a zip without Unix modes
+                    if m.is_dir() or odd:
+                        raise UpdateError(f"{src}: {m.filename!r:.80}: {file_kind(mode) if odd else 'a folder'}, "
+                                          "not a regular file; a bundle holds only plain files")
+                dest.mkdir(mode=0o755)
+                copied = _Budget()
+                for name in names:
+                    with zf.open(by_name[name]) as fin:  # stops at the declared size; the CRC is checked
+                        _copy_stream(fin, dest / name, copied, f"{src}: {by_name[name].filename!r:.80}",
+                                     limit=by_name[name].file_size)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error,
+            struct.error, ValueError) as exc:  # UpdateError is a ValueError: re-raised as it is
+        if isinstance(exc, UpdateError):
+            raise
+        raise UpdateError(f"{src}: not a readable zip ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _stage(src: Path, store: Path, names: Optional[List[str]] = None) -> Path:
+    """Copy src into a fresh staging folder, or raise UpdateError with nothing left behind."""
+    staging = store / f".incoming-{os.getpid()}"
+    remove_path(staging, ignore_errors=True)
+    try:
+        if src.is_dir():
+            _copy_folder(src, staging, names)
+        elif src.is_file() and zipfile.is_zipfile(src):
+            _unzip(src, staging)
+        else:
+            raise UpdateError(f"{src}: neither a bundle folder nor a .zip of one")
+        fsync_dir(staging)
+    except BaseException as exc:
+        remove_path(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            where = exc.filename or src
+            raise UpdateError(f"{where}: cannot be copied ({exc.strerror or exc})") from None
+        raise
     return staging
 
 
@@ -157,8 +418,10 @@ def _migrate_legacy(root: Path) -> None:
         ident = f"legacy-{int(time.time())}"
     store = root / STORE
     dest = store / ident
-    if not dest.exists():
-        staging = _stage(current, store)
+    if not dest.exists():  # our own install: its plain files, whatever its manifest says
+        names = [e.name for e in os.scandir(current) if e.is_file(follow_symlinks=False)
+                 and e.stat(follow_symlinks=False).st_nlink == 1]
+        staging = _stage(current, store, names)
         os.replace(staging, dest)
     os.replace(current, root / LEGACY)  # recover() (also run by the service) undoes this if we die here
     _point(root, CURRENT, f"{STORE}/{ident}")
@@ -173,8 +436,10 @@ def install(src: Union[str, Path], root: Union[str, Path], self_test: bool = Tru
     src, root = Path(src), Path(root)
     try:
         st = src.stat()
-    except OSError:
+    except FileNotFoundError:
         raise UpdateError(f"{src}: not found") from None
+    except OSError as exc:  # a link loop, a permission problem, an unreadable stick
+        raise UpdateError(f"{src}: cannot be read ({exc.strerror or exc})") from None
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
         raise UpdateError(f"{src}: neither a bundle folder nor a .zip of one")  # a FIFO would block
     root.mkdir(parents=True, exist_ok=True)
@@ -201,23 +466,28 @@ def _install(src: Path, root: Path, self_test: bool, backend: str, keep: int, al
     recover(root)
     _migrate_legacy(root)
     staging = _stage(src, store)
+    try:  # whatever happens, the staging copy does not outlive this run (a kill -9: recover() removes it)
+        return _switch(src, staging, root, self_test, backend, keep, allow_older)
+    finally:
+        remove_path(staging, ignore_errors=True)
+
+
+def _switch(src: Path, staging: Path, root: Path, self_test: bool, backend: str, keep: int,
+            allow_older: bool) -> Dict:
+    store = root / STORE
     _step("staged")
     try:
         info = verify(staging, self_test, backend)
-    except UpdateError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    except UpdateError as exc:  # name the file as the user knows it, not the staging copy about to go
+        raise UpdateError(str(exc).replace(str(staging), str(src))) from None
     _step("verified")
     current = root / CURRENT
     if not allow_older and current.is_dir() and _created(staging) and _created(staging) < _created(current):
-        shutil.rmtree(staging, ignore_errors=True)
         raise UpdateError(f"the new bundle was exported {_created(staging)}, before the current one "
                           f"({_created(current)}): an old bundle, even a validly signed one, is not installed "
                           "over a newer one; use --rollback, or --allow-older if this is intended")
     dest = store / info["id"]
-    if dest.exists() and _intact(dest):
-        shutil.rmtree(staging)  # this very bundle is installed already, and intact
-    else:
+    if not (dest.exists() and _intact(dest)):  # else this very bundle is installed already, and intact
         if dest.exists():  # damaged since (a bad SD card, a hand edit, a killed prune): replace it
             _discard(dest)
         os.replace(staging, dest)

@@ -72,7 +72,7 @@ def app_config(bundle: Bundle, trusted_key_b64: Optional[str]) -> Dict:
 
     return {
         "APP_VERSION": _app_version(),
-        "BUNDLE_FORMAT": "fracture-edge-bundle", "FORMAT_VERSION": manifest.FORMAT_VERSION,
+        "BUNDLE_FORMAT": "fracture-edge-bundle", "FORMAT_VERSIONS": list(manifest.READABLE_VERSIONS),
         "DIGEST_KEY": manifest.DIGEST_KEY, "SIGNATURE_FILE": signature.SIGNATURE,
         "SIGNED_PREFIX": signature.message("").decode(), "TRUSTED_KEY": trusted_key_b64,
         "ARTIFACT_PREFERENCE": list(ARTIFACT_PREFERENCE), "SELFTEST_GENERATOR": selftest.GENERATOR,
@@ -169,7 +169,10 @@ def build_site(bundle: Optional[Bundle] = None, trusted_key: Optional[Path] = No
         raise WebAppError(f"{bundle.root}: no ONNX artifact accepted by export's check "
                           f"(the app needs one of {', '.join(ARTIFACT_PREFERENCE)})")
     artifact = usable[0]
-    wanted = {arts[artifact]["file"]}
+    # Every accepted ONNX artifact ships: the app runs the first whose self-test passes in this
+    # browser (int8 where it does, else float), so a WASM build that rounds int8 differently
+    # falls back instead of answering wrongly.
+    wanted = {arts[k]["file"] for k in usable}
     if bundle.gradcam:
         wanted.add(bundle.gradcam["file"])
     files["bundle/manifest.json"] = (bundle.root / "manifest.json").read_bytes()
@@ -186,7 +189,8 @@ def build_site(bundle: Optional[Bundle] = None, trusted_key: Optional[Path] = No
         return digests[rel]
 
     build = hashlib.sha256(b"".join(digest(rel) for rel in sorted(files))).hexdigest()[:16]
-    config = {**app_config(bundle, _trusted_key_b64(trusted_key)), "APP_BUILD": build}  # the app's own files
+    config = {**app_config(bundle, _trusted_key_b64(trusted_key)), "APP_BUILD": build,  # the app's own files
+              "ARTIFACTS_SHIPPED": usable}
     files["config.json"] = (json.dumps(config, indent=1, ensure_ascii=False) + "\n").encode()
     files["manifest.webmanifest"] = _web_manifest(bundle)
     files["icon-192.png"], files["icon-512.png"] = _icon(192), _icon(512)

@@ -5,8 +5,10 @@ address-space limit set after the model is loaded (a file that would need more g
 MemoryError, which the runtime turns into that file's record), and in a process the service can
 lose without losing itself. If this process is killed (the kernel's OOM killer, a crash in a
 decoder) or hangs, the service counts an attempt against that file, starts a new reader, and
-after three attempts quarantines the file with a record. Protocol: one JSON task per line on
-stdin, one JSON record per line on stdout.
+after three attempts quarantines the file with a record. A MemoryError that escapes the file's
+own record (raised outside the decoder) ends this process with exit status OUT_OF_MEMORY, so that
+the service can say the reader ran out of memory rather than that it died or hung. Protocol: one
+JSON task per line on stdin, one JSON record per line on stdout.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from pathlib import Path
 from typing import List, Optional
 
 READY = "ready"
-# Fault injection for the service's tests: "kill:NAME,hang:NAME" makes this process die or hang
-# on a file whose source path contains NAME, as a decoder crash or a pathological file would;
+OUT_OF_MEMORY = 86  # exit status: a MemoryError outside any one file's record (the service says so)
+# Fault injection for the service's tests: "kill:NAME,hang:NAME,oom:NAME" makes this process die,
+# hang or run out of its address space (a real MemoryError, outside the per-file handler) on a
+# file whose source path contains NAME, as a decoder crash or a pathological file would;
 # "nostart:1" makes it exit before it is ready, as with a bundle that does not load.
 FAULT_ENV = "FRACTURE_EDGE_READER_FAULTS"
 
@@ -32,6 +36,8 @@ def _inject(faults, source: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if faults.get("hang") and faults["hang"] in source:
         threading.Event().wait()
+    if faults.get("oom") and faults["oom"] in source:
+        bytearray(1 << 40)  # beyond the address-space limit: MemoryError
 
 
 def _vm_size_mb() -> float:
@@ -42,6 +48,17 @@ def _vm_size_mb() -> float:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        return _serve(argv)
+    except MemoryError:
+        try:
+            sys.stderr.write("the reader ran out of memory outside a file's own record: exiting\n")
+        except MemoryError:
+            pass
+        os._exit(OUT_OF_MEMORY)
+
+
+def _serve(argv: Optional[List[str]]) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m device.worker")

@@ -95,6 +95,11 @@ class Bundle:
         return self.info.demonstration_only
 
     @property
+    def fracture_map(self):
+        """The manifest's MapInfo where the model's map is its heatmap and its answer, else None."""
+        return self.info.fracture_map
+
+    @property
     def gradcam(self) -> Optional[Dict[str, Any]]:
         return self.manifest.get("gradcam") if self.info.gradcam else None
 

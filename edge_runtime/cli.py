@@ -16,7 +16,8 @@ from typing import List, Optional, Sequence
 
 from .backends import BACKEND_CHOICES, BACKENDS, BackendError, backend_version, installed_backends
 from .bundle import ENV_VAR, BundleError, default_bundle_dir, load_bundle
-from .labels import DISCLAIMER, SHORT
+from .labels import DISCLAIMER, SHORT, demonstration_notice
+from .memlimit import DEFAULT_MB, ENV_VAR as MEMORY_ENV, allowance_mb, megabytes, memory_ceiling
 from .result import Result
 from .signature import SIGNATURE
 
@@ -67,7 +68,8 @@ def _human(rec: Result) -> str:
     t = rec.timings_ms
     line = (f"{name}: p={rec.probability:.3f} (threshold {rec.threshold:.3f}) {SHORT[rec.decision]}"
             f"  [{t['total']:.1f} ms: decode {t['decode']:.1f}, inference {t['inference']:.1f}"
-            + (f", Grad-CAM {t['gradcam']:.2f}" if "gradcam" in t else "") + "]")
+            + (f", Grad-CAM {t['gradcam']:.2f}" if "gradcam" in t else "")
+            + (f", map {t['heatmap']:.2f}" if "heatmap" in t else "") + "]")
     for w in rec.warnings:
         line += f"\n    warning: {w}"
     if rec.heatmap:
@@ -85,15 +87,33 @@ def _predict(args) -> int:
     predictor = Predictor(args.bundle, args.backend, args.artifact, args.threads,
                           gradcam=not args.no_gradcam)
     if predictor.bundle.demonstration_only:
-        print("NOTE: this bundle is a DEMONSTRATION model (trained on phantom data), not for patients.",
-              file=sys.stderr)
+        print(demonstration_notice(predictor.bundle.manifest), file=sys.stderr)
     if not args.json:
         print(f"model {predictor.bundle.model_name} ({predictor.artifact} on {predictor.backend}); "
               f"{DISCLAIMER}", file=sys.stderr)
-    records = []
-    for rec in predictor.predict_files(args.files, args.heatmap):
-        records.append(Result(rec.file, error=rec.error, internal_error=rec.internal_error))  # not the pixels' timings
-        print(json.dumps(rec.to_dict()) if args.json else _human(rec), flush=True)
+    records: List[Result] = []
+    reading: List[Path] = []  # the file being read now
+
+    def files():
+        for path in args.files:
+            reading[:] = [path]
+            yield path
+
+    out_of_memory = False
+    with memory_ceiling(allowance_mb(args.memory_mb)):  # a case the budgets miss: a refusal, not the OOM killer
+        try:
+            for rec in predictor.predict_files(files(), args.heatmap):
+                records.append(Result(rec.file, error=rec.error, internal_error=rec.internal_error))  # not the pixels' timings
+                print(json.dumps(rec.to_dict()) if args.json else _human(rec), flush=True)
+        except MemoryError:  # outside any one file's own handling: said after the except block has freed it
+            if os.environ.get("FRACTURE_EDGE_DEBUG"):
+                raise
+            out_of_memory = True
+    if out_of_memory:
+        name = printable(str(reading[0])) if reading else "the batch"
+        print(f"internal error (MemoryError) while reading {name}: please report it with the command you ran; "
+              "the files after it were not read", file=sys.stderr)
+        return EXIT_INTERNAL
     return exit_status(records)
 
 
@@ -104,6 +124,7 @@ def _info(args) -> int:
             "demonstration_only": bundle.demonstration_only, "threshold": bundle.info.decision.to_dict(),
             "artifacts": {k: {"file": a.file, "bytes": a.bytes} for k, a in bundle.info.artifacts.items()},
             "gradcam": bool(bundle.info.gradcam),
+            "fracture_map": bundle.info.fracture_map.pooling.to_dict() if bundle.info.fracture_map else None,
             "data": (m.get("data") or {}).get("name") if isinstance(m.get("data"), dict) else None,
             "signature": (f"verified (key {bundle.signed_by})" if bundle.signed_by else
                           "present, not checked (no trusted key configured)" if (bundle.path / SIGNATURE).is_file()
@@ -133,12 +154,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                        description="Predict each FILE (JPEG, PNG 8/16-bit, TIFF, BMP, DICOM). A file that "
                                    "cannot be read gets an error record and the batch goes on.")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="image files to read (a batch goes on past bad ones)")
-    p.add_argument("--heatmap", type=Path, metavar="OUT_DIR", help="write a Grad-CAM overlay PNG per file here")
+    p.add_argument("--heatmap", type=Path, metavar="OUT_DIR",
+                   help="write an overlay per file here: the bundle's fracture map, or Grad-CAM")
     p.add_argument("--threads", type=thread_count, default=None, help="interpreter threads, 1-64 (default: the interpreter's)")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="interpreter (default: %(default)s, the first installed of " + ", ".join(BACKENDS) + ")")
     p.add_argument("--artifact", help="model file to run, by manifest key (default: the bundle's default for the backend)")
     p.add_argument("--no-gradcam", action="store_true", help="skip the heatmap")
+    p.add_argument("--memory-mb", type=megabytes, default=None,
+                   help=f"address space the files may take beyond the loaded model; past it a file is refused "
+                        f"(default: ${MEMORY_ENV}, else {DEFAULT_MB}; 0: no ceiling)")
     p.set_defaults(func=_predict)
     i = sub.add_parser("info", parents=[common], help="verify a bundle and show what it holds",
                        description="Verify a bundle as predict would (manifest digest, schema, status, signature where "

@@ -1,11 +1,18 @@
 """Decode a radiograph file into a 2-D float32 array in [0, 1].
 
 Training and the device both read images through `read_grayscale`, so a JPEG, a 16-bit PNG or a
-colour photo becomes the same pixels in both places.
+colour photo becomes the same pixels in both places. Pillow opens only the format the content is
+(`open_image`): some of its formats decode inside `Image.open` (an ICO decodes the largest image
+it wraps), before any budget could be checked, and the allowed ones hold their metadata there (a
+TIFF listing 3,000,000 strips took 569 MB), so each container is walked first, within bounds
+(`codestream.check_container`). A file that still exhausts the memory ceiling is that file's
+error: the exception, its traceback and the image they hold are dropped before the refusal is
+made, so the batch goes on.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +20,10 @@ from typing import List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.JpegImagePlugin import JpegImageFile
 
+from .codestream import MetadataError, check_container
+from .content import HEAD_BYTES, PILLOW_FORMATS, describe, not_readable, sniff
 from .errors import ImageReadError
 from .filecheck import check_input_file, open_error, open_regular
 
@@ -52,10 +62,46 @@ def decode_error(path: Union[str, Path], exc: BaseException) -> ImageReadError:
     if isinstance(exc, Image.DecompressionBombError):
         return ImageReadError(path, f"decompression bomb refused ({exc})")
     if isinstance(exc, MemoryError):
-        return ImageReadError(path, "image too large to decode in the memory available")
+        return ImageReadError(path, "image too large to decode within this process's memory ceiling")
     if isinstance(exc, OSError) and not type(exc) is OSError:  # permission, vanished: not corruption
         return open_error(path, exc)
     return ImageReadError(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})")
+
+
+def check_file_size(path: Union[str, Path], size: int) -> None:
+    """No single radiograph or photo file is this large; a file that is can make a decoder hold
+    it whole (metadata, tags) before any image budget applies."""
+    if size > MAX_DECODE_BYTES:
+        raise ImageReadError(path, f"file larger than {MAX_DECODE_BYTES // 2 ** 20} MB: not a single image "
+                                   "this runtime reads")
+
+
+def open_image(fh, path: Union[str, Path], kind: Optional[str] = None) -> Image.Image:
+    """Image.open restricted to the one format the content is (content.sniff, or `kind` when the
+    caller sniffed it already), from an allow-list of formats that decode no pixels while
+    opening; the name is never consulted. The container is walked first (codestream.check_container):
+    metadata or structure that Pillow would hold while opening it (a TIFF listing millions of
+    strips, megabytes of GIF comments, PNG or WebP chunks or JPEG APP segments) is refused unread."""
+    if kind is None:
+        kind = sniff(fh.read(HEAD_BYTES))
+    fh.seek(0)
+    if kind == "DICOM":
+        raise ImageReadError(path, "the content is DICOM: read it with the runtime's DICOM reader "
+                                   "(`python -m edge_runtime predict`), not as a picture")
+    if kind not in PILLOW_FORMATS:
+        raise not_readable(path, kind)
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(0)
+    try:
+        check_container(kind, fh, size)
+    except MetadataError as exc:
+        raise ImageReadError(path, f"{describe(kind)} that {exc}: not a radiograph; refused before opening "
+                                   "it") from None
+    return Image.open(fh, formats=[kind])
+
+
+def _is_jpeg(img: Image.Image) -> bool:
+    return isinstance(img, JpegImageFile)  # JPEG, and MPO (a phone's JPEG with a second picture)
 
 
 def container_bits(peak: float, mode: str) -> int:
@@ -127,16 +173,16 @@ def decode_cost(size: Tuple[int, int], mode: str, draft_size: Optional[Tuple[int
             + decoder_extra)
 
 
-def _decoder_extra(img: Image.Image, full_size: Tuple[int, int]) -> int:
+def _decoder_extra(img: Image.Image, full_size: Tuple[int, int], file_bytes: int = 0) -> int:
     """What the codec holds beside the image, measured: a progressive JPEG keeps every DCT
     coefficient at full size (2 bytes per sample), whatever the draft; WebP decodes into its own
-    RGBA buffer; libtiff may hold a whole strip."""
+    RGBA buffer, from a copy of the whole file (`file_bytes`); libtiff may hold a whole strip."""
     w, h = full_size
     fmt = img.format
-    if fmt == "JPEG" and (img.info.get("progressive") or img.info.get("progression")):
+    if _is_jpeg(img) and (img.info.get("progressive") or img.info.get("progression")):
         return w * h * 2 * (1 if img.mode == "L" else 3)
     if fmt == "WEBP":
-        return w * h * 4
+        return w * h * 4 + file_bytes
     if fmt == "TIFF":
         return w * h * _stored_bytes(img.mode)
     return 0
@@ -171,50 +217,95 @@ def read_grayscale(path: Union[str, Path], draft_size: Optional[Tuple[int, int]]
 
     `draft_size` lets a JPEG decode at a reduced DCT scale (never below that size), and other
     formats be box-reduced likewise, which is several times faster for full-size radiographs that
-    are shrunk to the model's input size anyway.
+    are shrunk to the model's input size anyway. DICOM content (whatever the name) goes to the
+    DICOM reader.
     """
+    return read_file(path, draft_size)[0]
+
+
+def read_file(path: Union[str, Path], draft_size: Optional[Tuple[int, int]] = None,
+              dicom_names: Tuple[str, ...] = ()) -> Tuple[DecodedImage, Optional[str]]:
+    """(the decoded image, the kind content.sniff found). The file is checked with `stat`, opened
+    and sniffed once; DICOM content, or content of no known kind under a name ending in one of
+    `dicom_names` (a DICOM file without its preamble), goes to the DICOM reader, the rest to Pillow."""
     path = Path(path)
-    check_input_file(path)
-    warnings: List[str] = []
+    size = check_input_file(path)
+    with open_regular(path) as fh:
+        kind = sniff(fh.read(HEAD_BYTES))
+        dicom = kind == "DICOM" or (kind is None and path.suffix.lower() in dicom_names)
+        if not dicom:
+            check_file_size(path, size)
+            return _read_picture(fh, path, kind, draft_size, size), kind
+    from .dicom import read_dicom
+    return read_dicom(path, draft_size, checked=(size, kind)), kind
+
+
+def _read_picture(fh, path: Path, kind: Optional[str], draft_size: Optional[Tuple[int, int]],
+                  size: int) -> DecodedImage:
+    """A picture through Pillow. Every failure is raised as ImageReadError only after the except
+    block is left: the exception's traceback holds the frames, and through them the image, the
+    tile list and whatever else the failed decoder made, so a refusal made inside the handler
+    (or a record built from it) would have to find memory beside them. A MemoryError is not even
+    turned into words until then."""
+    problem: Union[ImageReadError, type, None] = None
     try:
-        with open_regular(path) as fh, Image.open(fh) as img:
-            width, height = img.size
-            check_shape(path, width, height)
-            if draft_size is not None and img.format == "JPEG":
-                img.draft("L" if img.mode == "L" else img.mode, draft_size)
-            check_cost(path, decode_cost(img.size, img.mode, draft_size, _decoder_extra(img, (width, height))))
-            pages = getattr(img, "n_frames", 1)
-            if isinstance(pages, int) and pages > 1:
-                warnings.append(f"{img.format or 'image'} file holds {pages} pages or frames: only the first was read")
-            img.load()
-            mode = img.mode  # as stored: reducing a 16-bit image goes through mode "I"
-            if draft_size is not None and img.format != "JPEG":
-                img = _reduce(img, draft_size)
-            img = ImageOps.exif_transpose(img)
-            if mode in _SIXTEEN_BIT_MODES:
-                arr = np.asarray(img, dtype=np.float32)
-                bits = container_bits(float(arr.max()), mode)
-                if bits not in (8, 16):
-                    warnings.append(f"{bits}-bit data in a 16-bit file: scaled by {2 ** bits - 1}")
-                pixels = arr / float(2 ** bits - 1)
-            elif mode == "F":
-                arr = np.asarray(img, dtype=np.float32)
-                lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-                pixels = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-                warnings.append("floating-point image rescaled by its own min and max")
-            else:
-                if mode not in ("L", "1") and _is_colour(img):
-                    warnings.append(f"colour image ({mode}) converted to grayscale; if it is a photo of a film "
-                                    "on a lightbox, read it with `python -m device film` instead")
-                if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-                    warnings.append("transparency discarded")
-                pixels = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-    except ImageReadError:
-        raise
+        return _decode(fh, path, kind, draft_size, size)
+    except ImageReadError as exc:
+        problem = detached(exc)
+    except MemoryError:
+        problem = MemoryError
     except DECODE_ERRORS as exc:
-        raise decode_error(path, exc) from None
+        problem = decode_error(path, exc)
+    raise decode_error(path, MemoryError()) if problem is MemoryError else problem
+
+
+def detached(exc: BaseException) -> BaseException:
+    """`exc` without its traceback or the exceptions it was raised beside (and their tracebacks):
+    what a caller keeps of a refusal must not keep the frames of the failed decoding alive."""
+    exc.__context__ = exc.__cause__ = None
+    return exc.with_traceback(None)
+
+
+def _decode(fh, path: Path, kind: Optional[str], draft_size: Optional[Tuple[int, int]], size: int) -> DecodedImage:
+    warnings: List[str] = []
+    with open_image(fh, path, kind) as img:
+        width, height = img.size
+        check_shape(path, width, height)
+        if draft_size is not None and _is_jpeg(img):
+            img.draft("L" if img.mode == "L" else img.mode, draft_size)
+        check_cost(path, decode_cost(img.size, img.mode, draft_size, _decoder_extra(img, (width, height), size)))
+        pages = getattr(img, "n_frames", 1)
+        if isinstance(pages, int) and pages > 1:
+            warnings.append(f"{img.format or 'image'} file holds {pages} pages or frames: only the first was read")
+        img.load()
+        mode = img.mode  # as stored: reducing a 16-bit image goes through mode "I"
+        if draft_size is not None and not _is_jpeg(img):
+            img = _reduce(img, draft_size)
+        img = ImageOps.exif_transpose(img)
+        pixels = _unit_gray(img, mode, warnings)
     if pixels.ndim != 2:
         raise ImageReadError(path, f"unexpected pixel array shape {pixels.shape}")
     if not np.isfinite(pixels).all():
         raise ImageReadError(path, "image contains non-finite values")
     return DecodedImage(np.clip(pixels, 0.0, 1.0).astype(np.float32), mode, (width, height), warnings)
+
+
+def _unit_gray(img: Image.Image, mode: str, warnings: List[str]) -> np.ndarray:
+    """A loaded image (`mode`: as stored) as one gray channel in [0, 1], with what was done said."""
+    if mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img, dtype=np.float32)
+        bits = container_bits(float(arr.max()), mode)
+        if bits not in (8, 16):
+            warnings.append(f"{bits}-bit data in a 16-bit file: scaled by {2 ** bits - 1}")
+        return arr / float(2 ** bits - 1)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        warnings.append("floating-point image rescaled by its own min and max")
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if mode not in ("L", "1") and _is_colour(img):
+        warnings.append(f"colour image ({mode}) converted to grayscale; if it is a photo of a film "
+                        "on a lightbox, read it with `python -m device film` instead")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        warnings.append("transparency discarded")
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0

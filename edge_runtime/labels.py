@@ -10,9 +10,16 @@ WORDING = {
     NEGATIVE: "no fracture found",
     RETAKE: "RETAKE PHOTO",
     "error": "could not read",
-    "demonstration": "DEMONSTRATION MODEL (trained on synthetic images): not for patients",
+    "demonstration": "DEMONSTRATION MODEL (a research model, never validated on patients): not for patients",
 }
 SHORT = {POSITIVE: "FRACTURE SUSPECTED", NEGATIVE: "no fracture found", RETAKE: "RETAKE"}
 
 DISCLAIMER = ("Screening aid only: a trained clinician makes the diagnosis. A negative result does not "
               "rule out a fracture.")
+
+
+def demonstration_notice(manifest) -> str:
+    """The CLIs' line for a demonstration bundle: what it was trained on, in the manifest's own words."""
+    title = (manifest or {}).get("title") if isinstance(manifest, dict) else None
+    return ("NOTE: this bundle is a DEMONSTRATION model, not for patients"
+            + (f": {title}." if title else " (trained on phantom data)."))

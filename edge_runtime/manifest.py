@@ -21,14 +21,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from .fracture_map import MapPooling
 from .labels import POSITIVE
 from .preprocess import PreprocessSpec
 
 FORMAT = "fracture-edge-bundle"
-FORMAT_VERSION = 2  # 2: manifest_sha256 required
+FORMAT_VERSION = 3  # 2: manifest_sha256 required; 3: a fracture map may replace the prob output
+READABLE_VERSIONS = (2, 3)  # a version-2 bundle is a version-3 bundle without a map
 DIGEST_KEY = "manifest_sha256"
 STATUSES = ("pending", "accepted", "rejected")
 ARTIFACT_FORMATS = ("tflite", "onnx")
+# prob: P(fractured); map: per-cell fracture logits (edge_runtime/fracture_map.py); features and
+# hidden: what the numpy Grad-CAM needs.
+OUTPUT_ROLES = ("prob", "map", "features", "hidden")
 PRECISIONS = ("int8", "float32", "float16")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -134,10 +139,10 @@ class ModelInfo:
         _need(len(shape) == 4 and shape[1] == shape[2] and shape[3] == 1, "model.input.shape",
               f"expected [batch, size, size, 1], got {list(shape)}")
         outs = _obj(d.get("outputs"), "model.outputs")
-        _need("prob" in outs, "model.outputs", "no 'prob' output")
+        _need("prob" in outs or "map" in outs, "model.outputs", "no 'prob' or 'map' output")
         outputs = {}
         for role, o in outs.items():
-            _need(role in ("prob", "features", "hidden"), f"model.outputs.{role}", "unknown output role")
+            _need(role in OUTPUT_ROLES, f"model.outputs.{role}", "unknown output role")
             outputs[role] = _shape(_obj(o, f"model.outputs.{role}").get("shape"), f"model.outputs.{role}.shape",
                                    allow_batch=True)
         return cls(name, shape, outputs)
@@ -197,6 +202,29 @@ class GradcamInfo:
 
 
 @dataclass(frozen=True)
+class MapInfo:
+    """The `fracture_map` section: the model's `map` output is the heatmap, and the image's logit
+    is its pooling (edge_runtime/fracture_map.py)."""
+    grid: Tuple[int, int]  # (h, w) of the map
+    pooling: MapPooling
+
+    @classmethod
+    def from_dict(cls, d: Any, model: "ModelInfo") -> "MapInfo":
+        d = _obj(d, "fracture_map")
+        shape = model.outputs.get("map")
+        _need(shape is not None, "fracture_map", "the model has no 'map' output")
+        _need(len(shape) in (3, 4) and (len(shape) == 3 or shape[3] == 1), "model.outputs.map.shape",
+              f"expected [batch, h, w] or [batch, h, w, 1], got {list(shape)}")
+        _need(d.get("output", "map") == "map", "fracture_map.output", "must be 'map'")
+        p = _obj(d.get("pooling"), "fracture_map.pooling")
+        try:
+            pooling = MapPooling.from_dict(p)
+        except (TypeError, ValueError) as exc:
+            raise ManifestError(f"fracture_map.pooling: {exc}") from None
+        return cls((shape[1], shape[2]), pooling)
+
+
+@dataclass(frozen=True)
 class Manifest:
     status: str
     demonstration_only: bool
@@ -208,15 +236,16 @@ class Manifest:
     gradcam: Optional[GradcamInfo]
     files: Dict[str, str]
     raw: Dict[str, Any] = field(repr=False, compare=False)
+    fracture_map: Optional[MapInfo] = None
 
     @classmethod
     def from_dict(cls, d: Any) -> "Manifest":
         d = _obj(d, "manifest")
         _need(d.get("format") == FORMAT, "format", f"not a {FORMAT} manifest")
         version = d.get("format_version")
-        _need(version == FORMAT_VERSION, "format_version",
-              f"format version {version!r:.20}, this runtime reads version {FORMAT_VERSION}; "
-              "re-export the bundle or update the runtime")
+        _need(version in READABLE_VERSIONS, "format_version",
+              f"format version {version!r:.20}, this runtime reads versions "
+              f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the bundle or update the runtime")
         expected = d.get(DIGEST_KEY)
         _need(isinstance(expected, str) and bool(_HEX64.match(expected)), DIGEST_KEY, "missing or malformed")
         _need(digest(d) == expected, DIGEST_KEY,
@@ -251,6 +280,10 @@ class Manifest:
             feats = model.outputs.get("features")
             _need(feats is not None and tuple(feats[1:]) == gradcam.feature_shape, "gradcam.feature_shape",
                   "does not match the model's features output")
+        fmap = MapInfo.from_dict(d["fracture_map"], model) if d.get("fracture_map") else None
+        _need(fmap is not None or "prob" in model.outputs, "fracture_map",
+              "the model has no 'prob' output, so the manifest must say how its map is pooled")
+        _need(fmap is None or version >= 3, "format_version", "a fracture map needs format version 3")
         if d.get("self_test") is not None:
             st = _obj(d["self_test"], "self_test")
             n = _int(st.get("n"), "self_test.n", 1, 64)
@@ -260,7 +293,7 @@ class Manifest:
                 _need(isinstance(probs, list) and len(probs) == n and all(
                     isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in probs),
                     where, f"expected {n} probabilities in [0, 1]")
-        return cls(status, demo, model, spec, decision, artifacts, dict(defaults), gradcam, dict(files), dict(d))
+        return cls(status, demo, model, spec, decision, artifacts, dict(defaults), gradcam, dict(files), dict(d), fmap)
 
     def to_dict(self) -> Dict[str, Any]:
         """The manifest as JSON data: the raw document, with the typed sections as parsed."""

@@ -1,7 +1,8 @@
-"""Blend a Grad-CAM heatmap over the radiograph for a clinician to look at (numpy + Pillow only).
+"""Blend a heatmap over the radiograph for a clinician to look at (numpy + Pillow only).
 
 The saved overlay carries what a reader needs to judge it at a glance: the colour scale (a bar at
-the right, from 0 to the map's own peak: Grad-CAM is relative to each image), the probability
+the right: from 0 to 1 for a fracture map, whose cells are probabilities; from 0 to the map's own
+peak for Grad-CAM, which is relative to each image), the probability
 and the threshold in a caption below, and the annotated fracture boxes, when they are known
 (evaluation on data with boxes), as green rectangles.
 """
@@ -98,14 +99,16 @@ def caption_lines(probability: Optional[float], threshold: Optional[float], boxe
 
 
 def add_legend(img: Image.Image, probability: Optional[float] = None, threshold: Optional[float] = None,
-               boxes: bool = False) -> Image.Image:
-    """The image with a colour bar at its right (0 to the map's peak) and, when there is anything
-    to say, a caption below it (probability against the threshold, what the boxes are)."""
+               boxes: bool = False, absolute: bool = False) -> Image.Image:
+    """The image with a colour bar at its right (0 to 1 when the map is `absolute`, P(fracture) per
+    place; else 0 to the map's peak) and, when there is anything to say, a caption below it
+    (probability against the threshold, what the boxes are)."""
+    top_label = "1" if absolute else "peak"
     w, h = img.size
     fs = max(9, min(22, round(max(w, h) / 48)))
     font = _font(fs)
     measure = ImageDraw.Draw(img)
-    label_w = max(measure.textbbox((0, 0), t, font=font)[2] for t in ("peak", "0"))
+    label_w = max(measure.textbbox((0, 0), t, font=font)[2] for t in (top_label, "0"))
     pad = max(3, fs // 4)
     bar_w = max(8, fs // 2 + 4)
     panel_w = bar_w + label_w + 3 * pad
@@ -129,7 +132,7 @@ def add_legend(img: Image.Image, probability: Optional[float] = None, threshold:
         out.paste(Image.fromarray(colormap(levels)), (w + pad, top))
         draw.rectangle([w + pad - 1, top - 1, w + pad + bar_w, bottom], outline=_TEXT, width=1)
         x_text = w + 2 * pad + bar_w
-        _text_mid_left(draw, (x_text, top), "peak", font)
+        _text_mid_left(draw, (x_text, top), top_label, font)
         _text_mid_left(draw, (x_text, bottom - 1), "0", font)
     for k, t in enumerate(lines):
         _text_mid_left(draw, (pad, h + pad + k * line_h + line_h // 2), t, cap_font)
@@ -139,10 +142,11 @@ def add_legend(img: Image.Image, probability: Optional[float] = None, threshold:
 def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alpha: float = ALPHA,
                  max_side: Optional[int] = None, boxes: Optional[Sequence[Tuple[float, float, float, float]]] = None,
                  probability: Optional[float] = None, threshold: Optional[float] = None,
-                 legend: bool = True) -> Path:
+                 legend: bool = True, absolute: bool = False) -> Path:
     """Write the overlay (JPEG or PNG by the path's suffix), shrunk first to `max_side`: it is drawn
     at the size it will be looked at, never at the radiograph's full size. Boxes (relative to the
-    image) are drawn when given; `legend` adds the colour bar and the caption (add_legend)."""
+    image) are drawn when given; `legend` adds the colour bar and the caption (add_legend), whose
+    scale is 0 to 1 for an `absolute` map (a fracture map) and 0 to the peak otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     g = np.asarray(gray, dtype=np.float32)
@@ -156,7 +160,7 @@ def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alp
     if boxes:
         draw_boxes(img, boxes)
     if legend:
-        img = add_legend(img, probability, threshold, bool(boxes))
+        img = add_legend(img, probability, threshold, bool(boxes), absolute)
     if path.suffix.lower() in (".jpg", ".jpeg"):
         img.save(path, quality=90)
     else:

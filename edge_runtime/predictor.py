@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
 from .backends import open_session
 from .bundle import Bundle, load_bundle
 from .errors import ImageReadError
+from .fracture_map import map_logits, sigmoid
 from .gradcam import load_head
 from .dicom import read_dicom
 from .imageio import DecodedImage, read_grayscale
@@ -61,7 +62,8 @@ class Predictor:
         self.spec = self.bundle.spec
         self.threshold = self.bundle.threshold
         self.session = open_session(self.bundle, backend, artifact, threads)
-        self.head = load_head(self.bundle) if gradcam else None
+        self.map = self.bundle.fracture_map  # the model's own fracture map, when it has one
+        self.head = load_head(self.bundle) if gradcam and self.map is None else None
 
     @property
     def backend(self) -> str:
@@ -76,17 +78,46 @@ class Predictor:
         return self.session.run(x[None] if x.ndim == 3 else x)
 
     def probability(self, x: np.ndarray) -> float:
-        return float(self.infer(x)["prob"].reshape(-1)[0])
+        """P(fractured) of one preprocessed view from one inference (no averaging over views)."""
+        out = self.infer(x)
+        if self.map is not None:
+            return float(sigmoid(self.map.pooling.pool(map_logits(out["map"]))))
+        return float(out["prob"].reshape(-1)[0])
 
     def heatmap(self, outputs: Dict[str, np.ndarray]) -> Optional[np.ndarray]:
+        """One view's heatmap from its raw outputs: a fracture map's P(fracture) per cell, or
+        Grad-CAM scaled to its peak; None without either."""
+        if self.map is not None:
+            return sigmoid(map_logits(outputs["map"])).astype(np.float32)
         if self.head is None:
             return None
         return self.head.cam(outputs["features"], outputs.get("hidden"))[1]
 
+    @property
+    def has_heatmap(self) -> bool:
+        """Whether answers come with a map: the model's own fracture map, or Grad-CAM."""
+        return self.map is not None or self.head is not None
+
+    def map_answer(self, x: np.ndarray) -> Tuple[float, np.ndarray]:
+        """(probability, merged map of cell logits (h, w)) of a fracture-map model: each view's map
+        turned back, the logits averaged, then pooled (edge_runtime/fracture_map.py)."""
+        logits = merge_maps(np.stack([map_logits(self.infer(v)["map"]) for v in views(x, self.spec)]), self.spec)
+        return float(sigmoid(self.map.pooling.pool(logits))), logits
+
     def answer(self, x: np.ndarray, timings: Optional[Dict[str, float]] = None) -> Tuple[float, Optional[np.ndarray]]:
-        """(probability, raw Grad-CAM map or None) for one preprocessed image (size, size, 1):
-        the mean over the spec's views, each view's map turned back before averaging."""
+        """(probability, raw map or None) for one preprocessed image (size, size, 1). A fracture-map
+        model: the pooled map, and the map itself as P(fracture) per cell. Otherwise: the mean
+        over the spec's views, and their Grad-CAM maps, each turned back before averaging."""
         t0 = time.perf_counter()
+        if self.map is not None:
+            p, logits = self.map_answer(x)
+            if timings is not None:
+                timings["inference"] = _ms(t0)
+            t0 = time.perf_counter()
+            heat = sigmoid(logits).astype(np.float32)
+            if timings is not None:
+                timings["heatmap"] = _ms(t0)
+            return p, heat
         outs = [self.infer(v) for v in views(x, self.spec)]
         p = float(np.mean([float(o["prob"].reshape(-1)[0]) for o in outs]))
         if timings is not None:
@@ -148,21 +179,21 @@ class Predictor:
         if self.spec.n_views > 1:
             rec.views = self.spec.n_views
         if raw is not None:
-            peak = float(raw.max())
-            heat = raw / peak if peak > 0 else np.zeros_like(raw)
+            heat = raw if self.map is not None else relative(raw)
             if heatmap_path is not None:
                 t0 = time.perf_counter()
                 try:
                     base = display() if display is not None else decoded.pixels
                     rec.heatmap = str(save_overlay(heatmap_path, base, self._on_image(heat, decoded.pixels.shape),
-                                                      max_side=OVERLAY_SIDE, probability=p, threshold=self.threshold))
+                                                      max_side=OVERLAY_SIDE, probability=p, threshold=self.threshold,
+                                                      absolute=self.map is not None))
                 except (OSError, ImageReadError) as exc:  # a full disk, or the file changed under us
                     rec.warnings.append(f"heatmap not written ({getattr(exc, 'reason', None) or exc})")
                     if isinstance(exc, OSError) and exc.errno:
                         rec.heatmap_errno = exc.errno  # the service retries a full disk later
                 timings["overlay"] = _ms(t0)
         elif heatmap_path is not None:
-            rec.warnings.append("this bundle has no Grad-CAM head: no heatmap")
+            rec.warnings.append("this bundle has no fracture map or Grad-CAM head: no heatmap")
         timings["total"] = _ms(t_all)
         rec.timings_ms = timings
         return rec
@@ -181,19 +212,35 @@ class Predictor:
                       heatmap_dir: Optional[Path] = None) -> Iterator[Result]:
         stems = UniqueStems()
         for p in paths:
-            target = Path(heatmap_dir) / f"{stems.take(p)}_gradcam.jpg" if heatmap_dir is not None else None
+            target = Path(heatmap_dir) / f"{stems.take(p)}_heatmap.jpg" if heatmap_dir is not None else None
             yield self.predict_file_safely(p, target)
 
     def predict_file_safely(self, path: Union[str, Path], heatmap_path: Optional[Path] = None) -> Result:
-        """predict_file, with any failure of ours turned into that file's record."""
+        """predict_file, with any failure of ours turned into that file's record. The record is
+        made after the except block is left: the exception's traceback holds the frames of the
+        failed work, and through them whatever it allocated, so past the memory ceiling
+        (edge_runtime/memlimit.py) a record made inside the handler would fail again and end the batch."""
+        out_of_memory, failure = False, None
         try:
             return self.predict_file(path, heatmap_path)
         except MemoryError:
-            rec = self._header(path)
-            rec.error, rec.internal_error = "out of memory while reading this file", True
-            return rec
+            out_of_memory = True  # nothing allocated, nothing of the failed work kept
         except Exception as exc:  # noqa: BLE001 - one file must never end the batch
-            return internal_error_record(self._header(path), exc)
+            failure = exc.with_traceback(None)
+            failure.__context__ = failure.__cause__ = None
+        if out_of_memory:  # past the process's memory ceiling: a refusal, not a crash
+            rec = self._header(path)
+            rec.error = ("out of memory while reading this file: it needs more memory than this device allows "
+                         "one image (--memory-mb)")
+            return rec
+        return internal_error_record(self._header(path), failure)
+
+
+def relative(raw: np.ndarray) -> np.ndarray:
+    """A Grad-CAM map scaled to its own peak (Grad-CAM has no absolute scale); all zero if blank.
+    A fracture map needs no scaling: each cell already is P(fracture)."""
+    peak = float(raw.max())
+    return raw / peak if peak > 0 else np.zeros_like(raw)
 
 
 def internal_error_record(rec: Result, exc: BaseException) -> Result:

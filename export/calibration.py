@@ -1,9 +1,9 @@
 """Which training images calibrate int8, chosen once for TFLite and ONNX alike.
 
 Only the training split is eligible: calibrating on test images would let the check grade the
-quantizer on what it was tuned on. The sample is stratified by label x region (every stratum
-keeps its share, fractures included, since their activations are the ones that must not clip)
-and seeded, so a rerun picks the same images.
+quantizer on what it was tuned on. The sample is stratified by source x label x region (every
+stratum keeps its share: real radiographs beside mixed-in phantoms, fractures included, since
+their activations are the ones that must not clip) and seeded, so a rerun picks the same images.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def choose_calibration(train_records: Sequence[Record], n: int = DEFAULT_SIZE, s
         return records
     strata: Dict[str, List[Record]] = defaultdict(list)
     for r in records:
-        strata[f"{r.label}/{r.region}"].append(r)
+        strata[f"{r.source}/{r.label}/{r.region}"].append(r)
     rng = np.random.default_rng(seed)
     # Largest-remainder allotment so the shares add up to exactly n.
     exact = {k: n * len(v) / len(records) for k, v in strata.items()}

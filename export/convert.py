@@ -69,6 +69,14 @@ def serving_model(model, feature_layer: Optional[str], hidden_layer: Optional[st
     return keras.Model(model.inputs, outputs, name=f"{model.name}_serving")
 
 
+def map_serving_model(model):
+    """A fracture-map model's serving form: one output, the map of cell logits; the runtime pools it
+    (edge_runtime.fracture_map) and shows it, so int8 never has to carry a pooling or a sigmoid."""
+    import keras
+
+    return keras.Model(model.inputs, {"map": model.get_layer("map").output}, name=f"{model.name}_serving")
+
+
 def output_spec(serving) -> Dict[str, Dict[str, List[int]]]:
     """{role: {"shape": [1, ...]}}: the runtime tells TFLite outputs apart by shape, so they must differ."""
     shapes = {k: [1] + [int(d) for d in t.shape[1:]] for k, t in serving.output.items()}

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from edge_runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, load_bundle, seal
+from edge_runtime.fracture_map import MapPooling, sigmoid
 from edge_runtime.predictor import Predictor
 from edge_runtime.preprocess import PreprocessSpec, views
 from fracdata.data import Dataset, Record, load_data
@@ -35,7 +36,7 @@ from fracdata.split import load_split, records_by_split, split_summary
 
 from . import convert as converters
 from .calibration import choose_calibration, ids_sha256
-from .check import Tolerances, classification, compare, failures
+from .check import Tolerances, by_source, classification, compare, content_cells, failures
 from .errors import ExportError
 from .gradcam_head import HeadSpec, UnsupportedHead, derive_head, head_file_bytes
 from .report import render
@@ -58,6 +59,8 @@ class Settings:
     tolerances: Tolerances = Tolerances()
     overwrite: bool = False
     progress: bool = True
+    views: Optional[str] = None  # other views than the run's (single | dihedral); the threshold is then re-chosen
+    pooling: Optional[str] = None  # a fracture map's pooling, if not the run's ('topk:4'); the threshold is then re-chosen
     command: str = "python -m export.quantize"
 
 
@@ -78,6 +81,7 @@ class Prepared:
     test: LoadedSplit
     threshold: Dict  # threshold, rule, chosen_on
     data: Dict  # the manifest's data section
+    fracture_map: Optional[Dict] = None  # the manifest's fracture_map section (a map model), else None
 
 
 def log(msg: str) -> None:
@@ -132,19 +136,33 @@ def recorded_threshold(source: Source) -> Optional[Dict]:
     """The run's threshold, chosen on validation at training (None for a bare model file)."""
     if source.metrics and "threshold" in source.metrics:
         t = source.metrics["threshold"]
-        return {"threshold": float(t["value"]), "rule": t["rule"], "chosen_on": t["chosen_on"]}
+        out = {"threshold": float(t["value"]), "rule": t["rule"], "chosen_on": t["chosen_on"]}
+        if "per_source" in t:  # a fracture map's: what the threshold reaches on each validation source
+            out["validation"] = t["per_source"]
+        return out
     return None
 
 
-def _threshold(source: Source, model, load_val: Callable[[], LoadedSplit]) -> Dict:
-    """The run's threshold; else Youden on the validation split now."""
+def _threshold(source: Source, model, load_val: Callable[[], LoadedSplit], changed: str = "") -> Dict:
+    """The run's threshold; with other views or pooling than the run's (`changed` says which), the
+    run's rule applied again on the validation split (the answers moved); without a recorded one,
+    Youden on validation now."""
     recorded = recorded_threshold(source)
-    if recorded is not None:
+    if recorded is not None and not changed:
         return recorded
-    from train.reference import choose_threshold, predict
+    from train.reference import choose_threshold, is_map_model, predict
 
     val = load_val()
     p = predict(model, val.images, val.spec)
+    if recorded is not None and is_map_model(model):
+        from train.map_evaluate import choose_map_threshold
+
+        t = choose_map_threshold(val.records, p, recorded["rule"])
+        return {"threshold": t["value"], "rule": t["rule"], "validation": t["per_source"],
+                "chosen_on": f"{t['chosen_on']} (at export, for {changed})"}
+    if recorded is not None:
+        return {"threshold": choose_threshold(val.labels, p, recorded["rule"]), "rule": recorded["rule"],
+                "chosen_on": f"validation split (at export, for {changed})"}
     return {"threshold": choose_threshold(val.labels, p, "youden"), "rule": "youden",
             "chosen_on": "validation split (at export: the model file came without metrics.json)"}
 
@@ -187,19 +205,46 @@ def _rewrite(model, calib: LoadedSplit, calibration: np.ndarray, tag: str):
     return exported, rewrite
 
 
+def _with_pooling(model, name: str, size: int, text: str):
+    """(model, the new pooling's label, or None when it is the model's own). The pooling has no
+    weights: the map is the model, and how a device pools it into one answer is a deployment
+    choice, measured on validation (train.map_evaluate's comparison of poolings)."""
+    from train.models import build_model, get_config
+
+    if not get_config(name).is_map:
+        raise ExportError(f"--pooling {text}: {name} is not a fracture-map model (it has no map to pool)")
+    try:
+        wanted = MapPooling.parse(text)
+    except ValueError as exc:
+        raise ExportError(f"--pooling: {exc}") from None
+    layer = model.get_layer("logit")
+    if MapPooling(layer.kind, layer.r, layer.k) == wanted:
+        return model, None
+    repooled = build_model(name, size=size, pooling=wanted)
+    repooled.set_weights(model.get_weights())
+    return repooled, wanted.label()
+
+
 def prepare(source: Source, settings: Settings) -> Prepared:
     """Everything the bundle is made from, checked before any file is written."""
-    import keras
-
-    from train.models import get_config
+    from train.models import get_config, load_model
 
     started = time.time()
     tag = f"[{source.name}]"
     cfg = get_config(source.name)
     spec = source_spec(source)
+    trained_views = spec.views
+    if settings.views and settings.views != spec.views:
+        from dataclasses import replace
+
+        spec = replace(spec, views=settings.views)  # a deployment choice: the device averages these views
     dataset = _dataset(source, settings.data)
     parts = records_by_split(dataset, load_split(source.split_path, dataset))
-    model = keras.models.load_model(source.model_path, compile=False)
+    model = load_model(source.model_path)
+    changed = [f"views={spec.views}"] if spec.views != trained_views else []
+    if settings.pooling:
+        model, repooled = _with_pooling(model, source.name, spec.size, settings.pooling)
+        changed += [f"pooling={repooled}"] if repooled else []
     model_input = tuple(model.inputs[0].shape[1:])
     if model_input != (spec.size, spec.size, spec.channels):
         raise ExportError(f"{source.model_path}: takes {model_input}, but the PreprocessSpec makes "
@@ -208,25 +253,38 @@ def prepare(source: Source, settings: Settings) -> Prepared:
     calib_records, calib, calibration = _calibration(parts["train"], spec, settings, tag)
     test = load_images(parts["test"], spec, f"{tag} test images", settings.progress)
     threshold = _threshold(source, model, lambda: load_images(parts["val"], spec, f"{tag} val images",
-                                                              settings.progress))
+                                                              settings.progress), ", ".join(changed))
     data = {"name": dataset.name, "phantom": bool(dataset.phantom), "provenance": dataset.provenance,
+            "real_non_fractured": sum(1 for r in dataset.records if r.label == 0 and r.source != "phantom"),
+            "credit": dataset.provenance.get("licence_and_credit"),
             "dataset_counts": dataset.counts(), "split_sha256": sha256_file(source.split_path),
             "split_counts": split_summary(parts),
             "calibration": {"split": "train", "n": len(calib_records), "seed": settings.seed,
-                            "stratified_by": "label x region", "ids_sha256": ids_sha256(calib_records),
+                            "stratified_by": "source x label x region",
+                            "real": sum(1 for r in calib_records if r.source != "phantom"), "ids_sha256": ids_sha256(calib_records),
                             "views_per_image": spec.n_views,
                             "ids": [r.image_id for r in calib_records]}}
 
     exported, rewrite = _rewrite(model, calib, calibration, tag)
-    head, head_note = None, None
-    try:
-        head = derive_head(exported, cfg.gradcam_layer)
-    except UnsupportedHead as exc:
-        head_note = str(exc)
-        log(f"{tag} no Grad-CAM head: {exc}")
-    serving = converters.serving_model(exported, head.layer if head else None, head.hidden_layer if head else None)
+    head, head_note, fmap = None, None, None
+    if cfg.is_map:
+        layer = model.get_layer("logit")
+        pooling = MapPooling(layer.kind, layer.r, layer.k)
+        serving = converters.map_serving_model(exported)
+        grid = [int(d) for d in model.get_layer("map").output.shape[1:3]]
+        fmap = {"output": "map", "pooling": pooling.to_dict(), "grid": grid, "stride": spec.size // grid[0],
+                "heatmap": "sigmoid of each cell: P(fracture) there; the image's logit is the pooling of the "
+                           "view-averaged cell logits (edge_runtime/fracture_map.py)"}
+        head_note = "a fracture-map model: its own map is the heatmap (Grad-CAM is in the report, for comparison)"
+    else:
+        try:
+            head = derive_head(exported, cfg.gradcam_layer)
+        except UnsupportedHead as exc:
+            head_note = str(exc)
+            log(f"{tag} no Grad-CAM head: {exc}")
+        serving = converters.serving_model(exported, head.layer if head else None, head.hidden_layer if head else None)
     return Prepared(source, tag, started, spec, cfg.gradcam_layer, model, serving, rewrite, head, head_note,
-                    calibration, test, threshold, data)
+                    calibration, test, threshold, data, fmap)
 
 
 # ----------------------------------------------------------------------------------- convert
@@ -255,11 +313,11 @@ def convert(prep: Prepared, stage: Path, settings: Settings) -> Dict:
     source, spec = prep.source, prep.spec
     run = source.run or {}
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "status": "pending",
+        # the lowest version that describes it: runtimes that predate the map still read the others
+        "format": FORMAT, "format_version": FORMAT_VERSION if prep.fracture_map is not None else 2, "status": "pending",
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "title": f"{source.name} on " + ("PHANTOM data: DEMONSTRATION ONLY, not for patients"
-                                         if source.phantom else run.get("data", {}).get("name", "unknown data")),
-        "demonstration_only": bool(source.phantom or prep.data["phantom"]),
+        "title": title(source, prep.data),
+        "demonstration_only": bool(source.phantom or prep.data["phantom"] or not prep.data["real_non_fractured"]),
         "model": {"name": source.name, "description": run.get("model", {}).get("description"),
                   "complexity": run.get("model", {}).get("complexity"),
                   "input": {"name": "image", "shape": [1, spec.size, spec.size, 1], "dtype": "float32",
@@ -267,8 +325,9 @@ def convert(prep: Prepared, stage: Path, settings: Settings) -> Dict:
                   "outputs": converters.output_spec(prep.serving), "export_rewrite": prep.rewrite,
                   "source": source.origin},
         "preprocess": preprocess_section(spec),
-        "decision": decision_section(prep.threshold),
+        "decision": decision_section(prep.threshold, prep.fracture_map is not None),
         "gradcam": gradcam, "gradcam_unavailable": prep.head_note,
+        **({"fracture_map": prep.fracture_map} if prep.fracture_map else {}),
         "artifacts": artifacts,
         "data": prep.data,
         "provenance": {"export_command": settings.command, "versions": versions(EXPORT_PACKAGES),
@@ -280,14 +339,27 @@ def convert(prep: Prepared, stage: Path, settings: Settings) -> Dict:
     return manifest
 
 
+def title(source: Source, data: Dict) -> str:
+    """What a person reads first: what the model was trained on, and whether it may meet patients."""
+    if source.phantom or data["phantom"]:
+        return f"{source.name} on PHANTOM data: DEMONSTRATION ONLY, not for patients"
+    name = data.get("name", "unknown data")
+    if not data["real_non_fractured"]:
+        return (f"{source.name} on {name}: trained on real radiographs of fractures only (no real non-fractured "
+                "radiographs, so its false alarms on them are unmeasured): a research demonstration, NOT for patients")
+    return f"{source.name} on {name}"
+
+
 def preprocess_section(spec: PreprocessSpec) -> Dict:
     """The manifest's `preprocess`: the spec the device follows, and how files are decoded."""
     return {**spec.to_dict(), "decode": DECODE}
 
 
-def decision_section(threshold: Dict) -> Dict:
+def decision_section(threshold: Dict, fracture_map: bool = False) -> Dict:
     """The manifest's `decision`: the threshold, its rule, and what the output means."""
-    return {**threshold, "positive_class": "fractured", "output": "prob = P(fractured), sigmoid"}
+    output = ("P(fractured) = sigmoid(pooling of the view-averaged map of cell logits), fracture_map.pooling"
+              if fracture_map else "prob = P(fractured), sigmoid")
+    return {**threshold, "positive_class": "fractured", "output": output}
 
 
 # ------------------------------------------------------------------------------------- check
@@ -313,18 +385,30 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
     bundle = load_bundle(stage, require_accepted=False, trusted_key=False)  # signed after acceptance
     test, spec, head, tag = prep.test, prep.spec, prep.head, prep.tag
     threshold = prep.threshold["threshold"]
-    p_float = predict(prep.model, test.images, spec)
-    cams_ref = gradcam_reference(prep.model, head.layer, test.images, spec) if head else None
+    is_map = prep.fracture_map is not None
+    if is_map:  # the map is the heatmap: compared cell by cell, P(fracture) against P(fracture)
+        from train.reference import predict_maps
+
+        p_float, logits = predict_maps(prep.model, test.images, spec)
+        cams_ref = sigmoid(logits).astype(np.float32)
+    else:
+        p_float = predict(prep.model, test.images, spec)
+        cams_ref = gradcam_reference(prep.model, head.layer, test.images, spec) if head else None
+    real = np.array([r.source != "phantom" for r in test.records], bool)
+    sources = np.array([r.source or "" for r in test.records])
+    cells = (np.stack([content_cells(sh, spec, cams_ref.shape[1:]) for sh in test.shapes])
+             if is_map and test.shapes and len(test.shapes) == len(test.records) else None)
     ref = classification(test.labels, p_float, threshold)
-    boxed = boxed_positives(test.records) if head else []
+    ref_by_source = by_source(test.labels, p_float, threshold, sources)
+    boxed = boxed_positives(test.records) if cams_ref is not None else []
     boxed_records = [test.records[i] for i in boxed]
     boxed_shapes = [test.shapes[i] for i in boxed] if test.shapes else None
     loc_ref = localise(cams_ref[boxed], boxed_records, spec, boxed_shapes) if boxed else None
     passed = True
     for key, entry in manifest["artifacts"].items():
         t0 = time.time()
-        p_art, cams, backend, io = _run_artifact(bundle, key, test, head is not None)
-        m = compare(test.labels, p_float, p_art, threshold, cams_ref, cams)
+        p_art, cams, backend, io = _run_artifact(bundle, key, test, cams_ref is not None)
+        m = compare(test.labels, p_float, p_art, threshold, cams_ref, cams, "map" if is_map else "gradcam", real, sources, cells)
         if loc_ref is not None:  # reported beside the float reference's, not gated
             scores, summary = localise(cams[boxed], boxed_records, spec, boxed_shapes)
             m["localisation"] = {**summary, "vs_float_keras": agreement(scores, loc_ref[0])}
@@ -333,17 +417,26 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
         entry.update(metrics=m, check={"passed": not bad, "failures": bad, "backend": backend})
         if io:
             entry["io"] = io
-        log(f"{tag} {key}: AUC {m['auc'] if m['auc'] is None else round(m['auc'], 4)}, agreement "
+        auc_text = ("AUC per source in the report" if "by_source" in m
+                    else f"AUC {m['auc'] if m['auc'] is None else round(m['auc'], 4)}")
+        log(f"{tag} {key}: {auc_text}, agreement "
             f"{m['agreement']:.3f}, mean |Δp| {m['mean_abs_diff']:.4f} -> {'pass' if not bad else 'FAIL ' + '; '.join(bad)}"
             f" ({time.time() - t0:.1f} s)")
     model_path = prep.source.model_path
     manifest["reference"] = {"float_keras": {**ref, "n": int(len(test.labels)), "file": model_path.name,
                                              "bytes": model_path.stat().st_size, "sha256": sha256_file(model_path)}}
+    if ref_by_source:
+        manifest["reference"]["float_keras"]["by_source"] = ref_by_source
     if loc_ref is not None:
         manifest["reference"]["float_keras"]["localisation"] = loc_ref[1]
+    if is_map and boxed:  # what Grad-CAM of the same float model would have shown, for comparison
+        cams = gradcam_reference(prep.model, prep.gradcam_layer, test.images[boxed], spec)
+        manifest["reference"]["float_keras"]["gradcam_localisation_for_comparison"] = \
+            localise(cams, boxed_records, spec, boxed_shapes)[1]
     manifest["check"] = {"split": "test", "n": int(len(test.labels)), "skipped": test.skipped,
                          "tolerances": settings.tolerances.to_dict(), "passed": bool(passed),
-                         "runtime": "edge_runtime: its own image loading, preprocessing, interpreters and Grad-CAM"}
+                         "runtime": "edge_runtime: its own image loading, preprocessing, interpreters and "
+                                    + ("fracture map" if is_map else "Grad-CAM")}
     manifest["status"] = "accepted" if passed else "rejected"
     manifest["default_artifacts"] = _default_artifacts(manifest["artifacts"])
     if passed:

@@ -50,8 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--artifacts", default=",".join(DEFAULT_ARTIFACTS),
                     help=f"comma list from {', '.join(ARTIFACTS)} (default: %(default)s)")
     ap.add_argument("--calibration-size", type=int, default=200,
-                    help="training-split images that calibrate int8, stratified by label x region (default: %(default)s)")
+                    help="training-split images that calibrate int8, stratified by source x label x region (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default: %(default)s)")
+    ap.add_argument("--views", choices=["single", "dihedral"],
+                    help="the views the device averages, if not the run's: a deployment choice; the threshold is then "
+                         "chosen again on validation by the run's rule (default: the run's)")
+    ap.add_argument("--pooling", metavar="max|lse:R|topk:K",
+                    help="fracture maps: how the device pools the map into one answer, if not the run's: a deployment "
+                         "choice (the map's weights are the same); the threshold is then chosen again on validation "
+                         "(default: the run's)")
     ap.add_argument("--max-auc-drop", type=float, default=t.max_auc_drop, help="largest |ΔAUC| (default: %(default)s)")
     ap.add_argument("--min-agreement", type=float, default=t.min_agreement,
                     help="smallest share of test images with the float model's decision (default: %(default)s)")
@@ -59,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="largest mean |p_quantized - p_float| (default: %(default)s)")
     ap.add_argument("--max-abs-diff", type=float, default=t.max_abs_diff,
                     help="largest |p_quantized - p_float| on any image (default: %(default)s)")
+    ap.add_argument("--min-map-correlation", type=float, default=t.min_map_correlation,
+                    help="fracture-map models, quantized artifacts: smallest mean per-image correlation of the map "
+                         "with the float model's, on real radiographs where the test split has them "
+                         "(default: %(default)s)")
     ap.add_argument("--sign", type=Path, metavar="KEYFILE",
                     help="sign each accepted bundle with this Ed25519 private key (python -m export.signing keygen) "
                          "(default: unsigned)")
@@ -87,10 +98,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     command = "python -m export.quantize " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     settings = Settings(data=args.data, artifacts=artifacts, calibration_size=args.calibration_size, seed=args.seed,
+                        views=args.views, pooling=args.pooling,
                         tolerances=Tolerances(args.max_auc_drop, args.min_agreement, args.max_mean_abs_diff,
-                                              args.max_abs_diff),
+                                              args.max_abs_diff, args.min_map_correlation),
                         overwrite=args.overwrite, command=command.strip())
     try:
+        if args.pooling:
+            from edge_runtime.fracture_map import MapPooling
+            MapPooling.parse(args.pooling)  # a typo is refused before any model is loaded
         models = [m.strip() for m in args.model.split(",")] if args.model else None
         sources = resolve_sources(args.sources, models, args.split)
         several = len(sources) > 1
@@ -142,10 +157,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{m['model']['name']}: {verdict} -> {m['bundle_path']}"
                   + (f" (signed, key {m['signed_by']})" if m.get("signed_by") else ""))
             for key, a in m["artifacts"].items():
-                am = a["metrics"]
-                print(f"  {key:15s} {a['bytes'] / 1e6:6.2f} MB  AUC {am['auc'] if am['auc'] is None else round(am['auc'], 4)}"
-                      f"  agreement {am['agreement']:.3f}  mean|Δp| {am['mean_abs_diff']:.4f}"
-                      + ("" if a["check"]["passed"] else "  FAIL: " + "; ".join(a["check"]["failures"])))
+                # per source where real radiographs and phantoms were mixed: a pooled AUC would mean nothing
+                for source, am in (a["metrics"].get("by_source") or {"": a["metrics"]}).items():
+                    label = f"{key} on {source}" if source else key
+                    what = (f"AUC {round(am['auc'], 4)}" if am["auc"] is not None
+                            else f"sensitivity {am['sensitivity']:.3f}" if am.get("sensitivity") is not None else "AUC None")
+                    print(f"  {label:34s} {a['bytes'] / 1e6:6.2f} MB  {what}  agreement {am['agreement']:.3f}"
+                          f"  mean|Δp| {am['mean_abs_diff']:.4f}")
+                if not a["check"]["passed"]:
+                    print(f"  {key}: FAIL: " + "; ".join(a["check"]["failures"]))
     if errors:
         return 2
     return 0 if all(m["status"] == "accepted" for m in manifests) else 1

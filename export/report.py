@@ -13,61 +13,99 @@ def _signed(v: Optional[float]) -> str:
     return "–" if v is None else f"{v:+.4f}"
 
 
+def _heat(manifest: Dict) -> str:
+    """What the bundle's heatmap is: its own fracture map, or Grad-CAM."""
+    return "fracture map" if manifest.get("fracture_map") else "Grad-CAM"
+
+
 def model_table(manifest: Dict) -> List[str]:
-    ref = manifest["reference"]["float_keras"]
-    lines = ["| artifact | size | AUC | ΔAUC | accuracy | sensitivity | specificity | agreement | "
-             "mean \\|Δp\\| | max \\|Δp\\| | Grad-CAM r | check |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-             f"| float Keras (reference) | {ref['bytes'] / 1e6:.2f} MB | {_f(ref['auc'])} | | "
-             f"{_f(ref['accuracy'])} | {_f(ref['sensitivity'])} | {_f(ref['specificity'])} | | | | | |"]
-    for key, a in manifest["artifacts"].items():
-        m = a["metrics"]
-        verdict = "pass" if a["check"]["passed"] else "**FAIL**: " + "; ".join(a["check"]["failures"])
-        lines.append(
-            f"| {key} (`{a['file']}`) | {a['bytes'] / 1e6:.2f} MB | {_f(m['auc'])} | {_signed(m['delta_auc'])} | "
-            f"{_f(m['accuracy'])} | {_f(m['sensitivity'])} | {_f(m['specificity'])} | {_f(m['agreement'])} | "
-            f"{_f(m['mean_abs_diff'], '.4f')} | {_f(m['max_abs_diff'], '.4f')} | "
-            f"{_f(m.get('gradcam_correlation_mean'))} | {verdict} |")
-    return lines
+    """One table, or one per source where real radiographs and phantoms were mixed (a pooled AUC
+    over real fractures and phantom negatives would mean nothing)."""
+    ref_all = manifest["reference"]["float_keras"]
+    groups = ref_all.get("by_source") or {"": ref_all}
+    corr = "map r (real)" if manifest.get("fracture_map") else "Grad-CAM r"
+    lines: List[str] = []
+    for group, ref in groups.items():
+        if group:
+            lines += [f"**{group}** ({ref['n']} test images):", ""]
+        lines += ["| artifact | size | AUC | ΔAUC | accuracy | sensitivity | specificity | agreement | "
+                  f"mean \\|Δp\\| | max \\|Δp\\| | {corr} | check |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+                  f"| float Keras (reference) | {ref_all['bytes'] / 1e6:.2f} MB | {_f(ref['auc'])} | | "
+                  f"{_f(ref['accuracy'])} | {_f(ref['sensitivity'])} | {_f(ref['specificity'])} | | | | | |"]
+        for key, a in manifest["artifacts"].items():
+            m_all = a["metrics"]
+            m = (m_all.get("by_source") or {}).get(group, m_all) if group else m_all
+            verdict = "pass" if a["check"]["passed"] else "**FAIL**: " + "; ".join(a["check"]["failures"])
+            r = m_all.get("map_correlation_real_mean", m_all.get("map_correlation_mean", m_all.get("gradcam_correlation_mean")))
+            lines.append(
+                f"| {key} (`{a['file']}`) | {a['bytes'] / 1e6:.2f} MB | {_f(m['auc'])} | {_signed(m['delta_auc'])} | "
+                f"{_f(m['accuracy'])} | {_f(m['sensitivity'])} | {_f(m['specificity'])} | {_f(m['agreement'])} | "
+                f"{_f(m['mean_abs_diff'], '.4f')} | {_f(m['max_abs_diff'], '.4f')} | {_f(r, '.4f')} | {verdict} |")
+        lines.append("")
+    return lines[:-1]
 
 
 def localisation_table(manifest: Dict) -> List[str]:
-    """Pointing game and energy in boxes, float reference beside each artifact (empty when the
-    check data has no fracture boxes)."""
+    """Pointing game, location AUC and energy in boxes, float reference beside each artifact, per
+    source where real radiographs and phantoms were mixed (empty when the check data has no boxes)."""
     ref = manifest["reference"]["float_keras"].get("localisation")
     if not ref or not ref.get("n"):
         return []
-    lines = [f"Localisation on the {ref['n']} fractured test images with fracture boxes (Grad-CAM; reported, "
-             "not gated): the pointing game (is the map's peak inside a box, with its Wilson 95% CI) and the share "
-             f"of the map's energy inside the boxes. Chance: the boxes cover {ref['chance']['box_share_of_image']:.3f} "
-             f"of the image; the image centre lies in a box on {ref['chance']['centre_in_box']:.3f} of them.", "",
-             "| Grad-CAM of | peak in a box | energy in boxes | blank maps | same verdict as float Keras |",
-             "|---|---:|---:|---:|---:|"]
-
-    def row(name: str, s: Dict, same: str) -> str:
-        lo, hi = s["pointing_game_ci95"]
-        return (f"| {name} | {s['pointing_game']:.3f} [{lo:.3f}, {hi:.3f}] | {s['energy_in_boxes']:.3f} | "
-                f"{s['blank_maps']} | {same} |")
-
-    lines.append(row("float Keras (GradientTape, reference)", ref, ""))
-    for key, a in manifest["artifacts"].items():
-        s = a["metrics"].get("localisation")
-        if s:
-            lines.append(row(f"{key} (edge runtime)", s, f"{s['vs_float_keras']['same_pointing_verdict']:.3f}"))
+    heat = _heat(manifest)
+    groups = ref.get("per_source") or {"": ref}
+    lines = []
+    for group, r in groups.items():
+        where = f" of **{group}**" if group else ""
+        lines += [f"Localisation on the {r['n']} fractured test images{where} with fracture boxes ({heat}; reported, "
+                  "not gated): the pointing game (is the map's peak inside a box, with its Wilson 95% CI), the "
+                  "location AUC (places inside boxes ranked above places outside, per image, mean with a bootstrap "
+                  "CI over images) and the share of the map's energy inside the boxes. Chance: the boxes cover "
+                  f"{r['chance']['box_share_of_image']:.3f} of the image; the image centre lies in a box on "
+                  f"{r['chance']['centre_in_box']:.3f} of them.", "",
+                  f"| {heat} of | peak in a box | location AUC | energy in boxes | blank maps | same verdict as float Keras |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines.append(_loc_row("float Keras (reference)", r, ""))
+        cmp_ = manifest["reference"]["float_keras"].get("gradcam_localisation_for_comparison")
+        if cmp_:
+            c = (cmp_.get("per_source") or {"": cmp_}).get(group)
+            if c:
+                lines.append(_loc_row("Grad-CAM of the same float model, for comparison", c, ""))
+        for key, a in manifest["artifacts"].items():
+            s = a["metrics"].get("localisation")
+            if s:
+                s_ = (s.get("per_source") or {"": s}).get(group)
+                if s_:
+                    lines.append(_loc_row(f"{key} (edge runtime)", s_,
+                                          f"{s['vs_float_keras']['same_pointing_verdict']:.3f}" if not group else ""))
+        lines.append("")
     regions = ref.get("per_region", {})
     if len(regions) > 1:
-        lines += ["", "Per region (float Keras): " + "; ".join(
-            f"{g} {r['pointing_game']:.2f} of {r['n']} (energy {r['energy_in_boxes']:.2f})" for g, r in regions.items())]
-    return lines + [""]
+        lines += ["Per region (float Keras): " + "; ".join(
+            f"{g} {r['pointing_game']:.2f} of {r['n']} (energy {r['energy_in_boxes']:.2f})" for g, r in regions.items()), ""]
+    return lines
+
+
+def _loc_row(name: str, s: Dict, same: str) -> str:
+    lo, hi = s["pointing_game_ci95"]
+    la = s.get("location_auc")
+    auc = "–" if la is None else f"{la:.3f} [{s['location_auc_ci95'][0]:.3f}, {s['location_auc_ci95'][1]:.3f}]"
+    return (f"| {name} | {s['pointing_game']:.3f} [{lo:.3f}, {hi:.3f}] | {auc} | {s['energy_in_boxes']:.3f} | "
+            f"{s['blank_maps']} | {same} |")
 
 
 def model_section(manifest: Dict, heading: str = "##") -> List[str]:
     d, c = manifest["data"], manifest["check"]
     status = manifest["status"].upper()
     lines = [f"{heading} {manifest['model']['name']} — {status}", ""]
-    if manifest["demonstration_only"]:
+    if manifest["demonstration_only"] and d.get("phantom", True):
         lines += ["> **PHANTOM DEMONSTRATION** — trained and checked on synthetic radiographs; these numbers "
                   "show that export preserves the float model's answers, not how it does on patients.", ""]
+    elif manifest["demonstration_only"]:
+        lines += [f"> **{manifest.get('title', 'DEMONSTRATION')}** — these numbers show that export preserves the "
+                  "float model's answers, not how it does on patients.", ""]
+    if d.get("credit"):
+        lines += [f"Data credit: {d['credit']}", ""]
     lines += [f"Checked by the edge runtime on the **{c['split']} split** ({c['n']} images of {d['name']}; "
               f"split sha256 `{d['split_sha256'][:16]}…`) at the bundle's threshold "
               f"{manifest['decision']['threshold']:.4f} ({manifest['decision']['rule']}, chosen on "
@@ -76,8 +114,11 @@ def model_section(manifest: Dict, heading: str = "##") -> List[str]:
     lines += model_table(manifest)
     t = c["tolerances"]
     lines += ["", f"Tolerances: |ΔAUC| ≤ {t['max_auc_drop']}, agreement ≥ {t['min_agreement']}, "
-                  f"mean |Δp| ≤ {t['max_mean_abs_diff']}, max |Δp| ≤ {t['max_abs_diff']}. "
-                  "Grad-CAM r: mean per-image correlation with the GradientTape reference map.", ""]
+                  f"mean |Δp| ≤ {t['max_mean_abs_diff']}, max |Δp| ≤ {t['max_abs_diff']}"
+                  + (f"; quantized fracture maps: mean per-image r ≥ {t.get('min_map_correlation', 0.95)} on real "
+                     "radiographs (map r (real): that correlation with the float model's map; float maps must match "
+                     "it to 1e-3)." if manifest.get("fracture_map") else
+                     ". Grad-CAM r: mean per-image correlation with the GradientTape reference map."), ""]
     lines += localisation_table(manifest)
     return lines
 

@@ -42,6 +42,7 @@ class Record:
     # for this image), () = known to have none (a non-fractured image).
     boxes: Optional[Tuple[Tuple[float, float, float, float], ...]] = None
     split: Optional[str] = None  # train | val | test where the data's own folders say so
+    source: str = ""  # which of a combined dataset's parts it came from ("phantom", or the real set's name)
 
 
 UNLABELLED = -1  # the label of records in Dataset.unlabelled: nothing says whether they are fractured
@@ -71,6 +72,13 @@ class Dataset:
         if self.unlabelled:
             out["unlabelled"] = len(self.unlabelled)
         return out
+
+    def require_boxes_or_both_classes(self) -> None:
+        """A fracture-map model learns from boxes alone (their cells, and every cell away from
+        them), or from both classes."""
+        if any(r.label == 1 and r.boxes for r in self.records):
+            return
+        self.require_both_classes()
 
     def require_both_classes(self) -> None:
         """Training and a validation threshold need both classes; say why they are missing."""
@@ -252,14 +260,43 @@ def default_phantom_dir(n_images: int, seed: int) -> Path:
     return cache / "fracture-edge" / f"phantom-v{GENERATOR_VERSION}-n{n_images}-seed{seed}"
 
 
+PHANTOM_PREFIX = "phantom/"  # image IDs of the phantoms mixed into real data
+
+
+def combine(real: Dataset, phantoms: Dataset) -> Dataset:
+    """Real radiographs with phantoms mixed in: one dataset, each record tagged with its source;
+    phantom IDs prefixed with `phantom/` so the split file keeps the two apart. The result is not
+    phantom data (real radiographs are in it), and says what was mixed in its provenance."""
+    from dataclasses import replace
+
+    records = [replace(r, source=real.name) for r in real.records]
+    records += [replace(r, image_id=PHANTOM_PREFIX + r.image_id, source="phantom") for r in phantoms.records]
+    ds = Dataset(name=f"{real.name} + phantom", root=real.root, records=records, phantom=False, format=real.format,
+                 unlabelled=[replace(r, source=real.name) for r in real.unlabelled],
+                 notes=real.notes + [f"{len(phantoms.records)} phantom radiographs mixed in (source 'phantom')"],
+                 annotations=real.annotations)
+    ds.provenance = {**real.provenance,
+                     "phantom_mix": {"phantom_images": phantoms.provenance.get("phantom_images"),
+                                     "phantom_seed": phantoms.provenance.get("phantom_seed"),
+                                     "path": str(phantoms.root)}}
+    return ds
+
+
 def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int = 0,
               phantom_dir: Optional[Path] = None, quiet: bool = False, data_format: Optional[str] = None,
-              unboxed: Optional[str] = None) -> Dataset:
+              unboxed: Optional[str] = None, phantom_mix: int = 0) -> Dataset:
     """Resolve and read the data; generate the phantom set (cached) when that is the choice.
 
     `data_format` (auto, fracatlas, folders, yolo) and `unboxed` (what a YOLO export's images
     without boxes are: unknown, negative, fractured) go to fracdata.readers.read_dataset. What the
-    reader assumed is printed on stderr (unless quiet) and kept in the provenance."""
+    reader assumed is printed on stderr (unless quiet) and kept in the provenance. `phantom_mix`
+    phantoms (seed `phantom_seed`) are mixed into real data (fracdata.data.combine)."""
+    if phantom_mix:
+        real = load_data(arg, quiet=quiet, data_format=data_format, unboxed=unboxed)
+        if real.phantom:
+            return real  # no real data found: phantoms already
+        phantoms = load_data("phantom", phantom_images=phantom_mix, phantom_seed=phantom_seed, quiet=True)
+        return combine(real, phantoms)
     from .readers import DEFAULT_UNBOXED, read_dataset
 
     choice = resolve_data(arg)
@@ -270,12 +307,17 @@ def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int 
         marker = choice.path / "phantom.json"
         if marker.is_file():  # a phantom folder passed by path is still phantom, never "FracAtlas"
             ds.name, ds.phantom = "phantom", True
+            ds.records = [_replace(r, source="phantom") for r in ds.records]
             ds.provenance.update({f"phantom_{k}": v for k, v in json.loads(marker.read_text()).items()})
             if not quiet:
                 print(PHANTOM_BANNER, file=sys.stderr)
         readme = choice.path / "README.md"
         if readme.is_file():
-            ds.provenance["readme_first_line"] = readme.read_text(errors="replace").strip().splitlines()[0][:200]
+            text = readme.read_text(errors="replace").strip()
+            ds.provenance["readme_first_line"] = text.splitlines()[0][:200]
+            credit = licence_paragraph(text)
+            if credit:
+                ds.provenance["licence_and_credit"] = credit
         if not quiet:
             for note in ds.notes:
                 print(f"data ({ds.format}): {note}", file=sys.stderr)
@@ -288,9 +330,21 @@ def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int 
     generate_phantom_dataset(out, n_images=phantom_images, seed=phantom_seed, progress=not quiet)
     ds = read_fracatlas(out, name="phantom")
     ds.phantom = True
+    ds.records = [_replace(r, source="phantom") for r in ds.records]
     ds.provenance = {"source": choice.reason, "path": str(out), "phantom_images": phantom_images,
                      "phantom_seed": phantom_seed, **describe(ds)}
     return ds
+
+
+def licence_paragraph(readme: str) -> Optional[str]:
+    """The README's paragraph that names the data's source and licence (CC BY asks for credit
+    wherever results are published; export copies it into the bundle's manifest and report)."""
+    import re
+
+    for para in re.split(r"\n\s*\n", readme):
+        if re.search(r"\blicen[cs]e\b", para, re.IGNORECASE):
+            return " ".join(para.split())[:800]
+    return None
 
 
 def _add_phantom_boxes(folder: Path, quiet: bool) -> None:

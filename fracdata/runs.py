@@ -75,8 +75,12 @@ def dataset_for_run(run: Dict, data_arg: Optional[str], data_format: Optional[st
     from its provenance) unless the arguments say otherwise."""
     prov = run["data"]["provenance"]
     kw = {"data_format": data_format or prov.get("format"), "unboxed": unboxed or prov.get("unboxed")}
+    mix = prov.get("phantom_mix")
+    if mix:  # real data with phantoms mixed in (fracdata.data.combine)
+        kw.update(phantom_mix=mix["phantom_images"], phantom_seed=mix["phantom_seed"])
     if data_arg:
-        return load_data(data_arg, data_format=data_format, unboxed=unboxed, quiet=quiet)
+        return load_data(data_arg, data_format=data_format, unboxed=unboxed, quiet=quiet,
+                         **({"phantom_mix": kw["phantom_mix"], "phantom_seed": kw["phantom_seed"]} if mix else {}))
     if run["data"]["phantom"] and "phantom_images" in prov:
         return load_data("phantom", phantom_images=prov["phantom_images"], phantom_seed=prov["phantom_seed"],
                          quiet=quiet)

@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 from typing import Dict, List
 
-from .data import DataError, Dataset, Record
+from .data import PHANTOM_PREFIX, DataError, Dataset, Record
 from .provenance import sha256_file
 
 SPLITS = ("train", "val", "test")
@@ -32,8 +32,11 @@ def save_split(assignment: Dict[str, str], dataset: Dataset, path: Path) -> str:
     return sha256_file(path)
 
 
-def load_split(path: Path, dataset: Dataset) -> Dict[str, str]:
-    """Read a split file and check it belongs to this dataset (same IDs, same labels)."""
+def load_split(path: Path, dataset: Dataset, other_sources: bool = False) -> Dict[str, str]:
+    """Read a split file and check it belongs to this dataset (same IDs, same labels). With
+    `other_sources`, the file may also list images of other sources mixed in at training (the
+    phantoms of a combined run, `phantom/...`): they are left out, every image of this dataset
+    must still be listed."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
@@ -49,6 +52,8 @@ def load_split(path: Path, dataset: Dataset) -> Dict[str, str]:
                 raise DataError(f"{path}: line {line}: unknown split {split!r}")
             if image_id in assignment:
                 raise DataError(f"{path}: line {line}: image {image_id!r} listed twice")
+            if image_id not in by_id and other_sources and image_id.startswith(PHANTOM_PREFIX):
+                continue
             if image_id not in by_id:
                 raise DataError(f"{path}: line {line}: image {image_id!r} is not in the dataset "
                                 f"({dataset.root}); was this split made for other data?")

@@ -47,3 +47,16 @@ def test_page_benchmark_runs_on_a_small_log():
     assert res["records"] == 2000 and res["concurrent_requests"] == 4
     assert 0 < res["sequential_p50_ms"] <= res["sequential_p95_ms"] and res["server_peak_rss_mb"] > 0
     assert set(res["targets"]) == {"GET / <= 100 ms", "peak <= 150 MB with 10 clients"}
+
+
+def test_the_size_benchmark_counts_what_a_larger_input_costs(tmp_path):
+    from benchmarks.sizes import main
+
+    out = tmp_path / "sizes.json"
+    assert main(["--sizes", "64,32", "--runs", "3", "--warmup", "1", "--calibration-images", "2", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["size"] for r in rows] == [32, 64]
+    # a fully convolutional map: four times the pixels, four times the multiply-adds, same weights
+    assert rows[1]["macs_per_image"] == 4 * rows[0]["macs_per_image"] and rows[0]["params"] == rows[1]["params"]
+    assert rows[0]["tflite_int8_vs_32"] == 1.0 and rows[1]["tflite_int8_p50_ms"] > 0
+    assert rows[1]["tflite_int8_bytes"] < rows[1]["tflite_float32_bytes"]

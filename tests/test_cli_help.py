@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-CLIS = ["edge_runtime.cli", "device.cli", "benchmarks.cli", "benchmarks.webapp", "benchmarks.fuzz",
-        "benchmarks.page", "benchmarks.formats", "export.signing", "train.cli", "train.evaluate", "train.report",
+CLIS = ["edge_runtime.cli", "device.cli", "benchmarks.cli", "benchmarks.webapp", "benchmarks.fuzz", "benchmarks.fsfuzz",
+        "benchmarks.page", "benchmarks.formats", "benchmarks.sizes", "export.signing", "train.cli", "train.evaluate", "train.report",
         "train.duplicates", "export.quantize"]
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,23 +13,24 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.fsfuzz import bundle_variant
 from device.cli import main as device_main
 from device.update import CRASH_ENV, CURRENT, PREVIOUS, UpdateError, install, rollback
-from edge_runtime.bundle import REPO_BUNDLE, load_bundle, seal
+from edge_runtime.bundle import load_bundle, seal
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("staged", "verified", "moved", "previous", "switched")
 
 
 def _variant(tmp_path: Path, name: str, threshold: float) -> Path:
-    """The reference bundle with another threshold: a different, valid bundle (another digest)."""
-    out = tmp_path / name
-    shutil.copytree(REPO_BUNDLE, out)
-    (out / "signature.json").unlink(missing_ok=True)
-    m = json.loads((out / "manifest.json").read_text())
-    m["decision"]["threshold"] = threshold
-    (out / "manifest.json").write_text(json.dumps(seal(m), indent=2))
-    return out
+    """The reference bundle with another threshold: a valid bundle with its own digest."""
+    return bundle_variant(tmp_path / name, threshold)
+
+
+def _model_file(bundle: Path) -> str:
+    """The file the device's interpreter opens by default, whatever the reference bundle ships."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    return m["artifacts"][m["default_artifacts"]["tflite"]]["file"]
 
 
 def _current_threshold(root: Path) -> float:
@@ -57,7 +58,7 @@ def test_a_damaged_or_failing_bundle_never_becomes_current(tmp_path, capsys, mon
     root = tmp_path / "opt"
     install(_variant(tmp_path, "a", 0.41), root)
     bad = _variant(tmp_path, "bad", 0.5)
-    (bad / "model_float.tflite").write_bytes(b"not a model")
+    (bad / _model_file(bad)).write_bytes(b"not a model")
     assert device_main(["update", str(bad), "--root", str(root)]) == 2
     assert "does not verify" in capsys.readouterr().err and _current_threshold(root) == 0.41
 
@@ -140,7 +141,7 @@ def test_a_damaged_copy_in_the_store_is_replaced_not_trusted(tmp_path):
     root = tmp_path / "opt"
     a = _variant(tmp_path, "a", 0.41)
     install(a, root)
-    with open(root / CURRENT / "model_float.tflite", "ab") as fh:
+    with open(root / CURRENT / _model_file(root / CURRENT), "ab") as fh:
         fh.write(b"junk")  # a bad SD card sector
     with pytest.raises(Exception):
         load_bundle(root / CURRENT)

@@ -20,7 +20,8 @@ def _manifest(bundle):
 
 def test_every_artifact_is_written_loads_and_is_checksummed(tiny_bundle):
     m = _manifest(tiny_bundle)
-    assert m["format_version"] == FORMAT_VERSION and m["status"] == "accepted"
+    # a classifier's bundle is version 2 (what runtimes before the fracture map read), not FORMAT_VERSION
+    assert m["format_version"] == 2 < FORMAT_VERSION and m["status"] == "accepted"
     assert set(m["artifacts"]) == {"tflite_int8", "onnx_float", "onnx_int8", "tflite_float"}
     for name, sha in m["files"].items():
         assert sha256_file(tiny_bundle / name) == sha
@@ -89,10 +90,10 @@ def test_a_planted_wrong_calibration_is_caught(tiny_run, phantom_dir, tmp_path):
     import dataclasses
 
     from export.pipeline import Settings, export_prepared, prepare
-    from export.sources import reference_dir, resolve_sources
+    from export.sources import MODELS_DIR, resolve_sources
 
     model = tmp_path / "custom_cnn_gap.keras"
-    shutil.copy(reference_dir() / "model.keras", model)
+    shutil.copy(MODELS_DIR / "phantom-demo" / "custom_cnn_gap_film" / "model.keras", model)
     source = resolve_sources([model], split=tiny_run / "split.csv")[0]
     settings = Settings(data=str(phantom_dir), artifacts=["tflite_int8"], calibration_size=20, progress=False)
     prepared = prepare(source, settings)
@@ -183,13 +184,15 @@ def test_one_table_of_artifacts_and_a_suggestion_for_a_typo(capsys):
 
 
 def test_the_reference_bundle_would_be_made_again_with_the_same_preprocessing_and_decision():
-    """The committed bundle's preprocess and decision sections are what export derives from the
-    reference run today (its run.json's PreprocessSpec, its metrics.json's threshold)."""
+    """The committed bundle's preprocess and decision sections are what export derives from its
+    committed source run today (its run.json's PreprocessSpec, its metrics.json's threshold), and
+    that run is the first reference export picks when its data is present."""
     from export.pipeline import decision_section, preprocess_section, recorded_threshold, source_spec
-    from export.sources import MODELS_DIR, resolve_sources
+    from export.sources import MODELS_DIR, REFERENCE_CANDIDATES, resolve_sources
 
     m = json.loads((MODELS_DIR / "reference-bundle" / "manifest.json").read_text())
-    source = resolve_sources([])[0]
-    assert m["model"]["source"].endswith(str(source.model_path.parent.relative_to(MODELS_DIR.parent)))
+    run_dir = MODELS_DIR.parent / m["model"]["source"].split("run directory ", 1)[1]
+    assert run_dir.resolve() == next(d for d in REFERENCE_CANDIDATES if (d / "run.json").is_file()).resolve()
+    source = resolve_sources([run_dir])[0]
     assert preprocess_section(source_spec(source)) == m["preprocess"]
-    assert decision_section(recorded_threshold(source)) == m["decision"]
+    assert decision_section(recorded_threshold(source), bool(m.get("fracture_map"))) == m["decision"]

@@ -115,7 +115,7 @@ def test_bundle_evaluation_with_int8_artifacts_beside_float(tiny_bundle, phantom
         assert a["classification"]["roc_auc"]["auc"] is not None  # both classes among phantoms
         assert a["localisation"]["n"] >= 1
         v = a["vs_reference"]
-        assert v["reference"] == ref and v["gradcam_correlation_mean"] > 0.5 and v["localisation"]["n"] >= 1
+        assert v["reference"] == ref and v["heatmap_correlation_mean"] > 0.5 and v["localisation"]["n"] >= 1
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert len(rows) == 30 and "peak_in_box_tflite_int8" in rows[0]
     assert 1 <= len(r["overlays"]) <= 3 and all((out / o).is_file() for o in r["overlays"])

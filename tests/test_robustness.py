@@ -245,10 +245,17 @@ def test_a_heatmap_that_cannot_be_written_is_a_warning_on_a_standing_answer(bund
 
 # --- the manifest ------------------------------------------------------------------------------------
 
-def _bundle_copy(tmp_path: Path) -> Path:
+def _bundle_copy(tmp_path: Path, source: Path = REPO_BUNDLE) -> Path:
     copy = tmp_path / "bundle"
-    shutil.copytree(REPO_BUNDLE, copy)
+    shutil.copytree(source, copy)
     return copy
+
+
+def _default_model(copy: Path) -> Path:
+    """The model file the runtime opens by default (whatever the reference bundle ships)."""
+    m = json.loads((copy / "manifest.json").read_text())
+    key = m["default_artifacts"].get("tflite") or next(iter(m["default_artifacts"].values()))
+    return copy / m["artifacts"][key]["file"]
 
 
 def _write(copy: Path, manifest: dict, reseal: bool = True) -> None:
@@ -271,8 +278,10 @@ def test_an_edited_manifest_is_refused(tmp_path):
     (lambda m: m["decision"].update(threshold="abc"), "decision.threshold"),
     (lambda m: m.update(files=list(m["files"])), "files"),
     (lambda m: m["preprocess"].update(size="128"), "preprocess"),
-    (lambda m: m["preprocess"].update(size=224), "preprocess.size.*224.*128"),
-    (lambda m: m["gradcam"]["arrays"]["alpha"].update(offset=-4), "gradcam.arrays.alpha.offset"),
+    (lambda m: m["preprocess"].update(size=224), r"preprocess.size.*224 px, but the model takes"),
+    (lambda m: m["fracture_map"]["pooling"].update(kind="median"), "fracture_map"),
+    (lambda m: m["fracture_map"]["pooling"].update(kind="lse", r=-1), "fracture_map"),
+    (lambda m: m.update(fracture_map=None), "fracture_map|prob"),
     (lambda m: m["artifacts"][next(iter(m["artifacts"]))].update(file="../../etc/passwd"), "file"),
     (lambda m: m.update(demonstration_only="no"), "demonstration_only"),
     (lambda m: m["decision"].update(positive_class="non-fractured"), "decision.positive_class"),
@@ -293,14 +302,27 @@ def test_an_invalid_manifest_is_refused_with_the_field_named(tmp_path, edit, fie
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.slow
+def test_an_invalid_gradcam_head_is_refused_with_the_field_named(tiny_bundle, tmp_path):
+    copy = _bundle_copy(tmp_path, tiny_bundle)  # a classifier's bundle: it carries a Grad-CAM head
+    m = json.loads((copy / "manifest.json").read_text())
+    for edit, field in ((lambda g: g["arrays"]["alpha"].update(offset=-4), "gradcam.arrays.alpha.offset"),
+                        (lambda g: g["arrays"]["alpha"].update(shape=[2]), "gradcam")):
+        bad = json.loads(json.dumps(m))
+        edit(bad["gradcam"])
+        _write(copy, bad)
+        with pytest.raises(BundleError, match=field):
+            load_bundle(copy)
+
+
 def test_a_model_whose_input_differs_from_the_manifest_is_refused_at_load(tmp_path):
     from edge_runtime.predictor import Predictor
     copy = _bundle_copy(tmp_path)
     m = json.loads((copy / "manifest.json").read_text())
     m["preprocess"]["size"] = 96
-    m["model"]["input"]["shape"] = [1, 96, 96, 1]  # consistent manifest, but the model file takes 128
+    m["model"]["input"]["shape"] = [1, 96, 96, 1]  # consistent manifest, but the model file takes its own size
     _write(copy, m)
-    with pytest.raises(BundleError, match="takes input .*128.*96 x 96"):
+    with pytest.raises(BundleError, match="takes input .*96 x 96"):
         Predictor(copy)
 
 
@@ -353,7 +375,7 @@ def test_a_model_file_swapped_after_verification_is_refused(tmp_path):
     from edge_runtime.predictor import Predictor
     copy = _bundle_copy(tmp_path)
     bundle = load_bundle(copy)
-    model = copy / "model_float.tflite"
+    model = _default_model(copy)
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
@@ -364,8 +386,9 @@ def test_a_model_file_swapped_after_verification_is_refused(tmp_path):
 def test_a_bundle_file_that_is_a_symlink_is_refused(tmp_path):
     copy = _bundle_copy(tmp_path)
     target = tmp_path / "elsewhere.tflite"
-    shutil.move(copy / "model_float.tflite", target)
-    (copy / "model_float.tflite").symlink_to(target)
+    model = _default_model(copy)
+    shutil.move(model, target)
+    model.symlink_to(target)
     with pytest.raises(BundleError, match="symbolic link"):
         load_bundle(copy)
 
@@ -376,7 +399,7 @@ def test_odd_but_valid_json_is_exit_0_or_2_never_3(tmp_path, capsys):
     _write(copy, {**m, "data": []})
     assert runtime_main(["info", "--bundle", str(copy)]) == 0
     bad = json.loads(json.dumps(m))
-    bad["gradcam"]["arrays"]["alpha"]["shape"] = [2]
+    bad["fracture_map"]["pooling"] = {"kind": "topk", "k": 0}
     _write(copy, bad)
     assert runtime_main(["info", "--bundle", str(copy)]) == 2
     (copy / "manifest.json").write_text('{"format": ' + "1" * 5000 + "}")

@@ -76,6 +76,7 @@ def test_without_a_trusted_key_signatures_are_not_required(bundle, monkeypatch, 
 
 def test_signing_cli_refuses_a_damaged_bundle(keys, bundle, capsys):
     private, _ = keys
-    (bundle / "model_float.tflite").write_bytes(b"changed")
+    model = next(n for n in json.loads((bundle / "manifest.json").read_text())["files"] if n.endswith(".tflite"))
+    (bundle / model).write_bytes(b"changed")
     assert signing_main(["sign", str(bundle), "--key", str(private)]) == 2
     assert "sha256" in capsys.readouterr().err and not (bundle / SIGNATURE).exists()

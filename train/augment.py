@@ -119,3 +119,67 @@ def augment(x: np.ndarray, rng: np.random.Generator, dihedral: bool, photo: bool
     if photo and rng.random() < PHOTOMETRIC.probability:
         out = photometric(out, rng)
     return out
+
+
+# ---------------------------------------------------------------- fracture-map training: boxes move too
+
+# Wider than the paper's geometry: a fracture map must hold at any scale a film is photographed or
+# cropped at, and box-free crops of real radiographs are what teaches it real anatomy is not a
+# fracture (train/map_fit.py).
+MAP_ROTATION_DEGREES = 20.0
+MAP_ZOOM = (0.8, 1.8)  # log-uniform; above 1 crops in
+MAP_SHIFT = 0.2  # share of the side, each axis
+
+
+def describe_map(photo: bool = True) -> Dict:
+    """What run.json records about a fracture-map model's augmentation."""
+    return {"rotation_degrees": MAP_ROTATION_DEGREES, "zoom": list(MAP_ZOOM), "shift": MAP_SHIFT,
+            "flips_and_quarter_turns": True, "boxes": "moved with the pixels (corners mapped, box around them)",
+            "photometric": PHOTOMETRIC.to_dict() if photo else None,
+            "applied_to": "training split only, on the fly, before THE intensity normalisation"}
+
+
+def _project(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    h = np.c_[pts, np.ones(len(pts))] @ m.T
+    return h[:, :2] / h[:, 2:3]
+
+
+def map_geometry(x: np.ndarray, boxes, rng: np.random.Generator, perspective: float,
+                 zoom_range: Tuple[float, float] = MAP_ZOOM, shift: float = MAP_SHIFT) -> Tuple[np.ndarray, list]:
+    """(augmented image, its boxes): rotation, zoom (crops in), shift, a perspective error, a mirror
+    and a quarter turn in one resampling; each pixel box (x0, y0, x1, y1) becomes the box around
+    its four mapped corners."""
+    n = x.shape[0]
+    c = n / 2.0
+    ang = math.radians(rng.uniform(-MAP_ROTATION_DEGREES, MAP_ROTATION_DEGREES))
+    zoom = math.exp(rng.uniform(math.log(zoom_range[0]), math.log(zoom_range[1])))
+    tx, ty = rng.uniform(-shift, shift, 2) * n
+    ca, sa = math.cos(ang) / zoom, math.sin(ang) / zoom
+    rot = np.array([[ca, -sa, c - ca * c + sa * c + tx], [sa, ca, c - sa * c - ca * c + ty], [0, 0, 1]])
+    square = np.array([[0, 0], [n, 0], [n, n], [0, n]], float)
+    jitter = _homography(square, square + rng.uniform(-perspective, perspective, (4, 2)) * n)
+    m = rot @ jitter  # output -> input
+    coeffs = tuple((m / m[2, 2]).reshape(-1)[:8])
+    out = np.asarray(Image.fromarray(np.ascontiguousarray(x, np.float32)).transform(
+        (n, n), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR, fillcolor=0.0), np.float32)
+    inv = np.linalg.inv(m)
+    moved = []
+    for x0, y0, x1, y1 in boxes:
+        pts = _project(inv, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float))
+        moved.append([pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()])
+    if rng.random() < 0.5:  # mirror: x -> n - x
+        out = out[:, ::-1]
+        moved = [[n - b[2], b[1], n - b[0], b[3]] for b in moved]
+    for _ in range(int(rng.integers(4))):  # np.rot90: (x, y) -> (y, n - x)
+        out = np.rot90(out)
+        moved = [[b[1], n - b[2], b[3], n - b[0]] for b in moved]
+    return np.ascontiguousarray(out), [tuple(float(v) for v in b) for b in moved]
+
+
+def augment_with_boxes(x: np.ndarray, boxes, rng: np.random.Generator, photo: bool = True,
+                       zoom_range: Tuple[float, float] = MAP_ZOOM, shift: float = MAP_SHIFT) -> Tuple[np.ndarray, list]:
+    """One training image (size, size), resized but not normalised, and its pixel boxes -> both augmented."""
+    out, moved = map_geometry(x, boxes, rng, PHOTOMETRIC.perspective if photo else 0.0, zoom_range, shift)
+    if photo and rng.random() < PHOTOMETRIC.probability:
+        out = photometric(out, rng)
+    return out, moved

@@ -144,7 +144,8 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
         raise DataError(f"{bundle_dir}: no artifact can run here ({'; '.join(not_run.values())})")
     floats = [k for k in predictors if manifest["artifacts"][k]["precision"] == "float32"]
     reference = floats[0] if floats else next(iter(predictors))
-    has_cam = predictors[reference].head is not None
+    has_cam = predictors[reference].has_heatmap  # the model's own fracture map, or Grad-CAM
+    absolute = predictors[reference].map is not None
 
     records = select(ds, subset, assignment, limit)
     if not records:
@@ -199,6 +200,9 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
                 ("fractured", y == 1), ("non_fractured", y == 0), ("unlabelled", ~labelled)) if m.any()},
             "localisation": summarise(loc[k], loc_regions) if loc[k] else None,
         }
+        regions = [r.region for r, known in zip(recs, labelled) if known]
+        if len(set(regions)) > 1:  # a map that fires on anatomy it has not learnt shows up per region
+            entry["per_region"] = M.per_group(y[labelled], p[labelled], regions, threshold)
         if k != reference:
             d = np.abs(p - np.array(probs[reference]))
             corrs = [c for c in (_corr(a, b) for a, b in zip(raws[k], raws[reference]) if a is not None and b is not None)
@@ -206,8 +210,10 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
             entry["vs_reference"] = {
                 "reference": reference, "mean_abs_diff": float(d.mean()), "max_abs_diff": float(d.max()),
                 "agreement": float(((p >= threshold) == (np.array(probs[reference]) >= threshold)).mean()),
-                "gradcam_correlation_mean": float(np.mean(corrs)) if corrs else None,
-                "gradcam_correlation_min": float(np.min(corrs)) if corrs else None,
+                # the heatmaps' per-image correlation: Grad-CAM, or the fracture map itself
+                "heatmap": "fracture map" if absolute else "Grad-CAM",
+                "heatmap_correlation_mean": float(np.mean(corrs)) if corrs else None,
+                "heatmap_correlation_min": float(np.min(corrs)) if corrs else None,
                 "localisation": agreement(loc[k], loc[reference]) if loc[k] else None}
         per_artifact[k] = entry
 
@@ -218,7 +224,7 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / "predictions.csv", rows, list(predictors))
     overlays = _write_overlays(out_dir / "overlays", rows, raws[reference], reference, spec, threshold,
-                               loc_rows, n_overlays) if has_cam else []
+                               loc_rows, n_overlays, absolute) if has_cam else []
     label = honest_label(manifest, ds)
     if manifest.get("status") != "accepted":
         label = (f"A bundle REJECTED by export's gate ({manifest.get('status')}; never shipped, measured here "
@@ -295,14 +301,17 @@ def _pick_cases(rows: List[Dict], reference: str, loc_rows: List[int], n: int) -
 
 
 def _write_overlays(folder: Path, rows: List[Dict], raws: List[Optional[np.ndarray]], reference: str, spec,
-                    threshold: float, loc_rows: List[int], n: int) -> List[str]:
+                    threshold: float, loc_rows: List[int], n: int, absolute: bool = False) -> List[str]:
+    """A few telling cases with their boxes; a fracture map is drawn on its own 0-1 scale, Grad-CAM
+    relative to its peak."""
+    from edge_runtime.predictor import relative
+
     written = []
     for i in _pick_cases(rows, reference, loc_rows, n):
         r, raw = rows[i]["record"], raws[i]
         if raw is None:
             continue
-        peak = float(raw.max())
-        heat = heat_on_image(raw / peak if peak > 0 else np.zeros_like(raw), spec, rows[i]["shape"])
+        heat = heat_on_image(raw if absolute else relative(raw), spec, rows[i]["shape"])
         e = rows[i][reference]
         tag = ("hit" if e["peak_in_box"] else "miss") if "peak_in_box" in e else (
             "unlabelled" if r.label == UNLABELLED else ("nobox" if r.label == 1 else "negative"))
@@ -312,7 +321,7 @@ def _write_overlays(folder: Path, rows: List[Dict], raws: List[Optional[np.ndarr
         except ImageReadError:
             continue
         save_overlay(folder / name, display, heat, max_side=OVERLAY_SIDE, boxes=r.boxes or None,
-                     probability=e["p"], threshold=threshold)
+                     probability=e["p"], threshold=threshold, absolute=absolute)
         written.append(str(Path("overlays") / name))
     return written
 
@@ -339,13 +348,17 @@ def summary_lines(result: Dict) -> List[str]:
         for name, d in a["probabilities"].items():
             lines.append(f"  P(fractured) on {name} ({d['n']}): median {d['p50']:.3f}, middle half "
                          f"{d['p25']:.3f}-{d['p75']:.3f}, {d['at_or_above_threshold']:.1%} at or above the threshold")
+        if a.get("per_region"):
+            lines.append("  non-fractured called fractured, per region: " + "; ".join(
+                f"{g} {1 - r['specificity']:.3f} of {r['n'] - r['fractured']}" for g, r in a["per_region"].items()
+                if r.get("specificity") is not None))
         if a["localisation"]:
             from .evaluate import localisation_line
             lines.append("  " + localisation_line(a["localisation"]))
         v = a.get("vs_reference")
         if v:
             lines.append(f"  vs {v['reference']}: mean |dp| {v['mean_abs_diff']:.4f}, agreement {v['agreement']:.3f}, "
-                         f"Grad-CAM r {fmt(v['gradcam_correlation_mean'])}"
+                         f"{v['heatmap']} r {fmt(v['heatmap_correlation_mean'])}"
                          + (f", same pointing verdict {v['localisation']['same_pointing_verdict']:.3f}"
                             if v.get("localisation") else ""))
     d = result["duplicates"]

@@ -53,12 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty --out (default: refuse)")
     ap.add_argument("--split", type=Path, help="reuse this split file (default: the data's own train/val/test "
                                                 "folders where it has them, else make one, seeded; saved in OUT)")
-    ap.add_argument("--epochs", type=int, help="max epochs (default: the model's: 30 for the CNNs, 5 for the baselines)")
-    ap.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
+    ap.add_argument("--epochs", type=int, help="max epochs (default: the model's: 30 for the CNNs, 5 for the baselines, "
+                                                "56 for fracture_map)")
+    ap.add_argument("--batch-size", type=int,
+                    help="images per batch (default: the model's: 32; 16 for fracture_map, half real, half phantom)")
     ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     ap.add_argument("--patience", type=int, default=8,
-                    help="EarlyStopping patience on validation loss; ReduceLROnPlateau waits patience // 2 - 1 "
-                         "(default: %(default)s)")
+                    help="EarlyStopping patience on validation loss; ReduceLROnPlateau waits patience // 2 - 1; "
+                         "fracture-map models use neither (cosine decay to the end) (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=42,
                     help="seeds the split, weights, shuffling and augmentation (default: %(default)s)")
     ap.add_argument("--weights", default="imagenet",
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=True,
                     help="TensorFlow op determinism, so one --seed gives one model; --no-deterministic is faster "
                          "on a GPU (default: on)")
+    ap.add_argument("--size", type=int,
+                    help="input size in px (default: the model's registry entry: 128 for the CNNs, 224 for the "
+                         "baselines, 256 for fracture_map)")
     ap.add_argument("--resize", choices=RESIZE_MODES,
                     help="how an image becomes the model's square input: stretch it, or letterbox it (keep the "
                          f"aspect ratio, pad) (default: the model's registry entry, {DEFAULT_RESIZE} for every model)")
@@ -81,13 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--photo-augment", action=argparse.BooleanOptionalAction, default=True,
                     help="augment training images with what photos of film do: gamma, contrast, fog, uneven light, "
                          "noise, blur, JPEG, perspective (train/augment.py) (default: on)")
-    ap.add_argument("--threshold-rule", default="youden",
+    ap.add_argument("--threshold-rule",
                     help="how the decision threshold is chosen on the validation split: youden or sensitivity=0.9 "
-                         "(default: %(default)s)")
+                         "(default: youden; sensitivity=0.9 for a fracture-map model, on each source with fractures)")
     ap.add_argument("--bootstrap", type=int, default=2000,
                     help="bootstrap resamples for the test AUC CI (default: %(default)s)")
     ap.add_argument("--phantom-images", type=int, default=1200,
                     help="size of the phantom set when it is used (default: %(default)s)")
+    ap.add_argument("--phantom-mix", type=int, default=0, metavar="N",
+                    help="mix N phantom radiographs (seed 0) into real --data, as their own source: split, "
+                         "batched and scored apart (default: %(default)s, none)")
+    ap.add_argument("--phantom-share", type=float, default=0.5,
+                    help="fracture-map models with --phantom-mix: share of each training batch drawn from "
+                         "phantoms (default: %(default)s)")
+    ap.add_argument("--negative-crop", type=float, default=0.5,
+                    help="fracture-map models: share of real training images with boxes drawn as a close crop "
+                         "anywhere on the image; a crop that shows no box is a real negative (default: %(default)s)")
+    ap.add_argument("--steps-per-epoch", type=int,
+                    help="fracture-map models: batches per epoch (default: one pass over the real training "
+                         "images at their share of each batch, or over the phantoms without real data)")
+    ap.add_argument("--pooling",
+                    help="fracture-map models: how the map becomes the image's logit: max, lse:R or topk:K "
+                         "(default: the registry entry's, lse:4)")
     ap.add_argument("--max-skip-fraction", type=float, default=0.02,
                     help="stop if a larger share of the images is unreadable (default: %(default)s)")
     ap.add_argument("--json", action="store_true",
@@ -102,7 +122,9 @@ def options_from(args: argparse.Namespace, argv: List[str]) -> TrainOptions:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed,
         weights=args.weights, mixed_precision=args.mixed_precision, deterministic=args.deterministic,
         photo_augment=args.photo_augment, threshold_rule=args.threshold_rule, bootstrap=args.bootstrap,
-        resize=args.resize, normalize=args.normalize, views=args.views, split=args.split,
+        size=args.size, resize=args.resize, normalize=args.normalize, views=args.views, split=args.split,
+        phantom_share=args.phantom_share, steps_per_epoch=args.steps_per_epoch, pooling=args.pooling,
+        negative_crop=args.negative_crop,
         max_skip_fraction=args.max_skip_fraction, command=" ".join(["python -m train", *argv]),
         quiet_stdout=args.json)
 
@@ -140,7 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from fracdata.console import quiet_start
     from fracdata.data import PHANTOM_BANNER, DataError, load_data
 
-    from .models import UnknownModelError
+    from .models import UnknownModelError, get_config
 
     try:
         names = _models(args.model)
@@ -148,10 +170,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = args.out or Path("runs") / f"{args.model.replace(',', '+')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         _prepare_out(out, args.overwrite)
         dataset = load_data(args.data, phantom_images=args.phantom_images, quiet=False,
-                            data_format=args.data_format, unboxed=args.unboxed)
-        dataset.require_both_classes()
+                            data_format=args.data_format, unboxed=args.unboxed, phantom_mix=args.phantom_mix)
+        if all(get_config(n).is_map for n in names):
+            dataset.require_boxes_or_both_classes()
+        else:
+            dataset.require_both_classes()
         if dataset.unlabelled:
             print(f"data: {len(dataset.unlabelled)} unlabelled image(s) left out of training (--unboxed)", file=sys.stderr)
+        if args.unboxed == "negative" and any(get_config(n).is_map for n in names):
+            print("warning: --unboxed negative trains every image without boxes as intact everywhere, and makes "
+                  "its source one with both classes, so the image-level loss applies to it: only right when those "
+                  "images are known to be normal (an export's empty label file usually means 'not annotated')",
+                  file=sys.stderr)
         quiet_start(args.verbose, ["tensorflow"])
         results = run_training(names, dataset, out, options)
     except (DataError, UnknownModelError, FileExistsError, ValueError) as exc:

@@ -178,8 +178,6 @@ def warning_lines(report: Dict, phantom: bool = False) -> List[str]:
     """What to tell people about pairs that cross splits (nothing when there are none; for
     phantom data, only exact copies count, see PHANTOM_NOTE)."""
     n = report.get("across_splits", 0)
-    if phantom:
-        n = sum(r["kind"] == "exact" for r in report.get("across_splits_listed", []))
     if not n:
         return []
     lines = [f"WARNING: {n} image pair(s) sit in two splits as the same or nearly the same image "
@@ -194,21 +192,90 @@ def warning_lines(report: Dict, phantom: bool = False) -> List[str]:
 
 def across_splits(parts: Dict, threshold: int = DEFAULT_THRESHOLD, phantom: bool = False) -> Dict:
     """The report for a run's loaded splits ({split: LoadedSplit}), from the images as resized
-    for the model (what the model sees is what must not repeat) and the files' bytes."""
+    for the model (what the model sees is what must not repeat) and the files' bytes. Near pairs
+    of two phantoms (look-alikes, PHANTOM_NOTE) are counted apart from real ones; with `phantom`
+    (phantom data only) the whole report says so."""
     from edge_runtime.bundle import sha256_file
 
-    ids, hashes, digests, splits = [], [], [], []
+    ids, hashes, digests, splits, is_phantom = [], [], [], [], []
     for name, part in parts.items():
         for r, x in zip(part.records, part.resized):
             ids.append(r.image_id)
             hashes.append(image_hashes(x))
             digests.append(sha256_file(r.path))
             splits.append(name)
+            is_phantom.append(phantom or getattr(r, "source", "") == "phantom")
     h = np.stack(hashes) if hashes else np.zeros((0, 72, 4), np.uint64)
-    report = find_duplicates(ids, h, digests, splits, threshold)
-    if phantom:
+    report = find_duplicates(ids, h, digests, splits, threshold, listed=10 ** 6)
+    ph = {i for i, f in zip(ids, is_phantom) if f}
+
+    def lookalike(row: Dict) -> bool:
+        return row["kind"] == "near" and row["a"] in ph and row["b"] in ph
+
+    cross = report.get("across_splits_listed", [])
+    kept = [r for r in cross if not lookalike(r)]
+    report["phantom_lookalikes_across_splits"] = len(cross) - len(kept)
+    report["across_splits"] = len(kept)
+    report["across_splits_listed"] = kept[:50]
+    report["listed"] = [r for r in report["listed"] if not lookalike(r)][:50]
+    if ph:
         report["note"] = PHANTOM_NOTE
     return report
+
+
+def duplicate_groups(records: Sequence, threshold: int = DEFAULT_THRESHOLD, near: bool = True,
+                     progress: bool = False) -> Dict[str, str]:
+    """image_id -> its group (the smallest image_id in it): images joined by exact copies (same
+    bytes) and, with `near`, near-duplicates (flipped, turned, re-encoded copies of one
+    radiograph). A split keeps each group whole. Phantoms pass near=False: they are drawn
+    independently, and their look-alikes are not copies (PHANTOM_NOTE). Unreadable images stay
+    alone (training's loader names them)."""
+    from edge_runtime.errors import ImageReadError
+    from edge_runtime.inputs import read_image
+    from edge_runtime.preprocess import PreprocessSpec, resize_input
+    from fracdata.progress import progress as progress_of
+    from fracdata.provenance import sha256_file
+
+    # Hashed twice: stretched (as `python -m train.duplicates` does) and letterboxed (which keeps the
+    # geometry: a turned copy of a radiograph with another aspect ratio is found only this way).
+    specs = (PreprocessSpec(), PreprocessSpec(resize="letterbox"))
+    ids = [r.image_id for r in records]
+    parent = {i: i for i in ids}
+
+    def root(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def join(a: str, b: str) -> None:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    by_digest: Dict[str, str] = {}
+    hashed, hashes = [], {k: [] for k in range(len(specs))}
+    for r in progress_of(list(records), "grouping near-duplicates" if near else "grouping copies", enabled=progress):
+        try:
+            digest = sha256_file(r.path)
+        except OSError:
+            continue
+        if digest in by_digest:
+            join(by_digest[digest], r.image_id)
+        by_digest.setdefault(digest, r.image_id)
+        if near:
+            try:
+                pixels = read_image(r.path, specs[0]).pixels
+            except ImageReadError:
+                continue
+            for k, spec in enumerate(specs):
+                hashes[k].append(image_hashes(resize_input(pixels, spec)))
+            hashed.append(r.image_id)
+    if near and len(hashed) > 1:
+        for k in hashes:
+            for i, j, _ in near_pairs(np.stack(hashes[k]), threshold):
+                join(hashed[i], hashed[j])
+    return {i: root(i) for i in ids}
 
 
 # ---------------------------------------------------------------- the command

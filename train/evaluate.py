@@ -121,6 +121,11 @@ def print_results(results: Dict[str, Dict], as_json: bool) -> None:
         print(json.dumps(results, indent=2))
         return
     for m in results.values():
+        if m.get("kind") == "fracture_map":
+            from .map_evaluate import summary_lines
+
+            print("\n".join(summary_lines(m["model"], m)) + ("   [PHANTOM: demonstration only]" if m["phantom"] else ""))
+            continue
         print(summary_line(m["model"], m) + ("   [PHANTOM: demonstration only]" if m["phantom"] else ""))
         loc = m["test"].get("localisation")
         if loc:
@@ -129,32 +134,47 @@ def print_results(results: Dict[str, Dict], as_json: bool) -> None:
 
 def localisation_line(s: Dict) -> str:
     lo, hi = s["pointing_game_ci95"]
+    la = s.get("location_auc")
+    auc = "" if la is None else (f", location AUC {la:.3f} [{s['location_auc_ci95'][0]:.3f}, "
+                                 f"{s['location_auc_ci95'][1]:.3f}]")
     return (f"localisation on {s['n']} fractured image(s) with boxes: peak in a box {s['pointing_game']:.3f} "
-            f"[{lo:.3f}, {hi:.3f}], energy in boxes {s['energy_in_boxes']:.3f} (chance: boxes cover "
+            f"[{lo:.3f}, {hi:.3f}] (outside every box {s['peak_outside_boxes']:.3f}){auc}, energy in boxes "
+            f"{s['energy_in_boxes']:.3f} (chance: boxes cover "
             f"{s['chance']['box_share_of_image']:.3f} of the image; centre in a box {s['chance']['centre_in_box']:.3f})")
 
 
 def evaluate_run(run_dir: Path, data_arg: Optional[str] = None, rule: Optional[str] = None,
                  n_boot: Optional[int] = None, progress: bool = True, data_format: Optional[str] = None,
-                 unboxed: Optional[str] = None) -> Dict:
-    import keras
-
-    from .models import get_config
+                 unboxed: Optional[str] = None, views: Optional[str] = None) -> Dict:
+    """Evaluate a run on its test split; writes metrics.json. `views` other than the run's own
+    answers "what if the device averaged these views?" into RUN_DIR/views-<views>/ (metrics.json and
+    its plots), leaving the run's own metrics alone."""
+    from .models import get_config, load_model
 
     found = read_run(run_dir)
     run_dir, run = found.dir, found.record
     dataset = dataset_for_run(run, data_arg, data_format, unboxed)
     parts = records_by_split(dataset, load_split(found.split_path, dataset))
     spec = PreprocessSpec.from_dict(run["preprocess"])
+    what_if = views is not None and views != spec.views
+    if what_if:
+        from dataclasses import replace
+
+        spec = replace(spec, views=views)
+        run_dir = run_dir / f"views-{views}"
+        run_dir.mkdir(exist_ok=True)
     val = load_images(parts["val"], spec, "val images", progress)
     test = load_images(parts["test"], spec, "test images", progress)
-    model = keras.models.load_model(found.model_path, compile=False)
+    model = load_model(found.model_path)
     cfg = get_config(run["model"]["name"])
     settings = run["evaluation"]
-    result = evaluate_model(model, cfg.name, cfg.gradcam_layer, val, test, run_dir,
-                            rule or settings["threshold_rule"], n_boot or settings["bootstrap"],
-                            settings["seed"], title=run["title"])
-    result = {**_header(run), **result}
+    evaluate = evaluate_model
+    if cfg.is_map:
+        from .map_evaluate import evaluate_map_model as evaluate
+    result = evaluate(model, cfg.name, cfg.gradcam_layer, val, test, run_dir,
+                      rule or settings["threshold_rule"], n_boot or settings["bootstrap"],
+                      settings["seed"], title=run["title"])
+    result = {**_header(run), **result, **({"views_what_if": views} if what_if else {})}
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -189,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="YOLO exports: what an image without boxes is (default: the run's for a run, else unknown, "
                          "reported apart)")
     ap.add_argument("--threshold-rule", help="run only: 'youden' or 'sensitivity=0.9' (default: the run's)")
+    ap.add_argument("--views", choices=["single", "dihedral"],
+                    help="run only: evaluate as if the device averaged these views; written to RUN_DIR/views-<views>/ "
+                         "(default: the run's own)")
     ap.add_argument("--bootstrap", type=int,
                     help="bootstrap resamples for the AUC CI (default: the run's for a run, 2000 for a bundle)")
     ap.add_argument("--artifacts", help="bundle only: comma list of the bundle's artifacts (default: all it holds)")
@@ -224,7 +247,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     quiet_start(args.verbose, ["tensorflow"])
     try:
         results = {d.name: evaluate_run(d, args.data, args.threshold_rule, args.bootstrap,
-                                        data_format=args.data_format, unboxed=args.unboxed)
+                                        data_format=args.data_format, unboxed=args.unboxed, views=args.views)
                    for d in run_dirs(args.run_dir)}
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -245,7 +268,7 @@ def _main_bundle(args, argv) -> int:
         return 2
     try:
         ds = load_data(args.data, quiet=args.json, data_format=args.data_format, unboxed=args.unboxed)
-        assignment = load_split(args.split, ds) if args.split else None
+        assignment = load_split(args.split, ds, other_sources=True) if args.split else None
         out = args.out or Path("runs") / "eval" / f"{args.bundle.resolve().name}_on_{ds.name}"
         keys = [k.strip() for k in args.artifacts.split(",") if k.strip()] if args.artifacts else None
         command = "python -m train.evaluate " + " ".join(

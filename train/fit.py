@@ -28,6 +28,7 @@ from .augment import describe as describe_augmentation
 from .dataset import make_tf_dataset
 from .evaluate import _header, evaluate_model
 
+MAP_RULE = "sensitivity=0.9"
 TRAIN_PACKAGES = ("tensorflow", "keras", "numpy", "pillow", "scikit-learn", "matplotlib")
 
 
@@ -36,7 +37,7 @@ class TrainOptions:
     """How to train (every field has the CLI's default). The preprocessing fields override the
     model's registry entry where set; None keeps the entry's."""
     epochs: Optional[int] = None  # None: the model's default_epochs
-    batch_size: int = 32
+    batch_size: Optional[int] = None  # None: the model's default (32; 16 for fracture_map)
     lr: float = 1e-3
     patience: int = 8  # EarlyStopping on validation loss; ReduceLROnPlateau waits patience // 2 - 1
     seed: int = 42  # the split, weights, shuffling and augmentation
@@ -44,8 +45,9 @@ class TrainOptions:
     mixed_precision: bool = False
     deterministic: bool = True  # TensorFlow op determinism
     photo_augment: bool = True
-    threshold_rule: str = "youden"  # or "sensitivity=0.9"
+    threshold_rule: Optional[str] = None  # youden | sensitivity=X; None: youden, or sensitivity=0.9 for a map model
     bootstrap: int = 2000  # resamples for the test AUC CI
+    size: Optional[int] = None  # input size (px); None: the registry entry's
     resize: Optional[str] = None  # stretch | letterbox
     normalize: Optional[str] = None  # window | clahe | none
     views: Optional[str] = None  # dihedral | single
@@ -54,16 +56,33 @@ class TrainOptions:
     command: str = "python -m train"  # recorded in run.json
     quiet_stdout: bool = False  # Keras's output to stderr (stdout carries JSON)
     progress: bool = True  # progress of image loading on stderr
+    # Fracture-map models only (train/map_fit.py):
+    phantom_share: float = 0.5  # share of each training batch drawn from phantoms, when real data is mixed in
+    steps_per_epoch: Optional[int] = None  # None: one pass over the real training images at their share
+    pooling: Optional[str] = None  # map pooling: max | lse:R | topk:K; None: the registry entry's
+    negative_crop: float = 0.5  # share of real boxed training images drawn as a close crop (box-free: a negative)
 
     def __post_init__(self) -> None:
         from .metrics import parse_rule
 
-        parse_rule(self.threshold_rule)  # a typo here should not cost a training run
+        if self.threshold_rule is not None:
+            parse_rule(self.threshold_rule)  # a typo here should not cost a training run
         for name in ("batch_size", "patience", "bootstrap"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.size is not None and not 32 <= self.size <= 1024:
+            raise ValueError(f"size must be within 32..1024, got {self.size}")
+        if not 0.0 <= self.negative_crop <= 1.0:
+            raise ValueError(f"negative_crop must be within [0, 1], got {self.negative_crop}")
+        if not 0.0 <= self.phantom_share < 1.0:
+            raise ValueError(f"phantom_share must be within [0, 1): a share of 1 would never show the real "
+                             f"images, got {self.phantom_share}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
+        if self.pooling is not None:
+            parse_pooling(self.pooling)
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be within [0, 1], got {self.max_skip_fraction}")
         for name, allowed in (("resize", RESIZE_MODES), ("normalize", NORMALIZATIONS), ("views", VIEW_MODES)):
@@ -73,8 +92,15 @@ class TrainOptions:
 
     def preprocess_for(self, base: PreprocessSpec) -> PreprocessSpec:
         """The model's registry PreprocessSpec with these options' overrides."""
-        overrides = {k: getattr(self, k) for k in ("resize", "normalize", "views") if getattr(self, k) is not None}
+        overrides = {k: getattr(self, k) for k in ("size", "resize", "normalize", "views") if getattr(self, k) is not None}
         return replace(base, **overrides)
+
+
+def parse_pooling(text: str):
+    """'max', 'lse:4' or 'topk:8' -> MapPooling (ValueError naming the problem)."""
+    from edge_runtime.fracture_map import MapPooling
+
+    return MapPooling.parse(text)
 
 
 def devices() -> Dict[str, object]:
@@ -117,20 +143,18 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
 
     if any(part.spec != spec for part in parts.values()):
         raise ValueError(f"{name}: the images were loaded with another PreprocessSpec than the one given")
-    o = options
     cfg = get_config(name)
+    # A screening operating point for the map: sensitivity first (docs/training.md).
+    o = replace(options, threshold_rule=options.threshold_rule or (MAP_RULE if cfg.is_map else "youden"),
+                batch_size=options.batch_size or cfg.default_batch)
     epochs = o.epochs or cfg.default_epochs
     out_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(o.seed)
     if o.deterministic:
         _deterministic_ops()
     keras.mixed_precision.set_global_policy("mixed_float16" if o.mixed_precision else "float32")
-    with _strategy().scope():
-        model = build_model(name, weights=o.weights)
-        model.compile(optimizer=keras.optimizers.Adam(o.lr), loss="binary_crossentropy",
-                      metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+    pooling = parse_pooling(o.pooling) if (cfg.is_map and o.pooling) else cfg.map_pooling
     train, val, test = parts["train"], parts["val"], parts["test"]
-    cw = class_weights(train.labels)
     ckpt = out_dir / "best.weights.h5"
     callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True),
@@ -143,16 +167,32 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     t0 = time.time()
     # verbose=2 off a terminal: one line per epoch, so a log shows training is alive without bars.
     with contextlib.redirect_stdout(sys.stderr) if o.quiet_stdout else contextlib.nullcontext():
-        model.fit(make_tf_dataset(train, o.batch_size, True, o.seed, photo=o.photo_augment),
-                  validation_data=make_tf_dataset(val, o.batch_size, False, o.seed, class_weight=cw),
-                  epochs=epochs, class_weight=cw, shuffle=False, callbacks=callbacks,
-                  verbose=1 if sys.stderr.isatty() else 2)
+        if cfg.is_map:
+            from .map_fit import fit_map
+
+            with _strategy().scope():
+                model = build_model(name, size=spec.size, pooling=pooling)
+            fitted, training = fit_map(model, parts, spec, cfg.map_stride, o, epochs, callbacks)
+        else:
+            with _strategy().scope():
+                model = build_model(name, weights=o.weights, size=spec.size)
+                model.compile(optimizer=keras.optimizers.Adam(o.lr), loss="binary_crossentropy",
+                              metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
+            cw = class_weights(train.labels)
+            model.fit(make_tf_dataset(train, o.batch_size, True, o.seed, photo=o.photo_augment),
+                      validation_data=make_tf_dataset(val, o.batch_size, False, o.seed, class_weight=cw),
+                      epochs=epochs, class_weight=cw, shuffle=False, callbacks=callbacks,
+                      verbose=1 if sys.stderr.isatty() else 2)
+            fitted = model
+            training = {"loss": "binary_crossentropy", "class_weight": cw,
+                        "validation_loss": "class-weighted like training (EarlyStopping, checkpoint)",
+                        "augmentation": describe_augmentation(spec.views == "dihedral", o.photo_augment)}
     train_seconds = time.time() - t0
-    model.load_weights(ckpt)
+    fitted.load_weights(ckpt)
     ckpt.unlink()
     # Save a float32, optimizer-free copy: what export and the runtime need, a third of the size.
     keras.mixed_precision.set_global_policy("float32")
-    clean = build_model(name, weights="none")
+    clean = build_model(name, weights="none", size=spec.size, pooling=pooling)
     clean.set_weights(model.get_weights())
     clean.save(out_dir / "model.keras")
     plot_history(out_dir / "history.csv", out_dir / "curves.png", title)
@@ -163,14 +203,13 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
         "started_unix": t0, "train_seconds": round(train_seconds, 1),
         "model": {"name": name, "description": cfg.description, "input_size": spec.size,
                   "gradcam_layer": cfg.gradcam_layer, "weights": o.weights if cfg.pretrained else "from scratch",
-                  "complexity": complexity(clean)},
-        "training": {"epochs_max": epochs, "epochs_run": len(model.history.history.get("loss", [])),
-                     "batch_size": o.batch_size, "learning_rate": o.lr, "optimizer": "Adam",
-                     "loss": "binary_crossentropy", "class_weight": cw, "seed": o.seed,
-                     "validation_loss": "class-weighted like training (EarlyStopping, checkpoint)",
+                  "complexity": complexity(clean),
+                  **({"kind": "fracture_map", "map_stride": cfg.map_stride, "pooling": pooling.to_dict()}
+                     if cfg.is_map else {})},
+        "training": {"epochs_max": epochs, "epochs_run": len(fitted.history.history.get("loss", [])),
+                     "batch_size": o.batch_size, "learning_rate": o.lr, "optimizer": "Adam", "seed": o.seed,
                      "mixed_precision": o.mixed_precision, "early_stopping_patience": o.patience,
-                     "deterministic_ops": o.deterministic,
-                     "augmentation": describe_augmentation(spec.views == "dihedral", o.photo_augment)},
+                     "deterministic_ops": o.deterministic, **training},
         "preprocess": spec.to_dict(),
         "data": {"name": dataset.name, "phantom": dataset.phantom, "provenance": dataset.provenance,
                  "counts": dataset.counts(), "skipped_train": train.skipped},
@@ -179,18 +218,23 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
         "versions": versions(TRAIN_PACKAGES), "devices": devices(),
     }
     (out_dir / "run.json").write_text(json.dumps(run, indent=2))
-    result = evaluate_model(clean, name, cfg.gradcam_layer, val, test, out_dir, o.threshold_rule, o.bootstrap,
-                            o.seed, title)
+    if cfg.is_map:
+        from .map_evaluate import evaluate_map_model
+
+        result = evaluate_map_model(clean, name, cfg.gradcam_layer, val, test, out_dir, o.threshold_rule, o.bootstrap,
+                                    o.seed, title)
+    else:
+        result = evaluate_model(clean, name, cfg.gradcam_layer, val, test, out_dir, o.threshold_rule, o.bootstrap,
+                                o.seed, title)
     result = {**_header(run), **result}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
 
 
 def _split(dataset: Dataset, out: Path, options: TrainOptions) -> Tuple[Dict[str, str], str]:
-    """The split (reused, the data's own folders, or made) saved as OUT/split.csv, and how it came."""
-    from fracdata.readers import layout_split
-
-    from .split import make_split
+    """The split (reused, or made per source: the data's own folders, else drawn with copies kept
+    together) saved as OUT/split.csv, and how it came."""
+    from .split import split_by_source
 
     split_path = out / "split.csv"
     if options.split:
@@ -198,16 +242,9 @@ def _split(dataset: Dataset, out: Path, options: TrainOptions) -> Tuple[Dict[str
         if options.split.resolve() != split_path.resolve():
             shutil.copyfile(options.split, split_path)
         return assignment, f"reused {options.split}"
-    assignment = layout_split(dataset, options.seed)
-    if assignment is not None:
-        save_split(assignment, dataset, split_path)
-        carved = sorted({s for s in ("val", "test") if not any(r.split == s for r in dataset.records)})
-        return assignment, ("the data's own split folders (honoured)"
-                            + (f"; {' and '.join(carved)} carved from train (seed {options.seed}, stratified by label)"
-                               if carved else ""))
-    assignment = make_split(dataset, seed=options.seed)
+    assignment, how = split_by_source(dataset, options.seed, options.progress)
     save_split(assignment, dataset, split_path)
-    return assignment, f"made by train.split (seed {options.seed}, 70/15/15, stratified label x region)"
+    return assignment, how
 
 
 def run_training(names: Sequence[str], dataset: Dataset, out: Path,

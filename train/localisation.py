@@ -4,7 +4,12 @@ model and any data with boxes (train.evaluate, export's check, train.evaluate --
 - the **pointing game**: is the heatmap's peak inside a box (Zhang et al., 2016, with no
   tolerance: the peak's cell of the map upsampled to the model's input grid must lie in a box);
 - the **energy in boxes**: the share of the heatmap's total (after the ReLU) that lies inside
-  the boxes.
+  the boxes;
+- the **location AUC**: over the places of one image (the map on the model's input grid), how well
+  its values rank places inside the boxes above places outside them (0.5: no better than chance);
+  the mean over images, with a bootstrap CI that resamples images;
+- the **peak outside every box**: the share of fractured images whose map peaks away from every
+  box (a blank map counts), what a clinician would be pointed at wrongly.
 
 Both depend on how big the boxes are: a map that knows nothing scores the boxes' share of the
 image on average (a uniform map's energy; a random peak's hit rate), so that **chance level** is
@@ -47,18 +52,50 @@ def box_mask(boxes: Sequence[Tuple[float, float, float, float]], shape: Tuple[in
     return mask
 
 
+def location_auc(heat: np.ndarray, mask: np.ndarray) -> Optional[float]:
+    """AUC of the map's values, places inside the boxes against places outside (ties count half);
+    None when either side is empty."""
+    v = np.asarray(heat, dtype=np.float64).ravel()
+    m = np.asarray(mask, bool).ravel()
+    n_in, n_out = int(m.sum()), int((~m).sum())
+    if not n_in or not n_out:
+        return None
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v), np.float64)
+    sorted_v = v[order]
+    # average ranks over ties (Mann-Whitney)
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_v)) + 1]
+    ends = np.r_[starts[1:], len(v)]
+    avg = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[m].sum() - n_in * (n_in + 1) / 2.0) / (n_in * n_out))
+
+
 def score(heat: np.ndarray, boxes: Sequence[Tuple[float, float, float, float]]) -> Dict[str, object]:
-    """Pointing game and energy in boxes for one map already on the image's grid (heat_on_image)."""
+    """Pointing game, energy in boxes and location AUC for one map already on the image's grid
+    (heat_on_image)."""
     heat = np.asarray(heat, dtype=np.float64)
     mask = box_mask(boxes, heat.shape)
     h, w = heat.shape
-    out: Dict[str, object] = {"box_area": float(mask.mean()), "centre_in_box": bool(mask[h // 2, w // 2])}
+    out: Dict[str, object] = {"box_area": float(mask.mean()), "centre_in_box": bool(mask[h // 2, w // 2]),
+                              "location_auc": location_auc(heat, mask)}
     total = float(heat.sum())
     if total <= 0:
         return {**out, "peak_in_box": False, "energy_in_boxes": 0.0, "blank": True, "peak": None}
     peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
     return {**out, "peak_in_box": bool(mask[peak]), "energy_in_boxes": float(heat[mask].sum() / total),
             "blank": False, "peak": [round((peak[1] + 0.5) / w, 4), round((peak[0] + 0.5) / h, 4)]}
+
+
+BOOTSTRAP = 2000
+
+
+def mean_ci(values: Sequence[float], n_boot: int = BOOTSTRAP, seed: int = 0) -> Tuple[float, List[float]]:
+    """(mean, percentile bootstrap 95% CI over the items)."""
+    v = np.asarray(values, np.float64)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(axis=1)
+    return float(v.mean()), [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def _summary(scores: List[Dict[str, object]]) -> Dict[str, object]:
@@ -68,7 +105,11 @@ def _summary(scores: List[Dict[str, object]]) -> Dict[str, object]:
     hits = sum(bool(s["peak_in_box"]) for s in scores)
     lo, hi = wilson_interval(hits, n)
     energy = np.array([float(s["energy_in_boxes"]) for s in scores])
+    aucs = [float(s["location_auc"]) for s in scores if s.get("location_auc") is not None]
+    loc_auc = dict(zip(("location_auc", "location_auc_ci95"), mean_ci(aucs))) if aucs else {"location_auc": None}
     return {"n": n, "pointing_game": hits / n, "pointing_game_ci95": [lo, hi], "hits": hits,
+            "peak_outside_boxes": (n - hits) / n, "peak_outside_boxes_ci95": wilson_interval(n - hits, n),
+            **loc_auc, "location_auc_n": len(aucs),
             "energy_in_boxes": float(energy.mean()), "energy_in_boxes_median": float(np.median(energy)),
             "blank_maps": sum(bool(s["blank"]) for s in scores),
             "chance": {"box_share_of_image": float(np.mean([float(s["box_area"]) for s in scores])),
@@ -86,12 +127,18 @@ def summarise(scores: List[Dict[str, object]], regions: Sequence[str]) -> Dict[s
 
 def localise(raws: np.ndarray, records: Sequence, spec: PreprocessSpec,
              shapes: Optional[Sequence[Tuple[int, int]]] = None) -> Tuple[List[Dict[str, object]], Dict[str, object]]:
-    """(per-image scores, summary) for raw maps of records that are fractured and carry boxes."""
+    """(per-image scores, summary) for raw maps of records that are fractured and carry boxes. With
+    records from several sources (real radiographs and mixed-in phantoms), the summary also has
+    `per_source`: real and phantom numbers must never be read as one."""
     scores = []
     for k, (raw, r) in enumerate(zip(raws, records)):
         shape = shapes[k] if shapes is not None and k < len(shapes) else None
         scores.append(score(heat_on_image(raw, spec, shape), r.boxes))
-    return scores, summarise(scores, [r.region for r in records])
+    summary = summarise(scores, [r.region for r in records])
+    sources = [getattr(r, "source", "") or "data" for r in records]
+    if len(set(sources)) > 1:
+        summary["per_source"] = {s: _summary([x for x, g in zip(scores, sources) if g == s]) for s in sorted(set(sources))}
+    return scores, summary
 
 
 def boxed_positives(records: Sequence) -> List[int]:

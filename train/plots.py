@@ -34,7 +34,8 @@ def plot_history(history_csv: Path, out: Path, title: str) -> Optional[Path]:
     plt = _plt()
     epochs = [int(r["epoch"]) + 1 for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key in zip(axes, ("loss", "auc")):
+    keys = ("loss", "auc") if "auc" in rows[0] else ("map_loss", "logit_loss")  # a fracture map: its two losses
+    for ax, key in zip(axes, keys):
         for prefix, style in (("", "-"), ("val_", "--")):
             if prefix + key in rows[0]:
                 ax.plot(epochs, [float(r[prefix + key]) for r in rows], style, label=(prefix or "train_") + key)

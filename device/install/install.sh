@@ -208,3 +208,7 @@ else
 fi
 
 echo "done. Results page: http://$HOST:$PORT/ ; take a photo: $PREFIX/venv/bin/python -m device capture --data $DATA"
+case "$HOST" in
+    127.*|localhost|::1) ;;
+    *) echo "The page is on the network, so it asks for a token: open the link 'serve' prints (journalctl -u fracture-edge), or read the token with: sudo cat $DATA/page-token" ;;
+esac

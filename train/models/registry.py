@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
+from edge_runtime.fracture_map import MapPooling
 from edge_runtime.preprocess import PreprocessSpec
 
 # The paper's four models (`--model all` in train and export).
@@ -45,6 +46,15 @@ class ModelConfig:
     pretrained: bool  # takes --weights (ImageNet base)
     description: str
     builder: Callable  # builder(input_shape, [weights]) -> uncompiled keras.Model
+    # Fracture-map models (train/models/fracture_map.py): the image's answer is this pooling of the
+    # per-cell map (layer 'map'); None for the image classifiers.
+    map_pooling: Optional[MapPooling] = None
+    map_stride: int = 0  # input pixels per map cell
+    default_batch: int = 32  # images per training batch unless --batch-size says otherwise
+
+    @property
+    def is_map(self) -> bool:
+        return self.map_pooling is not None
 
     @property
     def input_size(self) -> int:
@@ -59,11 +69,13 @@ _REGISTRY: Dict[str, ModelConfig] = {}
 
 
 def register_model(name: str, *, preprocess: PreprocessSpec, gradcam_layer: str, default_epochs: int,
-                   pretrained: bool, description: str):
+                   pretrained: bool, description: str, map_pooling: Optional[MapPooling] = None,
+                   map_stride: int = 0, default_batch: int = 32):
     def wrap(fn: Callable) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelConfig(name, preprocess, gradcam_layer, default_epochs, pretrained, description, fn)
+        _REGISTRY[name] = ModelConfig(name, preprocess, gradcam_layer, default_epochs, pretrained, description, fn,
+                                      map_pooling, map_stride, default_batch)
         return fn
     return wrap
 
@@ -80,13 +92,17 @@ def get_config(name: str) -> ModelConfig:
     return _REGISTRY[name]
 
 
-def build_model(name: str, weights: str = "none"):
-    """Build an uncompiled keras.Model for the entry's input shape. Outputs: layer 'logit'
-    (pre-sigmoid) feeds layer 'prob'."""
+def build_model(name: str, weights: str = "none", size: Optional[int] = None, pooling: Optional[MapPooling] = None):
+    """Build an uncompiled keras.Model for the entry's input shape (or `size` x `size`, when a run
+    chose another). Outputs: layer 'logit' (pre-sigmoid) feeds layer 'prob'; a fracture-map model's
+    'logit' is the pooling of its layer 'map' (`pooling` overrides the entry's)."""
     cfg = get_config(name)
     if not cfg.pretrained and weights not in ("none", None, "imagenet"):
         raise ValueError(f"{name} is trained from scratch; --weights {weights!r} applies to the "
                          "transfer-learning baselines only")
+    shape = cfg.input_shape if size is None else (size, size, cfg.preprocess.channels)
     if cfg.pretrained:
-        return cfg.builder(cfg.input_shape, weights=weights)
-    return cfg.builder(cfg.input_shape)
+        return cfg.builder(shape, weights=weights)
+    if cfg.is_map:
+        return cfg.builder(shape, pooling=pooling or cfg.map_pooling)
+    return cfg.builder(shape)

@@ -1,7 +1,7 @@
 // The phone app: load and check the bundle, then read photos of film (camera or gallery) and
 // radiograph files, show the answer with its heatmap, keep a history on the phone.
 
-import { Engine } from "./lib/engine.js";
+import { ArtifactError, Engine } from "./lib/engine.js";
 import { runSelfTest } from "./lib/selftest.js";
 import { analyzeFile, analyzePhoto } from "./lib/pipeline.js";
 import { blend, displaySize, heatOnImage } from "./lib/overlay.js";
@@ -197,31 +197,52 @@ async function registerServiceWorker() {
 async function main() {
   config = await (await fetch("config.json")).json();
   $("disclaimer").textContent = config.DISCLAIMER;
-  try {
-    engine = await Engine.open(new URL("bundle/", location.href).href, config, {
-      vendorBase: new URL("vendor/", location.href).href,
-      threads: Number(new URLSearchParams(location.search).get("threads")) || undefined,
-    });
-  } catch (e) {
-    fatal(`This model bundle is refused: ${e.message}`);
-    window.fractureEdge = { error: e.message };
+  // The shipped artifacts in the app's preference (int8 first): the first whose self-test passes in
+  // this browser is used; one that fails is noted and the next is tried.
+  // A refused bundle (digest, signature, manifest, a file's sha256) ends here, as in the Python
+  // runtime; an artifact this browser's ONNX Runtime cannot load falls back to the next.
+  let st = null;
+  const failed = [];
+  for (const artifact of config.ARTIFACTS_SHIPPED) {
+    engine = null;
+    try {
+      engine = await Engine.open(new URL("bundle/", location.href).href, config, {
+        vendorBase: new URL("vendor/", location.href).href, artifact,
+        threads: Number(new URLSearchParams(location.search).get("threads")) || undefined,
+      });
+    } catch (e) {
+      if (!(e instanceof ArtifactError)) failed.length = 0;
+      failed.push({ artifact, error: e.message });
+      if (e instanceof ArtifactError) continue;
+      break;
+    }
+    // Remembered per bundle, app build and browser: a new Chrome (its WASM engine) or a new app checks again.
+    const key = `selftest:${engine.digest}:${engine.artifactKey}:${config.APP_BUILD}:${navigator.userAgent}`;
+    st = JSON.parse(localStorage.getItem(key) || "null");
+    if (!st) {
+      st = await runSelfTest(engine, config);
+      if (st.passed !== false) localStorage.setItem(key, JSON.stringify(st));
+    }
+    if (st.passed !== false) break;
+    failed.push({ artifact, selftest: st });
+    await engine.release();
+    engine = null;
+  }
+  if (!engine && failed.every((f) => f.error)) {
+    const reason = failed.length ? failed[0].error : "the app ships no artifact it can run";
+    fatal(`This model bundle is refused: ${reason}`);
+    window.fractureEdge = { error: reason, failed };
+    return;
+  }
+  if (!engine) {
+    st = failed.find((f) => f.selftest).selftest;
+    fatal(`The model answers its self-test differently from export (${st.reason || `max |Δp| ${st.max_abs_diff.toFixed(4)}`}): not used.`);
+    window.fractureEdge = { error: "self-test failed", selftest: st, failed };
     return;
   }
   if (engine.manifest.demonstration_only) {
     $("demo").textContent = `${config.LABELS.demonstration} (${engine.manifest.model.name})`;
     $("demo").hidden = false;
-  }
-  // Remembered per bundle, app build and browser: a new Chrome (its WASM engine) or a new app checks again.
-  const key = `selftest:${engine.digest}:${engine.artifactKey}:${config.APP_BUILD}:${navigator.userAgent}`;
-  let st = JSON.parse(localStorage.getItem(key) || "null");
-  if (!st) {
-    st = await runSelfTest(engine, config);
-    if (st.passed !== false) localStorage.setItem(key, JSON.stringify(st));
-  }
-  if (st.passed === false) {
-    fatal(`The model answers its self-test differently from export (${st.reason || `max |Δp| ${st.max_abs_diff.toFixed(4)}`}): not used.`);
-    window.fractureEdge = { error: "self-test failed", selftest: st };
-    return;
   }
   for (const id of ["camera-btn", "photo-input", "file-input"]) $(id).disabled = false;
   for (const [label, input] of [["photo-label", "photo-input"], ["file-label", "file-input"]]) {
@@ -241,9 +262,10 @@ async function main() {
   const readyMs = performance.now(); // since navigation started
   const offline = await registerServiceWorker();
   setStatus(`Ready · ${engine.threads} thread${engine.threads > 1 ? "s" : ""}`);
-  $("about").textContent = `${engine.manifest.model.name} · ${engine.artifactKey} · bundle ${engine.digest.slice(0, 12)} · self-test ${st.passed === null ? "not recorded" : "passed"} · ${offline} · app ${config.APP_VERSION}`;
+  $("about").textContent = `${engine.manifest.model.name} · ${engine.artifactKey} · bundle ${engine.digest.slice(0, 12)} · self-test ${st.passed === null ? "not recorded" : "passed"}${failed.length ? ` (${failed.map((f) => f.artifact).join(", ")} failed it here)` : ""} · ${offline} · app ${config.APP_VERSION}`;
   // For tests and benchmarks: the same calls the buttons make.
-  window.fractureEdge = { engine, config, selftest: st, readyMs, offline, analyzeFile: (b, n) => analyzeFile(engine, b, n),
+  window.fractureEdge = { engine, config, selftest: st, selftestFailed: failed, readyMs, offline,
+    analyzeFile: (b, n) => analyzeFile(engine, b, n),
     analyzePhoto: (b, n) => analyzePhoto(engine, b, n), run };
 }
 

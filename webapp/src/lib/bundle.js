@@ -35,20 +35,21 @@ async function verifySignature(base, digest, keyB64, config) {
   if (!ok) throw new BundleError("signature does not verify with the trusted key: the bundle was changed after signing, or signed by another key");
 }
 
-/** {manifest, artifactKey, modelBytes, head, digest} for the bundle at `base` (a URL ending in /). */
-export async function loadBundle(base, config) {
+/** {manifest, artifactKey, modelBytes, head, digest} for the bundle at `base` (a URL ending in /):
+ * the artifact `wanted`, or the first of the app's preference that export's check passed. */
+export async function loadBundle(base, config, wanted) {
   const text = new TextDecoder().decode(await fetchBytes(new URL("manifest.json", base), "manifest.json"));
   let m;
   try { m = JSON.parse(text); } catch (e) { throw new BundleError(`manifest.json is not JSON (${e.message})`); }
   if (m.format !== config.BUNDLE_FORMAT) throw new BundleError("manifest.json is not a fracture-edge bundle manifest");
-  if (m.format_version !== config.FORMAT_VERSION) {
-    throw new BundleError(`bundle format version ${m.format_version}; this app reads version ${config.FORMAT_VERSION}`);
+  if (!config.FORMAT_VERSIONS.includes(m.format_version)) {
+    throw new BundleError(`bundle format version ${m.format_version}; this app reads versions ${config.FORMAT_VERSIONS.join(", ")}`);
   }
   const digest = await sha256Hex(canonicalBytes(text, config.DIGEST_KEY));
   if (digest !== m[config.DIGEST_KEY]) throw new BundleError("manifest.json does not match its own digest: damaged or edited");
   if (m.status !== "accepted") throw new BundleError(`bundle status is '${m.status}': export's fidelity check did not accept it`);
   if (config.TRUSTED_KEY) await verifySignature(base, digest, config.TRUSTED_KEY, config);
-  const key = config.ARTIFACT_PREFERENCE.find((k) => m.artifacts?.[k]?.check?.passed);
+  const key = (wanted ? [wanted] : config.ARTIFACT_PREFERENCE).find((k) => m.artifacts?.[k]?.check?.passed);
   if (!key) throw new BundleError(`the bundle has no ONNX artifact this app can run (it has ${Object.keys(m.artifacts || {}).join(", ")})`);
   const art = m.artifacts[key];
   const verified = async (file, want) => {

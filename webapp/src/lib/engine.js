@@ -1,8 +1,10 @@
-// Bundle + ONNX Runtime Web + Grad-CAM head: decoded pixels in, a result record out, shaped like
-// edge_runtime/predictor.py's (probability, decision, threshold, heatmap, warnings, timings_ms).
+// Bundle + ONNX Runtime Web + its heatmap (the model's own fracture map, or a Grad-CAM head):
+// decoded pixels in, a result record out, shaped like edge_runtime/predictor.py's (probability,
+// decision, threshold, heatmap, warnings, timings_ms).
 
 import { BundleError, loadBundle } from "./bundle.js";
 import { rawMaps } from "./gradcam.js";
+import { poolMap, sigmoid } from "./fracturemap.js";
 import {
   contentProblem, mergeMaps, normalizeIntensity, resizeInput, specFromManifest, views,
 } from "./preprocess.js";
@@ -17,9 +19,13 @@ export function threadCount(requested) {
   return Math.max(1, Math.min(requested || Math.min(4, Math.floor(cores / 2)), cores));
 }
 
+/** This browser's ONNX Runtime cannot build a session for one artifact (the bundle itself verified):
+ * the app may try the bundle's next artifact. Any other BundleError refuses the whole bundle. */
+export class ArtifactError extends BundleError {}
+
 export class Engine {
-  static async open(bundleBase, config, { vendorBase, threads } = {}) {
-    const b = await loadBundle(bundleBase, config);
+  static async open(bundleBase, config, { vendorBase, threads, artifact } = {}) {
+    const b = await loadBundle(bundleBase, config, artifact);
     if (!ortModule) ortModule = await import(new URL("ort.wasm.min.mjs", vendorBase).href);
     const ort = ortModule;
     ort.env.wasm.wasmPaths = vendorBase;
@@ -29,7 +35,7 @@ export class Engine {
     try {
       session = await ort.InferenceSession.create(b.modelBytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
     } catch (e) {
-      throw new BundleError(`${b.artifact.file}: ONNX Runtime cannot load it (${e.message})`);
+      throw new ArtifactError(`${b.artifact.file}: ONNX Runtime cannot load it (${e.message})`);
     }
     return new Engine(b, session, ort, config);
   }
@@ -49,6 +55,11 @@ export class Engine {
     const shape = b.manifest.model.input.shape;
     this.inputName = b.manifest.model.input.name;
     if (shape[1] !== this.spec.size || shape[2] !== this.spec.size) throw new BundleError("manifest: model input and preprocess size differ");
+  }
+
+  /** Frees the WASM session (an artifact that failed its self-test is not kept in memory). */
+  async release() {
+    try { await this.session.release(); } catch { /* already released, or this runtime cannot */ }
   }
 
   /** Raw outputs for a batch of preprocessed views (count, size, size, 1). */
@@ -71,10 +82,18 @@ export class Engine {
     t.preprocess = performance.now() - t0;
     t0 = performance.now();
     const out = await this.infer(v.data, v.count);
-    const probs = out.prob.data;
     let p = 0;
-    for (let i = 0; i < v.count; i++) p += probs[i];
-    p /= v.count;
+    let mapLogits = null;
+    if (this.manifest.fracture_map) {
+      // Each view's map turned back, the logits averaged, then pooled (edge_runtime/fracture_map.py).
+      const dims = out.map.dims.map(Number);
+      mapLogits = mergeMaps(Float32Array.from(out.map.data), dims[0], dims[1], this.spec);
+      p = sigmoid(poolMap(mapLogits, this.manifest.fracture_map.pooling));
+    } else {
+      const probs = out.prob.data;
+      for (let i = 0; i < v.count; i++) p += probs[i];
+      p /= v.count;
+    }
     t.inference = performance.now() - t0;
     const rec = {
       probability: Math.round(p * 1e6) / 1e6,
@@ -83,7 +102,10 @@ export class Engine {
       warnings: [...warnings],
     };
     if (this.spec.n_views > 1) rec.views = this.spec.n_views;
-    if (heatmap && this.head) {
+    if (heatmap && mapLogits) {
+      // The map is the heatmap: each cell's P(fracture), on an absolute scale (0 to 1).
+      rec.heat = { data: mapLogits.map((a) => sigmoid(a)), side: out.map.dims.map(Number)[1], absolute: true };
+    } else if (heatmap && this.head) {
       t0 = performance.now();
       const dims = out.features.dims.map(Number);
       const maps = rawMaps(this.head, out.features.data, dims, out.hidden?.data);

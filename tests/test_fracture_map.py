@@ -1,0 +1,409 @@
+"""The fracture map: pooling (numpy = Keras), cell targets from boxes, boxes moved with the pixels,
+what each training image contributes, the manifest section, and a tiny map model end to end
+(train -> export int8 + float -> the edge runtime's answer, heatmap and self-test)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_runtime.fracture_map import MapPooling, sigmoid
+from edge_runtime.manifest import Manifest, ManifestError, seal
+from edge_runtime.preprocess import PreprocessSpec
+from fracdata.targets import cell_targets, input_boxes
+
+POOLINGS = [MapPooling("max"), MapPooling("lse", r=4.0), MapPooling("lse", r=0.5), MapPooling("topk", k=5)]
+
+
+# ------------------------------------------------------------------------------------- pooling
+
+def test_numpy_pooling_matches_hand_computed_values():
+    m = np.array([[0.0, 1.0], [2.0, -3.0]])
+    assert MapPooling("max").pool(m) == 2.0
+    assert MapPooling("topk", k=2).pool(m) == pytest.approx(1.5)
+    r = 2.0
+    want = np.log(np.mean(np.exp(r * m))) / r
+    assert MapPooling("lse", r=r).pool(m) == pytest.approx(want, abs=1e-12)
+    # Huge logits do not overflow (the max is taken out first).
+    assert MapPooling("lse", r=4.0).pool(np.array([1000.0, 1000.0])) == pytest.approx(1000.0)
+    assert sigmoid(-1000.0) == 0.0 and sigmoid(1000.0) == 1.0 and sigmoid(0.0) == 0.5
+
+
+@pytest.mark.parametrize("pooling", POOLINGS, ids=lambda p: str(p.to_dict()))
+def test_keras_pooling_layer_computes_what_the_device_computes(pooling):
+    from train.models.layers import MapPool
+
+    rng = np.random.default_rng(0)
+    maps = rng.normal(-3, 3, (5, 16, 16, 1)).astype(np.float32)
+    got = np.asarray(MapPool(pooling.kind, pooling.r, pooling.k)(maps)).reshape(-1)
+    want = [pooling.pool(m[..., 0]) for m in maps]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_pooling_parameters_are_checked():
+    for bad in (dict(kind="mean"), dict(kind="lse", r=0.0), dict(kind="topk", k=0)):
+        with pytest.raises(ValueError):
+            MapPooling(**bad)
+
+
+# ------------------------------------------------------------------------------------- targets
+
+def test_a_box_marks_its_cells_ignores_the_margin_and_leaves_the_rest_negative():
+    # 64 px input, 8 x 8 grid (8 px cells); a box covering cells (2..3, 4..5) exactly.
+    t, w = cell_targets([(32.0, 16.0, 48.0, 32.0)], 64, 8)
+    assert t.sum() == 4 and t[2:4, 4:6].all()
+    assert (w[t > 0] == 1).all()
+    ring = np.zeros((8, 8), bool)
+    ring[1:5, 3:7] = True
+    ring[2:4, 4:6] = False
+    assert (w[ring] == 0).all(), "the cells around a box are ignored"
+    box = np.zeros((8, 8), bool)
+    box[2:4, 4:6] = True
+    assert (w[~ring] == 1).all() and (t[~ring & ~box] == 0).all()
+
+
+def test_a_box_smaller_than_a_cell_still_marks_the_cell_it_lies_in():
+    # 3 x 3 px across the corner of four cells: the most-covered one is positive.
+    t, w = cell_targets([(14.0, 14.0, 17.0, 17.0)], 64, 8)
+    assert t.sum() >= 1 and t[1, 1] == 1
+
+
+def test_unknown_boxes_add_nothing_and_a_known_negative_is_negative_everywhere():
+    t, w = cell_targets(None, 64, 8)
+    assert not w.any() and not t.any()
+    t, w = cell_targets([], 64, 8)
+    assert w.all() and not t.any()
+    # A box moved wholly out of the frame marks nothing.
+    t, w = cell_targets([(-50.0, -50.0, -10.0, -10.0)], 64, 8)
+    assert w.all() and not t.any()
+    # Just outside the left edge: no positive cell, but the fracture may run on into the frame, so
+    # the margin ring it reaches into the input is ignored, not taught as intact.
+    t, w = cell_targets([(-6.0, 20.0, -1.0, 40.0)], 64, 8)
+    assert not t.any() and not w[1:6, 0].any() and w[:, 1:].all() and w[0, 0] and w[6:, 0].all()
+
+
+def test_boxes_land_where_letterboxing_puts_the_image():
+    spec = PreprocessSpec(size=100, resize="letterbox")
+    # A 200 x 100 (h x w) image letterboxed into 100 px: 50 px wide, left edge at 25.
+    (x0, y0, x1, y1), = input_boxes([(0.0, 0.5, 1.0, 1.0)], (200, 100), spec)
+    assert (x0, y0, x1, y1) == (25.0, 50.0, 75.0, 100.0)
+
+
+def test_boxes_move_with_the_pixels_under_every_augmentation():
+    from train.augment import map_geometry
+
+    rng = np.random.default_rng(11)
+    n, checked = 96, 0
+    for _ in range(120):
+        x = np.zeros((n, n), np.float32)
+        bx = [(20.0, 30.0, 44.0, 41.0), (60.0, 60.0, 70.0, 78.0)]
+        for b in bx:
+            x[int(b[1]):int(b[3]), int(b[0]):int(b[2])] = 1.0
+        out, moved = map_geometry(x, bx, rng, perspective=0.05, zoom_range=(0.8, 1.6))
+        ys, xs = np.nonzero(out > 0.5)
+        if not len(ys):
+            continue
+        # every bright pixel lies in some moved box (a pixel of slack for resampling)
+        inside = np.zeros(len(ys), bool)
+        for x0, y0, x1, y1 in moved:
+            inside |= (xs >= x0 - 1.5) & (xs <= x1 + 0.5) & (ys >= y0 - 1.5) & (ys <= y1 + 0.5)
+        assert inside.all()
+        checked += 1
+    assert checked > 60
+
+
+# ------------------------------------------------------------------------- what each image adds
+
+def _loaded(records, size=64):
+    from fracdata.images import LoadedSplit
+
+    spec = PreprocessSpec(size=size, resize="letterbox", normalize="window")
+    rng = np.random.default_rng(0)
+    resized = rng.random((len(records), size, size)).astype(np.float32)
+    return LoadedSplit(list(records), resized, np.array([r.label for r in records]), spec,
+                       shapes=[(size, size)] * len(records))
+
+
+def _rec(i, label, boxes, source):
+    from fracdata.data import Record
+
+    return Record(f"{source}/{i}.png", Path(f"{i}.png"), label, "unknown", "unknown", 0, 0, boxes=boxes, source=source)
+
+
+def test_a_source_of_fractures_only_trains_no_image_label_but_its_box_free_crops_are_negatives():
+    from train.map_fit import map_set, sample, sources_with_both_classes
+
+    recs = [_rec(0, 1, ((0.4, 0.4, 0.5, 0.5),), "forearm"), _rec(1, 1, ((0.1, 0.1, 0.2, 0.2),), "phantom"),
+            _rec(2, 0, (), "phantom")]
+    both = sources_with_both_classes(recs)
+    assert both == {"phantom"}
+    ms = map_set(_loaded(recs), both)
+    assert ms.image_weight.tolist() == [0.0, 1.0, 1.0]
+    # Un-augmented: the real fracture's image label does not count; its cells do.
+    _, cells, img = sample(ms, 0, np.random.default_rng(0), 8, False, False)
+    assert img[1] == 0.0 and cells[..., 1].any() and cells[..., 0].any()
+    # Always a close crop: whenever no part of the box is in view, the crop is a real negative.
+    seen_negative = seen_positive = False
+    for k in range(60):
+        _, cells, img = sample(ms, 0, np.random.default_rng(k), 8, False, True, negative_crop=1.0)
+        if cells[..., 0].any():
+            seen_positive = True
+            assert img[1] == 0.0, "a crop that still shows the fracture teaches no image label"
+        elif img[1] == 1.0:
+            seen_negative = True
+            assert img[0] == 0.0 and cells[..., 1].all(), "a real negative crop: every cell intact"
+        else:  # only a box's margin in view: neither fractured nor intact, and its ring is ignored
+            assert not cells[..., 1].all()
+    assert seen_negative and seen_positive
+
+
+def test_a_phantom_share_that_leaves_no_real_image_in_a_batch_is_refused():
+    from train.fit import TrainOptions
+    from train.map_fit import steps_for
+
+    assert steps_for(212, 800, 16, 0.5) == 27  # 8 real images a batch: one pass over 212
+    with pytest.raises(ValueError, match="no real image"):
+        steps_for(212, 800, 16, 0.99)
+    with pytest.raises(ValueError, match="phantom_share"):
+        TrainOptions(phantom_share=1.0)
+
+
+# ------------------------------------------------------------------------------------ manifest
+
+def _manifest_with_map(**change):
+    m = {"format": "fracture-edge-bundle", "format_version": 3, "status": "accepted", "demonstration_only": True,
+         "model": {"name": "fracture_map", "input": {"shape": [1, 64, 64, 1]},
+                   "outputs": {"map": {"shape": [1, 8, 8, 1]}}},
+         "preprocess": PreprocessSpec(size=64).to_dict(),
+         "decision": {"threshold": 0.3, "rule": "sensitivity=0.9", "positive_class": "fractured"},
+         "artifacts": {"onnx_float": {"file": "model_float.onnx", "format": "onnx", "precision": "float32"}},
+         "default_artifacts": {"onnx": "onnx_float"}, "gradcam": None,
+         "files": {"model_float.onnx": "0" * 64},
+         "fracture_map": {"output": "map", "pooling": {"kind": "lse", "r": 4.0}}}
+    m.update(change)
+    return seal(m)
+
+
+def test_the_manifest_says_how_a_map_is_pooled_or_is_refused():
+    info = Manifest.from_dict(_manifest_with_map())
+    assert info.fracture_map.pooling == MapPooling("lse", 4.0) and info.fracture_map.grid == (8, 8)
+    with pytest.raises(ManifestError, match="fracture_map"):
+        Manifest.from_dict(_manifest_with_map(fracture_map=None))
+    with pytest.raises(ManifestError, match="pooling"):
+        Manifest.from_dict(_manifest_with_map(fracture_map={"output": "map", "pooling": {"kind": "median"}}))
+    with pytest.raises(ManifestError, match="format_version"):
+        Manifest.from_dict(_manifest_with_map(format_version=2))
+
+
+# --------------------------------------------------------------------------- a tiny map model
+
+def _yolo_from_phantoms(phantom_dir: Path, out: Path, n: int = 24) -> Path:
+    """A small YOLO export of fractures only (the forearm set's shape) made of phantom fractures."""
+    from fracdata.data import read_fracatlas
+
+    ds = read_fracatlas(phantom_dir)
+    (out / "images").mkdir(parents=True)
+    (out / "labels").mkdir()
+    k, last = 0, None
+    for r in ds.records:
+        if r.label != 1 or not r.boxes or k >= n:
+            continue
+        last = out / "images" / r.path.name
+        shutil.copyfile(r.path, last)
+        (out / "labels" / f"{r.path.stem}.txt").write_text("".join(
+            f"1 {(x0 + x1) / 2:.5f} {(y0 + y1) / 2:.5f} {x1 - x0:.5f} {y1 - y0:.5f}\n" for x0, y0, x1, y1 in r.boxes))
+        k += 1
+    (out / "images" / "unboxed.png").write_bytes(last.read_bytes())  # an unannotated image: not a negative
+    (out / "labels" / "unboxed.txt").write_text("")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_map_run(phantom_dir, tmp_path_factory) -> Path:
+    """A fracture map trained briefly on fractures-only 'real' data with phantoms mixed in."""
+    from train.cli import main as train_main
+
+    root = tmp_path_factory.mktemp("mapdata")
+    yolo = _yolo_from_phantoms(phantom_dir, root / "fractures")
+    out = tmp_path_factory.mktemp("runs") / "map"
+    rc = train_main(["--model", "fracture_map", "--data", str(yolo), "--phantom-mix", "40", "--size", "64",
+                     "--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "8", "--bootstrap", "50",
+                     "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+@pytest.mark.slow
+def test_a_map_model_trains_on_mixed_sources_and_reports_them_apart(tiny_map_run):
+    run = json.loads((tiny_map_run / "run.json").read_text())
+    assert run["model"]["kind"] == "fracture_map" and run["preprocess"]["size"] == 64
+    mix = run["training"]["mix"]
+    assert mix["image_labels_from"] == ["phantom"], "fractures-only data must not train the image label"
+    assert mix["real_train_images"] > 0 and mix["phantom_train_images"] > 0
+    metrics = json.loads((tiny_map_run / "metrics.json").read_text())
+    sources = metrics["test_by_source"]
+    assert set(sources) == {"fractures", "phantom"}
+    assert sources["fractures"]["roc_auc"] is None and "unmeasurable" in sources["fractures"]["specificity_on_real_radiographs"]
+    assert sources["phantom"]["roc_auc"]["auc"] is not None
+    loc = sources["fractures"]["localisation"]
+    assert {"map", "gradcam_for_comparison"} <= set(loc)
+    assert 0.0 <= loc["map"]["pointing_game"] <= 1.0 and "location_auc" in loc["map"]
+    assert metrics["threshold"]["rule"] == "sensitivity=0.9" and "fractures" in metrics["threshold"]["per_source"]
+    # Real radiographs' overlays are kept apart (overlays-real/ is never committed); the split names every source.
+    real_overlays = [o for o in metrics["overlays"] if o.startswith("overlays-real/")]
+    assert real_overlays and all((tiny_map_run / o).is_file() for o in real_overlays)
+    assert "overlays-real/" in (Path(__file__).resolve().parents[1] / ".gitignore").read_text()
+    split = (tiny_map_run / "split.csv").read_text()
+    assert "phantom/" in split and "unboxed" not in split
+
+
+@pytest.mark.slow
+def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_run, tmp_path):
+    from conftest import OPEN_TOLERANCES
+    from edge_runtime.bundle import load_bundle
+    from edge_runtime.predictor import Predictor
+    from export.quantize import main as export_main
+    from fracdata.images import load_images
+    from fracdata.runs import dataset_for_run, read_run
+    from fracdata.split import load_split, records_by_split
+    from train.models import load_model
+    from train.reference import predict_maps
+
+    out = tmp_path / "bundle"
+    rc = export_main([str(tiny_map_run), "--out", str(out), "--calibration-size", "16",
+                      "--artifacts", "onnx_float,tflite_float,tflite_int8,onnx_int8", *OPEN_TOLERANCES,
+                      "--min-map-correlation", "0"])
+    assert rc == 0
+    bundle = load_bundle(out)
+    m = bundle.manifest
+    assert m["format_version"] == 3 and m["fracture_map"]["pooling"] == {"kind": "lse", "r": 4.0}
+    assert set(m["model"]["outputs"]) == {"map"} and m["gradcam"] is None
+    assert m["default_artifacts"] == {"tflite": "tflite_int8", "onnx": "onnx_int8"}
+    for key in ("tflite_float", "onnx_float"):
+        assert m["artifacts"][key]["metrics"]["map_max_abs_diff"] < 1e-3
+    assert "gradcam_localisation_for_comparison" in m["reference"]["float_keras"]
+
+    found = read_run(tiny_map_run)
+    ds = dataset_for_run(found.record, None, quiet=True)
+    test = load_images(records_by_split(ds, load_split(found.split_path, ds))["test"], bundle.spec, progress=False)
+    p_ref, maps_ref = predict_maps(load_model(found.model_path), test.images, bundle.spec)
+    pred = Predictor(bundle, artifact="onnx_float")
+    for x, p, mp in zip(test.images, p_ref, maps_ref):
+        got, heat = pred.answer(x)
+        assert abs(got - p) < 1e-5
+        np.testing.assert_allclose(heat, sigmoid(mp), atol=1e-5)  # the heatmap is P(fracture) per cell
+    # A file through the whole predictor: an absolute heatmap overlay, the probability from the map.
+    img = tmp_path / "x.png"
+    Image.fromarray((test.resized[0] * 255).astype(np.uint8)).save(img)
+    rec = pred.predict_file(img, tmp_path / "heat.jpg")
+    assert rec.error is None and rec.heatmap and Path(rec.heatmap).is_file()
+    # The self-test the device runs before switching to this bundle passes for every artifact.
+    from edge_runtime import selftest
+
+    for key in m["artifacts"]:
+        assert selftest.run(bundle, artifact=key)["passed"] is True
+
+
+# ------------------------------------------------------------------------------ the phone's port
+
+def test_the_web_app_pools_a_map_exactly_as_the_runtime_does(tmp_path):
+    import shutil as _shutil
+    import subprocess
+
+    node = _shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the web app's port cannot run")
+    module = (Path(__file__).resolve().parents[1] / "webapp" / "src" / "lib" / "fracturemap.js").as_uri()
+    rng = np.random.default_rng(3)
+    maps = [rng.normal(-4, 3, 64).astype(np.float32) for _ in range(6)] + [np.full(64, 800.0, np.float32)]
+    cases = [(p.to_dict(), m.tolist()) for p in POOLINGS for m in maps]
+    script = (f"import {{ poolMap, sigmoid }} from {json.dumps(module)};\n"
+              "let s = ''; process.stdin.on('data', (d) => { s += d; });\n"
+              "process.stdin.on('end', () => { const cases = JSON.parse(s);\n"
+              "  const out = cases.map(([p, m]) => { const l = poolMap(Float32Array.from(m), p); return [l, sigmoid(l)]; });\n"
+              "  process.stdout.write(JSON.stringify(out)); });\n")
+    (tmp_path / "pool.mjs").write_text(script)
+    got = json.loads(subprocess.run([node, str(tmp_path / "pool.mjs")], input=json.dumps(cases), text=True,
+                                    capture_output=True, check=True, timeout=60).stdout)
+    for (p, m), (logit, prob) in zip(cases, got):
+        want = MapPooling.from_dict(p).pool(np.asarray(m, np.float32))
+        assert logit == pytest.approx(want, rel=1e-12, abs=1e-9)
+        assert prob == pytest.approx(sigmoid(want), abs=1e-12)
+
+
+def test_fracatlas_trains_image_labels_and_boxes_together():
+    """A source with both classes (FracAtlas): every image's label counts; a non-fractured image
+    is negative in every cell; a fractured one without boxes adds its label only."""
+    from train.map_fit import map_set, sample, sources_with_both_classes
+
+    recs = [_rec(0, 1, ((0.4, 0.4, 0.6, 0.6),), "FracAtlas"), _rec(1, 0, (), "FracAtlas"),
+            _rec(2, 1, None, "FracAtlas")]
+    ms = map_set(_loaded(recs), sources_with_both_classes(recs))
+    assert ms.image_weight.tolist() == [1.0, 1.0, 1.0]
+    _, cells, img = sample(ms, 1, np.random.default_rng(0), 8, False, False)
+    assert cells[..., 1].all() and not cells[..., 0].any() and img.tolist() == [0.0, 1.0]
+    _, cells, img = sample(ms, 2, np.random.default_rng(0), 8, False, False)
+    assert not cells[..., 1].any() and img.tolist() == [1.0, 1.0]
+    _, cells, img = sample(ms, 0, np.random.default_rng(0), 8, False, False)
+    assert cells[..., 0].sum() >= 4 and img.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_views_and_pooling_are_export_choices_each_with_its_own_threshold(tiny_map_run, tmp_path):
+    from conftest import OPEN_TOLERANCES
+    from edge_runtime.bundle import load_bundle
+    from export.quantize import main as export_main
+
+    out = tmp_path / "dihedral"
+    assert export_main([str(tiny_map_run), "--out", str(out), "--artifacts", "onnx_float", "--views", "dihedral",
+                        "--pooling", "topk:4", "--calibration-size", "8", *OPEN_TOLERANCES]) == 0
+    m = load_bundle(out).manifest
+    assert m["preprocess"]["views"] == "dihedral"
+    # the float model was re-pooled too: the check (float map and P to 1e-3) passed against it
+    assert m["fracture_map"]["pooling"] == {"kind": "topk", "k": 4} and m["check"]["passed"]
+    trained = json.loads((tiny_map_run / "metrics.json").read_text())["threshold"]
+    assert "views=dihedral, pooling=topk:4" in m["decision"]["chosen_on"] and m["decision"]["rule"] == trained["rule"]
+    assert set(m["decision"]["validation"]) == set(trained["per_source"])
+    assert export_main([str(tiny_map_run), "--out", str(tmp_path / "x"), "--pooling", "median"]) == 2
+
+
+def test_export_gates_each_source_apart_so_phantoms_cannot_hide_drift_on_real_radiographs():
+    from export.check import Tolerances, by_source, compare, failures
+
+    rng = np.random.default_rng(0)
+    n_ph, n_real = 400, 40
+    y = np.r_[rng.integers(0, 2, n_ph), np.ones(n_real, int)]
+    sources = np.array(["phantom"] * n_ph + ["forearm"] * n_real)
+    p_float = np.r_[np.where(y[:n_ph] == 1, 0.9, 0.1), np.full(n_real, 0.7)]
+    p_art = p_float.copy()
+    p_art[n_ph:] -= 0.12  # int8 drift on the real radiographs only
+    pooled = compare(y, p_float, p_art, 0.5)
+    assert failures(pooled, Tolerances(), "int8") == [], "pooled, the phantoms dilute the drift below the gate"
+    m = compare(y, p_float, p_art, 0.5, sources=sources)
+    assert set(m["by_source"]) == {"phantom", "forearm"}
+    assert m["by_source"]["forearm"]["auc"] is None and m["by_source"]["forearm"]["sensitivity"] == 1.0
+    bad = failures(m, Tolerances(), "int8")
+    assert bad and all("on forearm" in b for b in bad) and any("mean |Δp|" in b for b in bad)
+    ref = by_source(y, p_float, 0.5, sources)
+    assert ref["phantom"]["auc"] == 1.0 and ref["forearm"]["n"] == n_real
+    assert by_source(y, p_float, 0.5, np.array(["x"] * len(y))) is None
+
+
+def test_the_map_correlation_gate_ignores_letterbox_padding():
+    from export.check import compare, content_cells
+
+    spec = PreprocessSpec(size=64, resize="letterbox")
+    cells = content_cells((400, 100), spec, (8, 8))  # a narrow film: 2 of 8 columns are the image
+    assert cells.sum() == 16 and cells[:, 3:5].all()
+    rng = np.random.default_rng(1)
+    ref = np.zeros((5, 8, 8))
+    art = np.zeros((5, 8, 8))
+    ref[:, :, 3:5] = 0.5 + 0.1 * rng.random((5, 8, 2))
+    art[:, :, 3:5] = 0.5 + 0.1 * rng.random((5, 8, 2))  # on the image, unrelated to the reference
+    y, p = np.ones(5, int), np.full(5, 0.8)
+    loose = compare(y, p, p, 0.5, ref, art, "map")["map_correlation_mean"]
+    strict = compare(y, p, p, 0.5, ref, art, "map", cells=np.stack([cells] * 5))["map_correlation_mean"]
+    assert loose > 0.9 and strict < 0.6

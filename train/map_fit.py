@@ -1,0 +1,312 @@
+"""Train a fracture-map model (train/models/fracture_map.py) from boxes and image labels together.
+
+What each training image contributes (fracdata/targets.py makes the cell targets):
+- a radiograph with fracture boxes: every cell (positive in a box, negative away from it, the
+  margin ignored), and, where its source also has non-fractured images, its image label;
+- a known non-fractured radiograph (phantoms, FracAtlas): every cell negative, and its label;
+- a fractured radiograph without boxes: its image label only (the pooled map must find something);
+- a crop of a real radiograph that holds no box (drawn by the augmentation, `negative_crop` of the
+  time): its cells, and "not fractured" for the pooled map. These are the honest real negatives
+  of a set with no non-fractured radiographs: real anatomy, markers and casts that are not a fracture;
+- an unlabelled image: nothing (it is not loaded).
+
+There is no image-level loss for sources in which every image is fractured (the forearm set): it
+would teach the map that a real radiograph is fractured. Positives and negatives are weighed per
+image, and the hardest cells of each (log-sum-exp pooled over the negative cells, and over the
+positive ones) get their own term: the pointing game asks for the map's peak to be in a box, so
+the highest negative cell matters more than the average one.
+
+Batches mix sources at a stated share (`phantom_share` of each batch from phantoms, the rest
+from real radiographs) so a few hundred real radiographs are not drowned by thousands of phantoms.
+Keras does the fitting: EarlyStopping, ModelCheckpoint and ReduceLROnPlateau on the validation
+loss, which is the same loss on the validation split without augmentation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from edge_runtime.preprocess import PreprocessSpec, normalize_intensity
+from fracdata.data import Record
+from fracdata.images import LoadedSplit
+from fracdata.targets import MARGIN_CELLS, cell_targets, input_boxes
+
+PHANTOM = "phantom"
+# What the loss weighs; recorded in run.json.
+HARD_WEIGHT = 1.0  # the pooled hardest-negative and hardest-positive terms
+IMAGE_WEIGHT = 0.5  # the image-level term, where the source has both classes
+HARD_POOL_R = 4.0  # sharpness of the log-sum-exp over a class's cells
+# Where is the fracture? A softmax over the image's cells (the ignored margin left out) and the
+# share of it inside the boxes: -log of that share asks for the map's peak to be in a box, which is
+# what the pointing game scores and what a clinician is shown; BCE alone leaves the peak anywhere
+# on bone that looks roughly like a fracture.
+WHERE_WEIGHT = 1.0
+NEGATIVE_CROP = 0.5  # share of real boxed images drawn as a close crop (the box-free ones are negatives)
+NEGATIVE_CROP_ZOOM = (1.8, 3.5)
+NEGATIVE_CROP_SHIFT = 0.45  # a close crop may be centred anywhere on the image, mostly away from the box
+UNKNOWN_ZOOM = (0.8, 1.1)  # a fracture of unknown place must stay in the frame
+
+
+@dataclass
+class MapSet:
+    """One split's images as the map trainer needs them."""
+    resized: np.ndarray  # (n, size, size): resized, not yet normalised
+    boxes: List[Optional[List[Tuple[float, float, float, float]]]]  # pixel boxes; [] known negative; None unknown
+    labels: np.ndarray  # (n,) 1 fractured, 0 not
+    image_weight: np.ndarray  # (n,) 1 where the image label counts (its source has both classes)
+    real: np.ndarray  # (n,) bool: not a phantom
+    spec: PreprocessSpec
+    records: List[Record] = field(default_factory=list)
+
+
+def record_source(r: Record) -> str:
+    return PHANTOM if r.image_id.startswith(PHANTOM + "/") or r.source == PHANTOM else (r.source or "real")
+
+
+def sources_with_both_classes(records: Sequence[Record]) -> set:
+    seen: Dict[str, set] = {}
+    for r in records:
+        seen.setdefault(record_source(r), set()).add(r.label)
+    return {s for s, labels in seen.items() if {0, 1} <= labels}
+
+
+def map_set(split: LoadedSplit, both: set) -> MapSet:
+    """A loaded split -> its MapSet; `both`: the sources whose image labels train the pooled map."""
+    boxes, weights = [], []
+    for r, shape in zip(split.records, split.shapes):
+        if r.label == 0:
+            boxes.append([])
+        elif r.boxes:
+            boxes.append(input_boxes(r.boxes, shape, split.spec))
+        else:
+            boxes.append(None)
+        weights.append(1.0 if record_source(r) in both else 0.0)
+    real = np.array([record_source(r) != PHANTOM for r in split.records], bool)
+    return MapSet(split.resized, boxes, split.labels.astype(np.float32), np.array(weights, np.float32), real,
+                  split.spec, list(split.records))
+
+
+def grid_of(spec: PreprocessSpec, stride: int) -> int:
+    return spec.size // stride
+
+
+def _enlargement(before, after) -> float:
+    """How much the geometry enlarged the boxes (>= 1; a rotation's bounding box errs larger)."""
+    ratios = [np.sqrt(max(a[2] - a[0], 1e-6) * max(a[3] - a[1], 1e-6) / max((b[2] - b[0]) * (b[3] - b[1]), 1e-6))
+              for b, a in zip(before, after)]
+    return max(1.0, max(ratios, default=1.0))
+
+
+def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool, augment: bool,
+           negative_crop: float = NEGATIVE_CROP):
+    """(model input (size, size, 1), cell targets (grid, grid, 2), image target (2,)) for image i."""
+    from .augment import MAP_SHIFT, MAP_ZOOM, augment_with_boxes
+
+    x, boxes = ms.resized[i], ms.boxes[i]
+    label, weight = float(ms.labels[i]), float(ms.image_weight[i])
+    size = x.shape[0]
+    margin = MARGIN_CELLS  # in cells of the model input; a zoom enlarges it with the pixels
+    if augment:
+        crop = bool(ms.real[i]) and bool(boxes) and rng.random() < negative_crop
+        zoom = NEGATIVE_CROP_ZOOM if crop else (UNKNOWN_ZOOM if boxes is None else MAP_ZOOM)
+        x, moved = augment_with_boxes(x, boxes or [], rng, photo, zoom, NEGATIVE_CROP_SHIFT if crop else MAP_SHIFT)
+        if boxes:
+            # one cell of the original input: a close crop enlarges the ring with the pixels
+            margin = MARGIN_CELLS * _enlargement(boxes, moved)
+            m = margin * size / grid
+            in_frame = [b for b in moved if b[2] > 0 and b[3] > 0 and b[0] < size and b[1] < size]
+            near = [b for b in moved if b[2] > -m and b[3] > -m and b[0] < size + m and b[1] < size + m]
+            if not near:  # the crop holds no part of any fracture, nor the margin around one: a real negative
+                label, weight = 0.0, 1.0 if (crop or weight) else 0.0
+            elif not in_frame:  # only a box's margin is in view: neither fractured nor known intact
+                label, weight = 0.0, 0.0
+            boxes = moved
+    target, cell_w = cell_targets(boxes, size, grid, margin)
+    xn = normalize_intensity(x, ms.spec)[:, :, None].astype(np.float32)
+    return xn, np.stack([target, cell_w], axis=-1), np.array([label, weight], np.float32)
+
+
+def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed: int, grid: int,
+            steps: int, photo: bool = True, negative_crop: float = NEGATIVE_CROP):
+    """A callable returning one epoch's generator; epoch e depends only on (seed, e)."""
+    pools = {"phantom": [], "real": []}
+    for i in range(len(sets["train"].labels)):
+        pools["real" if sets["train"].real[i] else "phantom"].append(i)
+    if not pools["real"]:
+        phantom_share = 1.0
+    if not pools["phantom"]:
+        phantom_share = 0.0
+    n_phantom = int(round(batch_size * phantom_share))
+    epoch = [0]
+    ms = sets["train"]
+
+    def one_epoch():
+        e = epoch[0]
+        epoch[0] += 1
+        rng = np.random.default_rng([seed, e])
+        orders = {k: rng.permutation(v).tolist() if v else [] for k, v in pools.items()}
+        cursor = {k: 0 for k in pools}
+
+        def take(kind):
+            if cursor[kind] >= len(orders[kind]):
+                orders[kind] = rng.permutation(pools[kind]).tolist()
+                cursor[kind] = 0
+            cursor[kind] += 1
+            return orders[kind][cursor[kind] - 1]
+
+        for step in range(steps):
+            idx = [take("phantom") for _ in range(n_phantom)] + [take("real") for _ in range(batch_size - n_phantom)]
+            xs, ts, ys = zip(*(sample(ms, i, np.random.default_rng([seed, e, step, k]), grid, photo, True,
+                                      negative_crop) for k, i in enumerate(idx)))
+            yield np.stack(xs), {"map": np.stack(ts), "logit": np.stack(ys)}
+    return one_epoch
+
+
+def fixed_set(ms: MapSet, grid: int) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Validation inputs and targets, not augmented."""
+    out = [sample(ms, i, np.random.default_rng(0), grid, False, False) for i in range(len(ms.labels))]
+    xs, ts, ys = zip(*out) if out else ((), (), ())
+    return np.stack(xs), {"map": np.stack(ts), "logit": np.stack(ys)}
+
+
+# ----------------------------------------------------------------------------------------- losses
+
+def map_loss(y_true, y_pred):
+    """Per image: mean BCE over positive cells + over negative cells, + the hardest of each pooled.
+    y_true (batch, h, w, 2): target, weight; y_pred (batch, h, w, 1): cell logits."""
+    from keras import ops
+
+    from .models.layers import masked_pool
+
+    t, w = y_true[..., 0], y_true[..., 1]
+    m = y_pred[..., 0]
+    bce = ops.binary_crossentropy(t, m, from_logits=True)
+    pos, neg = w * t, w * (1.0 - t)
+    lp = ops.sum(bce * pos, axis=(1, 2)) / ops.maximum(ops.sum(pos, axis=(1, 2)), 1.0)
+    ln = ops.sum(bce * neg, axis=(1, 2)) / ops.maximum(ops.sum(neg, axis=(1, 2)), 1.0)
+    hn, has_n = masked_pool(m, neg, HARD_POOL_R)
+    hp, has_p = masked_pool(m, pos, HARD_POOL_R)
+    hard = (ops.binary_crossentropy(ops.zeros_like(hn), hn, from_logits=True) * has_n
+            + ops.binary_crossentropy(ops.ones_like(hp), hp, from_logits=True) * has_p)
+    # -log(softmax mass in the boxes) over the scored cells: log-sum-exp over all minus over positives.
+    where = (masked_pool(m, w, 1.0)[0] - masked_pool(m, pos, 1.0)[0]
+             + ops.log(ops.maximum(ops.sum(w, axis=(1, 2)), 1.0)) - ops.log(ops.maximum(ops.sum(pos, axis=(1, 2)), 1.0)))
+    return lp + ln + HARD_WEIGHT * hard + WHERE_WEIGHT * where * has_p
+
+
+def image_loss(y_true, y_pred):
+    """BCE of the pooled logit where the image label counts. y_true (batch, 2): label, weight."""
+    from keras import ops
+
+    return IMAGE_WEIGHT * ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0], from_logits=True) * y_true[:, 1]
+
+
+def training_view(model):
+    """The saved model's layers with two outputs for the losses: the map and the pooled logit."""
+    import keras
+
+    return keras.Model(model.inputs, {"map": model.get_layer("map").output, "logit": model.get_layer("logit").output},
+                       name=f"{model.name}_training")
+
+
+def describe_loss() -> Dict:
+    return {"map": "per image: mean BCE over positive cells + mean BCE over negative cells (margin ignored) + "
+                   f"{HARD_WEIGHT} x BCE of the log-sum-exp (r={HARD_POOL_R}) over each class's cells + "
+                   f"{WHERE_WEIGHT} x -log(softmax mass of the map inside the boxes)",
+            "image": f"{IMAGE_WEIGHT} x BCE of the pooled logit, only for sources with both classes and for "
+                     "box-free crops of real radiographs",
+            "negative_crop": {"zoom": list(NEGATIVE_CROP_ZOOM), "centre_anywhere_within": NEGATIVE_CROP_SHIFT},
+            "cell_targets": f"fracdata/targets.py (positive cover 0.3, margin {MARGIN_CELLS} cell ignored)"}
+
+
+def steps_for(n_real: int, n_phantom: int, batch_size: int, phantom_share: float) -> int:
+    """Steps per epoch: one pass over the real training images at their share of each batch (the
+    phantoms cycle as they come), or over the phantoms when there is no real data."""
+    if n_real:
+        per_batch = batch_size - int(round(batch_size * phantom_share)) if n_phantom else batch_size
+        if per_batch < 1:
+            raise ValueError(f"a phantom share of {phantom_share} leaves no real image in a batch of {batch_size}: "
+                             "lower --phantom-share or raise --batch-size")
+        return int(math.ceil(n_real / per_batch))
+    return max(1, int(math.ceil(n_phantom / batch_size)))
+
+
+def localisation_callback(model, ms: MapSet, grid: int):
+    """A Keras callback adding, each epoch, the map's pointing game and location AUC on the
+    validation split's real fractures with boxes (val_pointing, val_location_auc) to the logs,
+    where CSVLogger and the curves pick them up."""
+    import keras
+
+    from .localisation import location_auc
+
+    idx = [i for i in range(len(ms.labels)) if ms.labels[i] == 1 and ms.boxes[i] and ms.real[i]]
+    if not idx:
+        idx = [i for i in range(len(ms.labels)) if ms.labels[i] == 1 and ms.boxes[i]]
+    xs = np.stack([normalize_intensity(ms.resized[i], ms.spec)[:, :, None] for i in idx]) if idx else None
+    targets = [cell_targets(ms.boxes[i], ms.spec.size, grid)[0] > 0 for i in idx]
+    head = keras.Model(model.inputs, model.get_layer("map").output)
+
+    class Localisation(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is None or xs is None:
+                return
+            maps = np.asarray(head.predict(xs, batch_size=16, verbose=0))[..., 0]
+            hits = [t.reshape(-1)[int(np.argmax(m))] for m, t in zip(maps, targets)]
+            aucs = [a for a in (location_auc(m, t) for m, t in zip(maps, targets)) if a is not None]
+            logs["val_pointing"] = float(np.mean(hits))
+            logs["val_location_auc"] = float(np.mean(aucs)) if aucs else float("nan")
+
+    return Localisation()
+
+
+def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: int, options, epochs: int,
+            callbacks: list):
+    """Fit `model` (shares its layers with the training view that is fitted) on the loaded splits.
+    Returns (the fitted training view, what run.json records about the training)."""
+    import sys
+
+    import keras
+    import tensorflow as tf
+
+    from .augment import describe_map
+
+    o = options
+    both = sources_with_both_classes(parts["train"].records + parts["val"].records)
+    sets = {k: map_set(parts[k], both) for k in ("train", "val")}
+    grid = grid_of(spec, stride)
+    tr = sets["train"]
+    n_real, n_phantom = int(tr.real.sum()), int((~tr.real).sum())
+    share = o.phantom_share if (n_real and n_phantom) else (1.0 if n_phantom else 0.0)
+    steps = o.steps_per_epoch or steps_for(n_real, n_phantom, o.batch_size, share)
+    view = training_view(model)
+    # Cosine decay over the whole run (to 5% of the rate): the map's peak kept sharpening until the
+    # last epochs (docs/results.md), and a falling rate lets it settle; so neither ReduceLROnPlateau
+    # nor EarlyStopping here: the run goes to its end and the checkpoint keeps the epoch with the
+    # best validation loss.
+    schedule = keras.optimizers.schedules.CosineDecay(o.lr, decay_steps=epochs * steps, alpha=0.05)
+    view.compile(optimizer=keras.optimizers.Adam(schedule), loss={"map": map_loss, "logit": image_loss})
+    callbacks = [c for c in callbacks
+                 if not isinstance(c, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
+    size = spec.size
+    sig = (tf.TensorSpec((None, size, size, 1), tf.float32),
+           {"map": tf.TensorSpec((None, grid, grid, 2), tf.float32), "logit": tf.TensorSpec((None, 2), tf.float32)})
+    gen = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop)
+    train_ds = tf.data.Dataset.from_generator(gen, output_signature=sig).repeat().prefetch(2)
+    xv, yv = fixed_set(sets["val"], grid)
+    # The localisation callback goes first, so CSVLogger and the stopping rules see its numbers.
+    callbacks = [localisation_callback(model, sets["val"], grid), *callbacks]
+    view.fit(train_ds, steps_per_epoch=steps, validation_data=(xv, yv), validation_batch_size=o.batch_size,
+             epochs=epochs, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
+    return view, {
+        "loss": describe_loss(), "validation_loss": "the same loss on the validation split, not augmented",
+        "learning_rate_schedule": f"cosine decay from {o.lr} to {0.05 * o.lr:g} over {epochs * steps} steps",
+        "augmentation": describe_map(o.photo_augment),
+        "negative_crop_share": o.negative_crop,
+        "mix": {"real_train_images": n_real, "phantom_train_images": n_phantom, "phantom_share_of_each_batch": share,
+                "steps_per_epoch": steps,
+                "image_labels_from": sorted(both) or "none (every source is fractures only: boxes alone)"},
+    }
