@@ -55,19 +55,25 @@ def _radiograph(w: int = 160, h: int = 200, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
-def _dicom(arr16: np.ndarray, syntax: str = "1.2.840.10008.1.2.1", window: bool = False,
-           frames: int = 1) -> bytes:
+def _dicom_dataset(syntax: str, instance_uid: str):
+    """A CR image's header, with the canary patient tags every DICOM case carries (none may leak)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1")
-    meta.MediaStorageSOPInstanceUID = UID("1.2.3.4.5.6.7.8.9")
+    meta.MediaStorageSOPInstanceUID = UID(instance_uid)
     meta.TransferSyntaxUID = UID(syntax)
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientName, ds.PatientID, ds.Modality = CANARY, "CANARY-ID-0001", "CR"
+    return ds
+
+
+def _dicom(arr16: np.ndarray, syntax: str = "1.2.840.10008.1.2.1", window: bool = False,
+           frames: int = 1) -> bytes:
+    ds = _dicom_dataset(syntax, "1.2.3.4.5.6.7.8.9")
     ds.Rows, ds.Columns = arr16.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -329,18 +335,9 @@ def rle_bomb(decoded_bytes: int, segments: int = 1) -> bytes:
 def encapsulated_dicom(rows: int, cols: int, frame: bytes, syntax: str, samples: int = 1, bits: int = 8,
                        photometric: Optional[str] = None) -> bytes:
     """A DICOM whose header says rows x cols x samples, holding one compressed frame as it is."""
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import UID
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.1")
-    meta.MediaStorageSOPInstanceUID = UID("1.2.3.4.5.6.7.8.11")
-    meta.TransferSyntaxUID = UID(syntax)
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.Modality = CANARY, "CANARY-ID-0001", "CR"
+    ds = _dicom_dataset(syntax, "1.2.3.4.5.6.7.8.11")
     ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, samples
     ds.PhotometricInterpretation = photometric or ("MONOCHROME2" if samples == 1 else "RGB")
     if samples > 1:
