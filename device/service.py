@@ -1640,11 +1640,6 @@ class Service:
             time.sleep(interval)
 
 
-def overlaps(a: str, b: str) -> bool:
-    """One resolved path is the other or inside it."""
-    return _within(a, b) or _within(b, a)
-
-
 def find_marker(data: Path) -> Optional[str]:
     """The name of the data folder's marker file, if it has one yet (None: none, or unreadable)."""
     try:

@@ -219,7 +219,8 @@ def ensure_certificates(folder: Path, names: List[str], notes: Optional[List[str
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    names = [n for n in names if n not in outside_constraints(names)]
+    outside = set(outside_constraints(names))
+    names = [n for n in names if n not in outside]
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     if (folder / "ca.crt").is_file() and (folder / "ca.key").is_file():
         ca, ca_key = _load(folder)

@@ -186,12 +186,12 @@ def _read(path: Path, draft_size, pydicom, InvalidDicomError, has_magic: bool) -
     if compressed:
         frame, opts, cost = _checked_frame(path, uid, syntax, (rows, cols, samples, bits), cost)
     check_cost(path, cost)
-    warnings: List[str] = []
+    notes: List[str] = []
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip()
     if frames > 1:
-        warnings.append(f"multi-frame DICOM ({frames} frames): only the first frame was read")
+        notes.append(f"multi-frame DICOM ({frames} frames): only the first frame was read")
     if not photometric.startswith("MONO"):
-        warnings.append(f"colour DICOM ({photometric}) converted to grayscale")
+        notes.append(f"colour DICOM ({photometric}) converted to grayscale")
     if compressed:
         buffer = encapsulate_one(frame)
         del frame  # the decoder gets the checked bytes themselves, held once
@@ -203,12 +203,12 @@ def _read(path: Path, draft_size, pydicom, InvalidDicomError, has_magic: bool) -
         arr = arr[0]  # a decoder that kept the frame axis
     if arr.ndim not in (2, 3) or arr.shape[:2] != (rows, cols):
         raise ImageReadError(path, "DICOM pixel array does not match its header's rows and columns")
-    pixels = _displayed(arr, ds, path, photometric, f, warnings)
+    pixels = _displayed(arr, ds, path, photometric, f, notes)
     if not np.isfinite(pixels).all():
         raise ImageReadError(path, "DICOM pixels contain non-finite values")
     bits_stored = _number(ds, "BitsStored", path, bits, int)
     return DecodedImage(np.clip(pixels, 0.0, 1.0).astype(np.float32),
-                        f"DICOM {photometric} {bits_stored}-bit", (cols, rows), warnings)
+                        f"DICOM {photometric} {bits_stored}-bit", (cols, rows), notes)
 
 
 def _dataset(path: Path, pydicom, InvalidDicomError, has_magic: bool):

@@ -22,7 +22,7 @@ from .errors import ImageReadError
 from .fracture_map import map_logits, sigmoid
 from .gradcam import load_head
 from .dicom import read_dicom
-from .imageio import DecodedImage, read_grayscale
+from .imageio import DecodedImage, detached, read_grayscale
 from .inputs import read_image
 from .labels import NEGATIVE, POSITIVE
 from .result import Result
@@ -81,8 +81,12 @@ class Predictor:
         """P(fractured) of one preprocessed view from one inference (no averaging over views)."""
         out = self.infer(x)
         if self.map is not None:
-            return float(sigmoid(self.map.pooling.pool(map_logits(out["map"]))))
+            return self._pooled(map_logits(out["map"]))
         return float(out["prob"].reshape(-1)[0])
+
+    def _pooled(self, logits: np.ndarray) -> float:
+        """A fracture map's answer: P(fractured) of its (h, w) cell logits, pooled as the manifest says."""
+        return float(sigmoid(self.map.pooling.pool(logits)))
 
     def heatmap(self, outputs: Dict[str, np.ndarray]) -> Optional[np.ndarray]:
         """One view's heatmap from its raw outputs: a fracture map's P(fracture) per cell, or
@@ -102,7 +106,7 @@ class Predictor:
         """(probability, merged map of cell logits (h, w)) of a fracture-map model: each view's map
         turned back, the logits averaged, then pooled (edge_runtime/fracture_map.py)."""
         logits = merge_maps(np.stack([map_logits(self.infer(v)["map"]) for v in views(x, self.spec)]), self.spec)
-        return float(sigmoid(self.map.pooling.pool(logits))), logits
+        return self._pooled(logits), logits
 
     def answer(self, x: np.ndarray, timings: Optional[Dict[str, float]] = None) -> Tuple[float, Optional[np.ndarray]]:
         """(probability, raw map or None) for one preprocessed image (size, size, 1). A fracture-map
@@ -226,8 +230,7 @@ class Predictor:
         except MemoryError:
             out_of_memory = True  # nothing allocated, nothing of the failed work kept
         except Exception as exc:  # noqa: BLE001 - one file must never end the batch
-            failure = exc.with_traceback(None)
-            failure.__context__ = failure.__cause__ = None
+            failure = detached(exc)
         if out_of_memory:  # past the process's memory ceiling: a refusal, not a crash
             rec = self._header(path)
             rec.error = ("out of memory while reading this file: it needs more memory than this device allows "

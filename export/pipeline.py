@@ -205,6 +205,12 @@ def _rewrite(model, calib: LoadedSplit, calibration: np.ndarray, tag: str):
     return exported, rewrite
 
 
+def _layer_pooling(model) -> MapPooling:
+    """How a fracture-map model's own 'logit' layer pools its map."""
+    layer = model.get_layer("logit")
+    return MapPooling(layer.kind, layer.r, layer.k)
+
+
 def _with_pooling(model, name: str, size: int, text: str):
     """(model, the new pooling's label, or None when it is the model's own). The pooling has no
     weights: the map is the model, and how a device pools it into one answer is a deployment
@@ -217,8 +223,7 @@ def _with_pooling(model, name: str, size: int, text: str):
         wanted = MapPooling.parse(text)
     except ValueError as exc:
         raise ExportError(f"--pooling: {exc}") from None
-    layer = model.get_layer("logit")
-    if MapPooling(layer.kind, layer.r, layer.k) == wanted:
+    if _layer_pooling(model) == wanted:
         return model, None
     repooled = build_model(name, size=size, pooling=wanted)
     repooled.set_weights(model.get_weights())
@@ -268,8 +273,7 @@ def prepare(source: Source, settings: Settings) -> Prepared:
     exported, rewrite = _rewrite(model, calib, calibration, tag)
     head, head_note, fmap = None, None, None
     if cfg.is_map:
-        layer = model.get_layer("logit")
-        pooling = MapPooling(layer.kind, layer.r, layer.k)
+        pooling = _layer_pooling(model)
         serving = converters.map_serving_model(exported)
         grid = [int(d) for d in model.get_layer("map").output.shape[1:3]]
         fmap = {"output": "map", "pooling": pooling.to_dict(), "grid": grid, "stride": spec.size // grid[0],

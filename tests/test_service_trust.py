@@ -309,6 +309,15 @@ def _read_only_runner():
     return None, None
 
 
+def _run_script(wrap, script: str, *args: str) -> dict:
+    """Run one of this file's scripts under `wrap` (a mount namespace, dropped privileges) and
+    return the JSON it printed last; the script's own failure fails the test with its stderr."""
+    res = subprocess.run(wrap + [sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def test_a_read_only_data_folder_is_a_banner_and_a_wait_not_a_crash(dirs):
     """Before: a read-only data folder (or an SD card remounted read-only) crashed the service at
     every restart. Now: a banner on the page, nothing processed, nothing lost, and the work
@@ -320,10 +329,7 @@ def test_a_read_only_data_folder_is_a_banner_and_a_wait_not_a_crash(dirs):
     data, watch = dirs
     data.mkdir(parents=True)
     _image(watch / "a.png", 0)
-    res = subprocess.run(wrap + [sys.executable, "-c", _READ_ONLY, str(data), str(watch), how], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = _run_script(wrap, _READ_ONLY, str(data), str(watch), how)
     assert out["start"][0] == 0 and any("cannot be used" in w for w in out["start"][1])
     assert "cannot be used" in out["page"]
     assert out["writable"] == [1, []]
@@ -554,10 +560,7 @@ def test_a_data_folder_watched_through_a_bind_mount_is_refused_and_never_read(tm
     wrap = _mount_namespace()
     if wrap is None:
         pytest.skip("`unshare -rm` (a private mount namespace) is not available here to make a bind mount")
-    res = subprocess.run(wrap + [sys.executable, "-c", _BIND, str(tmp_path)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = _run_script(wrap, _BIND, str(tmp_path))
     assert out["first"] == 1 and out["scans"] == [0, 0, 0]
     assert [Path(r).name for r in out["records"]] == ["a.png"]  # nothing of its own was read
     assert any("is the data folder" in b and "bind mount" in b for b in out["status"])
@@ -693,10 +696,7 @@ def test_a_folder_that_can_be_listed_but_not_entered_is_a_banner(tmp_path):
     wrap = _where_permissions_apply()
     if wrap is None:
         pytest.skip("running as root, and setpriv cannot drop CAP_DAC_OVERRIDE here: permissions would not apply")
-    res = subprocess.run(wrap + [sys.executable, "-c", _LISTONLY, str(tmp_path)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out = _run_script(wrap, _LISTONLY, str(tmp_path))
     if not out["applies"]:
         pytest.skip("file permissions do not apply to the child process here")
     sub, root = str(tmp_path / "cr" / "sub"), str(tmp_path / "cr2")

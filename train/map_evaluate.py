@@ -206,6 +206,7 @@ def evaluate_map_model(model, model_name: str, feature_layer: str, val: LoadedSp
     y = test.labels.astype(int)
     src = np.array([record_source(r) for r in test.records])
     by_source: Dict[str, Dict] = {}
+    boxed_all = set(boxed_positives(test.records))  # indices of fractured test images with boxes
     for s in sorted(set(src.tolist())):
         m = np.flatnonzero(src == s)
         entry = _classification(y[m], p_test[m], [test.records[i].region for i in m], t, n_boot, seed)
@@ -213,7 +214,7 @@ def evaluate_map_model(model, model_name: str, feature_layer: str, val: LoadedSp
         if s != PHANTOM and not entry["non_fractured"]:
             entry["specificity_on_real_radiographs"] = ("unmeasurable here: this source has no non-fractured "
                                                         "radiographs")
-        boxed = [int(i) for i in m if i in set(boxed_positives([test.records[j] for j in range(len(y))]))]
+        boxed = [int(i) for i in m if i in boxed_all]
         if boxed:
             entry["localisation"] = localisation(model, feature_layer, test, maps_test, boxed)
         mine = np.isin(crops["test"][2], m)
