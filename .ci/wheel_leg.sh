@@ -36,3 +36,12 @@ a, b = (json.load(open(p)) for p in sys.argv[1:3])
 assert a["version"] == b["version"] and a["files"] == b["files"], (a, b)
 print(f"wheel install: the phone app builds from the package alone ({a['files']} files, version {a['version']})")
 PY
+# The samples ship in the wheel: `device demo` answers them from the package alone, with overlays.
+(cd "$WORK" && env -u FRACTURE_EDGE_BUNDLE "$WORK/clinic/bin/python" -m device demo --out "$WORK/demo" --json \
+    > "$WORK/demo.jsonl") || exit 1
+"$MAIN_PY" - "$WORK/demo.jsonl" <<'PY'
+import json, os, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+assert len(recs) == 4 and all(os.path.isfile(r["heatmap"]) for r in recs), recs
+print(f"wheel install: device demo answered the {len(recs)} shipped samples with overlays")
+PY

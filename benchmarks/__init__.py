@@ -1,1 +1,2 @@
-"""On-device benchmarks (issue 6); not built yet."""
+"""On-device benchmarks: latency and memory against TensorFlow, formats, input sizes, fuzzing,
+the results page and the web app; every target a ratio measured side by side in one run."""

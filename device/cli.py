@@ -1,5 +1,6 @@
 """python -m device: what a clinic runs.
 
+  demo              answer the phantom samples shipped in the package, in seconds: what the product does
   film PHOTO...     photos of film on a lightbox -> flattened radiograph, quality gate, prediction
   capture           take one photo with the Pi camera into the service's queue
   serve             the service: watched folders + captures -> results log + results page
@@ -68,6 +69,49 @@ def _film(args) -> int:
                       + "".join(f"\n    note: {n}" for n in notes))
     if not args.json:
         print(DISCLAIMER, file=sys.stderr)
+    return exit_status(records)
+
+
+def _demo(args) -> int:
+    import time
+
+    from edge_runtime.labels import WORDING
+    from edge_runtime.predictor import Predictor
+
+    from . import demo
+
+    problem = check_output_dir(args.out, "--out")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    t0 = time.perf_counter()
+    predictor = Predictor(args.bundle, args.backend, None, args.threads)
+    bundle = predictor.bundle
+    if not args.json:
+        print(f"Samples shipped with the package (PHANTOMS, drawn by our generator, not patients), answered by the "
+              f"bundle {bundle.model_name}" + (" (a DEMONSTRATION model, not for patients)" if bundle.demonstration_only
+                                                else "") + ":\n")
+    records = []
+    for name, meta, rec in demo.run(predictor, args.out):
+        records.append(rec)
+        if args.json:
+            print(json.dumps({"sample": name, "sample_is": meta, **rec.to_dict()}), flush=True)
+            continue
+        print(f"{name}\n  is:     {demo.describe(meta)}")
+        if rec.error:
+            print(f"  answer: could not be read: {rec.error}")
+        elif rec.retake_asked:
+            print("  answer: " + WORDING[rec.decision] + ": " + "; ".join(rec.quality["reasons"]))
+        else:
+            print(f"  answer: {WORDING[rec.decision]} (P(fractured) {rec.probability:.2f}, "
+                  f"threshold {rec.threshold:.2f})")
+        for label, path in (("heatmap", rec.heatmap), ("film", getattr(rec, "flattened", None))):
+            if path:
+                print(f"  {label + ':':8}{printable(path)}")
+    if not args.json:
+        print(f"\nOpen the pictures in {printable(str(args.out))}/ (done in {time.perf_counter() - t0:.1f} s). "
+              "The colour shows where the model sees a fracture.\nYour own files: python -m edge_runtime predict "
+              "--heatmap OUT FILE...; photos of film: python -m device film --heatmap OUT PHOTO...\n" + DISCLAIMER)
     return exit_status(records)
 
 
@@ -287,6 +331,26 @@ def _update(args) -> int:
     return 0
 
 
+def _fetch_runtime(args) -> int:
+    from .webapp import VENDOR_FILES, webapp_root
+    from .webapp_runtime import RuntimeFetchError, fetch_runtime
+
+    try:
+        res = fetch_runtime(webapp_root(), VENDOR_FILES, source=args.source, registry=args.registry,
+                            force=args.force)
+    except RuntimeFetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.json:
+        print(json.dumps(res))
+    elif res["changed"]:
+        print(f"the phone app's runtime (onnxruntime-web {res['version']}, integrity checked) is in {res['vendor']}; "
+              "a running service serves /app/ now")
+    else:
+        print(f"already in place: onnxruntime-web {res['version']} in {res['vendor']} (every file checked)")
+    return 0
+
+
 def _webapp(args) -> int:
     from edge_runtime.bundle import load_bundle
 
@@ -294,6 +358,11 @@ def _webapp(args) -> int:
 
     from .webapp import WebAppError, build_site, write_site
 
+    if args.fetch_runtime:
+        return _fetch_runtime(args)
+    if args.source or args.registry or args.force:
+        print("error: --from, --registry and --force go with --fetch-runtime", file=sys.stderr)
+        return 2
     try:
         site = build_site(load_bundle(args.bundle), args.trusted_key)
         out = write_site(site, args.out, overwrite=args.overwrite)
@@ -319,10 +388,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     common.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                         help="interpreter (default: %(default)s, the first installed of " + ", ".join(BACKENDS) + ")")
     common.add_argument("--threads", type=thread_count, help="interpreter threads, 1-64")
+    d = sub.add_parser("demo", parents=[common], help="answer the phantom samples shipped in the package (seconds)",
+                       description="Answer the samples shipped in the package (phantom radiographs with and without "
+                                   "a fracture, and a photo of a film on a lightbox) with the default bundle, writing "
+                                   "the overlays to one folder: what the product does, in seconds.")
+    d.add_argument("--out", type=Path, default=Path("fracture-edge-demo"),
+                   help="where the overlays go (default: %(default)s)")
+    d.add_argument("--json", action="store_true", help="one JSON object per sample")
+    d.set_defaults(func=_demo)
     f = sub.add_parser("film", parents=[common], help="predict from photos of film on a lightbox")
     f.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photos of films on a lightbox (JPEG, PNG, ...)")
     f.add_argument("--keep", type=Path, default=Path("runs/film"), help="where flattened radiographs go (default: %(default)s)")
-    f.add_argument("--heatmap", type=Path, metavar="OUT_DIR", help="write Grad-CAM overlays here")
+    f.add_argument("--heatmap", type=Path, metavar="OUT_DIR", help="write an overlay per photo here: where the model sees a fracture")
     f.add_argument("--json", action="store_true", help="one JSON object per photo")
     f.add_argument("--memory-mb", type=megabytes, default=None,
                    help=f"address space the photos may take beyond the loaded model; past it a photo is refused "
@@ -409,6 +486,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     w.add_argument("--trusted-key", type=Path, help="Ed25519 public key (PEM): the app then refuses unsigned bundles "
                                                     "(default: the device's configured key, if any)")
     w.add_argument("--overwrite", action="store_true", help="replace a non-empty folder that is not an earlier build")
+    w.add_argument("--fetch-runtime", action="store_true",
+                   help="put the app's WASM runtime in place without Node: the onnxruntime-web tarball pinned in "
+                        "webapp/package-lock.json, from the npm registry, checked against the lock's sha512, "
+                        "then stop (a clinic install does this once)")
+    w.add_argument("--from", dest="source", type=Path, metavar="FILE.tgz",
+                   help="with --fetch-runtime: read the tarball from this file (offline, e.g. from a USB stick)")
+    w.add_argument("--registry", metavar="URL", help="with --fetch-runtime: an npm registry mirror "
+                                                     "(default: $NPM_CONFIG_REGISTRY, else registry.npmjs.org)")
+    w.add_argument("--force", action="store_true", help="with --fetch-runtime: replace the runtime even if it checks out")
     w.add_argument("--json", action="store_true", help="print what was written as JSON")
     w.set_defaults(func=_webapp)
     args = ap.parse_args(argv)

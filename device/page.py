@@ -58,7 +58,7 @@ def _card(d: Dict) -> str:
         reasons = "".join(f"<li>{html.escape(x)}</li>" for x in (r.quality or {}).get("reasons", []))
         body = f'<span class="badge retake">{WORDING[RETAKE]}</span><ul>{reasons}</ul>'
     else:
-        img = (f'<img alt="radiograph with Grad-CAM heatmap" src="/img/{r.id}/{filenames.GRADCAM}">'
+        img = (f'<img alt="radiograph with the heatmap of where the model sees a fracture" src="/img/{r.id}/{filenames.GRADCAM}">'
                if r.heatmap else "")
         label = html.escape(WORDING.get(r.decision, str(r.decision)))
         threshold = f" (threshold {r.threshold:.3f})" if r.threshold is not None else ""
@@ -95,21 +95,23 @@ class AppSite:
         self._digest: Optional[str] = None
         self._site = None
         self._gz: Dict[str, bytes] = {}  # file -> its gzip, for the current site
-        self._failed: Optional[tuple] = None  # (digest, monotonic time, exception)
+        self._failed: Optional[tuple] = None  # (digest, runtime stamp, monotonic time, exception)
 
     def _current(self):
         import time
 
-        from .webapp import build_site
+        from .webapp import build_site, runtime_stamp
         bundle = self._bundle()
         if self._site is not None and bundle.digest == self._digest:
             return self._site
-        if self._failed and self._failed[0] == bundle.digest and time.monotonic() - self._failed[1] < self.RETRY_S:
-            raise self._failed[2]
+        stamp = runtime_stamp()
+        if (self._failed and self._failed[:2] == (bundle.digest, stamp)
+                and time.monotonic() - self._failed[2] < self.RETRY_S):
+            raise self._failed[3]
         try:
             site = build_site(bundle)
         except Exception as exc:
-            self._failed = (bundle.digest, time.monotonic(), exc)
+            self._failed = (bundle.digest, stamp, time.monotonic(), exc)
             raise
         old = self._site.files if self._site is not None else {}
         self._gz = {rel: z for rel, z in self._gz.items() if old.get(rel) == site.files.get(rel)}  # unchanged files
@@ -434,8 +436,14 @@ class PageHandler(BaseHTTPRequestHandler):
             return None
         rel = path[len("/app/"):] or "index.html"
         gzip_ok = accepts_gzip(self.headers.get("Accept-Encoding", ""))
+        from .webapp import RuntimeMissing
         try:
             got = self.app.get(rel, gzip_ok)
+        except RuntimeMissing:
+            log.exception("the phone app cannot be built")
+            return self._text(503, "the phone app's runtime is not installed on this device yet. The person who "
+                                   "installed it runs `python -m device webapp --fetch-runtime` with the device's "
+                                   "Python (see docs/device.md); the app is served here as soon as that finishes")
         except Exception:  # noqa: BLE001 - the results page must stay up whatever the app's state
             log.exception("the phone app cannot be built")  # the reason (with paths) goes to the log only
             return self._text(503, "the phone app is not available on this device now; the service log says why")

@@ -93,6 +93,22 @@ class DataUnavailable(Paused):
     a banner, and the service waits; no file is blamed for it."""
 
 
+def _private(folder: Path) -> None:
+    """Every plain file the reader wrote in `folder` (its overlay, the flattened film) made 0600,
+    as the copied original is: Pillow creates files by the process's umask."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return  # quarantined or gone: nothing of ours left to tighten
+    for name in names:
+        try:
+            st = os.lstat(folder / name)
+            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != 0o600:
+                os.chmod(folder / name, 0o600)
+        except OSError:
+            continue  # removed under us: nothing to protect
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -1496,6 +1512,7 @@ class Service:
             if rec.heatmap_errno in DISK_FULL:
                 raise self._disk_full()
             raise self._unavailable(OSError(rec.heatmap_errno, os.strerror(rec.heatmap_errno)))
+        _private(dest)  # the overlay and the flattened film show the patient's image too
         self._step("answered", path)
         rec.id, rec.source, rec.received_utc = fid, printable(str(path)), _now()
         rec.original = rec.original or str(original)

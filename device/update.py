@@ -33,7 +33,7 @@ import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from edge_runtime.bundle import MANIFEST, MAX_MANIFEST_BYTES, BundleError, load_bundle
+from edge_runtime.bundle import MANIFEST, MAX_MANIFEST_BYTES, BundleError, load_bundle, not_a_bundle
 from edge_runtime.signature import SIGNATURE
 
 from .fileops import exclusive_lock, file_kind, fsync_dir, mb, remove_path
@@ -187,7 +187,7 @@ def _copy_folder(src: Path, dest: Path, names: Optional[List[str]] = None) -> No
     try:
         raw = None
         if names is None:
-            with _open_regular(dirfd, MANIFEST, f"{src / MANIFEST}", "missing: not a bundle folder") as fh:
+            with _open_regular(dirfd, MANIFEST, f"{src / MANIFEST}", not_a_bundle(src)) as fh:
                 raw = fh.read(MAX_MANIFEST_BYTES + 1)
             if len(raw) > MAX_MANIFEST_BYTES:
                 raise UpdateError(f"{src / MANIFEST}: larger than {mb(MAX_MANIFEST_BYTES)}, not a bundle's manifest")

@@ -1,7 +1,8 @@
 """The phone web app: the bundle, run offline in the phone's browser (ONNX Runtime Web, WASM).
 
 `build_site` assembles every file of the site in memory: the app's sources (webapp/src), the
-vendored WASM runtime (webapp/vendor, shipped inside the Python package so a Pi needs no Node),
+vendored WASM runtime (webapp/vendor: in a wheel built after `npm run vendor`, or fetched without
+Node by `python -m device webapp --fetch-runtime`, see device/webapp_runtime.py),
 the bundle's manifest, ONNX model and Grad-CAM head, a `config.json` generated from the Python
 modules that define the constants the app ports (labels, disclaimer, input limits, the film
 reader's and quality gate's thresholds and reason texts, the overlay's colours), the web app
@@ -44,6 +45,10 @@ class WebAppError(RuntimeError):
     """The site cannot be built: the WASM runtime is not vendored, or the bundle has nothing to run."""
 
 
+class RuntimeMissing(WebAppError):
+    """The WASM runtime is not in place (`--fetch-runtime` puts it there)."""
+
+
 def webapp_root() -> Path:
     """webapp/ in a checkout, or the installed data package `fracture_edge_webapp`."""
     try:
@@ -53,13 +58,34 @@ def webapp_root() -> Path:
         return Path(__file__).resolve().parent.parent / "webapp"
 
 
+def _in_checkout(root: Path) -> bool:
+    """A source tree (npm can vendor the runtime there), not an installed package."""
+    return (root / "scripts" / "vendor.mjs").is_file() and "site-packages" not in root.parts
+
+
 def _vendor_dir(root: Path) -> Path:
     vendor = root / "vendor"
     missing = [f for f in VENDOR_FILES if not (vendor / f).is_file()]
     if missing:
-        raise WebAppError(f"the app's WASM runtime is not in {vendor} (missing {', '.join(missing)}): in a checkout, "
-                          f"run `npm ci && npm run vendor` in {root} (Node >= 18); an installed wheel ships it")
+        how = ("run `python -m device webapp --fetch-runtime` (downloads the version pinned in "
+               "package-lock.json from the npm registry and checks its sha512; offline: add --from FILE.tgz)")
+        if _in_checkout(root):
+            how += f", or `npm ci && npm run vendor` in {root}"
+        raise RuntimeMissing(f"the phone app's WASM runtime is missing ({', '.join(missing)} not in {vendor}): {how}")
     return vendor
+
+
+def runtime_stamp() -> tuple:
+    """Changes when the runtime's files appear, go or are replaced: a service retries at once."""
+    vendor = webapp_root() / "vendor"
+    stamp = []
+    for name in (*VENDOR_FILES, "VENDOR.json"):
+        try:
+            st = (vendor / name).stat()
+            stamp.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            stamp.append((name, None))
+    return tuple(stamp)
 
 
 def app_config(bundle: Bundle, trusted_key_b64: Optional[str]) -> Dict:
@@ -84,7 +110,8 @@ def app_config(bundle: Bundle, trusted_key_b64: Optional[str]) -> Dict:
                          "MAX_ASPECT": imageio.MAX_ASPECT, "DECODE_SIDE": photo.DECODE_SIDE,
                          "MAX_PHOTO_PIXELS": photo.MAX_PHOTO_PIXELS},
         "OVERLAY": {"stops": overlay._STOPS.tolist(), "colours": overlay._COLOURS.tolist(),
-                    "alpha": overlay.ALPHA, "gamma": overlay.MASK_GAMMA, "max_side": OVERLAY_SIDE},
+                    "alpha": overlay.ALPHA, "gamma": overlay.MASK_GAMMA, "max_side": OVERLAY_SIDE,
+                    "panel": list(overlay._PANEL), "text": list(overlay._TEXT)},
         "FILM": film_constants(),
     }
 

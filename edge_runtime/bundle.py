@@ -154,6 +154,19 @@ def _require(cond: bool, path: Path, reason: str) -> None:
         raise BundleError(path, reason)
 
 
+TRAINING_RUN_FILES = ("model.keras", "run.json")  # what `python -m train` leaves in a run folder
+
+
+def not_a_bundle(folder: Path) -> str:
+    """Why a folder without a manifest is no bundle, with the next step when it is a training run."""
+    folder = Path(folder)
+    if any((folder / f).is_file() for f in TRAINING_RUN_FILES):
+        return (f"missing: {folder} is a training run, not a bundle. Export it first "
+                f"(on the training machine): python -m export.quantize {folder} --out {folder}-bundle ; "
+                f"then use --bundle {folder}-bundle")
+    return "missing: not a bundle folder"
+
+
 def load_bundle(path: Union[str, Path, None] = None, verify: bool = True,
                  require_accepted: bool = True, trusted_key: Union[str, Path, None, bool] = None) -> Bundle:
     """Read manifest.json, check its digest, schema, status, signature and every file's sha256.
@@ -166,7 +179,7 @@ def load_bundle(path: Union[str, Path, None] = None, verify: bool = True,
     real = Path(os.path.realpath(given))  # once: every file below is read from this folder
     root = real
     mpath = root / MANIFEST
-    _require(mpath.is_file(), mpath, "manifest.json missing: not a bundle folder")
+    _require(mpath.is_file(), mpath, not_a_bundle(given))
     try:
         _require(mpath.stat().st_size <= MAX_MANIFEST_BYTES, mpath, "manifest is too large to be a bundle's")
         raw = json.loads(mpath.read_text(encoding="utf-8"))

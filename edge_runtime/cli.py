@@ -61,15 +61,17 @@ def check_output_dir(path: Optional[Path], what: str) -> Optional[str]:
     return None
 
 
-def _human(rec: Result) -> str:
+def _human(rec: Result, verbose: bool = False) -> str:
+    """One file's answer in words a clinic reads; the timings (an engineer's) only with --verbose."""
     name = printable(rec.file)
     if rec.error:
         return f"{name}: ERROR {rec.error}"
+    line = f"{name}: p={rec.probability:.3f} (threshold {rec.threshold:.3f}) {SHORT[rec.decision]}"
     t = rec.timings_ms
-    line = (f"{name}: p={rec.probability:.3f} (threshold {rec.threshold:.3f}) {SHORT[rec.decision]}"
-            f"  [{t['total']:.1f} ms: decode {t['decode']:.1f}, inference {t['inference']:.1f}"
-            + (f", Grad-CAM {t['gradcam']:.2f}" if "gradcam" in t else "")
-            + (f", map {t['heatmap']:.2f}" if "heatmap" in t else "") + "]")
+    if verbose and t:
+        line += (f"  [{t['total']:.1f} ms: decode {t['decode']:.1f}, inference {t['inference']:.1f}"
+                 + (f", Grad-CAM {t['gradcam']:.2f}" if "gradcam" in t else "")
+                 + (f", map {t['heatmap']:.2f}" if "heatmap" in t else "") + "]")
     for w in rec.warnings:
         line += f"\n    warning: {w}"
     if rec.heatmap:
@@ -89,8 +91,8 @@ def _predict(args) -> int:
     if predictor.bundle.demonstration_only:
         print(demonstration_notice(predictor.bundle.manifest), file=sys.stderr)
     if not args.json:
-        print(f"model {predictor.bundle.model_name} ({predictor.artifact} on {predictor.backend}); "
-              f"{DISCLAIMER}", file=sys.stderr)
+        print((f"model {predictor.bundle.model_name} ({predictor.artifact} on {predictor.backend}); "
+               if args.verbose else "") + DISCLAIMER, file=sys.stderr)
     records: List[Result] = []
     reading: List[Path] = []  # the file being read now
 
@@ -104,7 +106,7 @@ def _predict(args) -> int:
         try:
             for rec in predictor.predict_files(files(), args.heatmap):
                 records.append(Result(rec.file, error=rec.error, internal_error=rec.internal_error))  # not the pixels' timings
-                print(json.dumps(rec.to_dict()) if args.json else _human(rec), flush=True)
+                print(json.dumps(rec.to_dict()) if args.json else _human(rec, args.verbose), flush=True)
         except MemoryError:  # outside any one file's own handling: said after the except block has freed it
             if os.environ.get("FRACTURE_EDGE_DEBUG"):
                 raise
@@ -161,6 +163,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="interpreter (default: %(default)s, the first installed of " + ", ".join(BACKENDS) + ")")
     p.add_argument("--artifact", help="model file to run, by manifest key (default: the bundle's default for the backend)")
     p.add_argument("--no-gradcam", action="store_true", help="skip the heatmap")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also the model file and interpreter, and each file's timings (decode, inference, heatmap)")
     p.add_argument("--memory-mb", type=megabytes, default=None,
                    help=f"address space the files may take beyond the loaded model; past it a file is refused "
                         f"(default: ${MEMORY_ENV}, else {DEFAULT_MB}; 0: no ceiling)")

@@ -476,7 +476,7 @@ def tiff_check(fh, size: int) -> int:
                    for i in range(len(table) // width)]
         cost += _tiff_page_cost(entries, len(seen), size, big, endian)
         if cost > MAX_METADATA_BYTES:
-            raise _too_much("tags and strip lists as Pillow holds them", cost, MAX_METADATA_BYTES)
+            raise _too_much("tags and strip lists as the decoder holds them", cost, MAX_METADATA_BYTES)
         if len(table) < count * width:
             break  # Pillow stops at a truncated directory too
         link = fh.read(8 if big else 4)
@@ -585,7 +585,7 @@ def png_check(fh) -> None:
         if kind not in (b"IDAT", b"fdAT"):
             metadata += length + (INFLATED_CHUNK_BYTES if kind in (b"zTXt", b"iTXt", b"iCCP") else 0)
             if metadata > MAX_METADATA_BYTES:
-                raise _too_much("chunks other than its image (Pillow reads them all)", metadata, MAX_METADATA_BYTES)
+                raise _too_much("chunks other than its image (the decoder reads them all)", metadata, MAX_METADATA_BYTES)
         fh.seek(length + 4, 1)
     raise MetadataError(f"has more than {MAX_CHUNKS:,} chunks")
 
@@ -609,7 +609,7 @@ def webp_check(fh, size: int) -> None:
     else:
         raise MetadataError(f"has more than {MAX_CHUNKS:,} chunks")
     if size - image > MAX_METADATA_BYTES:
-        raise _too_much("metadata and bytes besides its image (Pillow reads the whole file)", size - image,
+        raise _too_much("metadata and bytes besides its image (the decoder reads the whole file)", size - image,
                         MAX_METADATA_BYTES)
 
 

@@ -58,9 +58,10 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Index
 def decode_error(path: Union[str, Path], exc: BaseException) -> ImageReadError:
     """One of DECODE_ERRORS, in words that say what to do about it."""
     if isinstance(exc, UnidentifiedImageError):
-        return ImageReadError(path, "not an image, or an image format Pillow cannot read")
+        return ImageReadError(path, "not an image, or a kind of image file this device cannot open (it reads "
+                                    "JPEG, PNG, TIFF, BMP, GIF, WebP and DICOM)")
     if isinstance(exc, Image.DecompressionBombError):
-        return ImageReadError(path, f"decompression bomb refused ({exc})")
+        return ImageReadError(path, f"far more pixels than a radiograph has: refused as a decompression bomb ({exc})")
     if isinstance(exc, MemoryError):
         return ImageReadError(path, "image too large to decode within this process's memory ceiling")
     if isinstance(exc, OSError) and not type(exc) is OSError:  # permission, vanished: not corruption

@@ -18,6 +18,11 @@ DISCLAIMER = ("Screening aid only: a trained clinician makes the diagnosis. A ne
               "rule out a fracture.")
 
 
+# On every overlay the device writes (the image may be forwarded without the text around it).
+OVERLAY_DISCLAIMER = "Screening aid only: a clinician makes the diagnosis. No fracture found does not rule one out."
+OVERLAY_BANNER = "DEMONSTRATION MODEL: research only, not for patients"
+
+
 def demonstration_notice(manifest) -> str:
     """The CLIs' line for a demonstration bundle: what it was trained on, in the manifest's own words."""
     title = (manifest or {}).get("title") if isinstance(manifest, dict) else None

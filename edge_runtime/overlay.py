@@ -2,15 +2,16 @@
 
 The saved overlay carries what a reader needs to judge it at a glance: the colour scale (a bar at
 the right: from 0 to 1 for a fracture map, whose cells are probabilities; from 0 to the map's own
-peak for Grad-CAM, which is relative to each image), the probability
-and the threshold in a caption below, and the annotated fracture boxes, when they are known
-(evaluation on data with boxes), as green rectangles.
+peak for Grad-CAM, which is relative to each image), the probability and the threshold in a
+caption below, the annotated fracture boxes, when they are known (evaluation on data with boxes),
+as green rectangles, and, on the device's overlays, the disclaimer below and a warning banner
+above when the bundle is a demonstration model: the file may travel alone.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -18,6 +19,9 @@ from PIL import Image, ImageDraw, ImageFont
 BOX_COLOUR = (0, 255, 0)  # not in the heat colormap, so a box never reads as heat
 _PANEL = (24, 24, 24)
 _TEXT = (235, 235, 235)
+_DIM = (190, 190, 190)  # the disclaimer: readable, quieter than the answer
+BANNER_COLOUR = (255, 176, 0)  # amber: a warning, and not a colour of the heat scale's top
+BANNER_TEXT = (0, 0, 0)
 
 # Anchor points of a jet-like colormap: dark blue -> cyan -> yellow -> red.
 _STOPS = np.array([0.0, 0.35, 0.65, 1.0])
@@ -67,11 +71,12 @@ def _font(size: int):
         return ImageFont.load_default()  # the built-in bitmap font, one size
 
 
-def _text_mid_left(draw: ImageDraw.ImageDraw, xy: Tuple[float, float], text: str, font) -> None:
+def _text_mid_left(draw: ImageDraw.ImageDraw, xy: Tuple[float, float], text: str, font,
+                   fill: Tuple[int, int, int] = _TEXT) -> None:
     """Text with its left edge at x and its middle at y, for scalable and bitmap fonts alike
     (Pillow's `anchor` works only with FreeType fonts)."""
     _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
-    draw.text((xy[0], xy[1] - (top + bottom) / 2), text, fill=_TEXT, font=font)
+    draw.text((xy[0], xy[1] - (top + bottom) / 2), text, fill=fill, font=font)
 
 
 def draw_boxes(img: Image.Image, boxes: Sequence[Tuple[float, float, float, float]],
@@ -98,11 +103,25 @@ def caption_lines(probability: Optional[float], threshold: Optional[float], boxe
     return lines
 
 
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> List[str]:
+    """`text` broken between words into lines no wider than `width` (a word longer stays whole)."""
+    lines: List[str] = []
+    for word in text.split():
+        if lines and draw.textbbox((0, 0), f"{lines[-1]} {word}", font=font)[2] <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 def add_legend(img: Image.Image, probability: Optional[float] = None, threshold: Optional[float] = None,
-               boxes: bool = False, absolute: bool = False) -> Image.Image:
+               boxes: bool = False, absolute: bool = False, banner: Optional[str] = None,
+               footer: Optional[str] = None) -> Image.Image:
     """The image with a colour bar at its right (0 to 1 when the map is `absolute`, P(fracture) per
-    place; else 0 to the map's peak) and, when there is anything to say, a caption below it
-    (probability against the threshold, what the boxes are)."""
+    place; else 0 to the map's peak), a caption below it when there is anything to say (probability
+    against the threshold, what the boxes are, then `footer`: the disclaimer), and `banner` on a
+    warning strip above it (a demonstration model): an overlay file that travels alone still says
+    what it is."""
     top_label = "1" if absolute else "peak"
     w, h = img.size
     fs = max(9, min(22, round(max(w, h) / 48)))
@@ -121,12 +140,21 @@ def add_legend(img: Image.Image, probability: Optional[float] = None, threshold:
     while lines and size > 8 and max(measure.textbbox((0, 0), t, font=cap_font)[2] for t in lines) > room:
         size -= 1
         cap_font = _font(size)
+    small = _font(max(8, min(size, fs - 2)))  # the footer: smaller than the caption, wrapped to fit
+    foot = _wrap(measure, footer, small, room) if footer else []
     line_h = size + max(2, size // 3)
-    cap_h = len(lines) * line_h + 2 * pad if lines else 0
-    out = Image.new("RGB", (w + panel_w, h + cap_h), _PANEL)
-    out.paste(img, (0, 0))
+    foot_h = max(8, min(size, fs - 2)) + 2
+    cap_h = (len(lines) * line_h + len(foot) * foot_h + 2 * pad) if lines or foot else 0
+    ban = _wrap(measure, banner, font, room) if banner else []
+    ban_h = len(ban) * line_h + 2 * pad if ban else 0
+    out = Image.new("RGB", (w + panel_w, ban_h + h + cap_h), _PANEL)
+    out.paste(img, (0, ban_h))
     draw = ImageDraw.Draw(out)
-    top, bottom = pad + fs // 2, h - pad - fs // 2
+    if ban:
+        draw.rectangle([0, 0, w + panel_w - 1, ban_h - 1], fill=BANNER_COLOUR)
+        for k, t in enumerate(ban):
+            _text_mid_left(draw, (pad, pad + k * line_h + line_h // 2), t, font, fill=BANNER_TEXT)
+    top, bottom = ban_h + pad + fs // 2, ban_h + h - pad - fs // 2
     if bottom - top >= 8:
         levels = np.linspace(1.0, 0.0, bottom - top, dtype=np.float32)[:, None].repeat(bar_w, axis=1)
         out.paste(Image.fromarray(colormap(levels)), (w + pad, top))
@@ -134,19 +162,26 @@ def add_legend(img: Image.Image, probability: Optional[float] = None, threshold:
         x_text = w + 2 * pad + bar_w
         _text_mid_left(draw, (x_text, top), top_label, font)
         _text_mid_left(draw, (x_text, bottom - 1), "0", font)
-    for k, t in enumerate(lines):
-        _text_mid_left(draw, (pad, h + pad + k * line_h + line_h // 2), t, cap_font)
+    y = ban_h + h + pad
+    for t in lines:
+        _text_mid_left(draw, (pad, y + line_h // 2), t, cap_font)
+        y += line_h
+    for t in foot:
+        _text_mid_left(draw, (pad, y + foot_h // 2), t, small, fill=_DIM)
+        y += foot_h
     return out
 
 
 def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alpha: float = ALPHA,
                  max_side: Optional[int] = None, boxes: Optional[Sequence[Tuple[float, float, float, float]]] = None,
                  probability: Optional[float] = None, threshold: Optional[float] = None,
-                 legend: bool = True, absolute: bool = False) -> Path:
+                 legend: bool = True, absolute: bool = False, banner: Optional[str] = None,
+                 footer: Optional[str] = None) -> Path:
     """Write the overlay (JPEG or PNG by the path's suffix), shrunk first to `max_side`: it is drawn
     at the size it will be looked at, never at the radiograph's full size. Boxes (relative to the
     image) are drawn when given; `legend` adds the colour bar and the caption (add_legend), whose
-    scale is 0 to 1 for an `absolute` map (a fracture map) and 0 to the peak otherwise."""
+    scale is 0 to 1 for an `absolute` map (a fracture map) and 0 to the peak otherwise, and the
+    `banner` (above) and `footer` (below) lines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     g = np.asarray(gray, dtype=np.float32)
@@ -160,7 +195,7 @@ def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alp
     if boxes:
         draw_boxes(img, boxes)
     if legend:
-        img = add_legend(img, probability, threshold, bool(boxes), absolute)
+        img = add_legend(img, probability, threshold, bool(boxes), absolute, banner, footer)
     if path.suffix.lower() in (".jpg", ".jpeg"):
         img.save(path, quality=90)
     else:

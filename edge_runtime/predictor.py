@@ -24,7 +24,7 @@ from .gradcam import load_head
 from .dicom import read_dicom
 from .imageio import DecodedImage, detached, read_grayscale
 from .inputs import read_image
-from .labels import NEGATIVE, POSITIVE
+from .labels import NEGATIVE, OVERLAY_BANNER, OVERLAY_DISCLAIMER, POSITIVE
 from .result import Result
 from .overlay import save_overlay
 from .preprocess import checked_input, map_on_image, merge_maps, views
@@ -190,7 +190,9 @@ class Predictor:
                     base = display() if display is not None else decoded.pixels
                     rec.heatmap = str(save_overlay(heatmap_path, base, self._on_image(heat, decoded.pixels.shape),
                                                       max_side=OVERLAY_SIDE, probability=p, threshold=self.threshold,
-                                                      absolute=self.map is not None))
+                                                      absolute=self.map is not None, footer=OVERLAY_DISCLAIMER,
+                                                      banner=OVERLAY_BANNER if self.bundle.demonstration_only
+                                                      else None))
                 except (OSError, ImageReadError) as exc:  # a full disk, or the file changed under us
                     rec.warnings.append(f"heatmap not written ({getattr(exc, 'reason', None) or exc})")
                     if isinstance(exc, OSError) and exc.errno:

@@ -327,6 +327,9 @@ def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int 
     if not quiet:
         print(PHANTOM_BANNER, file=sys.stderr)
         print(f"(data: {choice.reason}; phantom images in {out})", file=sys.stderr)
+        if not (out / "phantom.json").is_file():
+            print(f"first use of this phantom set: drawing {phantom_images:,} images once (about "
+                  f"{max(1, round(phantom_images / 25 / 60))} min on 2 cores); later runs reuse them", file=sys.stderr)
     generate_phantom_dataset(out, n_images=phantom_images, seed=phantom_seed, progress=not quiet)
     ds = read_fracatlas(out, name="phantom")
     ds.phantom = True

@@ -71,3 +71,28 @@ def tiny_bundle(tiny_run, tmp_path_factory) -> Path:
                       "--artifacts", "tflite_int8,onnx_float,onnx_int8,tflite_float", *OPEN_TOLERANCES])
     assert rc == 0
     return out
+
+
+# --- heavy tests: in CI always, in a developer's default run not --------------------------------
+
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", dest="all_tests",
+                     help="also run the tests marked heavy (what CI runs: `python -m pytest -q --all`)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave the heavy tests out unless --all, or a -m expression, says which to run."""
+    if config.getoption("all_tests") or config.getoption("markexpr"):
+        return
+    heavy = [item for item in items if item.get_closest_marker("heavy")]
+    if heavy:
+        config.hook.pytest_deselected(items=heavy)
+        items[:] = [item for item in items if not item.get_closest_marker("heavy")]
+        config._heavy_left_out = len(heavy)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    n = getattr(config, "_heavy_left_out", 0)
+    if n:
+        terminalreporter.write_line(f"{n} heavy tests left out (the longest ones, and the network); "
+                                    "`python -m pytest -q --all` runs everything, as CI does")

@@ -9,6 +9,7 @@ from benchmarks.cli import main as bench_main
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.heavy
 def test_quick_benchmark_writes_complete_sane_json(tiny_bundle, tiny_run, tmp_path, capsys):
     out = tmp_path / "bench"
     assert bench_main(["--quick", "--bundle", str(tiny_bundle), "--keras", str(tiny_run / "model.keras"),
@@ -60,3 +61,21 @@ def test_the_size_benchmark_counts_what_a_larger_input_costs(tmp_path):
     assert rows[1]["macs_per_image"] == 4 * rows[0]["macs_per_image"] and rows[0]["params"] == rows[1]["params"]
     assert rows[0]["tflite_int8_vs_32"] == 1.0 and rows[1]["tflite_int8_p50_ms"] > 0
     assert rows[1]["tflite_int8_bytes"] < rows[1]["tflite_float32_bytes"]
+
+
+def test_the_int8_accuracy_target_is_not_met_by_a_bundle_without_int8():
+    from benchmarks.report import targets
+
+    def res(artifacts):
+        return {"backends": [], "end_to_end": {}, "film_path": {},
+                "accuracy": {"artifacts": artifacts}}
+
+    def int8_row(r):
+        return next(t for t in targets(r) if t["target"].startswith("int8 within"))
+
+    floats = {"tflite_float": {"delta_auc": 0.0}, "onnx_float": {"delta_auc": 0.0}}
+    row = int8_row(res(floats))
+    assert row["met"] is None and row["note"] == "not measured: the bundle has no int8 artifact"
+    row = int8_row(res({**floats, "tflite_int8": {"delta_auc": -0.02}}))
+    assert row["met"] is False and row["measured"] == 0.02
+    assert int8_row(res({**floats, "onnx_int8": {"delta_auc": 0.004}}))["met"] is True

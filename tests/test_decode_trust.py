@@ -383,10 +383,10 @@ def test_a_memory_error_outside_any_files_handling_names_the_file(tmp_path, monk
         Image.fromarray((fuzz._radiograph(120, 140, seed=len(paths)) * 255).astype(np.uint8)).save(paths[-1])
     real = cli._human
 
-    def human(rec):
+    def human(rec, *args):
         if rec.file.endswith("b.png"):
             raise MemoryError
-        return real(rec)
+        return real(rec, *args)
 
     monkeypatch.setattr(cli, "_human", human)
     assert cli.main(["predict", "--no-gradcam", "--memory-mb", "0", *map(str, paths)]) == cli.EXIT_INTERNAL

@@ -18,22 +18,27 @@ def test_dry_run_prints_every_step_and_changes_nothing(target, tmp_path):
     out = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--target", target, "--prefix", str(prefix),
                           "--data", str(data), "--etc", str(etc), "--watch", "/mnt/cr-export", "--host", "192.168.1.20"],
                          capture_output=True, text=True, check=True).stdout
-    for n in range(1, 9):
+    for n in range(1, 10):
         assert f"== {n}." in out
     assert "DRY RUN" in out
     assert f"python3 -m venv {'--system-site-packages ' if target == 'pi' else ''}{prefix}/venv" in out
     assert ("python3-picamera2" in out) == (target == "pi") or "already done" in out
     assert f"pip install --quiet --upgrade {ROOT}[edge,device,dicom]" in out
     assert f"-m device update {ROOT}/models/reference-bundle --root {prefix}" in out
+    assert f"{prefix}/venv/bin/python -m device webapp --fetch-runtime\n" in out  # online: from the npm registry
     assert "systemctl enable fracture-edge.service" in out
     assert 'FRACTURE_EDGE_WATCH="/mnt/cr-export"' in out and 'FRACTURE_EDGE_HOST="192.168.1.20"' in out
     assert not prefix.exists() and not data.exists() and not etc.exists()
 
 
 def test_offline_install_uses_only_the_wheels(tmp_path):
-    out = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--target", "generic", "--wheels", "/media/usb/wheels",
+    wheels = tmp_path / "usb wheels"
+    wheels.mkdir()
+    (wheels / "onnxruntime-web-1.30.0.tgz").write_bytes(b"")  # what the dry run must hand to --from
+    out = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--target", "generic", "--wheels", str(wheels),
                           "--prefix", str(tmp_path / "opt")], capture_output=True, text=True, check=True).stdout
-    assert "--no-index --find-links /media/usb/wheels fracture-edge[edge,device,dicom]" in out
+    assert f"--no-index --find-links {wheels} fracture-edge[edge,device,dicom]" in out
+    assert f"-m device webapp --fetch-runtime --from {wheels}/onnxruntime-web-1.30.0.tgz" in out
 
 
 def test_a_trusted_key_is_installed_and_checked_before_the_bundle_goes_live(tmp_path):
@@ -60,7 +65,7 @@ def _systemd_command(out: str, section: str) -> tuple:
     unquoted, "${VAR}" one argument, words split like a shell's."""
     import shlex
 
-    env_lines = out.split("fracture-edge.env:", 1)[1].split("== 8.", 1)[0].split("\n")
+    env_lines = out.split("fracture-edge.env:", 1)[1].split("== 9.", 1)[0].split("\n")
     env = {}
     for line in (l.strip() for l in env_lines if "=" in l):
         key, value = line.split("=", 1)

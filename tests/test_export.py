@@ -57,6 +57,7 @@ def test_calibration_comes_from_the_training_split_only(tiny_bundle, tiny_run):
     assert m["data"]["split_sha256"] == sha256_file(tiny_run / "split.csv")
 
 
+@pytest.mark.heavy
 def test_rerun_writes_the_same_metrics(tiny_bundle, tiny_run, tmp_path):
     out = tmp_path / "again"
     assert export_main([str(tiny_run), "--out", str(out), "--calibration-size", "20",
@@ -69,6 +70,7 @@ def test_rerun_writes_the_same_metrics(tiny_bundle, tiny_run, tmp_path):
     assert a["data"]["calibration"] == b["data"]["calibration"]
 
 
+@pytest.mark.heavy
 def test_zero_tolerance_rejects_and_ships_nothing(tiny_run, tmp_path, capsys):
     out = tmp_path / "strict"
     rc = export_main([str(tiny_run), "--out", str(out), "--calibration-size", "20",
@@ -84,6 +86,7 @@ def test_zero_tolerance_rejects_and_ships_nothing(tiny_run, tmp_path, capsys):
         load_bundle(rejected)
 
 
+@pytest.mark.heavy
 def test_a_planted_wrong_calibration_is_caught(tiny_run, phantom_dir, tmp_path):
     """The committed demonstration model (it separates phantom fractures well), calibrated on blank
     film: int8 ranges collapse, and the check must see the drift the right calibration avoids."""

@@ -78,6 +78,26 @@ def test_overlay_draws_boxes_colour_scale_and_probability(tmp_path):
     assert no_caption.height == 200 and no_caption.width == full.width  # nothing to say: bar only
 
 
+def test_overlay_banner_and_disclaimer_travel_with_the_image_and_wrap_to_its_width(tmp_path):
+    from edge_runtime.labels import OVERLAY_BANNER, OVERLAY_DISCLAIMER
+    from edge_runtime.overlay import BANNER_COLOUR, save_overlay
+
+    heat = np.zeros((8, 8), np.float32)
+    sizes = {}
+    for w in (120, 600):
+        gray = np.full((300, w), 0.3, np.float32)
+        plain = Image.open(save_overlay(tmp_path / f"p{w}.png", gray, heat, probability=0.2, threshold=0.5))
+        marked = Image.open(save_overlay(tmp_path / f"m{w}.png", gray, heat, probability=0.2, threshold=0.5,
+                                         banner=OVERLAY_BANNER, footer=OVERLAY_DISCLAIMER))
+        px = np.asarray(marked)
+        assert marked.width == plain.width and marked.height > plain.height
+        assert tuple(px[1, 1]) == BANNER_COLOUR and tuple(np.asarray(plain)[1, 1]) != BANNER_COLOUR
+        strip = px[: int(np.argmin((px[:, 1] == BANNER_COLOUR).all(axis=-1)))]
+        assert (strip.max(axis=-1) < 60).any()  # dark banner text on the strip
+        sizes[w] = marked.height - plain.height
+    assert sizes[120] > sizes[600]  # a narrow image wraps the banner and the disclaimer onto more lines
+
+
 @pytest.mark.slow
 def test_training_metrics_and_export_report_score_localisation(tiny_run, tiny_bundle):
     """Phantoms carry their fracture boxes (Annotations/YOLO): the run's metrics and export's check

@@ -328,6 +328,7 @@ def test_a_model_whose_input_differs_from_the_manifest_is_refused_at_load(tmp_pa
 
 # --- fuzzing, bounded for CI (the long run: docs/robustness.md) -------------------------------------
 
+@pytest.mark.heavy
 def test_seeded_fuzzing_finds_no_escape_hang_or_memory_blowup():
     result = fuzz.fuzz(mutations=1_000_000, seed=11, seconds=40, bomb_scale=0)  # bombs: the test above
     v, per = result["verdict"], result["images"]["per_format"]

@@ -181,6 +181,8 @@ def test_patient_data_is_readable_by_the_service_user_only(dirs):
     assert stat.S_IMODE(original.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(original.stat().st_mode) == 0o600
     assert stat.S_IMODE(service.ledger.path.stat().st_mode) == 0o600
+    written = {p.name: stat.S_IMODE(p.stat().st_mode) for p in original.parent.iterdir()}
+    assert "gradcam.jpg" in written and set(written.values()) == {0o600}, written  # the overlay shows the image too
 
 
 def test_a_re_exported_file_supersedes_and_an_identical_copy_is_noted(dirs, caplog):

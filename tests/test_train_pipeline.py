@@ -125,6 +125,7 @@ def test_report_copies_the_measured_numbers(run_dir):
     assert "PHANTOM" in text and "| fractured |" in text
 
 
+@pytest.mark.heavy
 def test_several_models_share_one_split_and_mixed_precision_saves_float32(phantom_dir, tmp_path):
     import keras
 

@@ -233,7 +233,12 @@ def test_webapp_cli_writes_the_site_and_refuses_a_missing_runtime(tmp_path, monk
     shutil.copytree(webapp_root() / "src", fake / "src")
     monkeypatch.setattr("device.webapp.webapp_root", lambda: fake)
     assert main(["webapp", "--out", str(tmp_path / "site2")]) == 2
-    assert "npm ci && npm run vendor" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "runtime is missing" in err and "python -m device webapp --fetch-runtime" in err
+    assert "npm ci" not in err  # not a checkout: no Node step to suggest
+    shutil.copytree(webapp_root() / "scripts", fake / "scripts")  # a checkout: npm is the other way
+    assert main(["webapp", "--out", str(tmp_path / "site3")]) == 2
+    assert f"npm ci && npm run vendor` in {fake}" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,6 +417,84 @@ def test_phone_screen_history_and_export(browser, server, tmp_path):
     csv_text = Path(dl.value.path()).read_text()
     assert csv_text.splitlines()[0].startswith("id,when_utc,name,mode,decision")
     assert "hand.jpg" in csv_text
+
+
+SHOWN = """async ([b64, name]) => {
+  const rec = await fractureEdge.run("file", new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))]), name);
+  const c = document.querySelector("#result canvas");
+  return { png: c.toDataURL("image/png"), label: c.getAttribute("aria-label"), top: c.dataset.scaleTop,
+           shape: [rec.display.height, rec.display.width], absolute: rec.heat.absolute === true,
+           overlay: fractureEdge.config.OVERLAY };
+}"""
+
+PAINT = """async ([w, h, cm, absolute]) => {
+  const { paintWithLegend } = await import("./lib/overlay.js");
+  const rgba = new Uint8ClampedArray(w * h * 4).fill(128);
+  const c = document.createElement("canvas");
+  paintWithLegend(c, rgba, w, h, cm, absolute);
+  return { png: c.toDataURL("image/png"), top: c.dataset.scaleTop, label: c.getAttribute("aria-label") };
+}"""
+
+
+def _png_rgb(data_url: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB")).astype(int)
+
+
+def _legend_geometry(w: int, h: int):
+    """overlay.add_legend's layout (font size, padding, bar width, the bar's rows) for a w x h image."""
+    fs = max(9, min(22, round(max(w, h) / 48)))
+    pad, bar_w = max(3, fs // 4), max(8, fs // 2 + 4)
+    return fs, pad, bar_w, pad + fs // 2, h - pad - fs // 2
+
+
+def _ink_columns(img: np.ndarray, rows, x0: int) -> int:
+    """How many columns right of x0 hold label text (light pixels) in these rows."""
+    return int((img[rows[0]:rows[1], x0:].min(axis=2) > 128).any(axis=0).sum())
+
+
+@needs_browser
+def test_the_heatmap_shows_its_colour_scale(browser, server, bundle):
+    """As the Python overlay (overlay.add_legend): right of the heatmap, on the canvas itself (so a
+    saved copy keeps it), a bar of the config's colour map from its top colour down to its bottom
+    one, labelled "1" for a fracture map (cells are probabilities) or "peak" for Grad-CAM, and "0"."""
+    from edge_runtime import overlay
+
+    page = open_app(browser, server)
+    got = page.evaluate(SHOWN, [base64.b64encode(_radiograph_jpeg()).decode(), "scale.jpg"])
+    cm = got["overlay"]
+    assert cm["colours"] == overlay._COLOURS.tolist() and cm["stops"] == overlay._STOPS.tolist()
+    h, w = got["shape"]
+    assert max(h, w) <= cm["max_side"]  # shown at its own size
+    img = _png_rgb(got["png"])
+    assert img.shape[0] == h and img.shape[1] > w  # the panel is beside the image
+    fs, pad, bar_w, y0, y1 = _legend_geometry(w, h)
+    x0 = w + pad
+    column = img[y0:y1, x0 + bar_w // 2]
+    expected = overlay.colormap(np.linspace(1.0, 0.0, y1 - y0, dtype=np.float32)).astype(int)
+    assert np.abs(column - expected).max() <= 1  # the whole bar is Python's colour map, top to bottom
+    assert column[0].tolist() == cm["colours"][-1] and column[-1].tolist() == cm["colours"][0]
+    assert (img[y0 - 1, x0 - 1:x0 + bar_w + 1] == 235).all() and (img[y0:y1, x0 - 1] == 235).all()  # its frame
+    # the reference bundle has a fracture map: an absolute scale, so its top reads "1", not "peak"
+    assert bundle.manifest.get("fracture_map") and got["absolute"]
+    assert got["top"] == "1" and "0 at the bottom to 1 at the top" in got["label"]
+    x_text = x0 + bar_w + pad
+    top_ink = _ink_columns(img, (y0 - fs // 2 - 1, y0 + fs // 2 + 2), x_text)
+    assert 1 <= top_ink <= fs  # a "1" is drawn by the top of the bar ("peak" would be wider)
+    assert _ink_columns(img, (y1 - fs // 2 - 2, y1 + fs // 2 + 1), x_text) >= 1  # and a "0" by its bottom
+    assert _ink_columns(img, (y0 + fs, y1 - fs), x_text) == 0  # nothing in between
+
+    # Grad-CAM (relative to each image) reads "peak"; the colours are the config's, whatever they are
+    mine = {"stops": [0.0, 1.0], "colours": [[0, 255, 0], [255, 0, 255]], "panel": [40, 0, 0], "text": [255, 255, 255]}
+    peak = page.evaluate(PAINT, [w, h, mine, False])
+    one = page.evaluate(PAINT, [w, h, mine, True])
+    assert peak["top"] == "peak" and "to peak at the top" in peak["label"] and one["top"] == "1"
+    pimg, oimg = _png_rgb(peak["png"]), _png_rgb(one["png"])
+    assert pimg.shape[1] > oimg.shape[1]  # room for the longer label
+    assert pimg[y0, x0 + bar_w // 2].tolist() == [255, 0, 255] and pimg[y1 - 1, x0 + bar_w // 2].tolist() == [0, 255, 0]
+    assert pimg[1, -2].tolist() == [40, 0, 0]  # the panel, from the config too
+    rows = (y0 - fs // 2 - 1, y0 + fs // 2 + 2)
+    assert _ink_columns(pimg, rows, x_text) > 2 * _ink_columns(oimg, rows, x_text)
+    assert not page.errors
 
 
 def test_https_with_the_devices_own_ca(bundle, tmp_path):

@@ -36,7 +36,7 @@ from device.simulate import CONDITIONS, REFUSE_CONDITIONS, radiograph_from_file,
 from device.triage import read_film
 from device.webapp_constants import film_constants
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # Node over every film case: about 70 s
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "webapp" / "tests" / "film_parity.mjs"

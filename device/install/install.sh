@@ -151,7 +151,21 @@ else
     run "${PIP[@]}" "${SRC}[edge,device,dicom]"
 fi
 
-step "5. the model bundle"
+step "5. the phone app's runtime (onnxruntime-web, checked against the sha512 its lock file pins)"
+# Already there when the wheel was built after `npm run vendor`; else fetched from the npm registry
+# (no Node needed), or read from onnxruntime-web-<version>.tgz carried beside the wheels offline.
+RUNTIME=("$PREFIX/venv/bin/python" -m device webapp --fetch-runtime)
+if [ -n "$WHEELS" ]; then
+    for tgz in "$WHEELS"/onnxruntime-web-*.tgz; do
+        if [ -f "$tgz" ]; then RUNTIME+=(--from "$tgz"); break; fi
+    done
+fi
+if ! run "${RUNTIME[@]}"; then
+    echo "warning: the phone app (/app/) will not be served until its runtime is in place: run" >&2
+    echo "  ${RUNTIME[*]}   (online), or carry onnxruntime-web-<version>.tgz from the npm registry and add --from FILE" >&2
+fi
+
+step "6. the model bundle"
 TRUST_ENV=()
 if [ -n "$TRUSTED_KEY" ]; then
     run mkdir -p "$KEY_DIR"
@@ -162,11 +176,11 @@ fi
 # nothing, a new one keeps the old as bundle.previous (python -m device update --rollback).
 run "${TRUST_ENV[@]+"${TRUST_ENV[@]}"}" "$PREFIX/venv/bin/python" -m device update "$BUNDLE" --root "$PREFIX"
 
-step "6. data folder"
+step "7. data folder"
 run mkdir -p "$DATA/inbox/film" "$DATA/inbox/files" "$DATA/store"
 if [ "$NO_SYSTEMD" -eq 0 ]; then run chown -R "$SERVICE_USER" "$DATA"; fi
 
-step "7. configuration ($ETC/fracture-edge.env)"
+step "8. configuration ($ETC/fracture-edge.env)"
 # systemd EnvironmentFile values, double-quoted: a path with spaces ("/mnt/CR Export") stays one
 # value. Watched folders are joined with ':' and split by the service itself ($FRACTURE_EDGE_WATCH).
 quote() { local v=${1//\\/\\\\}; printf '"%s"' "${v//\"/\\\"}"; }
@@ -189,7 +203,7 @@ else
     if [ "$DRY_RUN" -eq 0 ]; then mkdir -p "$ETC" && printf '%s\n' "$ENV_TEXT" > "$ETC/fracture-edge.env"; fi
 fi
 
-step "8. systemd unit"
+step "9. systemd unit"
 if [ "$NO_SYSTEMD" -eq 1 ]; then
     already "skipped by --no-systemd; start by hand: $PREFIX/venv/bin/python -m device serve --data $DATA"
 else

@@ -4,7 +4,7 @@
 import { ArtifactError, Engine } from "./lib/engine.js";
 import { runSelfTest } from "./lib/selftest.js";
 import { analyzeFile, analyzePhoto } from "./lib/pipeline.js";
-import { blend, displaySize, heatOnImage } from "./lib/overlay.js";
+import { blend, displaySize, heatOnImage, paintWithLegend } from "./lib/overlay.js";
 import { addRecord, allRecords, clearRecords, latestRecords, toCSV, toJSON } from "./lib/history.js";
 
 const $ = (id) => document.getElementById(id);
@@ -29,17 +29,19 @@ function overlayCanvas(rec) {
   if (!rec.display) return null;
   const d = displaySize(rec.display.pixels, rec.display.width, rec.display.height, config.OVERLAY.max_side);
   const canvas = document.createElement("canvas");
-  canvas.width = d.width; canvas.height = d.height;
-  let rgba;
   if (rec.heat) {
+    // The heatmap with its colour scale beside it, as the Python overlay: "1" at the top for a
+    // fracture map (absolute: P(fracture) per place), "peak" for Grad-CAM (relative to this image).
     const heat = heatOnImage(rec.heat.data, rec.heat.side, rec.display.height, rec.display.width, engine.spec);
-    rgba = blend(d.pixels, d.width, d.height, heat.data, heat.width, heat.height, config.OVERLAY);
-  } else {
-    rgba = new Uint8ClampedArray(d.width * d.height * 4);
-    for (let i = 0; i < d.width * d.height; i++) {
-      const g = Math.round(d.pixels[i] * 255);
-      rgba[4 * i] = rgba[4 * i + 1] = rgba[4 * i + 2] = g; rgba[4 * i + 3] = 255;
-    }
+    const rgba = blend(d.pixels, d.width, d.height, heat.data, heat.width, heat.height, config.OVERLAY);
+    paintWithLegend(canvas, rgba, d.width, d.height, config.OVERLAY, rec.heat.absolute === true);
+    return canvas;
+  }
+  canvas.width = d.width; canvas.height = d.height;
+  const rgba = new Uint8ClampedArray(d.width * d.height * 4);
+  for (let i = 0; i < d.width * d.height; i++) {
+    const g = Math.round(d.pixels[i] * 255);
+    rgba[4 * i] = rgba[4 * i + 1] = rgba[4 * i + 2] = g; rgba[4 * i + 3] = 255;
   }
   canvas.getContext("2d").putImageData(new ImageData(rgba, d.width, d.height), 0, 0);
   return canvas;
