@@ -119,7 +119,7 @@ def seeds() -> Dict[str, bytes]:
     out["dicom_window"] = _dicom(g16, window=True)
     out["dicom_frames"] = _dicom(g16, frames=3)
     out["dicom_deflated"] = _dicom(g16, syntax="1.2.840.10008.1.2.1.99")
-    # Compressed frames: their codestream headers are checked against the DICOM header (issue 4).
+    # Compressed frames: their codestream headers are checked against the DICOM header.
     h, w = g8.shape
     jpeg, j2k = io.BytesIO(), io.BytesIO()
     Image.fromarray(g8).save(jpeg, "JPEG", quality=90)
@@ -463,7 +463,7 @@ JPEG_LS_LOSSLESS, RLE_LOSSLESS = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"
 
 
 def crafted_decoders(scale: float = 1.0) -> Dict[str, Tuple[str, bytes]]:
-    """Issue 4: compressed frames larger than their DICOM header says (before: 3.26 GB for a J2K,
+    """Compressed frames larger than their DICOM header says (once: 3.26 GB for a J2K,
     1.73 GB for a JPEG, 626 bytes and 1 MB on disk), coding parameters that make openjpeg's own
     structures huge, and containers Pillow decodes inside Image.open (an ICO wrapping a 13,000^2
     RGBA PNG: 725 MB), under misleading names. Each must be refused before decoding."""
@@ -504,7 +504,7 @@ def crafted_decoders(scale: float = 1.0) -> Dict[str, Tuple[str, bytes]]:
 
 
 def crafted(scale: float = 1.0) -> Dict[str, Tuple[str, bytes]]:
-    """The adversarial shapes found by hand (issue 11), each refused or read within the memory bound,
+    """The adversarial shapes found by hand, each refused or read within the memory bound,
     then the decoder cases of crafted_decoders. `scale` < 1 shrinks the deflated DICOM and the
     wrapped images for the test suite (still far above the budget). The metadata cases
     (crafted_metadata) are run beside these by `run_crafted` and `--write-crafted`."""

@@ -3,7 +3,7 @@
 Writes a results log of N synthetic records (200,000 by default: several years of a busy clinic),
 lets the service's Ledger index it, serves the page from a separate process as `device serve`
 does, and measures GET / one request at a time (median and p95) and with 10 clients at once
-(wall time and the server process's peak memory, VmHWM). Issue 15's targets: ≤ 100 ms per
+(wall time and the server process's peak memory, VmHWM). The targets: ≤ 100 ms per
 request and ≤ 150 MB peak with 10 concurrent clients, at 200k records.
 """
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-# Targets (issue 12): browser inference <= 6x native, film path <= 1 s at 12 MP, first download <= 8 MB.
+# Targets: browser inference <= 6x native, film path <= 1 s at 12 MP, first download <= 8 MB.
 TARGET_RATIO = 6.0
 TARGET_FILM_S = 1.0
 TARGET_DOWNLOAD_MB = 8.0

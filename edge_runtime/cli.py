@@ -26,8 +26,10 @@ EXIT_OK, EXIT_REFUSED, EXIT_UNUSABLE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def printable(name: str) -> str:
-    """A file name on one line: newlines, control characters and undecodable bytes escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+    """A file name on one line: newlines and control characters escaped, and an undecodable byte
+    (which Python holds as a lone surrogate, U+DC80-U+DCFF) shown as the byte it was: \\xe9."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                   else repr(c)[1:-1] for c in str(name))
 
 
 def thread_count(text: str) -> int:

@@ -29,7 +29,7 @@ from .result import Result
 from .overlay import save_overlay
 from .preprocess import checked_input, map_on_image, merge_maps, views
 
-OVERLAY_SIDE = 768  # long side of the overlay PNG: readable on a phone, cheap to write
+OVERLAY_SIDE = 768  # long side of the overlay (a JPEG): readable on a phone, cheap to write
 
 
 class UniqueStems:

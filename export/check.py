@@ -63,8 +63,10 @@ def _corr(a: np.ndarray, b: np.ndarray, keep: Optional[np.ndarray] = None) -> Op
     if keep is not None and keep.sum() >= 2:
         a, b = a[keep], b[keep]
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    if a.std() == 0 and b.std() == 0:
+        return None  # both flat: nothing to correlate (their values are gated by |Δ| elsewhere)
     if a.std() == 0 or b.std() == 0:
-        return None
+        return 0.0  # one map flat and the other not: they do not agree on where, whatever the mean
     return float(np.corrcoef(a, b)[0, 1])
 
 

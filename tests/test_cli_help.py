@@ -48,7 +48,7 @@ def _problems(parser: argparse.ArgumentParser, where: str):
             continue
         takes_value = action.nargs != 0 and action.option_strings
         if takes_value and action.default not in (None, False, argparse.SUPPRESS, []) \
-                and "%(default)" not in action.help and "default" not in action.help:
+                and "%(default)" not in action.help and "default:" not in action.help:  # "(default: ...)", said
             yield f"{where} {name}: default {action.default!r} not shown"
 
 

@@ -4,10 +4,12 @@ The tree is copied as git would clone it (tracked files and untracked ones git d
 no webapp/vendor, no node_modules), then `install.sh` runs for real, as a user install
 (--no-systemd --skip-apt, into a temporary prefix): pip installs the package from that copy, and
 step 5 fetches the pinned WASM runtime from the npm registry with no Node. The installed service
-then answers /app/. The offline route is checked on the same install: the runtime removed, the
-service answers 503 with the fix, `--fetch-runtime --from` the carried tarball (with the registry
-made unreachable) puts it back, and the running service serves /app/ at once, not after a retry
-delay. Needs PyPI and the npm registry (CI has both); skips, saying so, where they are unreachable.
+then answers /app/; on the same install the runtime is removed (the service answers 503 with the
+fix), `--fetch-runtime --from` the carried tarball (the registry made unreachable) puts it back,
+and the running service serves /app/ at once, not after a retry delay. The offline route is run
+as docs/device.md gives it: wheels and the tarball on a "stick", `install.sh --wheels` with no
+index and no registry in reach, then /app/. Needs PyPI and the npm registry to prepare (CI has
+both); skips, saying so, where they are unreachable (and CI's skip rule then fails the run).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -77,20 +80,51 @@ def _wait_for(url: str, proc: subprocess.Popen, seconds: float = 60.0):
     raise AssertionError(f"{url} never answered")
 
 
-def test_a_clean_clone_installs_and_serves_the_phone_app_online_and_offline(tmp_path):
-    pin = pinned(webapp_root())
+def _needs_registries(pin) -> None:
     if not (_reachable("https://pypi.org/simple/pip/") and _reachable(pin.url())):
-        pytest.skip("PyPI or the npm registry is unreachable: the online install cannot run here")
+        pytest.skip("PyPI or the npm registry is unreachable: the install cannot run here")
+
+
+def _clean_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("FRACTURE_EDGE_", "VIRTUAL_ENV"))}
+
+
+def _install(src: Path, prefix: Path, data: Path, env: dict, *more: str) -> subprocess.CompletedProcess:
+    """install.sh as a user install into `prefix` (no apt, no systemd, no new user)."""
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    res = subprocess.run(["bash", str(src / "device/install/install.sh"), "--target", "generic", "--no-systemd",
+                          "--skip-apt", "--prefix", str(prefix), "--data", str(data), "--etc", str(prefix / "etc"),
+                          "--key-dir", str(prefix / "keys"), "--user", user, *more],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
+def _serve(prefix: Path, data: Path, env: dict, cwd: Path):
+    port = _free_port()
+    proc = subprocess.Popen([str(prefix / "venv/bin/python"), "-m", "device", "serve", "--data", str(data), "--port",
+                             str(port)], cwd=cwd, env={**env, "FRACTURE_EDGE_BUNDLE": str(prefix / "bundle")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc, f"http://127.0.0.1:{port}/app/"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(15)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_clean_clone_installs_and_serves_the_phone_app_online(tmp_path):
+    pin = pinned(webapp_root())
+    _needs_registries(pin)
     src = _clean_clone(tmp_path / "clone")
     assert not (src / "webapp" / "vendor").exists()  # as a clone has it: the runtime is not in git
     prefix, data = tmp_path / "opt", tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FRACTURE_EDGE_", "VIRTUAL_ENV"))}
-    res = subprocess.run(["bash", str(src / "device/install/install.sh"), "--target", "generic", "--no-systemd",
-                          "--skip-apt", "--prefix", str(prefix), "--data", str(data), "--etc", str(tmp_path / "etc"),
-                          "--key-dir", str(tmp_path / "keys"), "--user", subprocess.run(
-                              ["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()],
-                         capture_output=True, text=True, env=env, timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    env = _clean_env()
+    res = _install(src, prefix, data, env)
     assert "integrity checked" in res.stdout and "warning: the phone app" not in res.stderr
     py = prefix / "venv" / "bin" / "python"
     installed_root = Path(subprocess.run([str(py), "-c", "import fracture_edge_webapp as w, pathlib; "
@@ -100,11 +134,7 @@ def test_a_clean_clone_installs_and_serves_the_phone_app_online_and_offline(tmp_
     info = json.loads((vendor / "VENDOR.json").read_text())
     assert info["version"] == pin.version and sorted(info["sha256"]) == sorted(VENDOR_FILES)
 
-    port = _free_port()
-    serve_env = {**env, "FRACTURE_EDGE_BUNDLE": str(prefix / "bundle")}
-    proc = subprocess.Popen([str(py), "-m", "device", "serve", "--data", str(data), "--port", str(port)],
-                            cwd=tmp_path, env=serve_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}/app/"
+    proc, base = _serve(prefix, data, env, tmp_path)
     try:
         status, body = _wait_for(base, proc)
         assert status == 200 and b"<html" in body.lower()  # online: the app, straight after install.sh
@@ -116,10 +146,8 @@ def test_a_clean_clone_installs_and_serves_the_phone_app_online_and_offline(tmp_
         tarball.parent.mkdir()
         urllib.request.urlretrieve(pin.url(), tarball)
         shutil.rmtree(vendor)
-        proc.send_signal(15)
-        proc.wait(timeout=30)
-        proc = subprocess.Popen([str(py), "-m", "device", "serve", "--data", str(data), "--port", str(port)],
-                                cwd=tmp_path, env=serve_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _stop(proc)
+        proc, base = _serve(prefix, data, env, tmp_path)
         status, body = _wait_for(base, proc)
         assert status == 503 and b"--fetch-runtime" in body, body
         offline = {**env, "NPM_CONFIG_REGISTRY": "http://127.0.0.1:9"}  # any download attempt would fail
@@ -131,9 +159,34 @@ def test_a_clean_clone_installs_and_serves_the_phone_app_online_and_offline(tmp_
         assert status == 200, "the running service did not pick the runtime up at once"
         assert time.monotonic() - t0 < 10
     finally:
-        proc.send_signal(15)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
+
+
+def test_the_offline_route_from_wheels_and_the_carried_tarball_serves_the_app(tmp_path):
+    """docs/device.md's offline steps: on a connected machine our wheel (built from a clone, so
+    without the runtime), every dependency's wheel and the runtime's tarball go on the stick; the
+    device installs with pip --no-index and no registry in reach, and serves /app/."""
+    pin = pinned(webapp_root())
+    _needs_registries(pin)
+    src = _clean_clone(tmp_path / "clone")
+    env = _clean_env()
+    stick = tmp_path / "usb" / "wheels"
+    stick.mkdir(parents=True)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(stick), str(src)], check=True, env=env, timeout=600,
+                   capture_output=True)
+    subprocess.run([*pip, "download", "-d", str(stick), "--only-binary=:all:", "numpy", "Pillow", "ai-edge-litert",
+                    "pydicom", "cryptography"], check=True, env=env, timeout=600, capture_output=True)
+    urllib.request.urlretrieve(pin.url(), stick / pin.tarball_name())
+    offline = {**env, "NPM_CONFIG_REGISTRY": "http://127.0.0.1:9", "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}
+    prefix, data = tmp_path / "opt", tmp_path / "data"
+    res = _install(src, prefix, data, offline, "--wheels", str(stick))
+    assert f"--fetch-runtime --from {stick / pin.tarball_name()}" in res.stdout and "integrity checked" in res.stdout
+    proc, base = _serve(prefix, data, offline, tmp_path)
+    try:
+        status, body = _wait_for(base, proc)
+        assert status == 200 and b"<html" in body.lower()
+        status, _ = _get(base + "vendor/ort.wasm.min.mjs")
+        assert status == 200
+    finally:
+        _stop(proc)

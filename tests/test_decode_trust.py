@@ -1,4 +1,4 @@
-"""Trust nothing on disk: decoders (issue 4, and issue 11's PNG named .dcm).
+"""Trust nothing on disk: decoders (and a PNG named .dcm).
 
 A decoder sizes its buffers from the codestream or container it is handed, not from the header
 that was checked: a DICOM saying 512 x 512 whose JPEG 2000 frame says 13,000^2 x 3 (1.2 MB in
@@ -148,7 +148,7 @@ def test_containers_that_decode_inside_open_are_refused_by_content_under_any_nam
 
 
 def test_a_file_is_read_as_what_its_content_is_not_what_its_name_says(tmp_path):
-    """Issue 11: a PNG named .dcm got "DICOM file has no pixel data". It is read as the PNG it is,
+    """A PNG named .dcm once got "DICOM file has no pixel data". It is read as the PNG it is,
     with a warning; asked for as DICOM it says what the content is; a DICOM named .png is DICOM."""
     arr = (fuzz._radiograph(180, 220) * 255).astype(np.uint8)
     Image.fromarray(arr).save(tmp_path / "x.png")

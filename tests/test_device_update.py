@@ -1,5 +1,5 @@
 """`python -m device update`: verify, self-test, switch atomically, keep the previous, roll back;
-a kill -9 at any step leaves a working bundle (issue 11)."""
+a kill -9 at any step leaves a working bundle."""
 
 from __future__ import annotations
 

@@ -291,6 +291,7 @@ def test_blank_flat_and_noise_images_are_refused_not_answered(tiny_bundle, tmp_p
 FOREARM = Path(__file__).resolve().parents[2] / "shared" / "data" / "forearm-fractures" / "images"
 
 
+@pytest.mark.real_data
 @pytest.mark.skipif(not FOREARM.is_dir(), reason="../shared/data/forearm-fractures is not present on this machine")
 def test_no_real_radiograph_is_refused_as_blank_or_noise():
     """The content check's thresholds against every real radiograph at hand (297, CC BY 4.0)."""

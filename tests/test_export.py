@@ -92,6 +92,7 @@ def test_a_planted_wrong_calibration_is_caught(tiny_run, phantom_dir, tmp_path):
     film: int8 ranges collapse, and the check must see the drift the right calibration avoids."""
     import dataclasses
 
+    from export.check import Tolerances
     from export.pipeline import Settings, export_prepared, prepare
     from export.sources import MODELS_DIR, resolve_sources
 
@@ -100,12 +101,24 @@ def test_a_planted_wrong_calibration_is_caught(tiny_run, phantom_dir, tmp_path):
     source = resolve_sources([model], split=tiny_run / "split.csv")[0]
     settings = Settings(data=str(phantom_dir), artifacts=["tflite_int8"], calibration_size=20, progress=False)
     prepared = prepare(source, settings)
+    # The test split is a few phantoms: one (fractured, not) pair changing order moves the AUC by
+    # 1/(pos x neg), far over the default 0.01 (sized for ~600 images), and the right calibration
+    # does tie one pair. |ΔAUC| is opened to one such pair; agreement, mean and max |Δp| keep their
+    # defaults.
+    y = prepared.test.labels
+    pairs = int(y.sum()) * int(len(y) - y.sum())
+    settings = dataclasses.replace(settings, tolerances=Tolerances(max_auc_drop=1 / pairs))
     right = export_prepared(prepared, tmp_path / "right", settings)
     dark = np.full_like(prepared.calibration, 0.02)  # the steps' seam is where a fault is planted
     wrong = export_prepared(dataclasses.replace(prepared, calibration=dark), tmp_path / "wrong", settings)
     r, w = right["artifacts"]["tflite_int8"], wrong["artifacts"]["tflite_int8"]
+    # The same pipeline and tolerances with the right calibration: accepted (a gate that refused
+    # every artifact would pass the rejection below, not this).
+    assert right["status"] == "accepted" and r["check"]["passed"] and r["check"]["failures"] == [], (r, pairs)
+    assert (tmp_path / "right").is_dir() and not (tmp_path / "right.rejected").exists()
     assert wrong["status"] == "rejected" and not w["check"]["passed"]
     assert w["metrics"]["mean_abs_diff"] > 5 * r["metrics"]["mean_abs_diff"]
+    assert any(f.startswith("mean |Δp|") for f in w["check"]["failures"])
     assert not (tmp_path / "wrong").exists() and (tmp_path / "wrong.rejected").is_dir()
 
 

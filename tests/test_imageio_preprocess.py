@@ -161,3 +161,17 @@ def test_letterbox_content_box():
     assert (top, left, h, w) == (0, 32, 128, 64)
     assert out[top:top + h, left:left + w].min() == 1.0 and out.sum() == h * w  # padding outside only
     assert content_box(img.shape, PreprocessSpec()) == (0, 0, 128, 128)
+
+
+def test_the_window_maps_the_chosen_percentiles_to_0_and_1():
+    """By hand: on a ramp of 1001 values from 0 to 1, the p-th percentile is p/100 exactly."""
+    from edge_runtime.preprocess import PreprocessSpec, normalize_intensity, window
+
+    ramp = np.linspace(0.0, 1.0, 1001, dtype=np.float32)
+    w = window(ramp)  # the default: 1st to 99th
+    assert w[10] == 0.0 and w[990] == 1.0 and (w[:10] == 0).all() and (w[991:] == 1).all()
+    assert abs(w[250] - (0.25 - 0.01) / 0.98) < 1e-6
+    spec = PreprocessSpec(normalize="window", window_percentiles=(5.0, 80.0))
+    got = normalize_intensity(ramp.reshape(7, 143), spec).ravel()
+    assert got[50] == 0.0 and got[800] == 1.0 and abs(got[300] - (0.30 - 0.05) / 0.75) < 1e-6
+    assert PreprocessSpec().window_percentiles == (1.0, 99.0)

@@ -141,6 +141,7 @@ def test_bundle_evaluation_with_int8_artifacts_beside_float(tiny_bundle, phantom
     assert 1 <= len(r["overlays"]) <= 3 and all((out / o).is_file() for o in r["overlays"])
 
 
+@pytest.mark.real_data
 @pytest.mark.skipif(not FOREARM.is_dir(), reason="../shared/data/forearm-fractures is not present here")
 def test_reference_bundle_on_real_radiographs_without_tensorflow(tmp_path):
     """The issue's command on a few real radiographs (read in place, never copied): positives

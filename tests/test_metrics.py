@@ -68,3 +68,56 @@ def test_threshold_is_chosen_on_validation_not_test():
     r = M.evaluate_predictions(y_val, p_val, y_test, p_test, ["hand"] * 10, n_boot=50)
     assert r["threshold"]["value"] == pytest.approx(0.55)
     assert r["threshold"]["chosen_on"] == "validation split"
+
+
+# --- ties and scores exactly at the threshold ------------------------------------------------------
+
+# 4 fractured, 4 not (quarters: every J below is exact in floating point). J = TPR - FPR:
+# 0.9 -> 1/4, 0.8 -> 1/2, 0.7 -> 3/4, 0.6 -> 1/2, 0.5 -> 3/4, 0.4 -> 1/2, 0.3 -> 1/4, 0.2 -> 0:
+# a tie for the best between 0.7 and 0.5.
+Y_TIE = np.array([1, 1, 1, 0, 1, 0, 0, 0])
+P_TIE = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+
+
+def test_youden_tie_goes_to_the_higher_threshold():
+    assert M.choose_threshold(Y_TIE, P_TIE, "youden") == pytest.approx(0.7)
+    # the same tie, the scores given in another order: the rule, not the input order, decides
+    order = np.array([7, 4, 0, 5, 2, 6, 1, 3])
+    assert M.choose_threshold(Y_TIE[order], P_TIE[order], "youden") == pytest.approx(0.7)
+    # both tied thresholds do reach the same J (so the test is about the tie-break, not the maximum)
+    j = [M.at_threshold(Y_TIE, P_TIE, t) for t in (0.7, 0.5)]
+    assert [r["sensitivity"] + r["specificity"] - 1 for r in j] == [3 / 4, 3 / 4]
+
+
+def test_a_score_exactly_at_the_threshold_is_called_fractured():
+    # 0.55 (fractured) and 0.6 (not) are at or above 0.55; 0.3 (fractured) is below.
+    r = M.at_threshold(Y, P, 0.55)
+    assert r["confusion"] == {"tp": 3, "fn": 1, "fp": 1, "tn": 5}
+    assert r["sensitivity"] == pytest.approx(3 / 4)
+    # a negative exactly at the threshold is a false positive
+    r = M.at_threshold(Y, P, 0.6)
+    assert r["confusion"] == {"tp": 2, "fn": 2, "fp": 1, "tn": 5}
+    assert r["specificity"] == pytest.approx(5 / 6)
+
+
+def test_per_group_counts_a_score_at_the_threshold_as_fractured():
+    regions = ["hand"] * 5 + ["leg"] * 5  # hand: 0.9, 0.8, 0.55, 0.3 fractured; 0.6 not
+    out = M.per_group(Y, P, regions, 0.55)
+    assert out["hand"]["sensitivity"] == pytest.approx(3 / 4) and out["hand"]["accuracy"] == pytest.approx(3 / 5)
+    out = M.per_group(Y, P, regions, 0.6)
+    assert out["hand"]["specificity"] == pytest.approx(0.0)
+
+
+def test_the_chosen_threshold_reports_the_j_it_was_chosen_for():
+    """Youden picks a threshold equal to a score (0.55); its validation figures count that image."""
+    r = M.evaluate_predictions(Y, P, Y, P, ["hand"] * 10, n_boot=20)
+    v = r["threshold"]["validation"]
+    assert r["threshold"]["value"] == pytest.approx(0.55)
+    assert v["sensitivity"] + v["specificity"] - 1 == pytest.approx(3 / 4 + 5 / 6 - 1)
+
+
+def test_a_tie_equal_only_up_to_rounding_is_still_a_tie():
+    """J = 2/3 at 0.8 and at 0.6, computed as 2/3 - 0 and 1 - 1/3: one ulp apart. The rule says
+    the higher threshold; an exact == on the floats picked 0.6."""
+    y, p = np.array([1, 1, 0, 1, 0, 0]), np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3])
+    assert M.choose_threshold(y, p, "youden") == pytest.approx(0.8)

@@ -1,4 +1,4 @@
-"""The wheel carries every package of the source tree and the reference bundle (issue 11: a
+"""The wheel carries every package of the source tree and the reference bundle (a
 non-editable clinic install found no default bundle). `.ci/wheel_leg.sh` installs the built wheel
 in a fresh venv and predicts with it; this checks the configuration that makes that possible."""
 

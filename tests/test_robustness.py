@@ -1,4 +1,4 @@
-"""Nothing a clinic feeds the runtime may hang it, crash it or exhaust the device (issue 11).
+"""Nothing a clinic feeds the runtime may hang it, crash it or exhaust the device.
 
 Each test reproduces a fault found by adversarial testing: it failed before the fix and asserts
 the behaviour now promised (an answer, or a one-line record naming the file and the reason).
@@ -368,7 +368,7 @@ def test_a_deflated_dicom_is_measured_where_pydicom_reads_it_not_where_it_says(t
     data[pos + 8:pos + 12] = struct.pack("<I", struct.unpack("<I", data[pos + 8:pos + 12])[0] + 40)
     path = tmp_path / "lying.dcm"
     path.write_bytes(bytes(data))
-    with pytest.raises(ImageReadError, match="inflates to more than|could not be decoded|not a valid"):
+    with pytest.raises(ImageReadError, match="deflated DICOM inflates to more than"):  # the bomb check, not a decode failure
         read_image(path, SPEC)
 
 

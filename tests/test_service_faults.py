@@ -1,4 +1,4 @@
-"""Faults clinics cause, injected into the service (issue 15, first part): after each, no crash,
+"""Faults clinics cause, injected into the service: after each, no crash,
 no lost result, no duplicate."""
 
 from __future__ import annotations
@@ -90,8 +90,10 @@ def test_a_name_that_is_not_utf8_is_shown_safely(dirs):
     service = _service(data, watch)
     assert service.run_once() == 1
     page = render(service.ledger.records()).encode("utf-8", "backslashreplace")
-    assert b"patient_caf" in page
-    service.ledger.records()[0]["source"].encode("utf-8")  # the record itself is valid UTF-8
+    source = service.ledger.records()[0]["source"]
+    source.encode("utf-8")  # the record itself is valid UTF-8
+    assert source.endswith("patient_caf\\xe9.png")  # the undecodable byte shown escaped, not dropped or replaced
+    assert b"patient_caf\\xe9.png" in page and b"\\udc" not in page
 
 
 def test_a_symlink_out_of_the_watched_folder_is_refused(dirs, tmp_path):
@@ -209,6 +211,22 @@ def test_a_port_in_use_is_a_one_line_error(dirs, capsys):
         code = device_main(["serve", "--data", str(data), "--bundle", str(REPO_BUNDLE), "--port", str(port)])
     err = capsys.readouterr().err
     assert code == 2 and "cannot serve the results page" in err and "Traceback" not in err
+
+
+def test_a_torn_last_line_is_cut_so_the_next_record_stands_alone(tmp_path):
+    """Without the cut, the next append would be glued to the torn bytes and lost with them."""
+    from device.service import Ledger
+    path = tmp_path / "results.jsonl"
+    whole = b'{"id": "' + b"1" * 32 + b'", "source": "/cr/a.png"}\n'
+    path.write_bytes(whole + b'{"id": "' + b"2" * 16)  # a power cut mid-line
+    ledger = Ledger(path)
+    assert path.read_bytes() == whole  # cut back to the last whole line, nothing else touched
+    ledger.append({"id": "3" * 32, "source": "/cr/b.png"})
+    assert [r["id"] for r in ledger.records()] == ["1" * 32, "3" * 32]
+    assert path.read_bytes().count(b"\n") == 2
+    path.write_bytes(b'{"id": "' + b"4" * 20)  # a log that is one torn line: emptied
+    Ledger(path)
+    assert path.read_bytes() == b""
 
 
 def test_the_log_index_catches_up_and_rebuilds(tmp_path):

@@ -1,4 +1,4 @@
-"""Signed bundles (issue 11): with a trusted key configured, only bundles signed by it load."""
+"""Signed bundles: with a trusted key configured, only bundles signed by it load."""
 
 from __future__ import annotations
 

@@ -142,14 +142,16 @@ def test_several_models_share_one_split_and_mixed_precision_saves_float32(phanto
     assert len(shas) == 1 and summary.count("AUC") == 2 and summary.startswith("PHANTOM")
     # Mixed precision on one model (float16 on a CPU is slow: one model is enough to check it saves float32).
     mixed = tmp_path / "mixed"
-    assert train_main(["--model", "custom_cnn_gmp", "--data", str(phantom_dir), "--out", str(mixed), "--epochs", "1",
-                       "--batch-size", "16", "--bootstrap", "50", "--mixed-precision"]) == 0
-    run = json.loads((mixed / "run.json").read_text())  # one model: the run is the folder itself
-    assert run["training"]["mixed_precision"] is True
-    model = keras.models.load_model(mixed / "model.keras", compile=False)
-    assert {w.dtype for w in model.weights} == {"float32"}
-    assert all(l.dtype_policy.name == "float32" for l in model.layers)
-    keras.mixed_precision.set_global_policy("float32")
+    try:
+        assert train_main(["--model", "custom_cnn_gmp", "--data", str(phantom_dir), "--out", str(mixed), "--epochs",
+                           "1", "--batch-size", "16", "--bootstrap", "50", "--mixed-precision"]) == 0
+        run = json.loads((mixed / "run.json").read_text())  # one model: the run is the folder itself
+        assert run["training"]["mixed_precision"] is True
+        model = keras.models.load_model(mixed / "model.keras", compile=False)
+        assert {w.dtype for w in model.weights} == {"float32"}
+        assert all(l.dtype_policy.name == "float32" for l in model.layers)
+    finally:  # a failure above must not leave float16 to the tests after it
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_missing_baseline_weights_stop_before_any_training(phantom_dir, tmp_path, capsys):

@@ -119,6 +119,7 @@ def parity(tmp_path_factory):
     return {"python": python, "js": js, "real": len(real), "dir": d}
 
 
+@pytest.mark.real_data
 def test_real_radiographs_are_compared(parity):
     if not (FOREARM / "images").is_dir():
         pytest.skip(f"no real radiographs: {FOREARM}/images is absent (set FRACTURE_EDGE_FOREARM)")
@@ -235,8 +236,7 @@ def test_a_twelve_megapixel_photo_in_time(tmp_path):
     assert cases[0]["original"] == [4000, 3000] and max(cases[0]["width"], cases[0]["height"]) == 1000
     assert js["quality"]["codes"] == python["twelve_mp"]["quality"]["codes"]
     print(f"\nreadFilm on a 12 MP photo (decoded {cases[0]['width']}x{cases[0]['height']}) in Node: "
-          f"{js['ms_min']:.0f} ms best of 7, {js['ms']:.0f} ms median")
-    assert js["ms_min"] < 3000, "far slower than the browser's 1 s budget allows"
+          f"{js['ms_min']:.0f} ms best of 7, {js['ms']:.0f} ms median")  # timed against its budget in benchmarks.webapp
 
 
 def test_decode_plan_matches_open_photo(tmp_path):

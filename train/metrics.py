@@ -54,7 +54,8 @@ def choose_threshold(y_true, p, rule: str = "youden") -> float:
     thr = np.minimum(thr, 1.0)  # sklearn's first threshold is +inf
     if kind == "youden":
         j = tpr - fpr
-        best = int(np.flatnonzero(j == j.max())[0])  # thresholds decrease: first = highest
+        # thresholds decrease: first = highest. Ties within rounding (2/3 vs 1 - 1/3) are ties.
+        best = int(np.flatnonzero(j >= j.max() - 1e-12)[0])
     else:
         best = int(np.flatnonzero(tpr >= target - 1e-12)[0])
     return float(thr[best])
