@@ -85,6 +85,11 @@ def _demo(args) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_UNUSABLE
     t0 = time.perf_counter()
+    try:
+        demo.samples()
+    except (OSError, ValueError) as exc:
+        print(f"error: the shipped samples cannot be read ({exc}); reinstall the package", file=sys.stderr)
+        return EXIT_UNUSABLE
     predictor = Predictor(args.bundle, args.backend, None, args.threads)
     bundle = predictor.bundle
     if not args.json:
@@ -97,17 +102,17 @@ def _demo(args) -> int:
         if args.json:
             print(json.dumps({"sample": name, "sample_is": meta, **rec.to_dict()}), flush=True)
             continue
-        print(f"{name}\n  is:     {demo.describe(meta)}")
+        print(f"{name}\n  is:      {demo.describe(meta)}")
         if rec.error:
-            print(f"  answer: could not be read: {rec.error}")
+            print(f"  answer:  could not be read: {rec.error}")
         elif rec.retake_asked:
-            print("  answer: " + WORDING[rec.decision] + ": " + "; ".join(rec.quality["reasons"]))
+            print("  answer:  " + WORDING[rec.decision] + ": " + "; ".join(rec.quality["reasons"]))
         else:
-            print(f"  answer: {WORDING[rec.decision]} (P(fractured) {rec.probability:.2f}, "
+            print(f"  answer:  {WORDING[rec.decision]} (P(fractured) {rec.probability:.2f}, "
                   f"threshold {rec.threshold:.2f})")
         for label, path in (("heatmap", rec.heatmap), ("film", getattr(rec, "flattened", None))):
             if path:
-                print(f"  {label + ':':8}{printable(path)}")
+                print(f"  {label + ':':9}{printable(path)}")
     if not args.json:
         print(f"\nOpen the pictures in {printable(str(args.out))}/ (done in {time.perf_counter() - t0:.1f} s). "
               "The colour shows where the model sees a fracture.\nYour own files: python -m edge_runtime predict "
@@ -347,7 +352,8 @@ def _fetch_runtime(args) -> int:
         print(f"the phone app's runtime (onnxruntime-web {res['version']}, integrity checked) is in {res['vendor']}; "
               "a running service serves /app/ now")
     else:
-        print(f"already in place: onnxruntime-web {res['version']} in {res['vendor']} (every file checked)")
+        print(f"already in place: onnxruntime-web {res['version']} in {res['vendor']} (every file checked"
+              + ("; the file given was not needed: --force replaces the runtime from it" if args.source else "") + ")")
     return 0
 
 
@@ -490,8 +496,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="put the app's WASM runtime in place without Node: the onnxruntime-web tarball pinned in "
                         "webapp/package-lock.json, from the npm registry, checked against the lock's sha512, "
                         "then stop (a clinic install does this once)")
-    w.add_argument("--from", dest="source", type=Path, metavar="FILE.tgz",
-                   help="with --fetch-runtime: read the tarball from this file (offline, e.g. from a USB stick)")
+    w.add_argument("--from", dest="source", type=Path, metavar="FILE.tgz|DIR",
+                   help="with --fetch-runtime: read the tarball from this file, or from the folder holding it under "
+                        "its registry name (offline, e.g. a USB stick)")
     w.add_argument("--registry", metavar="URL", help="with --fetch-runtime: an npm registry mirror "
                                                      "(default: $NPM_CONFIG_REGISTRY, else registry.npmjs.org)")
     w.add_argument("--force", action="store_true", help="with --fetch-runtime: replace the runtime even if it checks out")

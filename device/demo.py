@@ -21,7 +21,7 @@ def samples(folder: Path = SAMPLES) -> Dict[str, dict]:
     index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
     missing = [n for n in index if not (folder / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder}: samples missing ({', '.join(missing)}); reinstall the package")
+        raise FileNotFoundError(f"{folder}: samples missing ({', '.join(missing)})")
     return index
 
 

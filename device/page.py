@@ -92,30 +92,32 @@ class AppSite:
     def __init__(self, bundle: Callable[[], object]):
         self._bundle = bundle
         self._lock = threading.Lock()
-        self._digest: Optional[str] = None
+        self._digest: Optional[tuple] = None  # (bundle digest, runtime stamp) of the site built
         self._site = None
         self._gz: Dict[str, bytes] = {}  # file -> its gzip, for the current site
         self._failed: Optional[tuple] = None  # (digest, runtime stamp, monotonic time, exception)
 
-    def _current(self):
+    def _current(self, again: bool = False):
         import time
 
         from .webapp import build_site, runtime_stamp
         bundle = self._bundle()
-        if self._site is not None and bundle.digest == self._digest:
+        stamp = runtime_stamp()  # a few stats: a runtime fetched, repaired or replaced is seen at once
+        if self._site is not None and (bundle.digest, stamp) == self._digest:
             return self._site
-        stamp = runtime_stamp()
         if (self._failed and self._failed[:2] == (bundle.digest, stamp)
                 and time.monotonic() - self._failed[2] < self.RETRY_S):
-            raise self._failed[3]
+            raise self._failed[3].with_traceback(None)  # its old traceback dropped: re-raising would grow it
         try:
             site = build_site(bundle)
         except Exception as exc:
             self._failed = (bundle.digest, stamp, time.monotonic(), exc)
             raise
+        if runtime_stamp() != stamp and not again:  # changed while it was read: this build may mix two
+            return self._current(again=True)
         old = self._site.files if self._site is not None else {}
         self._gz = {rel: z for rel, z in self._gz.items() if old.get(rel) == site.files.get(rel)}  # unchanged files
-        self._site, self._digest, self._failed = site, bundle.digest, None
+        self._site, self._digest, self._failed = site, (bundle.digest, stamp), None
         return site
 
     def get(self, rel: str, gzip_ok: bool):
@@ -439,8 +441,8 @@ class PageHandler(BaseHTTPRequestHandler):
         from .webapp import RuntimeMissing
         try:
             got = self.app.get(rel, gzip_ok)
-        except RuntimeMissing:
-            log.exception("the phone app cannot be built")
+        except RuntimeMissing as exc:
+            log.warning("the phone app cannot be built: %s", exc)  # no traceback: the reason is the message
             return self._text(503, "the phone app's runtime is not installed on this device yet. The person who "
                                    "installed it runs `python -m device webapp --fetch-runtime` with the device's "
                                    "Python (see docs/device.md); the app is served here as soon as that finishes")

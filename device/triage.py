@@ -19,6 +19,7 @@ from PIL import Image
 from edge_runtime.errors import ImageReadError
 from edge_runtime.imageio import DecodedImage
 from edge_runtime.labels import RETAKE
+from edge_runtime.overlay import save_image
 from edge_runtime.predictor import Predictor
 from edge_runtime.preprocess import window
 from edge_runtime.result import Result
@@ -90,7 +91,8 @@ def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
             t0 = time.perf_counter()
             keep_dir.mkdir(parents=True, exist_ok=True)
             flat_path = keep_dir / f"{stem or path.stem}{FLAT_SUFFIX}"
-            Image.fromarray((display_image(flat) * 255.0 + 0.5).astype(np.uint8)).save(flat_path, compress_level=1)
+            save_image(Image.fromarray((display_image(flat) * 255.0 + 0.5).astype(np.uint8)), flat_path, "PNG",
+                       compress_level=1)  # a link left at that name is replaced, not followed
             rec.flattened = str(flat_path)
             timings["keep"] = _ms(t0)
     if not q.ok:

@@ -63,9 +63,28 @@ def _in_checkout(root: Path) -> bool:
     return (root / "scripts" / "vendor.mjs").is_file() and "site-packages" not in root.parts
 
 
+def _vendor_files(root: Path) -> Dict[str, bytes]:
+    """The runtime's files, each checked against the sha256 VENDOR.json records for it (a file cut
+    short by a power cut, or replaced half-way, is refused, not served)."""
+    vendor = _vendor_dir(root)
+    try:
+        sums = json.loads((vendor / "VENDOR.json").read_text(encoding="utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeMissing(f"the phone app's WASM runtime in {vendor} has no usable VENDOR.json ({exc}): "
+                             "run `python -m device webapp --fetch-runtime --force`") from None
+    files = {}
+    for name in VENDOR_FILES:
+        content = (vendor / name).read_bytes()
+        if hashlib.sha256(content).hexdigest() != sums.get(name):
+            raise RuntimeMissing(f"the phone app's WASM runtime file {vendor / name} does not match VENDOR.json "
+                                 "(damaged or half replaced): run `python -m device webapp --fetch-runtime --force`")
+        files[name] = content
+    return files
+
+
 def _vendor_dir(root: Path) -> Path:
     vendor = root / "vendor"
-    missing = [f for f in VENDOR_FILES if not (vendor / f).is_file()]
+    missing = [f for f in (*VENDOR_FILES, "VENDOR.json") if not (vendor / f).is_file()]
     if missing:
         how = ("run `python -m device webapp --fetch-runtime` (downloads the version pinned in "
                "package-lock.json from the npm registry and checks its sha512; offline: add --from FILE.tgz)")
@@ -181,15 +200,15 @@ def build_site(bundle: Optional[Bundle] = None, trusted_key: Optional[Path] = No
     checks it (digest, sha256, signature where a key is configured)."""
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     root = webapp_root()
-    vendor = _vendor_dir(root)
+    runtime = _vendor_files(root)
     src = root / "src"
     files: Dict[str, bytes] = {}
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src).as_posix()
         if p.is_file() and p.suffix in (".html", ".js", ".css") and rel != "sw.js":
             files[rel] = p.read_bytes()
-    for name in VENDOR_FILES:
-        files[f"vendor/{name}"] = (vendor / name).read_bytes()
+    for name, content in runtime.items():
+        files[f"vendor/{name}"] = content
     arts = bundle.manifest["artifacts"]
     usable = [k for k in ARTIFACT_PREFERENCE if k in arts and (arts[k].get("check") or {}).get("passed")]
     if not usable:

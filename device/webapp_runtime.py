@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, TextIO
@@ -38,14 +39,19 @@ class RuntimeFetchError(RuntimeError):
 @dataclass(frozen=True)
 class Pin:
     version: str
-    integrity: str  # "sha512-<base64>", as npm writes it in package-lock.json
+    integrity: str  # as npm writes it in package-lock.json: SRI, "sha512-<base64>" (maybe several, spaced)
     lockfile: Path
+
+    def sha512s(self) -> list:
+        """The sha512 digests the lock accepts (SRI: space-separated, each may carry ?options)."""
+        return [t.split("?", 1)[0] for t in self.integrity.split() if t.startswith("sha512-")]
 
     def tarball_name(self) -> str:
         return f"{PACKAGE}-{self.version}.tgz"
 
     def url(self, registry: Optional[str] = None) -> str:
-        base = (registry or os.environ.get("NPM_CONFIG_REGISTRY") or DEFAULT_REGISTRY).rstrip("/")
+        base = (registry or os.environ.get("NPM_CONFIG_REGISTRY") or os.environ.get("npm_config_registry")
+                or DEFAULT_REGISTRY).rstrip("/")
         return f"{base}/{PACKAGE}/-/{self.tarball_name()}"
 
 
@@ -59,17 +65,22 @@ def pinned(root: Path) -> Pin:
         raise RuntimeFetchError(f"{lock}: missing, so the pinned {PACKAGE} version is unknown") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise RuntimeFetchError(f"{lock}: no pinned {PACKAGE} with an integrity ({exc})") from None
-    if not integrity.startswith("sha512-"):
-        raise RuntimeFetchError(f"{lock}: {PACKAGE}'s integrity is not a sha512 ({integrity[:20]}...)")
-    return Pin(version, integrity, lock)
+    pin = Pin(version, integrity, lock)
+    if not pin.sha512s():
+        raise RuntimeFetchError(f"{lock}: {PACKAGE}'s integrity names no sha512 ({integrity[:30]}...)")
+    return pin
 
 
 def _sha512_integrity(data: bytes) -> str:
     return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
 
 
-def _download(url: str, stream: TextIO, timeout_s: float = 60.0) -> bytes:
-    """The tarball's bytes, with a progress line at every tenth of the way."""
+def _download(url: str, stream: TextIO, timeout_s: float = 60.0, deadline_s: float = 900.0) -> bytes:
+    """The tarball's bytes, with a progress line at every tenth of the way; `timeout_s` per read,
+    `deadline_s` for the whole (a registry that trickles is given up on, not waited for forever)."""
+    import time
+
+    t_end = time.monotonic() + deadline_s
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - a fixed https registry address
             total = int(resp.headers.get("Content-Length") or 0)
@@ -84,6 +95,9 @@ def _download(url: str, stream: TextIO, timeout_s: float = 60.0) -> bytes:
                 buf.write(chunk)
                 if buf.tell() > MAX_TARBALL_BYTES:
                     raise RuntimeFetchError(f"{url}: more than {MAX_TARBALL_BYTES} bytes, not the runtime's tarball")
+                if time.monotonic() > t_end:
+                    raise RuntimeFetchError(f"{url}: still downloading after {deadline_s:.0f} s; offline, carry the "
+                                            "file and pass --from FILE")
                 if total and buf.tell() // step > shown:
                     shown = buf.tell() // step
                     print(f"  downloading {PACKAGE}: {buf.tell() / 1e6:.1f} / {total / 1e6:.1f} MB", file=stream)
@@ -133,8 +147,16 @@ def fetch_runtime(root: Path, names, source: Optional[Path] = None, registry: Op
     stream = stream or sys.stderr
     pin = pinned(root)
     vendor = root / "vendor"
-    if not force and installed_ok(vendor, pin, names):
-        return {"vendor": str(vendor), "version": pin.version, "changed": False, "source": None}
+    if source is not None and source.is_dir():  # a folder carried offline (install.sh --wheels DIR)
+        source = source / pin.tarball_name()
+    with _locked(root):
+        _recover(vendor)
+        if not force and installed_ok(vendor, pin, names):
+            return {"vendor": str(vendor), "version": pin.version, "changed": False, "source": None}
+        return _fetch(pin, vendor, names, source, registry, stream)
+
+
+def _fetch(pin: Pin, vendor: Path, names, source: Optional[Path], registry: Optional[str], stream: TextIO) -> Dict:
     if source is not None:
         origin = str(source)
         try:
@@ -148,9 +170,9 @@ def fetch_runtime(root: Path, names, source: Optional[Path] = None, registry: Op
         print(f"fetching {PACKAGE} {pin.version} from {origin}", file=stream)
         data = _download(origin, stream)
     got = _sha512_integrity(data)
-    if got != pin.integrity:
+    if got not in pin.sha512s():
         raise RuntimeFetchError(f"{origin}: integrity check failed: {pin.lockfile.name} pins {PACKAGE} "
-                                f"{pin.version} as {pin.integrity[:27]}..., this file is {got[:27]}... "
+                                f"{pin.version} as {pin.sha512s()[0][:27]}..., this file is {got[:27]}... "
                                 "(a different version, or damaged); nothing was written")
     files = _members(data, origin, names)
     meta = json.loads(files.pop("package.json"))
@@ -163,27 +185,81 @@ def fetch_runtime(root: Path, names, source: Optional[Path] = None, registry: Op
     return {"vendor": str(vendor), "version": pin.version, "changed": True, "source": origin}
 
 
+OLD_PREFIX = ".vendor-old-"  # the runtime being replaced, kept until the new one is in place
+
+
+@contextmanager
+def _locked(root: Path):
+    """One fetch at a time per app folder (an flock, released by the kernel if we die)."""
+    import fcntl
+
+    try:
+        fh = open(root / ".vendor.lock", "a+")
+    except OSError:
+        yield  # a folder we cannot write: the fetch will say so, with the reason, when it writes
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _recover(vendor: Path) -> None:
+    """A fetch killed between its two renames left the runtime only under its backup name: put
+    it back; a backup left after a finished swap is removed."""
+    olds = sorted((p for p in vendor.parent.glob(f"{OLD_PREFIX}*") if p.is_dir() and not p.is_symlink()),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in olds:
+        if not vendor.exists() and (old / "vendor").is_dir():
+            try:
+                (old / "vendor").rename(vendor)
+            except OSError:
+                continue
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_error(where: Path, exc: OSError) -> RuntimeFetchError:
+    import errno
+
+    hint = ("the package lives on a read-only file system: run the fetch where it is installed writable"
+            if exc.errno == errno.EROFS else
+            "run as the user that installed the package (sudo on a clinic device)" if exc.errno in (errno.EACCES,
+                                                                                                   errno.EPERM)
+            else "is the disk full?" if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else "")
+    return RuntimeFetchError(f"{where}: cannot write the runtime there ({exc.strerror or exc})"
+                             + (f"; {hint}" if hint else "") + "; the earlier runtime, if any, is kept")
+
+
 def _replace_dir(target: Path, files: Dict[str, bytes]) -> None:
-    """Write `files` into a new folder beside `target`, then swap it in."""
+    """Write `files` into a new folder beside `target` (each fsynced), then swap it in; on any
+    failure the earlier folder stays (or is put back) and RuntimeFetchError says why."""
+    from .fileops import fsync_dir
+
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=".vendor-new-", dir=target.parent))
     except OSError as exc:
-        raise RuntimeFetchError(f"{target.parent}: cannot write there ({exc.strerror or exc}); "
-                                "run as the user that installed the package (sudo on a clinic device)") from None
-    old = target.with_name(f".{target.name}.old")
+        raise _write_error(target.parent, exc) from None
+    old = None
     try:
         for name, content in files.items():
-            (tmp / name).write_bytes(content)
+            with open(tmp / name, "wb") as fh:
+                fh.write(content)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.chmod(tmp / name, 0o644)
         os.chmod(tmp, 0o755)
-        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(tmp)
         if target.exists():
-            target.rename(old)
+            old = Path(tempfile.mkdtemp(prefix=OLD_PREFIX, dir=target.parent))
+            target.rename(old / "vendor")
         tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+        fsync_dir(target.parent)
+    except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
-            old.rename(target)  # the earlier runtime stays rather than none
-        raise
+        if old is not None and (old / "vendor").exists() and not target.exists():
+            (old / "vendor").rename(target)  # the earlier runtime stays rather than none
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        raise _write_error(target, exc) from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

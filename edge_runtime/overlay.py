@@ -104,14 +104,26 @@ def caption_lines(probability: Optional[float], threshold: Optional[float], boxe
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> List[str]:
-    """`text` broken between words into lines no wider than `width` (a word longer stays whole)."""
+    """`text` broken between words into lines no wider than `width`; a word wider than that on
+    its own is broken between characters, so nothing runs off the image."""
+    def fits(t: str) -> bool:
+        return draw.textbbox((0, 0), t, font=font)[2] <= width
+
     lines: List[str] = []
     for word in text.split():
-        if lines and draw.textbbox((0, 0), f"{lines[-1]} {word}", font=font)[2] <= width:
+        if lines and fits(f"{lines[-1]} {word}"):
             lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
+            continue
+        while not fits(word) and len(word) > 1:
+            k = max(1, max(i for i in range(1, len(word) + 1) if fits(word[:i]) or i == 1))
+            lines.append(word[:k])
+            word = word[k:]
+        lines.append(word)
     return lines
+
+
+def _line_height(size: int) -> int:
+    return size + max(2, size // 3)
 
 
 def add_legend(img: Image.Image, probability: Optional[float] = None, threshold: Optional[float] = None,
@@ -121,7 +133,7 @@ def add_legend(img: Image.Image, probability: Optional[float] = None, threshold:
     place; else 0 to the map's peak), a caption below it when there is anything to say (probability
     against the threshold, what the boxes are, then `footer`: the disclaimer), and `banner` on a
     warning strip above it (a demonstration model): an overlay file that travels alone still says
-    what it is."""
+    what it is. Every text wraps to the overlay's width, however narrow the image."""
     top_label = "1" if absolute else "peak"
     w, h = img.size
     fs = max(9, min(22, round(max(w, h) / 48)))
@@ -135,17 +147,13 @@ def add_legend(img: Image.Image, probability: Optional[float] = None, threshold:
     lines = caption_lines(probability, threshold, boxes)
     if lines and measure.textbbox((0, 0), "   ".join(lines), font=font)[2] <= room:
         lines = ["   ".join(lines)]
-    cap_font = font
-    size = fs
-    while lines and size > 8 and max(measure.textbbox((0, 0), t, font=cap_font)[2] for t in lines) > room:
-        size -= 1
-        cap_font = _font(size)
-    small = _font(max(8, min(size, fs - 2)))  # the footer: smaller than the caption, wrapped to fit
+    cap = [t for line in lines for t in _wrap(measure, line, font, room)]
+    small_size = max(8, fs - 2)  # the footer: quieter than the caption
+    small = _font(small_size)
     foot = _wrap(measure, footer, small, room) if footer else []
-    line_h = size + max(2, size // 3)
-    foot_h = max(8, min(size, fs - 2)) + 2
-    cap_h = (len(lines) * line_h + len(foot) * foot_h + 2 * pad) if lines or foot else 0
     ban = _wrap(measure, banner, font, room) if banner else []
+    line_h, foot_h = _line_height(fs), _line_height(small_size)
+    cap_h = (len(cap) * line_h + len(foot) * foot_h + 2 * pad) if cap or foot else 0
     ban_h = len(ban) * line_h + 2 * pad if ban else 0
     out = Image.new("RGB", (w + panel_w, ban_h + h + cap_h), _PANEL)
     out.paste(img, (0, ban_h))
@@ -163,8 +171,8 @@ def add_legend(img: Image.Image, probability: Optional[float] = None, threshold:
         _text_mid_left(draw, (x_text, top), top_label, font)
         _text_mid_left(draw, (x_text, bottom - 1), "0", font)
     y = ban_h + h + pad
-    for t in lines:
-        _text_mid_left(draw, (pad, y + line_h // 2), t, cap_font)
+    for t in cap:
+        _text_mid_left(draw, (pad, y + line_h // 2), t, font)
         y += line_h
     for t in foot:
         _text_mid_left(draw, (pad, y + foot_h // 2), t, small, fill=_DIM)
@@ -197,7 +205,30 @@ def save_overlay(path: Union[str, Path], gray: np.ndarray, heat: np.ndarray, alp
     if legend:
         img = add_legend(img, probability, threshold, bool(boxes), absolute, banner, footer)
     if path.suffix.lower() in (".jpg", ".jpeg"):
-        img.save(path, quality=90)
+        save_image(img, path, "JPEG", quality=90)
     else:
-        img.save(path, compress_level=1)  # zlib's fastest level: 3x quicker, files ~20% larger
+        save_image(img, path, "PNG", compress_level=1)  # zlib's fastest level: 3x quicker, files ~20% larger
+    return path
+
+
+def save_image(img: Image.Image, path: Union[str, Path], fmt: str, **options) -> Path:
+    """Write `img` to a new file beside `path`, then rename it over `path`: a link someone left at
+    that name is replaced, never followed (an output folder may be shared, e.g. under /tmp), and
+    a reader never sees half an image. Permissions follow the umask, as a plain save's would."""
+    import os
+    import secrets
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            img.save(fh, format=fmt, **options)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     return path

@@ -81,8 +81,10 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Leave the heavy tests out unless --all, or a -m expression, says which to run."""
-    if config.getoption("all_tests") or config.getoption("markexpr"):
+    """Leave the heavy tests out of a bare run only: --all, -m, -k or a file or test named on the
+    command line runs what it selects, heavy or not."""
+    named = config.args_source != pytest.Config.ArgsSource.TESTPATHS
+    if config.getoption("all_tests") or config.getoption("markexpr") or config.getoption("keyword") or named:
         return
     heavy = [item for item in items if item.get_closest_marker("heavy")]
     if heavy:

@@ -69,3 +69,33 @@ def test_the_demo_says_where_to_look(tmp_path, capsys):
     assert f"Open the pictures in {out}/" in text and "PHANTOMS" in text and "not for patients" in text
     for name in samples():
         assert name in text and f"{out}/{Path(name).stem}_heatmap.jpg" in text
+
+
+def test_a_link_left_in_the_output_folder_is_replaced_not_followed(tmp_path, capsys):
+    """The output folder may be shared (/tmp): a name planted as a link to another file must not
+    make the demo (or predict --heatmap, or film) write through it."""
+    out = tmp_path / "shared"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for stem in ("phantom_intact_hand_heatmap.jpg", "phantom_fractured_leg_film-photo_flat.png"):
+        (out / stem).symlink_to(victim)
+    assert device_main(["demo", "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    assert victim.read_text() == "precious"
+    for stem in ("phantom_intact_hand_heatmap.jpg", "phantom_fractured_leg_film-photo_flat.png"):
+        assert not (out / stem).is_symlink() and Image.open(out / stem).size[0] > 0
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_samples_missing_from_an_install_are_said_plainly(tmp_path, monkeypatch, capsys):
+    import device.demo as demo
+
+    def gone(folder=SAMPLES):
+        raise FileNotFoundError(f"{folder}: samples missing (phantom_intact_hand.png)")
+
+    monkeypatch.setattr(demo, "samples", gone)
+    assert device_main(["demo", "--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert "the shipped samples cannot be read" in captured.err and "reinstall the package" in captured.err
+    assert "internal error" not in captured.err and captured.out == ""

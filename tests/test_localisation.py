@@ -98,6 +98,28 @@ def test_overlay_banner_and_disclaimer_travel_with_the_image_and_wrap_to_its_wid
     assert sizes[120] > sizes[600]  # a narrow image wraps the banner and the disclaimer onto more lines
 
 
+@pytest.mark.parametrize("size", [(16, 16), (768, 64), (768, 128), (40, 300)])
+def test_every_overlay_text_wraps_inside_the_overlay_however_narrow(tmp_path, size):
+    """Nothing is shrunk away or cut off: each line fits the overlay's width, and the lines hold
+    every character of the probability, the threshold, the banner and the disclaimer."""
+    from PIL import ImageDraw
+
+    from edge_runtime.labels import OVERLAY_BANNER, OVERLAY_DISCLAIMER
+    from edge_runtime.overlay import _font, _wrap, caption_lines, save_overlay
+
+    h, w = size
+    img = Image.open(save_overlay(tmp_path / "o.png", np.full((h, w), 0.3, np.float32), np.zeros((4, 4), np.float32),
+                                  probability=0.4321, threshold=0.3456, banner=OVERLAY_BANNER,
+                                  footer=OVERLAY_DISCLAIMER, absolute=True))
+    assert img.width > w and img.height > h
+    draw = ImageDraw.Draw(img)
+    font = _font(9)
+    for text in (*caption_lines(0.4321, 0.3456, False), OVERLAY_BANNER, OVERLAY_DISCLAIMER):
+        lines = _wrap(draw, text, font, 30)
+        assert all(draw.textbbox((0, 0), t, font=font)[2] <= 30 or len(t) == 1 for t in lines)
+        assert "".join(lines).replace(" ", "") == text.replace(" ", "")
+
+
 @pytest.mark.slow
 def test_training_metrics_and_export_report_score_localisation(tiny_run, tiny_bundle):
     """Phantoms carry their fracture boxes (Annotations/YOLO): the run's metrics and export's check

@@ -156,13 +156,13 @@ step "5. the phone app's runtime (onnxruntime-web, checked against the sha512 it
 # (no Node needed), or read from onnxruntime-web-<version>.tgz carried beside the wheels offline.
 RUNTIME=("$PREFIX/venv/bin/python" -m device webapp --fetch-runtime)
 if [ -n "$WHEELS" ]; then
-    for tgz in "$WHEELS"/onnxruntime-web-*.tgz; do
-        if [ -f "$tgz" ]; then RUNTIME+=(--from "$tgz"); break; fi
-    done
+    # The folder: the command reads the tarball of the version the lock pins from it, by name.
+    if compgen -G "$WHEELS/onnxruntime-web-*.tgz" >/dev/null; then RUNTIME+=(--from "$WHEELS"); fi
 fi
 if ! run "${RUNTIME[@]}"; then
-    echo "warning: the phone app (/app/) will not be served until its runtime is in place: run" >&2
-    echo "  ${RUNTIME[*]}   (online), or carry onnxruntime-web-<version>.tgz from the npm registry and add --from FILE" >&2
+    echo "warning: the phone app (/app/) will not be served until its runtime is in place; once the device is" >&2
+    echo "online, or with onnxruntime-web-<version>.tgz from the npm registry in DIR, run (as root):" >&2
+    echo "  $(printf '%q ' "$PREFIX/venv/bin/python") -m device webapp --fetch-runtime [--from DIR]" >&2
 fi
 
 step "6. the model bundle"
