@@ -16,10 +16,13 @@ decorators or defaults) it makes one mutant per site and kind:
     minmax     min <-> max, minimum <-> maximum
 
 The mutated text replaces only the node's own span of the file (comments and line numbers
-elsewhere are kept). For each mutant the module's fast tests (TARGETS below) are run with
-`python -m pytest -x -q -p no:cacheprovider` with PYTHONDONTWRITEBYTECODE=1, and the module's
-own .pyc files are deleted whenever its source is replaced, so no .pyc can stand in for the
-mutated source (PYTHONPYCACHEPREFIX is unset for the runs: the .pyc would be beside it). A failing
+elsewhere are kept). For each mutant the module's fast tests (TARGETS below) are run as
+`pytest -x -q -p no:cacheprovider` with PYTHONDONTWRITEBYTECODE=1, and the module's own .pyc
+files are deleted whenever its source is replaced, so no .pyc can stand in for the mutated source
+(PYTHONPYCACHEPREFIX is unset for the runs: the .pyc would be beside it). The default runner forks
+each run from this process, which has imported pytest, numpy and scikit-learn once (never the
+project), and runs every survivor again in a fresh `python -m pytest`: only if that passes too does
+the mutant count as survived (`--runner subprocess`: a fresh interpreter for every run). A failing
 run kills the mutant; a run past the timeout kills it too and is counted apart as a timeout (a
 mutant that hangs the code is caught, not missed). A baseline run of the same tests on the
 unmutated module must pass first, or the module is reported as such and not mutated.
@@ -32,7 +35,7 @@ Either way the original bytes are first saved under OUT/backup/, written back af
 killed harder than that (SIGKILL) is repaired from the backup by the next run.
 
 Report: OUT/report.md (a table per module: mutants, killed, survived, timeouts; every survivor
-with file:line, the original and the mutated code) and OUT/report.json (`--json` prints it).
+with file:line:col, the original and the mutated code) and OUT/report.json (`--json` prints it).
 Sampling (`--max-per-module`) is seeded and deterministic. docs/testing.md, "Mutation testing",
 lists the survivors of the last measured run and why each is acceptable, or says it is a gap.
 """
@@ -84,20 +87,23 @@ TARGETS: Tuple[Target, ...] = (
     )),
     Target("train.metrics", "train/metrics.py", (
         ("tests/test_metrics.py",),
+        ("tests/test_localisation.py", "-k", "wilson_interval"),
     )),
     Target("edge_runtime.preprocess", "edge_runtime/preprocess.py", (
         ("tests/test_imageio_preprocess.py", "tests/test_augment.py"),
         ("tests/test_edge_runtime.py", "-k", "content_check_works_at_every_input_size"),
         ("tests/test_fracture_map.py", "-k", "letterbox"),
+        ("tests/test_localisation.py", "-k", "heat_is_mapped"),
     )),
     Target("edge_runtime.bundle", "edge_runtime/bundle.py", (
         ("tests/test_robustness.py", "-k", "manifest or swapped or symlink or model_whose or exit_codes"),
         ("tests/test_signing.py", "tests/test_packaging.py", "-k", "signed or signing or keygen or packaged"),
         ("tests/test_messages.py", "-k", "training_run"),
         ("tests/test_device_update.py", "-k", "damaged"),
+        ("tests/test_demo.py", "-k", "says_where_to_look"),  # the default bundle, found without --bundle
     )),
     Target("device.service.Ledger", "device/service.py", (
-        ("tests/test_service_faults.py", "-k", "torn or index"),
+        ("tests/test_service_faults.py", "-k", "torn or index or kill_9 or readable_by_the_service_user"),
         ("tests/test_service_trust.py", "-k", "logs_tail or damaged_index or results_log_that_is_not or "
                                               "unwritable_log or idle_scan_opens or banners_before"),
         ("tests/test_benchmarks.py", "-k", "page_benchmark"),
@@ -121,6 +127,7 @@ class Mutant:
     index: int  # position in the module's list (source order): with the source, identifies it
     kind: str
     line: int
+    col: int  # 1-based, in characters
     what: str  # e.g. "`<` -> `<=`"
     original: str  # the node's code as written (first line, shortened)
     mutated: str  # what replaces it
@@ -278,6 +285,10 @@ def find_mutants(src: bytes, scope: Optional[str] = None, kinds: Sequence[str] =
                 continue
             seen.add((start, end, kind, what))
             text = ast.unparse(new)
+            original = src[start:end].decode("utf-8")
+            if kind == "const" and original[:2].lower() in ("0o", "0x", "0b") and isinstance(new.value, int):
+                text = {"0o": oct, "0x": hex, "0b": bin}[original[:2].lower()](new.value)  # 0o600 -> 0o601
+                what = f"`{original}` -> `{text}`"
             if isinstance(node, ast.expr):
                 text = f"({text})"  # keeps the precedence the original node had
             mutated = src[:start] + text.encode("utf-8") + src[end:]
@@ -286,8 +297,8 @@ def find_mutants(src: bytes, scope: Optional[str] = None, kinds: Sequence[str] =
                     continue
             except SyntaxError:
                 continue
-            original = src[start:end].decode("utf-8")
-            out.append(Mutant(0, kind, node.lineno, what, _short(original), _short(text), start, end, text))
+            col = len(src[starts[node.lineno - 1]:start].decode("utf-8")) + 1
+            out.append(Mutant(0, kind, node.lineno, col, what, _short(original), _short(text), start, end, text))
     out.sort(key=lambda m: (m.start, -m.end, KINDS.index(m.kind), m.what))
     for i, m in enumerate(out):
         m.index = i
@@ -640,7 +651,8 @@ def run_module(target: Target, tree: Path, out: Path, *, in_place: bool, max_mut
         return res
     res.baseline = "passed"
     res.runner = runner
-    res.timeout = timeout or max(20.0, 5 * max(secs, fresh))  # also what a fresh interpreter needs
+    res.timeout = timeout or max(10.0, 5 * secs)
+    confirm_timeout = timeout or max(10.0, 5 * fresh)  # a fresh interpreter starts slower
     log(f"[{target.name}] {len(found)} mutants, running {len(res.mutants)}; baseline {secs:.1f} s ({runner}; "
         f"{fresh:.1f} s fresh), timeout {res.timeout:.0f} s; missing tests: {', '.join(missing) or 'none'}")
     restorer = Restorer(path, out / "backup")
@@ -650,7 +662,7 @@ def run_module(target: Target, tree: Path, out: Path, *, in_place: bool, max_mut
                 restorer.write(apply(src, m))
                 status, why, m.seconds = run_tests(invocations, tree, env, res.timeout, runner)
                 if status == "passed" and runner != "subprocess":  # confirm in a fresh interpreter
-                    status, why, more = run_tests(invocations, tree, env, res.timeout, "subprocess")
+                    status, why, more = run_tests(invocations, tree, env, confirm_timeout, "subprocess")
                     m.seconds += more
                     if status != "passed":
                         why = "only in a fresh interpreter: " + why
@@ -710,7 +722,7 @@ def to_markdown(report: Dict[str, object]) -> str:
             continue
         lines += ["Survivors:", "", "| # | where | kind | change | original | mutated |", "|---|---|---|---|---|---|"]
         for m in mod["survivors"]:
-            lines.append(f"| {m['index']} | `{mod['file']}:{m['line']}` | {m['kind']} | {_cell(m['what'])} | "
+            lines.append(f"| {m['index']} | `{mod['file']}:{m['line']}:{m['col']}` | {m['kind']} | {_cell(m['what'])} | "
                          f"`{_cell(m['original'])}` | `{_cell(m['mutated'])}` |")
     return "\n".join(lines) + "\n"
 
@@ -784,7 +796,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comma-separated mutant kinds (default: all, {','.join(KINDS)})")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds per mutant before it counts as a timeout (killed) (default: 5 x the "
-                        "baseline run, at least 20)")
+                        "module's baseline run, at least 10)")
     p.add_argument("--out", type=Path, default=Path("runs/mutation"),
                    help="folder for report.md, report.json and the backups (default: runs/mutation)")
     p.add_argument("--root", type=Path, default=ROOT, help="the checkout (default: this file's repository)")
@@ -818,7 +830,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             muts = find_mutants((root / t.path).read_bytes(), t.scope, kinds)
             print(f"{t.name}: {len(muts)} mutants")
             for m in muts:
-                print(f"  {m.index:4} {t.path}:{m.line} {m.kind:9} {m.what:28} {m.original}  =>  {m.mutated}")
+                print(f"  {m.index:4} {t.path}:{m.line}:{m.col} {m.kind:9} {m.what:28} {m.original}  =>  {m.mutated}")
         return 0
 
     out.mkdir(parents=True, exist_ok=True)
@@ -843,9 +855,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             preload()
         started = datetime.datetime.now(datetime.timezone.utc)
         results = []
-        for t in targets:
+        for t in targets:  # Ctrl-C or SIGTERM: each module is restored on the way out (finally)
             results.append(run_module(t, tree, out, in_place=args.in_place, max_mutants=_limit(args.max_per_module, t),
                                       seed=args.seed, timeout=args.timeout, kinds=kinds, runner=args.runner, log=log))
+    except KeyboardInterrupt:
+        print("mutation: interrupted; the module being mutated was restored, no report written", file=sys.stderr)
+        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
         if made_tree is not None:

@@ -141,7 +141,8 @@ def test_a_tested_comparison_is_killed_and_an_untested_one_survives_in_the_repor
     line = next(k for k, text in enumerate(GATE.splitlines(), 1) if "if not v >= 0" in text)
     assert [(s["line"], s["original"], s["mutated"]) for s in survivors] == [(line, "v >= 0", "(v > 0)")]
     md = M.to_markdown(report)
-    assert f"`tiny/gate.py:{survivors[0]['line']}`" in md and "(v > 0)" in md and "| `tiny/gate.py` |" in md
+    assert survivors[0]["col"] == GATE.splitlines()[line - 1].index("v >= 0") + 1
+    assert f"`tiny/gate.py:{line}:{survivors[0]['col']}`" in md and "(v > 0)" in md and "| `tiny/gate.py` |" in md
     assert (project / "tiny" / "gate.py").read_bytes() == original
     assert not (tmp_path / "out" / "backup" / "IN_PROGRESS.json").exists()
 
