@@ -305,3 +305,23 @@ def test_an_int8_map_gone_flat_counts_as_no_agreement_not_as_unmeasured():
     assert len(bad) == 1 and bad[0].startswith("fracture map correlation with float")
     both = compare(Y, P, P.copy(), T, flat, flat.copy(), "map")  # both flat: nothing to correlate
     assert both["map_correlation_mean"] is None and refused(both, precision="int8") == []
+
+
+def test_a_flat_reference_map_beside_a_varying_int8_map_is_no_agreement_either():
+    ref = _cams()
+    flat_ref = np.full_like(ref, 0.25)
+    m = compare(Y, P, P.copy(), T, flat_ref, ref, "map")  # the float model's maps flat, the copy's not
+    assert m["map_correlation_mean"] == 0.0 and len(refused(m, precision="int8")) == 1
+
+
+def test_a_blank_reference_gradcam_is_skipped_not_divided_by():
+    """Grad-CAM differences are relative to each reference map's peak; a blank reference (peak 0)
+    has no scale and is left out, never turned into inf or NaN (which would pass any limit)."""
+    ref = _cams()
+    ref[0] = 0.0
+    art = ref.copy()
+    art[0] = 0.3  # differs only where the reference is blank
+    m = compare(Y, P, P.copy(), T, ref, art, "gradcam")
+    assert m["gradcam_max_abs_diff"] == 0.0
+    blank = np.zeros_like(ref)
+    assert compare(Y, P, P.copy(), T, blank, blank + 0.1, "gradcam")["gradcam_max_abs_diff"] is None

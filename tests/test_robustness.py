@@ -271,6 +271,18 @@ def test_an_edited_manifest_is_refused(tmp_path):
         load_bundle(copy)
 
 
+def test_a_bundle_export_rejected_is_refused_even_when_sealed(tmp_path):
+    """Export writes a rejected copy beside the accepted ones, sealed like them: only its status
+    says it must not answer a patient."""
+    copy = _bundle_copy(tmp_path)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["status"] = "rejected"
+    _write(copy, m)
+    with pytest.raises(BundleError, match="status is 'rejected': export's fidelity check did not accept it"):
+        load_bundle(copy)
+    assert load_bundle(copy, require_accepted=False).info.status == "rejected"  # export's own check may read it
+
+
 @pytest.mark.parametrize("edit, field", [
     (lambda m: m["decision"].update(threshold=float("nan")), "not plain JSON"),  # cannot even be sealed
     (lambda m: m["decision"].update(threshold=2.0), "decision.threshold"),
