@@ -271,6 +271,35 @@ def test_an_edited_manifest_is_refused(tmp_path):
         load_bundle(copy)
 
 
+def test_a_bundle_whose_files_cannot_be_read_is_refused_by_name_exit_2(tmp_path, monkeypatch, capsys):
+    """A damaged copy (a file gone, a manifest that is not text, a file the OS will not read) is a
+    bundle problem named with its file (exit 2), never an internal error (exit 3)."""
+    copy = _bundle_copy(tmp_path)
+    model = _default_model(copy)
+    model.unlink()
+    with pytest.raises(BundleError, match=f"{model.name}: file listed in the manifest is missing"):
+        load_bundle(copy)
+    assert runtime_main(["info", "--bundle", str(copy)]) == 2
+    capsys.readouterr()
+    garbled = _bundle_copy(tmp_path / "g")
+    (garbled / "manifest.json").write_bytes(b"\xff\xfe{not text")
+    with pytest.raises(BundleError, match=r"manifest.json: unreadable manifest \(UnicodeDecodeError"):
+        load_bundle(garbled)
+    ok = _bundle_copy(tmp_path / "ok")
+    bundle = load_bundle(ok)
+    name = _default_model(ok).name
+    real_read = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == name:
+            raise PermissionError(13, "Permission denied")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(BundleError, match=f"{name}: cannot be read \\(Permission denied\\)"):
+        bundle.read_verified(name)
+
+
 def test_a_bundle_export_rejected_is_refused_even_when_sealed(tmp_path):
     """Export writes a rejected copy beside the accepted ones, sealed like them: only its status
     says it must not answer a patient."""
