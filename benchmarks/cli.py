@@ -26,7 +26,7 @@ from edge_runtime.backends import BACKENDS, backend_version, installed_backends
 from edge_runtime.bundle import BundleError, load_bundle, sha256_file
 from edge_runtime.environment import package_version
 
-from .report import markdown, targets
+from .report import markdown, save, targets
 
 DEFAULT_OUT = Path("runs/bench")
 
@@ -266,9 +266,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "accuracy": accuracy(bundle),
     }
     result["targets"] = targets(result)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result)
-    (args.out / "benchmark.md").write_text(text)
+    save(result, text, args.out, "benchmark")
     print(json.dumps(result, indent=2) if args.json else text)
     return 0

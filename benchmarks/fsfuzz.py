@@ -56,6 +56,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .report import save
+
 REPO = Path(__file__).resolve().parent.parent
 REPORT = "FSFUZZ-REPORT "  # the child's last line, when the fuzzer re-ran itself as another user
 CASE_SECONDS = 120  # one case, whole: a hang is an escape, not a stuck CI job
@@ -1020,10 +1022,7 @@ def _unprivileged(argv: List[str]) -> Tuple[Optional[int], str]:
 def _finish(result: Dict, argv: List[str]) -> int:
     args = _parser().parse_args(argv)
     text = markdown(result)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "fsfuzz.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / "fsfuzz.md").write_text(text)
+    save(result, text, args.out, "fsfuzz")
     print(json.dumps(result, indent=2) if args.json else text)
     return 0 if not result["escapes"] else 1
 

@@ -39,6 +39,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .memory import peak_rss_mb
+from .report import save
 
 CANARY = "FUZZ^CANARY^PATIENT"  # a patient name in every DICOM seed: no message may ever carry it
 MAX_RSS_MB = 400.0
@@ -820,10 +821,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   formats=args.formats.split(",") if args.formats else None, progress=sys.stderr.isatty(),
                   bomb_scale=args.bomb_scale)
     text = markdown(result)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "fuzz.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / "fuzz.md").write_text(text)
+    save(result, text, args.out, "fuzz")
     print(json.dumps(result, indent=2) if args.json else text)
     v = result["verdict"]
     return 0 if v["escapes"] == 0 and v["hangs"] == 0 and v["rss_ok"] else 1

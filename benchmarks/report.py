@@ -1,7 +1,9 @@
-"""The issue's targets as ratios from one run, and the markdown table a person reads."""
+"""The issue's targets as ratios from one run, the markdown table a person reads, and where both are saved."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Dict, List, Optional
 
 
@@ -123,3 +125,12 @@ def markdown(res: Dict) -> str:
         verdict = t["note"] if t["met"] is None else ("met" if t["met"] else f"**MISSED** ({t['note']})")
         lines.append(f"| {t['target']} | {_f(t['measured'], '.3f')} | {t['limit']:.3g} | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def save(result: Dict, text: str, out: Optional[Path], stem: str) -> None:
+    """OUT/<stem>.json (what a machine reads) and OUT/<stem>.md (what a person reads), when OUT is given."""
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(text)

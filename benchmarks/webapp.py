@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .report import save
+
 # Targets: browser inference <= 6x native, film path <= 1 s at 12 MP, first download <= 8 MB.
 TARGET_RATIO = 6.0
 TARGET_FILM_S = 1.0
@@ -168,10 +170,7 @@ def run(reps: int = 20, out: Optional[Path] = None, chromium: Optional[str] = No
     res["ratio_image_threads"] = res["browser_image_ms_threads"] / res["native_image_ms_1thread"]
     res["ratio_view_1thread"] = res["browser_view_ms_1thread"] / res["native_view_ms_1thread"]
     shutil.rmtree(tmp, ignore_errors=True)
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "webapp.json").write_text(json.dumps(res, indent=2) + "\n")
-        (out / "webapp.md").write_text(markdown(res))
+    save(res, markdown(res), out, "webapp")
     return res
 
 

@@ -29,6 +29,8 @@ from typing import Dict, Optional
 from edge_runtime.bundle import Bundle, load_bundle
 from edge_runtime.environment import package_version
 
+from .webapp_runtime import VENDOR_INFO
+
 ARTIFACT_PREFERENCE = ("onnx_int8", "onnx_float")  # the app runs ONNX Runtime Web: int8 where export accepted it
 VENDOR_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -66,25 +68,22 @@ def _in_checkout(root: Path) -> bool:
 def _vendor_files(root: Path) -> Dict[str, bytes]:
     """The runtime's files, each checked against the sha256 VENDOR.json records for it (a file cut
     short by a power cut, or replaced half-way, is refused, not served)."""
+    from .webapp_runtime import VendorMismatch, read_vendor
+
     vendor = _vendor_dir(root)
     try:
-        sums = json.loads((vendor / "VENDOR.json").read_text(encoding="utf-8"))["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return read_vendor(vendor, VENDOR_FILES)[1]
+    except VendorMismatch as exc:
+        raise RuntimeMissing(f"the phone app's WASM runtime file {exc} (damaged or half replaced): "
+                             "run `python -m device webapp --fetch-runtime --force`") from None
+    except (ValueError, KeyError, TypeError) as exc:
         raise RuntimeMissing(f"the phone app's WASM runtime in {vendor} has no usable VENDOR.json ({exc}): "
                              "run `python -m device webapp --fetch-runtime --force`") from None
-    files = {}
-    for name in VENDOR_FILES:
-        content = (vendor / name).read_bytes()
-        if hashlib.sha256(content).hexdigest() != sums.get(name):
-            raise RuntimeMissing(f"the phone app's WASM runtime file {vendor / name} does not match VENDOR.json "
-                                 "(damaged or half replaced): run `python -m device webapp --fetch-runtime --force`")
-        files[name] = content
-    return files
 
 
 def _vendor_dir(root: Path) -> Path:
     vendor = root / "vendor"
-    missing = [f for f in (*VENDOR_FILES, "VENDOR.json") if not (vendor / f).is_file()]
+    missing = [f for f in (*VENDOR_FILES, VENDOR_INFO) if not (vendor / f).is_file()]
     if missing:
         how = ("run `python -m device webapp --fetch-runtime` (downloads the version pinned in "
                "package-lock.json from the npm registry and checks its sha512; offline: add --from FILE.tgz)")
@@ -98,7 +97,7 @@ def runtime_stamp() -> tuple:
     """Changes when the runtime's files appear, go or are replaced: a service retries at once."""
     vendor = webapp_root() / "vendor"
     stamp = []
-    for name in (*VENDOR_FILES, "VENDOR.json"):
+    for name in (*VENDOR_FILES, VENDOR_INFO):
         try:
             st = (vendor / name).stat()
             stamp.append((name, st.st_size, st.st_mtime_ns, st.st_ino))

@@ -24,7 +24,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, TextIO
+from typing import Dict, Optional, TextIO, Tuple
 
 PACKAGE = "onnxruntime-web"
 DEFAULT_REGISTRY = "https://registry.npmjs.org"
@@ -128,15 +128,32 @@ def _members(data: bytes, origin: str, names) -> Dict[str, bytes]:
     return out
 
 
+class VendorMismatch(ValueError):
+    """A runtime file does not match the sha256 VENDOR.json records for it."""
+
+
+def read_vendor(vendor: Path, names) -> Tuple[Dict, Dict[str, bytes]]:
+    """(VENDOR.json, name -> bytes) of a runtime in place, each file checked against the sha256
+    VENDOR.json records for it: VendorMismatch names the first that is not; OSError, ValueError
+    or KeyError when VENDOR.json itself is missing or unusable."""
+    info = json.loads((vendor / VENDOR_INFO).read_text(encoding="utf-8"))
+    sums = info["sha256"]
+    files = {}
+    for n in names:
+        content = (vendor / n).read_bytes()
+        if hashlib.sha256(content).hexdigest() != sums.get(n):
+            raise VendorMismatch(f"{vendor / n} does not match {VENDOR_INFO}")
+        files[n] = content
+    return info, files
+
+
 def installed_ok(vendor: Path, pin: Pin, names) -> bool:
     """Whether `vendor` already holds the pinned version's files, each matching its recorded sha256."""
     try:
-        info = json.loads((vendor / VENDOR_INFO).read_text(encoding="utf-8"))
-        if info.get("package") != PACKAGE or info.get("version") != pin.version:
-            return False
-        return all(hashlib.sha256((vendor / n).read_bytes()).hexdigest() == info["sha256"][n] for n in names)
+        info, _ = read_vendor(vendor, names)
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    return info.get("package") == PACKAGE and info.get("version") == pin.version
 
 
 def fetch_runtime(root: Path, names, source: Optional[Path] = None, registry: Optional[str] = None,

@@ -55,20 +55,9 @@ def box_mask(boxes: Sequence[Tuple[float, float, float, float]], shape: Tuple[in
 def location_auc(heat: np.ndarray, mask: np.ndarray) -> Optional[float]:
     """AUC of the map's values, places inside the boxes against places outside (ties count half);
     None when either side is empty."""
-    v = np.asarray(heat, dtype=np.float64).ravel()
-    m = np.asarray(mask, bool).ravel()
-    n_in, n_out = int(m.sum()), int((~m).sum())
-    if not n_in or not n_out:
-        return None
-    order = np.argsort(v, kind="mergesort")
-    ranks = np.empty(len(v), np.float64)
-    sorted_v = v[order]
-    # average ranks over ties (Mann-Whitney)
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_v)) + 1]
-    ends = np.r_[starts[1:], len(v)]
-    avg = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[m].sum() - n_in * (n_in + 1) / 2.0) / (n_in * n_out))
+    from .metrics import auc
+
+    return auc(np.asarray(mask, bool).ravel().astype(np.int8), np.asarray(heat, dtype=np.float64).ravel())
 
 
 def score(heat: np.ndarray, boxes: Sequence[Tuple[float, float, float, float]]) -> Dict[str, object]:
