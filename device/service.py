@@ -44,7 +44,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tupl
 
 from PIL import Image
 
-from edge_runtime.bundle import load_bundle, sha256_file
+from edge_runtime.bundle import load_bundle
 from edge_runtime.cli import printable
 from edge_runtime.content import HEAD_BYTES, PILLOW_FORMATS, READABLE, describe, sniff
 from edge_runtime.dicom import SUFFIXES as DICOM_SUFFIXES
@@ -487,11 +487,9 @@ def _hash_fd(fd: int, size: int) -> str:
     return h.hexdigest()[:32]
 
 
-def file_id(source) -> str:
-    """The record id: sha256 of the bytes. An `Opened` file is hashed from its descriptor."""
-    if isinstance(source, Opened):
-        return _hash_fd(source.fd, source.size)
-    return sha256_file(source)[:32]
+def file_id(source: Opened) -> str:
+    """The record id: sha256 of the bytes, read from the descriptor the file was opened as."""
+    return _hash_fd(source.fd, source.size)
 
 
 def path_id(path: Path, st: os.stat_result) -> str:
@@ -582,10 +580,12 @@ def sparse_problem(fd: int, st: os.stat_result) -> Optional[str]:
             "read as zeros), which no scanner writes: refused without copying it")
 
 
-def _copy_range(src: int, dst: int, size: int) -> None:
+def _copy_range(src: int, dst: int, size: int) -> str:
     """Exactly `size` bytes from the start of `src` to `dst`, read by offset (never past `size`,
-    however much the file grows meanwhile). Unreadable if `src` cannot be read, Changed if it is
+    however much the file grows meanwhile); the id (file_id) of the bytes copied, hashed as they
+    pass, so the copy is never read back. Unreadable if `src` cannot be read, Changed if it is
     shorter than `size` now; an OSError writing `dst` is the destination's."""
+    h = hashlib.sha256()
     offset = 0
     while offset < size:
         try:
@@ -594,10 +594,12 @@ def _copy_range(src: int, dst: int, size: int) -> None:
             raise Unreadable(exc.strerror or type(exc).__name__) from None
         if not chunk:
             raise Changed("it shrank while it was copied")
+        h.update(chunk)
         view = memoryview(chunk)
         while view:
             view = view[os.write(dst, view):]
         offset += len(chunk)
+    return h.hexdigest()[:32]
 
 
 @dataclass
@@ -1429,7 +1431,7 @@ class Service:
         it cannot be read, or changed meanwhile (grew, shrank, other bytes): then nothing is kept
         and it is taken again once it has settled."""
         try:
-            original = self._copy(fd, path, st.st_size)
+            original, copied = self._copy(fd, path, st.st_size)
         except Unreadable as exc:
             self._refuse(entry, f"cannot be read: {exc}", now=True)
             return None
@@ -1437,8 +1439,6 @@ class Service:
             self._changed(entry, str(exc))
             return None
         try:
-            with self._writing():
-                copied = file_id(original)
             try:
                 now = os.fstat(fd)
             except OSError:
@@ -1460,12 +1460,12 @@ class Service:
             shutil.rmtree(original.parent, ignore_errors=True)  # gone already, unless it failed
         return fid, dest / original.name
 
-    def _copy(self, fd: int, path: Path, size: int) -> Path:
+    def _copy(self, fd: int, path: Path, size: int) -> Tuple[Path, str]:
         """Exactly `size` bytes of the open file (its size when it was opened) into a new folder
         under DATA/.incoming (0700, 0600), read from the descriptor, never the name: a file that
         grows meanwhile cannot make the copy larger than was measured (and free space checked
-        for). Unreadable if the source cannot be read, Changed if it is shorter now; a full or
-        unwritable data folder pauses."""
+        for). (the copy, the id of the bytes copied). Unreadable if the source cannot be read,
+        Changed if it is shorter now; a full or unwritable data folder pauses."""
         with self._writing():
             tmpdir = Path(tempfile.mkdtemp(dir=self._incoming))
         dst = tmpdir / filenames.original(path.suffix)
@@ -1473,7 +1473,7 @@ class Service:
             out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
                           | getattr(os, "O_CLOEXEC", 0), 0o600)
             try:
-                _copy_range(fd, out, size)
+                copied = _copy_range(fd, out, size)
             finally:
                 os.close(out)
         except (Unreadable, Changed):
@@ -1484,7 +1484,7 @@ class Service:
             if exc.errno in DISK_FULL:
                 raise self._disk_full() from None
             raise self._unavailable(exc) from None
-        return dst
+        return dst, copied
 
     def _answer(self, path: Path, mode: str, entry: Entry, fid: str, original: Path) -> Optional[Record]:
         dest = original.parent
