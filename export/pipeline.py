@@ -28,7 +28,7 @@ from edge_runtime.bundle import FORMAT, FORMAT_VERSION, MANIFEST, load_bundle, s
 from edge_runtime.fracture_map import MapPooling, sigmoid
 from edge_runtime.predictor import Predictor
 from edge_runtime.preprocess import PreprocessSpec, views
-from fracdata.data import Dataset, Record, load_data
+from fracdata.data import PHANTOM_SOURCE, Dataset, Record, load_data, record_source
 from fracdata.images import LoadedSplit, load_images
 from fracdata.provenance import sha256_file, versions
 from fracdata.runs import dataset_for_run
@@ -260,13 +260,13 @@ def prepare(source: Source, settings: Settings) -> Prepared:
     threshold = _threshold(source, model, lambda: load_images(parts["val"], spec, f"{tag} val images",
                                                               settings.progress), ", ".join(changed))
     data = {"name": dataset.name, "phantom": bool(dataset.phantom), "provenance": dataset.provenance,
-            "real_non_fractured": sum(1 for r in dataset.records if r.label == 0 and r.source != "phantom"),
+            "real_non_fractured": sum(1 for r in dataset.records if r.label == 0 and record_source(r) != PHANTOM_SOURCE),
             "credit": dataset.provenance.get("licence_and_credit"),
             "dataset_counts": dataset.counts(), "split_sha256": sha256_file(source.split_path),
             "split_counts": split_summary(parts),
             "calibration": {"split": "train", "n": len(calib_records), "seed": settings.seed,
                             "stratified_by": "source x label x region",
-                            "real": sum(1 for r in calib_records if r.source != "phantom"), "ids_sha256": ids_sha256(calib_records),
+                            "real": sum(1 for r in calib_records if record_source(r) != PHANTOM_SOURCE), "ids_sha256": ids_sha256(calib_records),
                             "views_per_image": spec.n_views,
                             "ids": [r.image_id for r in calib_records]}}
 
@@ -398,7 +398,7 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
     else:
         p_float = predict(prep.model, test.images, spec)
         cams_ref = gradcam_reference(prep.model, head.layer, test.images, spec) if head else None
-    real = np.array([r.source != "phantom" for r in test.records], bool)
+    real = np.array([record_source(r) != PHANTOM_SOURCE for r in test.records], bool)
     sources = np.array([r.source or "" for r in test.records])
     cells = (np.stack([content_cells(sh, spec, cams_ref.shape[1:]) for sh in test.shapes])
              if is_map and test.shapes and len(test.shapes) == len(test.records) else None)

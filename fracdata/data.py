@@ -260,7 +260,14 @@ def default_phantom_dir(n_images: int, seed: int) -> Path:
     return cache / "fracture-edge" / f"phantom-v{GENERATOR_VERSION}-n{n_images}-seed{seed}"
 
 
-PHANTOM_PREFIX = "phantom/"  # image IDs of the phantoms mixed into real data
+PHANTOM_SOURCE = "phantom"  # Record.source of phantom images, alone or mixed into real data
+PHANTOM_PREFIX = PHANTOM_SOURCE + "/"  # image IDs of the phantoms mixed into real data
+
+
+def record_source(r: "Record") -> str:
+    """Which part of a dataset a record comes from: PHANTOM_SOURCE, or the real set's name
+    ("real" when it has none). The one place that decides what is a phantom."""
+    return PHANTOM_SOURCE if r.image_id.startswith(PHANTOM_PREFIX) or r.source == PHANTOM_SOURCE else (r.source or "real")
 
 
 def combine(real: Dataset, phantoms: Dataset) -> Dataset:
@@ -270,7 +277,7 @@ def combine(real: Dataset, phantoms: Dataset) -> Dataset:
     from dataclasses import replace
 
     records = [replace(r, source=real.name) for r in real.records]
-    records += [replace(r, image_id=PHANTOM_PREFIX + r.image_id, source="phantom") for r in phantoms.records]
+    records += [replace(r, image_id=PHANTOM_PREFIX + r.image_id, source=PHANTOM_SOURCE) for r in phantoms.records]
     ds = Dataset(name=f"{real.name} + phantom", root=real.root, records=records, phantom=False, format=real.format,
                  unlabelled=[replace(r, source=real.name) for r in real.unlabelled],
                  notes=real.notes + [f"{len(phantoms.records)} phantom radiographs mixed in (source 'phantom')"],
@@ -307,7 +314,7 @@ def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int 
         marker = choice.path / "phantom.json"
         if marker.is_file():  # a phantom folder passed by path is still phantom, never "FracAtlas"
             ds.name, ds.phantom = "phantom", True
-            ds.records = [_replace(r, source="phantom") for r in ds.records]
+            ds.records = [_replace(r, source=PHANTOM_SOURCE) for r in ds.records]
             ds.provenance.update({f"phantom_{k}": v for k, v in json.loads(marker.read_text()).items()})
             if not quiet:
                 print(PHANTOM_BANNER, file=sys.stderr)
@@ -333,7 +340,7 @@ def load_data(arg: Optional[str], phantom_images: int = 1200, phantom_seed: int 
     generate_phantom_dataset(out, n_images=phantom_images, seed=phantom_seed, progress=not quiet)
     ds = read_fracatlas(out, name="phantom")
     ds.phantom = True
-    ds.records = [_replace(r, source="phantom") for r in ds.records]
+    ds.records = [_replace(r, source=PHANTOM_SOURCE) for r in ds.records]
     ds.provenance = {"source": choice.reason, "path": str(out), "phantom_images": phantom_images,
                      "phantom_seed": phantom_seed, **describe(ds)}
     return ds

@@ -196,6 +196,7 @@ def across_splits(parts: Dict, threshold: int = DEFAULT_THRESHOLD, phantom: bool
     of two phantoms (look-alikes, PHANTOM_NOTE) are counted apart from real ones; with `phantom`
     (phantom data only) the whole report says so."""
     from edge_runtime.bundle import sha256_file
+    from fracdata.data import PHANTOM_SOURCE, record_source
 
     ids, hashes, digests, splits, is_phantom = [], [], [], [], []
     for name, part in parts.items():
@@ -204,7 +205,7 @@ def across_splits(parts: Dict, threshold: int = DEFAULT_THRESHOLD, phantom: bool
             hashes.append(image_hashes(x))
             digests.append(sha256_file(r.path))
             splits.append(name)
-            is_phantom.append(phantom or getattr(r, "source", "") == "phantom")
+            is_phantom.append(phantom or record_source(r) == PHANTOM_SOURCE)
     h = np.stack(hashes) if hashes else np.zeros((0, 72, 4), np.uint64)
     report = find_duplicates(ids, h, digests, splits, threshold, listed=10 ** 6)
     ph = {i for i, f in zip(ids, is_phantom) if f}

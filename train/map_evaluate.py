@@ -28,12 +28,12 @@ import numpy as np
 
 from edge_runtime.fracture_map import sigmoid
 from edge_runtime.overlay import save_overlay
+from fracdata.data import PHANTOM_SOURCE as PHANTOM, record_source
 from fracdata.images import LoadedSplit
 from fracdata.targets import MARGIN_CELLS
 
 from . import metrics as M
 from .localisation import boxed_positives, heat_on_image, score, summarise
-from .map_fit import PHANTOM, record_source
 
 OVERLAY_DIR_REAL = "overlays-real"  # never committed (.gitignore): real radiographs' pixels
 OVERLAY_DIR_PHANTOM = "overlays"

@@ -31,11 +31,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edge_runtime.preprocess import PreprocessSpec, normalize_intensity
-from fracdata.data import Record
+from fracdata.data import PHANTOM_SOURCE as PHANTOM, Record, record_source
 from fracdata.images import LoadedSplit
 from fracdata.targets import MARGIN_CELLS, cell_targets, input_boxes
 
-PHANTOM = "phantom"
 # What the loss weighs; recorded in run.json.
 HARD_WEIGHT = 1.0  # the pooled hardest-negative and hardest-positive terms
 IMAGE_WEIGHT = 0.5  # the image-level term, where the source has both classes
@@ -61,10 +60,6 @@ class MapSet:
     real: np.ndarray  # (n,) bool: not a phantom
     spec: PreprocessSpec
     records: List[Record] = field(default_factory=list)
-
-
-def record_source(r: Record) -> str:
-    return PHANTOM if r.image_id.startswith(PHANTOM + "/") or r.source == PHANTOM else (r.source or "real")
 
 
 def sources_with_both_classes(records: Sequence[Record]) -> set:

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from fracdata.data import Dataset, Record
+from fracdata.data import PHANTOM_SOURCE, Dataset, Record
 # Kept importable from here for callers outside train/ and export/ (tests/test_edge_runtime.py).
 
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -73,7 +73,7 @@ def split_by_source(dataset: Dataset, seed: int = 42, progress: bool = False) ->
     assignment: Dict[str, str] = {}
     how = []
     for source, recs in sorted(by_source.items()):
-        part = Dataset(dataset.name, dataset.root, recs, phantom=dataset.phantom or source == "phantom")
+        part = Dataset(dataset.name, dataset.root, recs, phantom=dataset.phantom or source == PHANTOM_SOURCE)
         own = layout_split(part, seed)
         if own is not None:
             assignment.update(own)
