@@ -18,7 +18,7 @@ from typing import List, Optional
 from edge_runtime.cli import (DISCLAIMER, EXIT_UNUSABLE, check_output_dir, exit_status, printable, run_command,
                               thread_count)
 from edge_runtime.backends import BACKEND_CHOICES, BACKENDS
-from edge_runtime.labels import SHORT, demonstration_notice
+from edge_runtime.labels import SHORT, demonstration_notice, refusal_text
 from edge_runtime.memlimit import DEFAULT_MB, ENV_VAR as MEMORY_ENV, allowance_mb, megabytes, memory_ceiling
 
 from .simulate import CONDITIONS
@@ -61,6 +61,9 @@ def _film(args) -> int:
                 print(f"{name}: ERROR {rec.error}")
             elif rec.retake:
                 print(f"{name}: RETAKE — " + "; ".join(rec.quality["reasons"]))
+            elif rec.out_of_scope:
+                print(f"{name}: {SHORT[rec.decision]} — {refusal_text(rec.scope)}"
+                      + (f"  [flattened: {rec.flattened}]" if rec.flattened else ""))
             else:
                 notes = (rec.film or {}).get("notes", [])
                 print(f"{name}: p={rec.probability:.3f} (threshold {rec.threshold:.3f}) {SHORT[rec.decision]}"
@@ -107,6 +110,8 @@ def _demo(args) -> int:
             print(f"  answer:  could not be read: {rec.error}")
         elif rec.retake_asked:
             print("  answer:  " + WORDING[rec.decision] + ": " + "; ".join(rec.quality["reasons"]))
+        elif rec.out_of_scope:
+            print("  answer:  " + WORDING[rec.decision] + ": " + refusal_text(rec.scope))
         else:
             print(f"  answer:  {WORDING[rec.decision]} (P(fractured) {rec.probability:.2f}, "
                   f"threshold {rec.threshold:.2f})")

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from edge_runtime.labels import DISCLAIMER, RETAKE, WORDING
+from edge_runtime.labels import DISCLAIMER, OUT_OF_SCOPE, RETAKE, WORDING, refusal_text
 
 from . import filenames
 from .service import Ledger, Record
@@ -45,6 +45,7 @@ header{background:#1d3557;color:#fff;padding:12px 16px}h1{font-size:20px;margin:
 .card img{width:100%;border-radius:4px;background:#000}
 .badge{display:inline-block;padding:4px 8px;border-radius:4px;font-weight:bold;color:#fff}
 .pos{background:#c1121f}.neg{background:#2a9d8f}.retake{background:#e76f51}.err{background:#6c757d}
+.scope{background:#5a189a}
 .small{font-size:12px;color:#555;word-break:break-all}"""
 
 
@@ -52,7 +53,10 @@ def _card(d: Dict) -> str:
     r = Record.from_dict(d)
     name = html.escape(Path(str(r.source or r.file or "?")).name)
     when = html.escape(r.received_utc or "")
-    if r.error or (not r.retake and r.probability is None):  # a line of an older or damaged log: shown, not fatal
+    if r.out_of_scope:  # no answer, and no heatmap: the model does not read this kind of image
+        body = (f'<span class="badge scope">{html.escape(WORDING[OUT_OF_SCOPE])}</span>'
+                f"<p>{html.escape(refusal_text(r.scope))}</p>")
+    elif r.error or (not r.retake and r.probability is None):  # a line of an older or damaged log: shown, not fatal
         body = f'<span class="badge err">{WORDING["error"]}</span><p>{html.escape(r.error or "no answer recorded")}</p>'
     elif r.retake:
         reasons = "".join(f"<li>{html.escape(x)}</li>" for x in (r.quality or {}).get("reasons", []))

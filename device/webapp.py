@@ -108,7 +108,7 @@ def runtime_stamp() -> tuple:
 
 def app_config(bundle: Bundle, trusted_key_b64: Optional[str]) -> Dict:
     """Every constant the JavaScript ports, read from the Python modules that define it."""
-    from edge_runtime import imageio, labels, manifest, overlay, preprocess, selftest, signature
+    from edge_runtime import imageio, labels, manifest, overlay, preprocess, scope, selftest, signature
     from edge_runtime.predictor import OVERLAY_SIDE
 
     from . import photo
@@ -121,12 +121,14 @@ def app_config(bundle: Bundle, trusted_key_b64: Optional[str]) -> Dict:
         "SIGNED_PREFIX": signature.message("").decode(), "TRUSTED_KEY": trusted_key_b64,
         "ARTIFACT_PREFERENCE": list(ARTIFACT_PREFERENCE), "SELFTEST_GENERATOR": selftest.GENERATOR,
         "POSITIVE": labels.POSITIVE, "NEGATIVE": labels.NEGATIVE, "RETAKE": labels.RETAKE,
+        "OUT_OF_SCOPE": labels.OUT_OF_SCOPE, "OUT_OF_SCOPE_ADVICE": labels.OUT_OF_SCOPE_ADVICE,
+        "SCOPE": {"REASONS": dict(scope.REASONS)},
         "LABELS": dict(labels.WORDING), "LABELS_SHORT": {**labels.SHORT, "error": labels.WORDING["error"]},
         "DISCLAIMER": labels.DISCLAIMER,
         "CONTENT_LIMITS": {"MIN_CONTRAST": preprocess.MIN_CONTRAST, "MIN_STRUCTURE": preprocess.MIN_STRUCTURE},
         "IMAGE_LIMITS": {"MAX_PIXELS": imageio.MAX_PIXELS, "MIN_SIDE": imageio.MIN_SIDE,
                          "MAX_ASPECT": imageio.MAX_ASPECT, "DECODE_SIDE": photo.DECODE_SIDE,
-                         "MAX_PHOTO_PIXELS": photo.MAX_PHOTO_PIXELS},
+                         "MAX_PHOTO_PIXELS": photo.MAX_PHOTO_PIXELS, "CHROMA": scope.CHROMA},
         "OVERLAY": {"stops": overlay._STOPS.tolist(), "colours": overlay._COLOURS.tolist(),
                     "alpha": overlay.ALPHA, "gamma": overlay.MASK_GAMMA, "max_side": OVERLAY_SIDE,
                     "panel": list(overlay._PANEL), "text": list(overlay._TEXT)},

@@ -100,6 +100,11 @@ class Bundle:
         return self.info.fracture_map
 
     @property
+    def calibration(self):
+        """The manifest's Calibration (Platt scaling of the model's logit), or None."""
+        return self.info.decision.calibration
+
+    @property
     def gradcam(self) -> Optional[Dict[str, Any]]:
         return self.manifest.get("gradcam") if self.info.gradcam else None
 

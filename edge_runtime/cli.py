@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 
 from .backends import BACKEND_CHOICES, BACKENDS, BackendError, backend_version, installed_backends
 from .bundle import ENV_VAR, BundleError, default_bundle_dir, load_bundle
-from .labels import DISCLAIMER, SHORT, demonstration_notice
+from .labels import DISCLAIMER, SHORT, demonstration_notice, refusal_text
 from .memlimit import DEFAULT_MB, ENV_VAR as MEMORY_ENV, allowance_mb, megabytes, memory_ceiling
 from .result import Result
 from .signature import SIGNATURE
@@ -44,10 +44,11 @@ def thread_count(text: str) -> int:
 
 
 def exit_status(records: Sequence[Result]) -> int:
-    """0 all answered, 1 some refused (unreadable, or a photo to retake), 3 any internal error (worst wins)."""
+    """0 all answered, 1 some refused (unreadable, a photo to retake, or outside what the model
+    reads), 3 any internal error (worst wins)."""
     if any(r.internal_error for r in records):
         return EXIT_INTERNAL
-    return EXIT_REFUSED if any(r.error or r.retake_asked for r in records) else EXIT_OK
+    return EXIT_REFUSED if any(r.error or r.retake_asked or r.out_of_scope for r in records) else EXIT_OK
 
 
 def check_output_dir(path: Optional[Path], what: str) -> Optional[str]:
@@ -68,6 +69,8 @@ def _human(rec: Result, verbose: bool = False) -> str:
     name = printable(rec.file)
     if rec.error:
         return f"{name}: ERROR {rec.error}"
+    if rec.out_of_scope:
+        return f"{name}: {SHORT[rec.decision]} — {refusal_text(rec.scope)}"
     line = f"{name}: p={rec.probability:.3f} (threshold {rec.threshold:.3f}) {SHORT[rec.decision]}"
     t = rec.timings_ms
     if verbose and t:

@@ -25,6 +25,7 @@ from PIL.JpegImagePlugin import JpegImageFile
 from .codestream import MetadataError, check_container
 from .content import HEAD_BYTES, PILLOW_FORMATS, describe, not_readable, sniff
 from .errors import ImageReadError
+from .scope import colour_fraction
 from .filecheck import check_input_file, open_error, open_regular
 
 # Larger than any plain radiograph (a 43 x 43 cm detector at 100 um is ~18.5 MP); anything
@@ -48,6 +49,7 @@ class DecodedImage:
     source_mode: str
     source_size: Tuple[int, int]  # (width, height) as stored in the file
     warnings: List[str] = field(default_factory=list)
+    colour: Optional[float] = None  # a colour file's coloured fraction (scope.colour_fraction); None for gray ones
 
 
 # What Pillow and its plugins raise on files that are not images, or are malformed or truncated.
@@ -207,10 +209,14 @@ def check_cost(path: Union[str, Path], cost: int) -> None:
                                    f"{MAX_DECODE_BYTES // 2 ** 20} MB this runtime allows for one image")
 
 
-def _is_colour(img: Image.Image) -> bool:
+def _colour(img: Image.Image, mode: str) -> Tuple[bool, Optional[float]]:
+    """(whether any colour is visible, the coloured fraction the out-of-scope gate reads) of a decoded
+    image; (False, None) for gray modes."""
+    if mode in ("L", "1", "F") or mode in _SIXTEEN_BIT_MODES:
+        return False, None
     rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
     spread = rgb.max(axis=2) - rgb.min(axis=2)
-    return bool(np.percentile(spread, 99) > 8)
+    return bool(np.percentile(spread, 99) > 8), colour_fraction(rgb)
 
 
 def read_grayscale(path: Union[str, Path], draft_size: Optional[Tuple[int, int]] = None) -> DecodedImage:
@@ -283,15 +289,16 @@ def _decode(fh, path: Path, kind: Optional[str], draft_size: Optional[Tuple[int,
         if draft_size is not None and not _is_jpeg(img):
             img = _reduce(img, draft_size)
         img = ImageOps.exif_transpose(img)
-        pixels = _unit_gray(img, mode, warnings)
+        coloured, colour = _colour(img, mode)
+        pixels = _unit_gray(img, mode, warnings, coloured)
     if pixels.ndim != 2:
         raise ImageReadError(path, f"unexpected pixel array shape {pixels.shape}")
     if not np.isfinite(pixels).all():
         raise ImageReadError(path, "image contains non-finite values")
-    return DecodedImage(np.clip(pixels, 0.0, 1.0).astype(np.float32), mode, (width, height), warnings)
+    return DecodedImage(np.clip(pixels, 0.0, 1.0).astype(np.float32), mode, (width, height), warnings, colour)
 
 
-def _unit_gray(img: Image.Image, mode: str, warnings: List[str]) -> np.ndarray:
+def _unit_gray(img: Image.Image, mode: str, warnings: List[str], coloured: bool = False) -> np.ndarray:
     """A loaded image (`mode`: as stored) as one gray channel in [0, 1], with what was done said."""
     if mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(img, dtype=np.float32)
@@ -304,7 +311,7 @@ def _unit_gray(img: Image.Image, mode: str, warnings: List[str]) -> np.ndarray:
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         warnings.append("floating-point image rescaled by its own min and max")
         return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-    if mode not in ("L", "1") and _is_colour(img):
+    if coloured:
         warnings.append(f"colour image ({mode}) converted to grayscale; if it is a photo of a film "
                         "on a lightbox, read it with `python -m device film` instead")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):

@@ -26,14 +26,18 @@ from .labels import POSITIVE
 from .preprocess import PreprocessSpec
 
 FORMAT = "fracture-edge-bundle"
-FORMAT_VERSION = 3  # 2: manifest_sha256 required; 3: a fracture map may replace the prob output
-READABLE_VERSIONS = (2, 3)  # a version-2 bundle is a version-3 bundle without a map
+# 2: manifest_sha256 required; 3: a fracture map may replace the prob output; 4: a calibrated
+# threshold and an out-of-scope gate (a runtime that ignored them would compare an uncalibrated
+# probability with a calibrated threshold, and answer what it should refuse: so older ones refuse 4).
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)  # each is the next without what that version added
 DIGEST_KEY = "manifest_sha256"
 STATUSES = ("pending", "accepted", "rejected")
 ARTIFACT_FORMATS = ("tflite", "onnx")
 # prob: P(fractured); map: per-cell fracture logits (edge_runtime/fracture_map.py); features and
-# hidden: what the numpy Grad-CAM needs.
-OUTPUT_ROLES = ("prob", "map", "features", "hidden")
+# hidden: what the numpy Grad-CAM needs; pooled: the features the out-of-scope gate measures (scope.py).
+OUTPUT_ROLES = ("prob", "map", "features", "hidden", "pooled")
+CALIBRATIONS = ("platt",)
 PRECISIONS = ("int8", "float32", "float16")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -101,11 +105,39 @@ def _file_name(v: Any, where: str) -> str:
     return v
 
 
+def _number(v: Any, where: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    _need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi, where,
+          f"expected a finite number in [{lo}, {hi}], got {v!r:.40}")
+    return float(v)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Platt scaling of the model's logit, fitted on validation at export: P = sigmoid(a * logit + b).
+    The threshold and the probability people see are both calibrated (a > 0 keeps the order)."""
+    a: float
+    b: float
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Calibration":
+        d = _obj(d, "decision.calibration")
+        _str(d, "method", "decision.calibration", CALIBRATIONS)
+        return cls(_number(d.get("a"), "decision.calibration.a", 1e-3, 1e3),
+                   _number(d.get("b"), "decision.calibration.b", -1e3, 1e3))
+
+    def apply(self, p: float) -> float:
+        """The calibrated probability of a model probability (computed on its logit)."""
+        p = min(max(float(p), 1e-12), 1.0 - 1e-12)
+        z = self.a * math.log(p / (1.0 - p)) + self.b
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
 @dataclass(frozen=True)
 class Decision:
     threshold: float
     rule: str = ""
     positive_class: str = POSITIVE  # what p >= threshold means; read, and checked against this runtime's labels
+    calibration: Optional[Calibration] = None  # the threshold is then on the calibrated probability
 
     @classmethod
     def from_dict(cls, d: Any) -> "Decision":
@@ -118,7 +150,8 @@ class Decision:
         positive = _str(d, "positive_class", "decision") if "positive_class" in d else POSITIVE
         _need(positive == POSITIVE, "decision.positive_class",
               f"this runtime's models answer P({POSITIVE}), the manifest says P({positive[:40]!r})")
-        return cls(float(t), rule, positive)
+        cal = Calibration.from_dict(d["calibration"]) if d.get("calibration") is not None else None
+        return cls(float(t), rule, positive, cal)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"threshold": self.threshold, "rule": self.rule, "positive_class": self.positive_class}
@@ -225,6 +258,47 @@ class MapInfo:
 
 
 @dataclass(frozen=True)
+class ScopeInfo:
+    """The `scope` section: the out-of-scope gate's arrays (a float32 file), its groups, and per
+    artifact one threshold per group (edge_runtime/scope.py)."""
+    file: str
+    groups: Tuple[str, ...]
+    arrays: Dict[str, Tuple[int, Tuple[int, ...]]]  # means (G, D), precisions (G, D, D)
+    thresholds: Dict[str, Tuple[float, ...]]
+    colour_limit: float
+
+    @classmethod
+    def from_dict(cls, d: Any, model: "ModelInfo", artifacts: Dict[str, "ArtifactInfo"], status: str) -> "ScopeInfo":
+        d = _obj(d, "scope")
+        _str(d, "method", "scope", ("mahalanobis",))
+        pooled = model.outputs.get("pooled")
+        _need(pooled is not None and len(pooled) == 2, "scope", "the model has no 'pooled' output of shape [batch, D]")
+        dim = pooled[1]
+        groups = d.get("groups")
+        _need(isinstance(groups, list) and 1 <= len(groups) <= 64 and all(isinstance(g, str) for g in groups),
+              "scope.groups", "expected a list of group names")
+        g = len(groups)
+        arrays = {}
+        for name in ("means", "precisions"):
+            a = _obj(_obj(d.get("arrays"), "scope.arrays").get(name), f"scope.arrays.{name}")
+            arrays[name] = (_int(a.get("offset"), f"scope.arrays.{name}.offset", 0, 1 << 30),
+                            _shape(a.get("shape"), f"scope.arrays.{name}.shape"))
+        _need(arrays["means"][1] == (g, dim), "scope.arrays.means.shape", f"expected [{g}, {dim}]")
+        _need(arrays["precisions"][1] == (g, dim, dim), "scope.arrays.precisions.shape", f"expected [{g}, {dim}, {dim}]")
+        thresholds = {}
+        for key, t in _obj(d.get("thresholds", {}), "scope.thresholds").items():
+            where = f"scope.thresholds.{key}"
+            _need(key in artifacts, where, "not an artifact of this bundle")
+            _need(isinstance(t, list) and len(t) == g, where, f"expected {g} numbers, one per group")
+            thresholds[key] = tuple(_number(v, where, 1e-9) for v in t)
+        if status == "accepted":  # every artifact a device may run refuses at its own distances
+            missing = sorted(set(artifacts) - set(thresholds))
+            _need(not missing, "scope.thresholds", f"no thresholds for {', '.join(missing)}")
+        return cls(_file_name(d.get("file"), "scope.file"), tuple(groups), arrays, thresholds,
+                   _number(d.get("colour_limit"), "scope.colour_limit", 0.0))
+
+
+@dataclass(frozen=True)
 class Manifest:
     status: str
     demonstration_only: bool
@@ -237,6 +311,7 @@ class Manifest:
     files: Dict[str, str]
     raw: Dict[str, Any] = field(repr=False, compare=False)
     fracture_map: Optional[MapInfo] = None
+    scope: Optional[ScopeInfo] = None
 
     @classmethod
     def from_dict(cls, d: Any) -> "Manifest":
@@ -284,6 +359,11 @@ class Manifest:
         _need(fmap is not None or "prob" in model.outputs, "fracture_map",
               "the model has no 'prob' output, so the manifest must say how its map is pooled")
         _need(fmap is None or version >= 3, "format_version", "a fracture map needs format version 3")
+        scope = ScopeInfo.from_dict(d["scope"], model, artifacts, status) if d.get("scope") else None
+        _need((scope is None and decision.calibration is None) or version >= 4, "format_version",
+              "a calibrated threshold or an out-of-scope gate needs format version 4")
+        if scope is not None:
+            _need(scope.file in files, "scope.file", f"{scope.file!r} has no checksum in files")
         if d.get("self_test") is not None:
             st = _obj(d["self_test"], "self_test")
             n = _int(st.get("n"), "self_test.n", 1, 64)
@@ -293,7 +373,8 @@ class Manifest:
                 _need(isinstance(probs, list) and len(probs) == n and all(
                     isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in probs),
                     where, f"expected {n} probabilities in [0, 1]")
-        return cls(status, demo, model, spec, decision, artifacts, dict(defaults), gradcam, dict(files), dict(d), fmap)
+        return cls(status, demo, model, spec, decision, artifacts, dict(defaults), gradcam, dict(files), dict(d), fmap,
+                   scope)
 
     def to_dict(self) -> Dict[str, Any]:
         """The manifest as JSON data: the raw document, with the typed sections as parsed."""

@@ -24,10 +24,11 @@ from .gradcam import load_head
 from .dicom import read_dicom
 from .imageio import DecodedImage, detached, read_grayscale
 from .inputs import read_image
-from .labels import NEGATIVE, OVERLAY_BANNER, OVERLAY_DISCLAIMER, POSITIVE
+from .labels import NEGATIVE, OUT_OF_SCOPE, OVERLAY_BANNER, OVERLAY_DISCLAIMER, POSITIVE
 from .result import Result
 from .overlay import save_overlay
 from .preprocess import checked_input, map_on_image, merge_maps, views
+from .scope import colour_refusal, load_gate
 
 OVERLAY_SIDE = 768  # long side of the overlay (a JPEG): readable on a phone, cheap to write
 
@@ -64,6 +65,8 @@ class Predictor:
         self.session = open_session(self.bundle, backend, artifact, threads)
         self.map = self.bundle.fracture_map  # the model's own fracture map, when it has one
         self.head = load_head(self.bundle) if gradcam and self.map is None else None
+        self.calibration = self.bundle.calibration  # Platt scaling; the threshold is on its scale
+        self.gate = load_gate(self.bundle, self.artifact)  # the out-of-scope gate, for this artifact
 
     @property
     def backend(self) -> str:
@@ -102,37 +105,54 @@ class Predictor:
         """Whether answers come with a map: the model's own fracture map, or Grad-CAM."""
         return self.map is not None or self.head is not None
 
-    def map_answer(self, x: np.ndarray) -> Tuple[float, np.ndarray]:
-        """(probability, merged map of cell logits (h, w)) of a fracture-map model: each view's map
-        turned back, the logits averaged, then pooled (edge_runtime/fracture_map.py)."""
-        logits = merge_maps(np.stack([map_logits(self.infer(v)["map"]) for v in views(x, self.spec)]), self.spec)
-        return self._pooled(logits), logits
+    def map_answer(self, x: np.ndarray) -> Tuple[float, np.ndarray, Optional[np.ndarray]]:
+        """(probability, merged map of cell logits (h, w), mean pooled features or None) of a
+        fracture-map model: each view's map turned back, the logits averaged, then pooled
+        (edge_runtime/fracture_map.py)."""
+        outs = [self.infer(v) for v in views(x, self.spec)]
+        logits = merge_maps(np.stack([map_logits(o["map"]) for o in outs]), self.spec)
+        pooled = np.mean([o["pooled"].reshape(-1) for o in outs], axis=0) if "pooled" in outs[0] else None
+        return self._pooled(logits), logits, pooled
 
-    def answer(self, x: np.ndarray, timings: Optional[Dict[str, float]] = None) -> Tuple[float, Optional[np.ndarray]]:
+    def calibrated(self, p: float) -> float:
+        """The probability people see and the threshold is on: Platt-scaled where the bundle says."""
+        return self.calibration.apply(p) if self.calibration is not None else p
+
+    def answer(self, x: np.ndarray, timings: Optional[Dict[str, float]] = None,
+               calibrated: bool = True) -> Tuple[float, Optional[np.ndarray]]:
         """(probability, raw map or None) for one preprocessed image (size, size, 1). A fracture-map
         model: the pooled map, and the map itself as P(fracture) per cell. Otherwise: the mean
-        over the spec's views, and their Grad-CAM maps, each turned back before averaging."""
+        over the spec's views, and their Grad-CAM maps, each turned back before averaging.
+        `calibrated=False`: the model's own probability (export compares it with the float model's)."""
+        p, raw, _ = self.assess(x, timings)
+        return (self.calibrated(p) if calibrated else p), raw
+
+    def assess(self, x: np.ndarray, timings: Optional[Dict[str, float]] = None
+               ) -> Tuple[float, Optional[np.ndarray], Optional[np.ndarray]]:
+        """(uncalibrated probability, raw map or None, pooled features or None): what `answer`
+        gives, and the features the out-of-scope gate measures, from the same inference."""
         t0 = time.perf_counter()
         if self.map is not None:
-            p, logits = self.map_answer(x)
+            p, logits, pooled = self.map_answer(x)
             if timings is not None:
                 timings["inference"] = _ms(t0)
             t0 = time.perf_counter()
             heat = sigmoid(logits).astype(np.float32)
             if timings is not None:
                 timings["heatmap"] = _ms(t0)
-            return p, heat
+            return p, heat, pooled
         outs = [self.infer(v) for v in views(x, self.spec)]
         p = float(np.mean([float(o["prob"].reshape(-1)[0]) for o in outs]))
+        pooled = np.mean([o["pooled"].reshape(-1) for o in outs], axis=0) if "pooled" in outs[0] else None
         if timings is not None:
             timings["inference"] = _ms(t0)
         if self.head is None:
-            return p, None
+            return p, None, pooled
         t0 = time.perf_counter()
         raw = merge_maps(np.stack([self.head.cam(o["features"], o.get("hidden"))[0] for o in outs]), self.spec)
         if timings is not None:
             timings["gradcam"] = _ms(t0)
-        return p, raw
+        return p, raw, pooled
 
     def predict_file(self, path: Union[str, Path], heatmap_path: Optional[Path] = None) -> Result:
         path = Path(path)
@@ -164,22 +184,37 @@ class Predictor:
         return rec
 
     def predict_pixels(self, decoded: DecodedImage, name: Union[str, Path], heatmap_path: Optional[Path] = None,
-                       display: Optional[Callable[[], np.ndarray]] = None, t_start: Optional[float] = None) -> Result:
-        """One decoded image (a file's pixels, or a flattened film) -> its result record."""
+                       display: Optional[Callable[[], np.ndarray]] = None, t_start: Optional[float] = None,
+                       gate: bool = True) -> Result:
+        """One decoded image (a file's pixels, or a flattened film) -> its result record. `gate=False`
+        answers what the out-of-scope gate would refuse, recording its verdict with `enforced:
+        false` (the self-test's drawn images; flattened film photos, whose distances the gate's
+        thresholds were not chosen on yet: docs/results.md)."""
         rec = self._header(name)
         t_all = t_start if t_start is not None else time.perf_counter()
         timings: Dict[str, float] = {}
+        rec.source = {"mode": decoded.source_mode, "width": decoded.source_size[0], "height": decoded.source_size[1]}
+        rec.warnings = list(decoded.warnings)
+        refused = colour_refusal(decoded.colour, self.gate.colour_limit) if gate and self.gate else None
+        if refused:  # a colour picture: refused before the model runs
+            return self._refused(rec, refused, timings, t_all)
         t0 = time.perf_counter()
         x, problem, _ = checked_input(decoded.pixels, self.spec)
         if problem:
-            rec.error, rec.warnings = problem, list(decoded.warnings)
+            rec.source = None
+            rec.error = problem
             return rec
         timings["preprocess"] = _ms(t0)
-        p, raw = self.answer(x, timings)
+        p_model, raw, pooled = self.assess(x, timings)
+        if self.gate is not None:
+            rec.scope = self.gate.check(pooled, decoded.colour)
+            if gate and not rec.scope["in_scope"]:
+                return self._refused(rec, rec.scope, timings, t_all)
+            if not gate:
+                rec.scope["enforced"] = False
+        p = self.calibrated(p_model)
         rec.probability = round(p, 6)
         rec.decision = POSITIVE if p >= self.threshold else NEGATIVE
-        rec.source = {"mode": decoded.source_mode, "width": decoded.source_size[0], "height": decoded.source_size[1]}
-        rec.warnings = list(decoded.warnings)
         if self.spec.n_views > 1:
             rec.views = self.spec.n_views
         if raw is not None:
@@ -200,6 +235,14 @@ class Predictor:
                 timings["overlay"] = _ms(t0)
         elif heatmap_path is not None:
             rec.warnings.append("this bundle has no fracture map or Grad-CAM head: no heatmap")
+        timings["total"] = _ms(t_all)
+        rec.timings_ms = timings
+        return rec
+
+    @staticmethod
+    def _refused(rec: Result, scope: Dict, timings: Dict[str, float], t_all: float) -> Result:
+        """Outside what the model reads: no probability, no heatmap, the reason in `scope`."""
+        rec.scope, rec.decision = scope, OUT_OF_SCOPE
         timings["total"] = _ms(t_all)
         rec.timings_ms = timings
         return rec

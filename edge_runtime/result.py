@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
 
-from .labels import POSITIVE, RETAKE
+from .labels import OUT_OF_SCOPE, POSITIVE, RETAKE
 
 R = TypeVar("R", bound="Result")
 
@@ -24,7 +24,7 @@ class Result:
     artifact: Optional[str] = None
     threshold: Optional[float] = None
     probability: Optional[float] = None
-    decision: Optional[str] = None  # labels.POSITIVE, NEGATIVE or RETAKE; None when it could not be read
+    decision: Optional[str] = None  # labels.POSITIVE, NEGATIVE, RETAKE or OUT_OF_SCOPE; None when it could not be read
     error: Optional[str] = None  # why there is no answer (the file, or the film in the photo)
     internal_error: Optional[bool] = None  # True: a failure of ours, not of the file (exit status 3)
     warnings: List[str] = field(default_factory=list)
@@ -33,6 +33,7 @@ class Result:
     heatmap: Optional[str] = None  # the overlay written
     heatmap_errno: Optional[int] = None  # the overlay could not be written (ENOSPC: the service retries)
     timings_ms: Optional[Dict[str, float]] = None
+    scope: Optional[Dict[str, Any]] = None  # the out-of-scope gate's measures and verdict (edge_runtime/scope.py)
     extra: Dict[str, Any] = field(default_factory=dict)  # keys of a newer writer, kept on a round trip
 
     @property
@@ -46,6 +47,10 @@ class Result:
     @property
     def retake_asked(self) -> bool:
         return self.decision == RETAKE
+
+    @property
+    def out_of_scope(self) -> bool:
+        return self.decision == OUT_OF_SCOPE
 
     def to_dict(self) -> Dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if v is not None and k != "extra"}

@@ -69,12 +69,19 @@ def serving_model(model, feature_layer: Optional[str], hidden_layer: Optional[st
     return keras.Model(model.inputs, outputs, name=f"{model.name}_serving")
 
 
-def map_serving_model(model):
-    """A fracture-map model's serving form: one output, the map of cell logits; the runtime pools it
-    (edge_runtime.fracture_map) and shows it, so int8 never has to carry a pooling or a sigmoid."""
+def map_serving_model(model, scope_layers: Sequence[str] = ()):
+    """A fracture-map model's serving form: the map of cell logits, which the runtime pools
+    (edge_runtime.fracture_map) and shows, so int8 never has to carry a pooling or a sigmoid; and,
+    given `scope_layers`, the global average of each one's features side by side ('pooled'), which
+    the out-of-scope gate measures (edge_runtime/scope.py)."""
     import keras
 
-    return keras.Model(model.inputs, {"map": model.get_layer("map").output}, name=f"{model.name}_serving")
+    outputs = {"map": model.get_layer("map").output}
+    if scope_layers:
+        pooled = [keras.layers.GlobalAveragePooling2D(name=f"pooled_{n}")(model.get_layer(n).output) for n in scope_layers]
+        outputs["pooled"] = (keras.layers.Concatenate(name="pooled")(pooled) if len(pooled) > 1
+                             else keras.layers.Identity(name="pooled")(pooled[0]))
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_serving")
 
 
 def output_spec(serving) -> Dict[str, Dict[str, List[int]]]:

@@ -35,6 +35,7 @@ from fracdata.runs import dataset_for_run
 from fracdata.split import load_split, records_by_split, split_summary
 
 from . import convert as converters
+from . import probability, scope_fit
 from .calibration import choose_calibration, ids_sha256
 from .check import Tolerances, by_source, classification, compare, content_cells, failures
 from .errors import ExportError
@@ -61,6 +62,8 @@ class Settings:
     progress: bool = True
     views: Optional[str] = None  # other views than the run's (single | dihedral); the threshold is then re-chosen
     pooling: Optional[str] = None  # a fracture map's pooling, if not the run's ('topk:4'); the threshold is then re-chosen
+    scope_size: int = 5000  # training images the out-of-scope gate's means and covariances are fitted on (0: no gate)
+    calibrate: bool = True  # Platt-scale the probability on validation
     command: str = "python -m export.quantize"
 
 
@@ -82,6 +85,11 @@ class Prepared:
     threshold: Dict  # threshold, rule, chosen_on
     data: Dict  # the manifest's data section
     fracture_map: Optional[Dict] = None  # the manifest's fracture_map section (a map model), else None
+    val: Optional[LoadedSplit] = None  # the validation split: the gate's thresholds, the calibration
+    scope: Optional[Dict] = None  # the manifest's scope section (thresholds filled by check), else None
+    scope_blob: Optional[bytes] = None  # its float32 file
+    platt: Optional[Dict] = None  # {"a", "b"}: P = sigmoid(a * logit + b), fitted on validation
+    platt_note: Optional[str] = None  # why the probability is not calibrated
 
 
 def log(msg: str) -> None:
@@ -257,8 +265,8 @@ def prepare(source: Source, settings: Settings) -> Prepared:
 
     calib_records, calib, calibration = _calibration(parts["train"], spec, settings, tag)
     test = load_images(parts["test"], spec, f"{tag} test images", settings.progress)
-    threshold = _threshold(source, model, lambda: load_images(parts["val"], spec, f"{tag} val images",
-                                                              settings.progress), ", ".join(changed))
+    val = load_images(parts["val"], spec, f"{tag} val images", settings.progress)
+    threshold = _threshold(source, model, lambda: val, ", ".join(changed))
     data = {"name": dataset.name, "phantom": bool(dataset.phantom), "provenance": dataset.provenance,
             "real_non_fractured": sum(1 for r in dataset.records if r.label == 0 and record_source(r) != PHANTOM_SOURCE),
             "credit": dataset.provenance.get("licence_and_credit"),
@@ -274,7 +282,7 @@ def prepare(source: Source, settings: Settings) -> Prepared:
     head, head_note, fmap = None, None, None
     if cfg.is_map:
         pooling = _layer_pooling(model)
-        serving = converters.map_serving_model(exported)
+        serving = converters.map_serving_model(exported, _scope_layers(exported) if settings.scope_size else ())
         grid = [int(d) for d in model.get_layer("map").output.shape[1:3]]
         fmap = {"output": "map", "pooling": pooling.to_dict(), "grid": grid, "stride": spec.size // grid[0],
                 "heatmap": "sigmoid of each cell: P(fracture) there; the image's logit is the pooling of the "
@@ -287,8 +295,48 @@ def prepare(source: Source, settings: Settings) -> Prepared:
             head_note = str(exc)
             log(f"{tag} no Grad-CAM head: {exc}")
         serving = converters.serving_model(exported, head.layer if head else None, head.hidden_layer if head else None)
-    return Prepared(source, tag, started, spec, cfg.gradcam_layer, model, serving, rewrite, head, head_note,
-                    calibration, test, threshold, data, fmap)
+    prep = Prepared(source, tag, started, spec, cfg.gradcam_layer, model, serving, rewrite, head, head_note,
+                    calibration, test, threshold, data, fmap, val)
+    _fit_scope(prep, parts["train"], settings)
+    _fit_platt(prep, settings)
+    return prep
+
+
+def _scope_layers(model) -> List[str]:
+    """The layers whose pooled features the gate measures: the registry's, where the model has them."""
+    from train.models.fracture_map import SCOPE_LAYERS
+
+    names = {layer.name for layer in model.layers}
+    return [n for n in SCOPE_LAYERS if n in names]
+
+
+def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) -> None:
+    """The out-of-scope gate's means and covariance, on up to `scope_size` training images."""
+    if "pooled" not in prep.serving.output:
+        return
+    records = choose_calibration(train_records, settings.scope_size, settings.seed)
+    loaded = load_images(records, prep.spec, f"{prep.tag} out-of-scope fit images", settings.progress)
+    try:
+        fitted = scope_fit.fit(scope_fit.pooled_features(prep.serving, loaded.images), loaded.records,
+                               [scope_fit.group_of(r) for r in prep.val.records])
+    except ValueError as exc:
+        log(f"{prep.tag} no out-of-scope gate: {exc}")
+        return
+    prep.scope, prep.scope_blob = scope_fit.manifest_section(fitted, _scope_layers(prep.serving))
+    log(f"{prep.tag} out-of-scope gate fitted on {len(loaded.records)} training images ({', '.join(fitted['groups'])})")
+
+
+def _fit_platt(prep: Prepared, settings: Settings) -> None:
+    """Platt scaling of the float model's validation probabilities (needs both classes there)."""
+    if not settings.calibrate:
+        prep.platt_note = "not asked for (--no-calibrate)"
+        return
+    p = _float_probs(prep, prep.val)
+    try:
+        prep.platt = probability.fit_platt(p, prep.val.labels)
+    except ValueError as exc:
+        prep.platt_note = str(exc)
+        log(f"{prep.tag} probabilities not calibrated: {exc}")
 
 
 # ----------------------------------------------------------------------------------- convert
@@ -314,11 +362,17 @@ def convert(prep: Prepared, stage: Path, settings: Settings) -> Dict:
                    "dtype": "float32 little-endian", "arrays": index,
                    "needs": ["features"] + (["hidden"] if head.hidden_layer else []),
                    "hidden_layer": head.hidden_layer}
+    if prep.scope is not None:
+        (stage / scope_fit.SCOPE_FILE).write_bytes(prep.scope_blob)
+        files[scope_fit.SCOPE_FILE] = sha256_file(stage / scope_fit.SCOPE_FILE)
     source, spec = prep.source, prep.spec
     run = source.run or {}
+    # the lowest version that describes it: runtimes that predate the map, or the gate and the
+    # calibration, still read the others
+    version = (FORMAT_VERSION if prep.scope is not None or prep.platt is not None
+               else 3 if prep.fracture_map is not None else 2)
     manifest = {
-        # the lowest version that describes it: runtimes that predate the map still read the others
-        "format": FORMAT, "format_version": FORMAT_VERSION if prep.fracture_map is not None else 2, "status": "pending",
+        "format": FORMAT, "format_version": version, "status": "pending",
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "title": title(source, prep.data),
         "demonstration_only": bool(source.phantom or prep.data["phantom"] or not prep.data["real_non_fractured"]),
@@ -329,9 +383,10 @@ def convert(prep: Prepared, stage: Path, settings: Settings) -> Dict:
                   "outputs": converters.output_spec(prep.serving), "export_rewrite": prep.rewrite,
                   "source": source.origin},
         "preprocess": preprocess_section(spec),
-        "decision": decision_section(prep.threshold, prep.fracture_map is not None),
+        "decision": decision_section(prep.threshold, prep.fracture_map is not None, prep.platt, prep.platt_note),
         "gradcam": gradcam, "gradcam_unavailable": prep.head_note,
         **({"fracture_map": prep.fracture_map} if prep.fracture_map else {}),
+        **({"scope": dict(prep.scope)} if prep.scope else {}),
         "artifacts": artifacts,
         "data": prep.data,
         "provenance": {"export_command": settings.command, "versions": versions(EXPORT_PACKAGES),
@@ -359,25 +414,54 @@ def preprocess_section(spec: PreprocessSpec) -> Dict:
     return {**spec.to_dict(), "decode": DECODE}
 
 
-def decision_section(threshold: Dict, fracture_map: bool = False) -> Dict:
-    """The manifest's `decision`: the threshold, its rule, and what the output means."""
+def decision_section(threshold: Dict, fracture_map: bool = False, platt: Optional[Dict] = None,
+                     platt_note: Optional[str] = None) -> Dict:
+    """The manifest's `decision`: the threshold, its rule, and what the output means. Calibrated,
+    the threshold is the model's own carried onto the calibrated scale (the same images pass it)."""
     output = ("P(fractured) = sigmoid(pooling of the view-averaged map of cell logits), fracture_map.pooling"
               if fracture_map else "prob = P(fractured), sigmoid")
-    return {**threshold, "positive_class": "fractured", "output": output}
+    out = {**threshold, "positive_class": "fractured", "output": output}
+    if platt is not None:
+        t = float(probability.apply(np.array([threshold["threshold"]]), platt)[0])
+        out.update(threshold=t, threshold_model=threshold["threshold"],
+                   calibration={"method": "platt", "a": platt["a"], "b": platt["b"], "fitted_on": "validation split",
+                                "formula": "P = sigmoid(a * logit(model probability) + b)"},
+                   output=output + "; then calibrated (decision.calibration); the threshold is on the calibrated "
+                                   "scale, threshold_model on the model's own")
+    elif platt_note:
+        out["calibration_unavailable"] = platt_note
+    return out
 
 
 # ------------------------------------------------------------------------------------- check
 
 def _run_artifact(bundle, key: str, test: LoadedSplit, with_cam: bool):
-    """Probabilities and raw Grad-CAM maps of one artifact, run by the edge runtime itself."""
+    """Probabilities, raw Grad-CAM maps and pooled features (or None) of one artifact on the test
+    split, run by the edge runtime itself; and the open Predictor."""
     pred = Predictor(bundle, artifact=key, gradcam=with_cam)
-    probs, cams = [], []
+    probs, cams, pooled = [], [], []
     for x in test.images:
-        p, cam = pred.answer(x)
+        p, cam, f = pred.assess(x)  # the model's own probability, as the float reference's
         probs.append(p)
         if with_cam:
             cams.append(cam)
-    return np.array(probs), (np.stack(cams) if with_cam else None), pred.backend, pred.session.io_spec()
+        pooled.append(f)
+    return (np.array(probs), (np.stack(cams) if with_cam else None),
+            (pooled if pred.gate is not None else None), pred)
+
+
+def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled: List) -> Dict:
+    """One artifact's gate thresholds, chosen on validation through the runtime; what it refuses of
+    the test split, per source (reported: a split of a few hundred cannot gate a rate of 1%)."""
+    gate = pred.gate
+    val = np.stack([gate.distances(pred.assess(x)[2]) for x in prep.val.images])
+    val_groups = [scope_fit.group_of(r) for r in prep.val.records]
+    t = scope_fit.thresholds(val, val_groups, gate.groups)
+    manifest["scope"]["thresholds"][key] = t
+    test = np.array([float(np.min(gate.distances(p) / np.asarray(t))) for p in test_pooled])
+    return {"thresholds": dict(zip(gate.groups, t)),
+            "validation_kept": float(np.mean(np.min(val / np.asarray(t), axis=1) <= 1.0)),
+            "test_refused": scope_fit.refused_by_source(test, scope_fit.sources_of(prep.test.records))}
 
 
 def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bool:
@@ -411,8 +495,11 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
     passed = True
     for key, entry in manifest["artifacts"].items():
         t0 = time.time()
-        p_art, cams, backend, io = _run_artifact(bundle, key, test, cams_ref is not None)
+        p_art, cams, dist, pred = _run_artifact(bundle, key, test, cams_ref is not None)
+        backend, io = pred.backend, pred.session.io_spec()
         m = compare(test.labels, p_float, p_art, threshold, cams_ref, cams, "map" if is_map else "gradcam", real, sources, cells)
+        if dist is not None:
+            m["scope"] = _scope_threshold(prep, pred, manifest, key, dist)
         if loc_ref is not None:  # reported beside the float reference's, not gated
             scores, summary = localise(cams[boxed], boxed_records, spec, boxed_shapes)
             m["localisation"] = {**summary, "vs_float_keras": agreement(scores, loc_ref[0])}
@@ -433,6 +520,15 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
         manifest["reference"]["float_keras"]["by_source"] = ref_by_source
     if loc_ref is not None:
         manifest["reference"]["float_keras"]["localisation"] = loc_ref[1]
+    if prep.platt is not None:
+        manifest["decision"]["calibration"]["ece"] = {
+            "validation": probability.summary(_float_probs(prep, prep.val), prep.val.labels, prep.platt,
+                                              scope_fit.sources_of(prep.val.records)),
+            "test": probability.summary(p_float, test.labels, prep.platt, scope_fit.sources_of(test.records)),
+            "bins": probability.BINS, "plot": probability.PLOT}
+        probability.plot(stage / probability.PLOT, p_float, test.labels, prep.platt,
+                         f"{prep.source.name}: reliability on the test split (n={len(test.labels)})")
+        manifest["files"][probability.PLOT] = sha256_file(stage / probability.PLOT)
     if is_map and boxed:  # what Grad-CAM of the same float model would have shown, for comparison
         cams = gradcam_reference(prep.model, prep.gradcam_layer, test.images[boxed], spec)
         manifest["reference"]["float_keras"]["gradcam_localisation_for_comparison"] = \
@@ -446,6 +542,13 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
     if passed:
         manifest["self_test"] = _self_test(bundle, list(manifest["artifacts"]))
     return bool(passed)
+
+
+def _float_probs(prep: Prepared, split: LoadedSplit) -> np.ndarray:
+    from train.reference import predict, predict_maps
+
+    return (predict_maps(prep.model, split.images, prep.spec)[0] if prep.fracture_map is not None
+            else predict(prep.model, split.images, prep.spec))
 
 
 def _default_artifacts(artifacts: Dict[str, Dict]) -> Dict[str, str]:

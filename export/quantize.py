@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fracture maps: how the device pools the map into one answer, if not the run's: a deployment "
                          "choice (the map's weights are the same); the threshold is then chosen again on validation "
                          "(default: the run's)")
+    ap.add_argument("--scope-size", type=int, default=5000, metavar="N",
+                    help="fracture maps: training-split images (at most) the out-of-scope gate's feature means and covariances "
+                         "are fitted on; 0 ships no gate (default: %(default)s)")
+    ap.add_argument("--no-calibrate", action="store_true",
+                    help="ship the model's own probability instead of one Platt-scaled on validation (default: calibrate)")
     ap.add_argument("--max-auc-drop", type=float, default=t.max_auc_drop, help="largest |ΔAUC| (default: %(default)s)")
     ap.add_argument("--min-agreement", type=float, default=t.min_agreement,
                     help="smallest share of test images with the float model's decision (default: %(default)s)")
@@ -98,7 +103,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     command = "python -m export.quantize " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     settings = Settings(data=args.data, artifacts=artifacts, calibration_size=args.calibration_size, seed=args.seed,
-                        views=args.views, pooling=args.pooling,
+                        views=args.views, pooling=args.pooling, scope_size=args.scope_size,
+                        calibrate=not args.no_calibrate,
                         tolerances=Tolerances(args.max_auc_drop, args.min_agreement, args.max_mean_abs_diff,
                                               args.max_abs_diff, args.min_map_correlation),
                         overwrite=args.overwrite, command=command.strip())

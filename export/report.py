@@ -106,12 +106,15 @@ def model_section(manifest: Dict, heading: str = "##") -> List[str]:
                   "float model's answers, not how it does on patients.", ""]
     if d.get("credit"):
         lines += [f"Data credit: {d['credit']}", ""]
+    dec = manifest["decision"]
+    model_t = dec.get("threshold_model", dec["threshold"])
     lines += [f"Checked by the edge runtime on the **{c['split']} split** ({c['n']} images of {d['name']}; "
-              f"split sha256 `{d['split_sha256'][:16]}…`) at the bundle's threshold "
-              f"{manifest['decision']['threshold']:.4f} ({manifest['decision']['rule']}, chosen on "
-              f"{manifest['decision']['chosen_on']}). Calibration: {d['calibration']['n']} images of the "
+              f"split sha256 `{d['split_sha256'][:16]}…`) at the model's threshold {model_t:.4f} "
+              + (f"(the bundle's, calibrated: {dec['threshold']:.4f}) " if "threshold_model" in dec else "")
+              + f"({dec['rule']}, chosen on {dec['chosen_on']}). int8 calibration: {d['calibration']['n']} images of the "
               f"{d['calibration']['split']} split, stratified by {d['calibration']['stratified_by']}.", ""]
     lines += model_table(manifest)
+    lines += probability_lines(dec) + scope_lines(manifest)
     t = c["tolerances"]
     lines += ["", f"Tolerances: |ΔAUC| ≤ {t['max_auc_drop']}, agreement ≥ {t['min_agreement']}, "
                   f"mean |Δp| ≤ {t['max_mean_abs_diff']}, max |Δp| ≤ {t['max_abs_diff']}"
@@ -121,6 +124,47 @@ def model_section(manifest: Dict, heading: str = "##") -> List[str]:
                      ". Grad-CAM r: mean per-image correlation with the GradientTape reference map."), ""]
     lines += localisation_table(manifest)
     return lines
+
+
+def probability_lines(dec: Dict) -> List[str]:
+    """The calibration: the fit, and the ECE before and after with CIs (reliability.png draws it)."""
+    cal = dec.get("calibration")
+    if not cal or "ece" not in cal:
+        return ["", f"Probabilities: the model's own ({dec.get('calibration_unavailable', 'not calibrated')}).", ""] \
+            if dec.get("calibration_unavailable") else []
+    e = cal["ece"]
+
+    def ece(x):
+        return f"{x['ece']:.3f} [{x['ci95'][0]:.3f}, {x['ci95'][1]:.3f}]"
+
+    lines = ["", f"**Calibrated probabilities** (Platt, on the validation split: P = sigmoid({cal['a']:.3f} · logit + "
+                 f"{cal['b']:.3f})); expected calibration error, {e['bins']} bins [bootstrap 95% CI], "
+                 f"reliability diagram: `{e['plot']}`:", "",
+             "| split | source | n | ECE before | ECE after |", "|---|---|---:|---:|---:|"]
+    for split in ("validation", "test"):
+        lines.append(f"| {split} | all | {e[split]['after']['n']} | {ece(e[split]['before'])} | {ece(e[split]['after'])} |")
+        for src, v in e[split].get("by_source", {}).items():
+            only = "" if len(v["classes"]) > 1 else " (fractures only)"
+            lines.append(f"| {split} | {src}{only} | {v['after']['n']} | {ece(v['before'])} | {ece(v['after'])} |")
+    return lines + [""]
+
+
+def scope_lines(manifest: Dict) -> List[str]:
+    """The out-of-scope gate: its groups, and what it refuses of the in-scope test images."""
+    sc = manifest.get("scope")
+    if not sc:
+        return []
+    lines = [f"**Out-of-scope gate** ({sc['method']}, {sc['features']['dim']} pooled features of "
+             f"{', '.join(sc['features']['layers'])}; groups {', '.join(sc['groups'])}; {sc['rule']}; colour pictures "
+             f"refused above {sc['colour_limit']:.0%} coloured pixels). In-scope test images it refuses:", "",
+             "| artifact | kept of validation | refused of the test split, per source |", "|---|---:|---|"]
+    for key, a in manifest["artifacts"].items():
+        m = a.get("metrics", {}).get("scope")
+        if m:
+            per = "; ".join(f"{s} {v['refused']} of {v['n']}" for s, v in m["test_refused"].items())
+            lines.append(f"| {key} | {m['validation_kept']:.3f} | {per} |")
+    return lines + ["", "What it refuses of out-of-scope images is measured by `python -m train.scope_evaluate` "
+                        "(docs/results.md).", ""]
 
 
 def render(manifests: List[Dict], command: str) -> str:

@@ -279,8 +279,10 @@ def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_
     assert rc == 0
     bundle = load_bundle(out)
     m = bundle.manifest
-    assert m["format_version"] == 3 and m["fracture_map"]["pooling"] == {"kind": "lse", "r": 4.0}
-    assert set(m["model"]["outputs"]) == {"map"} and m["gradcam"] is None
+    assert m["format_version"] == 4 and m["fracture_map"]["pooling"] == {"kind": "lse", "r": 4.0}
+    # the map, and the pooled features the out-of-scope gate measures; a threshold per artifact
+    assert set(m["model"]["outputs"]) == {"map", "pooled"} and m["gradcam"] is None
+    assert set(m["scope"]["thresholds"]) == set(m["artifacts"]) and m["files"]["scope.f32"]
     assert m["default_artifacts"] == {"tflite": "tflite_int8", "onnx": "onnx_int8"}
     for key in ("tflite_float", "onnx_float"):
         assert m["artifacts"][key]["metrics"]["map_max_abs_diff"] < 1e-3
@@ -292,7 +294,7 @@ def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_
     p_ref, maps_ref = predict_maps(load_model(found.model_path), test.images, bundle.spec)
     pred = Predictor(bundle, artifact="onnx_float")
     for x, p, mp in zip(test.images, p_ref, maps_ref):
-        got, heat = pred.answer(x)
+        got, heat = pred.answer(x, calibrated=False)
         assert abs(got - p) < 1e-5
         np.testing.assert_allclose(heat, sigmoid(mp), atol=1e-5)  # the heatmap is P(fracture) per cell
     # A file through the whole predictor: an absolute heatmap overlay, the probability from the map.
@@ -305,6 +307,45 @@ def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_
 
     for key in m["artifacts"]:
         assert selftest.run(bundle, artifact=key)["passed"] is True
+    _the_gate_and_the_calibration_are_applied(bundle, out, pred, test, tmp_path)
+
+
+def _the_gate_and_the_calibration_are_applied(bundle, out, pred, test, tmp_path):
+    """The exported gate: every answer carries its score; a colour photo is refused before the
+    model, with no probability and no heatmap; the calibrated probability is what people see;
+    a gate file changed after export refuses the bundle."""
+    from edge_runtime.bundle import BundleError, load_bundle
+    from edge_runtime.cli import exit_status
+    from edge_runtime.predictor import Predictor
+    from edge_runtime.labels import OUT_OF_SCOPE
+    from fracdata.ood import generate
+
+    m = bundle.manifest
+    img = tmp_path / "in.png"
+    Image.fromarray((test.resized[1] * 255).astype(np.uint8)).save(img)
+    rec = pred.predict_file(img)
+    assert set(rec.scope) >= {"in_scope", "score"}
+    if rec.scope["in_scope"]:
+        from edge_runtime.inputs import read_image
+        from edge_runtime.preprocess import checked_input
+
+        x = checked_input(read_image(img, bundle.spec).pixels, bundle.spec)[0]
+        raw = pred.answer(x, calibrated=False)[0]
+        assert rec.probability == pytest.approx(pred.calibration.apply(raw) if pred.calibration else raw, abs=1e-6)
+        assert (rec.probability >= m["decision"]["threshold"]) == (raw >= m["decision"].get("threshold_model", raw))
+    _, photo = generate("colour_photo", 1, seed=4)[0]
+    photo.convert("RGB").save(tmp_path / "photo.jpg", quality=90)
+    refused = pred.predict_file(tmp_path / "photo.jpg", tmp_path / "photo_heat.jpg")
+    assert refused.decision == OUT_OF_SCOPE and refused.out_of_scope and refused.scope["code"] == "colour"
+    assert refused.probability is None and refused.heatmap is None and not (tmp_path / "photo_heat.jpg").exists()
+    assert exit_status([rec, refused]) == 1
+    bad = tmp_path / "tampered"
+    shutil.copytree(out, bad)
+    blob = bytearray((bad / "scope.f32").read_bytes())
+    blob[8] ^= 0x40
+    (bad / "scope.f32").write_bytes(bytes(blob))
+    with pytest.raises(BundleError, match="scope.f32"):
+        Predictor(load_bundle(bad), artifact="onnx_float")
 
 
 # ------------------------------------------------------------------------------ the phone's port

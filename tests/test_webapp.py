@@ -32,6 +32,7 @@ from device.service import Ledger
 from device.triage import Triaged
 from device.webapp import VENDOR_FILES, build_site, content_type, webapp_root, write_site
 from edge_runtime.bundle import default_bundle_dir, load_bundle
+from edge_runtime.labels import OUT_OF_SCOPE, OUT_OF_SCOPE_ADVICE, WORDING
 from edge_runtime.result import field_names
 
 # Parity tolerances: probability, heatmap correlation. A JPEG larger than twice the model input is
@@ -254,6 +255,11 @@ def _browser_vs_python(page, predictor, bundle, files):
         js = analyze(page, path.read_bytes(), path.name)
         assert not js.get("error"), (path.name, js.get("error"))
         assert set(js) - {"heat", "heat_side", "display_shape"} <= RESULT_FIELDS, set(js) - RESULT_FIELDS
+        py = predictor.predict_file(path)
+        assert js["decision"] == py.decision or not (py.out_of_scope or js["decision"] == OUT_OF_SCOPE), path.name
+        if py.out_of_scope:  # refused by both gates: no probability to compare
+            continue
+        assert js["scope"]["score"] == pytest.approx(py.scope["score"], abs=0.02)
         p, heat = python_answer(predictor, path)
         dps.append(abs(js["probability"] - p))
         if (js["probability"] >= bundle.threshold) != (p >= bundle.threshold):
@@ -294,6 +300,43 @@ def test_browser_matches_python_on_real_jpegs(browser, server, bundle):
     assert not flips
     assert min(corrs) >= MIN_HEAT_CORR
     assert not page.errors
+
+
+@needs_browser
+def test_the_out_of_scope_gate_refuses_the_same_images_in_the_browser(browser, server, bundle, tmp_path):
+    """Generated chest films, skulls, CT slices, ultrasound, text pages, screenshots and colour
+    photos (a seed of their own): the phone and the Pi refuse the same ones, for the same reason,
+    with the same score; a refusal has no probability and says what to do."""
+    from edge_runtime.predictor import Predictor
+    from fracdata.ood import KINDS, write_ood_set
+
+    root = write_ood_set(tmp_path / "ood", n_per_kind=2, seed=7)
+    files = sorted(p for k in KINDS for p in (root / k).iterdir())
+    predictor = Predictor(bundle, backend="onnx")
+    assert predictor.gate is not None, "the reference bundle ships an out-of-scope gate"
+    page = open_app(browser, server)
+    refused = 0
+    for path in files:
+        js = analyze(page, path.read_bytes(), path.name)
+        py = predictor.predict_file(path)
+        if py.error:  # refused before the model (blank, flat, noise, too large): the same reason in both
+            assert js.get("error"), path.name
+            continue
+        assert js["decision"] == py.decision, (path.name, js.get("scope"), py.scope)
+        assert js["scope"].get("code") == py.scope.get("code"), path.name
+        if "score" in py.scope:
+            assert js["scope"]["score"] == pytest.approx(py.scope["score"], abs=0.02), path.name
+        if py.out_of_scope:
+            refused += 1
+            assert js.get("probability") is None and js["heat"] is None
+    assert refused >= len(files) * 0.7  # most of them: the rate per kind is measured in docs/results.md
+    assert not page.errors
+    # What the phone shows for a refusal: its own label, the reason and what to do; no probability.
+    last = next(p for p in reversed(files) if predictor.predict_file(p).out_of_scope)
+    page.set_input_files("#file-input", str(last))
+    page.wait_for_selector("#result .badge.scope")
+    text = page.locator("#result").inner_text()
+    assert WORDING[OUT_OF_SCOPE] in text and OUT_OF_SCOPE_ADVICE in text and "probability" not in text
 
 
 @needs_browser

@@ -27,6 +27,10 @@ POOLING = MapPooling("lse", r=4.0)
 # (filters, dilation) per convolution; "pool" between the stages.
 LAYOUT = ((16, 1), "pool", (32, 1), (32, 1), "pool", (64, 1), (64, 1), "pool", (96, 1), (96, 2), (96, 4))
 FEATURE_LAYER = "conv8_relu"  # the last features, which the map reads (and Grad-CAM, for comparison)
+# What the out-of-scope gate measures (edge_runtime/scope.py): the global average of these layers'
+# features, from edges to the map's own. The last layer alone let through half of the generated
+# skulls and ultrasound images at the same in-scope rate (docs/results.md, "Out of scope").
+SCOPE_LAYERS = ("conv2_relu", "conv3_relu", "conv5_relu", "conv8_relu")
 
 
 def _cbr(x, filters: int, dilation: int, name: str, layers):

@@ -22,6 +22,7 @@ function fatal(text) {
 function label(rec, words = config.LABELS) {
   if (rec.error) return ["err", words.error];
   if (rec.retake) return ["retake", words[config.RETAKE]];
+  if (rec.decision === config.OUT_OF_SCOPE) return ["scope", words[config.OUT_OF_SCOPE]];
   return rec.decision === engine.positive ? ["pos", words[config.POSITIVE]] : ["neg", words[config.NEGATIVE]];
 }
 
@@ -68,6 +69,8 @@ function showResult(rec) {
     const ul = el("ul");
     for (const r of rec.quality.reasons) ul.append(el("li", r));
     box.append(ul);
+  } else if (rec.decision === config.OUT_OF_SCOPE) {
+    box.append(el("p", `${rec.scope?.reason ?? "not an image this model was trained to read"}; ${config.OUT_OF_SCOPE_ADVICE}`));
   } else if (!rec.error) {
     box.append(el("p", `probability ${rec.probability.toFixed(3)} (threshold ${rec.threshold.toFixed(3)})`));
   }
@@ -98,6 +101,7 @@ async function store(rec, canvas) {
     when_utc: new Date().toISOString(), name: rec.file, mode: rec.mode, decision: rec.error ? "error" : rec.decision,
     probability: rec.probability ?? null, threshold: rec.threshold ?? engine.threshold, model: engine.manifest.model.name,
     bundle_digest: engine.digest, retake_reasons: rec.retake ? rec.quality.codes : [], error: rec.error ?? null,
+    scope_code: rec.scope?.in_scope === false ? rec.scope.code : null,
     warnings: rec.warnings || [], thumbnail,
   });
 }

@@ -63,7 +63,37 @@ export async function loadBundle(base, config, wanted) {
   if (m.files?.[art.file] && m.files[art.file] !== art.sha256) throw new BundleError(`${art.file}: two different sha256 in the manifest`);
   let head = null;
   if (m.gradcam) head = parseHead(await verified(m.gradcam.file, m.files?.[m.gradcam.file]), m.gradcam);
-  return { manifest: m, artifactKey: key, artifact: art, modelBytes, head, digest };
+  let gate = null;
+  if (m.scope) gate = parseGate(await verified(m.scope.file, m.files?.[m.scope.file]), m.scope, key);
+  return { manifest: m, artifactKey: key, artifact: art, modelBytes, head, gate, digest };
+}
+
+/** float32 little-endian arrays of a bundle file, by the manifest's {name: {offset, shape}} index. */
+function readArrays(bytes, file, index) {
+  if (bytes.length % 4) throw new BundleError(`${file} is not a whole number of float32 values`);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n = bytes.length / 4;
+  const arrays = {};
+  for (const [name, a] of Object.entries(index)) {
+    const count = a.shape.reduce((x, y) => x * y, 1);
+    if (a.offset + count > n) throw new BundleError(`${file}: array '${name}' runs past the end of the file`);
+    const out = new Float64Array(count);
+    for (let i = 0; i < count; i++) out[i] = dv.getFloat32((a.offset + i) * 4, true);
+    arrays[name] = { data: out, shape: a.shape };
+  }
+  return arrays;
+}
+
+/** The out-of-scope gate (edge_runtime/scope.load_gate) for the artifact this app runs. */
+function parseGate(bytes, spec, key) {
+  const a = readArrays(bytes, spec.file, spec.arrays);
+  if (!a.means || !a.precisions) throw new BundleError(`${spec.file}: needs 'means' and 'precisions'`);
+  const [groups, dim] = a.means.shape;
+  const ps = a.precisions.shape;
+  if (ps[0] !== groups || ps[1] !== dim || ps[2] !== dim) throw new BundleError(`${spec.file}: precisions are not ${groups} x ${dim} x ${dim}`);
+  const thresholds = spec.thresholds?.[key];
+  if (!Array.isArray(thresholds) || thresholds.length !== groups) throw new BundleError(`manifest: the out-of-scope gate has no thresholds for ${key}`);
+  return { groups, dim, means: a.means.data, precisions: a.precisions.data, thresholds, colourLimit: spec.colour_limit };
 }
 
 /** The Grad-CAM head's arrays from its float32 little-endian file (edge_runtime/gradcam.load_head). */

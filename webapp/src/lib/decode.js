@@ -6,6 +6,8 @@
 import { boxReduce } from "./resample.js";
 import { percentiles } from "./stats.js";
 
+import { colourFraction } from "./scope.js";
+
 export class ImageReadError extends Error {
   constructor(name, reason) { super(`${name}: ${reason}`); this.file = name; this.reason = reason; }
 }
@@ -116,11 +118,13 @@ export async function readGrayscale(blob, name, size, limits) {
   const gray = new Float32Array(n);
   const spread = new Float32Array(Math.ceil(n / 7));
   let transparent = false;
+  let allGray = true;
   for (let i = 0, j = 0; i < n; i++) {
     const r = rgba[4 * i], g = rgba[4 * i + 1], b = rgba[4 * i + 2];
     // Pillow's convert("L"): ITU-R 601-2 luma in 16-bit fixed point, rounded
     gray[i] = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16;
     if (rgba[4 * i + 3] !== 255) transparent = true;
+    if (r !== g || g !== b) allGray = false;
     if (i % 7 === 0) spread[j++] = Math.max(r, g, b) - Math.min(r, g, b);
   }
   const warnings = [];
@@ -133,7 +137,20 @@ export async function readGrayscale(blob, name, size, limits) {
   // decoded levels reproduces it up to the codec's rounding.
   const red = boxReduce(gray, W, H, f);
   for (let i = 0; i < red.data.length; i++) red.data[i] /= 255;
-  return { pixels: red.data, width: red.width, height: red.height, source: { mode: format, width: W, height: H }, warnings };
+  // The out-of-scope gate's colour measure, on the image reduced as Python reduces it (null: gray).
+  const colour = allGray ? null : colourOf(rgba, W, H, f, limits.CHROMA);
+  return { pixels: red.data, width: red.width, height: red.height, source: { mode: format, width: W, height: H }, warnings, colour };
+}
+
+function colourOf(rgba, W, H, f, chroma) {
+  const chan = (c) => {
+    const a = new Float32Array(W * H);
+    for (let i = 0; i < W * H; i++) a[i] = rgba[4 * i + c];
+    const red = boxReduce(a, W, H, f).data;
+    for (let i = 0; i < red.length; i++) red[i] = Math.min(255, Math.max(0, Math.round(red[i])));
+    return red;
+  };
+  return colourFraction(chan(0), chan(1), chan(2), chroma);
 }
 
 /** A photo of film -> {rgba: {data, width, height}, originalSize, sourceGray}, reduced as device/photo.py. */

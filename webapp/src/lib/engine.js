@@ -5,6 +5,7 @@
 import { BundleError, loadBundle } from "./bundle.js";
 import { rawMaps } from "./gradcam.js";
 import { poolMap, sigmoid } from "./fracturemap.js";
+import { calibrate, scopeScore } from "./scope.js";
 import {
   contentProblem, mergeMaps, normalizeIntensity, resizeInput, specFromManifest, views,
 } from "./preprocess.js";
@@ -70,9 +71,21 @@ export class Engine {
     return Object.fromEntries(Object.entries(out).map(([k, t]) => [k, { data: t.data, dims: t.dims }]));
   }
 
-  /** One decoded gray image (Float32Array h*w in [0, 1]) -> record, as Predictor.predict_pixels. */
-  async predictPixels(pixels, w, h, { heatmap = true, warnings = [] } = {}) {
+  /** Outside what the model reads (edge_runtime/predictor._refused): no probability, no heatmap. */
+  refused(scope, warnings, t) {
+    return { decision: this.config.OUT_OF_SCOPE, scope, threshold: this.threshold, model: this.manifest.model.name,
+      artifact: this.artifactKey, warnings: [...warnings],
+      timings_ms: Object.fromEntries(Object.entries(t).map(([k, ms]) => [k, Math.round(ms * 100) / 100])) };
+  }
+
+  /** One decoded gray image (Float32Array h*w in [0, 1]) -> record, as Predictor.predict_pixels.
+   * `colour`: the file's coloured fraction (decode.js), null for gray files and flattened films. */
+  async predictPixels(pixels, w, h, { heatmap = true, warnings = [], colour = null, gate = true } = {}) {
     const t = {};
+    const reasons = this.config.SCOPE.REASONS;
+    if (this.gate && colour !== null && colour > this.gate.colourLimit) {
+      return this.refused({ in_scope: false, code: "colour", reason: reasons.colour, colour: Math.round(colour * 1e4) / 1e4 }, warnings, t);
+    }
     let t0 = performance.now();
     const small = resizeInput(pixels, w, h, this.spec);
     const problem = contentProblem(small, this.spec.size, this.spec.size, this.config.CONTENT_LIMITS);
@@ -95,6 +108,20 @@ export class Engine {
       p /= v.count;
     }
     t.inference = performance.now() - t0;
+    let scope;
+    if (this.gate) {
+      // The pooled features averaged over the views, their distance to the training groups.
+      const d = this.gate.dim;
+      const pooled = new Float64Array(d);
+      for (let k = 0; k < v.count; k++) for (let i = 0; i < d; i++) pooled[i] += out.pooled.data[k * d + i] / v.count;
+      scope = { in_scope: true };
+      if (colour !== null) scope.colour = Math.round(colour * 1e4) / 1e4;
+      scope.score = Math.round(scopeScore(pooled, this.gate) * 1e4) / 1e4;
+      if (scope.score > 1) scope = { ...scope, in_scope: false, code: "unfamiliar", reason: reasons.unfamiliar };
+      if (!gate) scope.enforced = false; // a flattened film: measured, not refused yet (device/triage.py)
+      else if (!scope.in_scope) return this.refused(scope, warnings, t);
+    }
+    p = calibrate(p, this.manifest.decision.calibration);
     const rec = {
       probability: Math.round(p * 1e6) / 1e6,
       decision: p >= this.threshold ? this.positive : this.config.NEGATIVE,
@@ -102,6 +129,7 @@ export class Engine {
       warnings: [...warnings],
     };
     if (this.spec.n_views > 1) rec.views = this.spec.n_views;
+    if (scope) rec.scope = scope;
     if (heatmap && mapLogits) {
       // The map is the heatmap: each cell's P(fracture), on an absolute scale (0 to 1).
       rec.heat = { data: mapLogits.map((a) => sigmoid(a)), side: out.map.dims.map(Number)[1], absolute: true };

@@ -38,7 +38,7 @@ export const latestRecords = (n) => tx("readonly", (s) => {
 });
 
 export const CSV_COLUMNS = ["id", "when_utc", "name", "mode", "decision", "probability", "threshold", "model",
-  "bundle_digest", "retake_reasons", "error", "warnings"];
+  "bundle_digest", "retake_reasons", "scope_code", "error", "warnings"];
 
 function csvCell(v) {
   if (v === undefined || v === null) return "";

@@ -19,7 +19,8 @@ export async function analyzeFile(engine, blob, name) {
     throw e;
   }
   const decodeMs = performance.now() - t0;
-  const rec = await engine.predictPixels(decoded.pixels, decoded.width, decoded.height, { warnings: decoded.warnings });
+  const rec = await engine.predictPixels(decoded.pixels, decoded.width, decoded.height,
+    { warnings: decoded.warnings, colour: decoded.colour });
   rec.file = name;
   rec.mode = "file";
   rec.source = decoded.source;
@@ -55,7 +56,7 @@ export async function analyzePhoto(engine, blob, name) {
     timings.total = performance.now() - t0;
     return { ...rec, retake: true, decision: engine.config.RETAKE, warnings: [], display, timings_ms: round(timings) };
   }
-  const r = await engine.predictPixels(flat.pixels, flat.width, flat.height);
+  const r = await engine.predictPixels(flat.pixels, flat.width, flat.height, { gate: false });
   if (r.error) {
     const blank = engine.config.FILM.TEXT.blank_film.replace("{why}", r.error);
     const quality = { ...q, ok: false, reasons: [blank], codes: ["blank_film"] };

@@ -1,0 +1,142 @@
+"""The out-of-scope gate: "outside what this model reads" instead of a guess.
+
+A screening model answers whatever it is given. Shown a chest film, a CT printout, a text page or
+a phone screen, the fracture map finds no fracture there and says "no fracture found": false
+reassurance about an image it was never trained to read. The gate refuses such inputs before the
+answer is shown, with its own decision (labels.OUT_OF_SCOPE) and a reason code:
+
+- `colour`: the file is a colour picture: more than a set fraction of its pixels lie far from the
+  image's own median colour in the opponent channels (rg = R - G, yb = (R + G) / 2 - B).
+  Radiographs are gray; a colour photo, screenshot or Doppler image is not one. Measured against
+  the median, a tinted scan or a JPEG's chroma noise stays gray, and a red annotation arrow is too
+  few pixels to count. Checked on the decoded file before the model runs (the film path's
+  flattened film is gray by construction).
+- `unfamiliar`: the model's own pooled features (the global average of four of its layers, from
+  edges to the map's own features; square roots, which makes them nearer Gaussian) lie far from
+  every group of training radiographs. Each group (real fractures, phantom fractures, intact
+  phantoms, ...) has its own mean and covariance (Lee et al. 2018, "A simple unified framework for
+  detecting out-of-distribution samples", with per-group covariances) and its own distance, the
+  one that keeps 99% of that group's validation radiographs; an input is refused when it is
+  beyond that distance of every group (score = min over groups of distance / group threshold,
+  refused above 1). Export fits means and covariances on the training split, stores them in the
+  bundle (a float32 file under the manifest's checksums, so the digest and signature cover them)
+  and chooses the thresholds per artifact, through this runtime; docs/results.md says how the
+  method was chosen and what it refuses.
+
+The distance is computed in float64 from the float32 arrays, here and in the web app, so both
+runtimes refuse the same images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+COLOUR = "colour"
+UNFAMILIAR = "unfamiliar"
+REASONS = {
+    COLOUR: "a colour picture, not a radiograph",
+    UNFAMILIAR: "not like the radiographs this model was trained on (limb radiographs: hands, wrists, forearms, "
+                "elbows, legs, hips, shoulders)",
+}
+# A pixel is coloured when its opponent colour lies more than CHROMA (of 255) from the image's
+# median; an image is a colour picture when more than COLOUR_LIMIT of its pixels are. Chosen on
+# real radiographs (the most coloured of 297, a red arrow or a MedPix mark: 1.4%) and generated
+# colour photos and screenshots of a tuning seed (docs/results.md, "Out of scope").
+CHROMA = 40.0
+COLOUR_LIMIT = 0.05
+SCOPE_FILE = "scope.f32"
+
+
+def colour_fraction(rgb: np.ndarray) -> float:
+    """The fraction of an (h, w, 3) image's pixels (0..255) whose opponent colour lies more than
+    CHROMA from the image's median opponent colour."""
+    a = np.asarray(rgb, dtype=np.float32)[..., :3].reshape(-1, 3)
+    if not a.size:
+        return 0.0
+    rg = a[:, 0] - a[:, 1]
+    yb = 0.5 * (a[:, 0] + a[:, 1]) - a[:, 2]
+    far = (rg - np.median(rg)) ** 2 + (yb - np.median(yb)) ** 2 > CHROMA * CHROMA
+    return float(np.count_nonzero(far)) / float(far.size)
+
+
+def features(pooled: np.ndarray) -> np.ndarray:
+    """The pooled output as the gate measures it: square roots (ReLU averages are >= 0; an int8
+    output may round a hair below)."""
+    return np.sqrt(np.maximum(np.asarray(pooled, dtype=np.float64).reshape(-1), 0.0))
+
+
+@dataclass(frozen=True)
+class ScopeGate:
+    """Per group of training radiographs: the mean (G, D) and precision (G, D, D) of the gate's
+    features, and (for one artifact) the distance that keeps 99% of its validation images."""
+    groups: Tuple[str, ...]
+    means: np.ndarray
+    precisions: np.ndarray
+    thresholds: Optional[np.ndarray]  # (G,); None while export is still choosing them: nothing refused
+    colour_limit: float = COLOUR_LIMIT
+
+    def distances(self, pooled: np.ndarray) -> np.ndarray:
+        """(G,) Mahalanobis distances from the pooled features to each group."""
+        diff = features(pooled)[None, :] - self.means
+        d2 = np.einsum("gi,gij,gj->g", diff, self.precisions, diff)
+        return np.sqrt(np.maximum(d2, 0.0))
+
+    def score(self, pooled: np.ndarray) -> float:
+        """min over groups of distance / that group's threshold: above 1, outside every group."""
+        return float(np.min(self.distances(pooled) / self.thresholds))
+
+    def check(self, pooled: Optional[np.ndarray], colour: Optional[float]) -> Dict:
+        """The record's `scope`: {"in_scope", "score"?, "colour"?, "code"?, "reason"?}."""
+        out: Dict = {"in_scope": True}
+        if colour is not None:
+            refused = colour_refusal(colour, self.colour_limit)
+            if refused:
+                return refused
+            out["colour"] = round(float(colour), 4)
+        if pooled is not None and self.thresholds is not None:
+            out["score"] = round(self.score(pooled), 4)
+            if out["score"] > 1.0:
+                return {**out, "in_scope": False, "code": UNFAMILIAR, "reason": REASONS[UNFAMILIAR]}
+        return out
+
+
+def colour_refusal(colour: Optional[float], limit: float = COLOUR_LIMIT) -> Optional[Dict]:
+    """The gate's colour half alone, before the model runs: a refusal, or None."""
+    if colour is not None and colour > limit:
+        return {"in_scope": False, "code": COLOUR, "reason": REASONS[COLOUR], "colour": round(float(colour), 4)}
+    return None
+
+
+def load_gate(bundle, artifact: str) -> Optional[ScopeGate]:
+    """The bundle's gate for one artifact, or None for a bundle made without one."""
+    from .bundle import BundleError
+
+    info = bundle.info.scope
+    if info is None:
+        return None
+    raw = bundle.read_verified(info.file)
+    if len(raw) % 4:
+        raise BundleError(bundle.root / info.file, "out-of-scope file is not a whole number of float32 values")
+    data = np.frombuffer(raw, dtype="<f4")
+    arrays = {}
+    for name, (offset, shape) in info.arrays.items():
+        n = int(np.prod(shape))
+        if offset + n > data.size:
+            raise BundleError(bundle.root / info.file, f"array {name!r} runs past the end of the file")
+        arrays[name] = data[offset:offset + n].reshape(shape).astype(np.float64)
+    t = info.thresholds.get(artifact)
+    return ScopeGate(info.groups, arrays["means"], arrays["precisions"],
+                     None if t is None else np.asarray(t, np.float64), info.colour_limit)
+
+
+def arrays_file(means: np.ndarray, precisions: np.ndarray) -> Tuple[bytes, Dict]:
+    """(bytes of the little-endian float32 file, the manifest's array index): export's writer."""
+    index, chunks, offset = {}, [], 0
+    for name, arr in (("means", means), ("precisions", precisions)):
+        index[name] = {"offset": offset, "shape": list(arr.shape)}
+        chunks.append(np.ascontiguousarray(arr, dtype="<f4").tobytes())
+        offset += arr.size
+    return b"".join(chunks), index

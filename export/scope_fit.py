@@ -1,0 +1,88 @@
+"""Fit the out-of-scope gate (edge_runtime/scope.py) at export: per group, the mean and
+covariance of the serving model's pooled features (as scope.features transforms them) on the
+training split; and, per artifact, the distance to each group that keeps 99% of that group's
+validation radiographs.
+
+Groups are (source, label): real fractures, phantom fractures, intact phantoms, and on FracAtlas
+its intact radiographs too. They are the clusters the features form, and they differ in spread:
+real radiographs from many sources spread far more than phantoms, so one shared covariance (or
+one threshold) either refused real radiographs or let through what lies near the phantoms
+(measured: docs/results.md, "Out of scope"). Each covariance is shrunk by Ledoit and Wolf,
+because two hundred dimensions from a few hundred radiographs do not make a well-conditioned one.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from edge_runtime.scope import COLOUR_LIMIT, SCOPE_FILE, arrays_file, features
+from fracdata.data import Record, record_source
+
+KEEP = 0.99  # of each group's validation radiographs
+MIN_GROUP = 5  # a group with fewer training (or validation) images gets no mean of its own
+
+
+def group_of(record: Record) -> str:
+    return f"{record_source(record)}/{'fractured' if record.label == 1 else 'non-fractured'}"
+
+
+def pooled_features(serving, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The serving model's 'pooled' output for preprocessed images (n, size, size, 1)."""
+    out = []
+    for start in range(0, len(images), 64):
+        out.append(np.asarray(serving.predict(images[start:start + 64], batch_size=batch_size, verbose=0)["pooled"],
+                              np.float64))
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def fit(pooled: np.ndarray, records: Sequence[Record], val_groups: Sequence[str] = ()) -> Dict:
+    """{"groups", "means" (G, D), "precisions" (G, D, D), "n", "shrinkage"} from training features;
+    only groups with enough images in training and (when given) in validation, where each group's
+    threshold is chosen."""
+    from sklearn.covariance import LedoitWolf
+
+    labels = np.array([group_of(r) for r in records])
+    groups = [g for g in sorted(set(labels)) if np.sum(labels == g) >= MIN_GROUP
+              and (not len(val_groups) or list(val_groups).count(g) >= MIN_GROUP)]
+    if not groups:
+        raise ValueError(f"no group of at least {MIN_GROUP} training and validation images to fit the gate on")
+    X = np.stack([features(p) for p in pooled])
+    fits = [LedoitWolf().fit(X[labels == g]) for g in groups]
+    return {"groups": groups, "means": np.stack([f.location_ for f in fits]),
+            "precisions": np.stack([f.precision_ for f in fits]),
+            "n": {g: int(np.sum(labels == g)) for g in groups},
+            "shrinkage": {g: round(float(f.shrinkage_), 4) for g, f in zip(groups, fits)}}
+
+
+def thresholds(distances: np.ndarray, val_groups: Sequence[str], groups: Sequence[str], keep: float = KEEP) -> List[float]:
+    """Per group, the distance keeping `keep` of its validation images; `distances` is (n, G)."""
+    val_groups = np.asarray(val_groups)
+    return [float(np.quantile(distances[val_groups == g, i], keep, method="higher")) for i, g in enumerate(groups)]
+
+
+def refused_by_source(scores: np.ndarray, sources: Sequence[str]) -> Dict[str, Dict]:
+    """What the gate (score above 1) refuses of in-scope images, per source."""
+    sources = np.asarray(sources)
+    return {s: {"n": int(np.sum(sources == s)), "refused": int(np.sum(scores[sources == s] > 1.0)),
+                "rate": float(np.mean(scores[sources == s] > 1.0))} for s in sorted(set(sources))}
+
+
+def manifest_section(fitted: Dict, layers: Sequence[str]) -> tuple:
+    """(the manifest's `scope` section without thresholds, the float32 file's bytes)."""
+    blob, index = arrays_file(fitted["means"], fitted["precisions"])
+    section = {"method": "mahalanobis", "features": {"output": "pooled", "layers": list(layers),
+                                                     "pooling": "global average, side by side", "transform": "sqrt",
+                                                     "dim": int(fitted["means"].shape[1])},
+               "file": SCOPE_FILE, "dtype": "float32 little-endian", "arrays": index, "groups": list(fitted["groups"]),
+               "fitted_on": {"split": "train", "n": fitted["n"], "covariance": "per group, Ledoit-Wolf shrinkage",
+                             "shrinkage": fitted["shrinkage"]},
+               "rule": f"per artifact and group, the distance keeping >= {KEEP:.0%} of that group's validation "
+                       "images; refused when beyond it for every group (score = min distance / threshold > 1)",
+               "colour_limit": COLOUR_LIMIT, "thresholds": {}}
+    return section, blob
+
+
+def sources_of(records: List[Record]) -> List[str]:
+    return [record_source(r) for r in records]

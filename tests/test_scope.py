@@ -1,0 +1,186 @@
+"""The out-of-scope gate and the calibrated probability, in the runtime (fast: no TensorFlow).
+
+The gate's arrays, its manifest section and its arithmetic are tested here on numbers built for
+the purpose; a real exported gate is tested in tests/test_fracture_map.py (the tiny map bundle)
+and against the web app in tests/test_webapp.py."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_runtime import scope
+from edge_runtime.manifest import Calibration, ManifestError, ScopeInfo
+from edge_runtime.scope import COLOUR, UNFAMILIAR, ScopeGate, colour_fraction
+
+
+# ------------------------------------------------------------------------------------ colour
+
+def _gray_rgb(h=200, w=160, seed=0):
+    g = np.random.default_rng(seed).integers(0, 256, (h, w)).astype(np.uint8)
+    return np.stack([g, g, g], -1)
+
+
+def test_gray_stored_as_rgb_is_not_colour_and_a_tint_does_not_make_it_colour():
+    rgb = _gray_rgb()
+    assert colour_fraction(rgb) == 0.0
+    tinted = np.clip(rgb.astype(int) + np.array([-20, 0, 35]), 0, 255).astype(np.uint8)  # a blue film base
+    assert colour_fraction(tinted) < 0.02
+
+
+def test_a_red_arrow_on_a_radiograph_is_too_few_pixels_to_count_but_a_colour_photo_is_refused():
+    rgb = _gray_rgb()
+    rgb[20:40, 20:60] = (230, 20, 20)  # 800 of 32,000 pixels: 2.5%
+    assert 0.02 < colour_fraction(rgb) < scope.COLOUR_LIMIT
+    from fracdata.ood import generate
+
+    photos = [np.asarray(im.convert("RGB")) for _, im in generate("colour_photo", 6, seed=5)]
+    assert sum(colour_fraction(p) > scope.COLOUR_LIMIT for p in photos) >= 5
+
+
+def test_the_decoder_measures_colour_files_only(tmp_path):
+    from edge_runtime.imageio import read_grayscale
+
+    Image.fromarray(_gray_rgb()[..., 0]).save(tmp_path / "g.png")
+    rgb = _gray_rgb()
+    rgb[:, :80] = (40, 160, 60)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    assert read_grayscale(tmp_path / "g.png").colour is None
+    assert read_grayscale(tmp_path / "c.png").colour > 0.4
+
+
+# -------------------------------------------------------------------------------------- gate
+
+def _gate(thresholds=(3.0, 3.0)):
+    means = np.array([[0.0, 0.0], [10.0, 0.0]])
+    precisions = np.stack([np.eye(2), np.diag([1.0, 0.25])])  # group 1 spreads twice as far along y
+    return ScopeGate(("a", "b"), means, precisions, None if thresholds is None else np.array(thresholds))
+
+
+def _pooled(f):
+    """Pooled outputs whose square roots (what the gate measures) are `f` (non-negative)."""
+    return np.asarray(f, np.float64) ** 2
+
+
+def test_the_gate_refuses_only_what_lies_beyond_every_group():
+    g = _gate()
+    assert g.check(_pooled([0.5, 0.5]), None) == {"in_scope": True, "score": pytest.approx(math.hypot(0.5, 0.5) / 3, abs=1e-4)}
+    far = g.check(_pooled([5.0, 5.0]), None)
+    assert far["in_scope"] is False and far["code"] == UNFAMILIAR and far["score"] > 1
+    # 5 along y from group b is 2.5 of its own spread: inside b, though 5 > 3 in plain distance
+    assert g.check(_pooled([10.0, 5.0]), None)["in_scope"] is True
+    assert g.distances(_pooled([10.0, 5.0]))[1] == pytest.approx(2.5)
+
+
+def test_the_score_is_compared_at_one_with_the_thresholds_of_each_group():
+    g = _gate((2.0, 4.0))
+    assert g.score(_pooled([2.0, 0.0])) == pytest.approx(1.0)
+    assert g.check(_pooled([2.0, 0.0]), None)["in_scope"] is True  # at the bound: kept
+    assert g.check(_pooled([2.02, 0.0]), None)["in_scope"] is False
+
+
+def test_a_gate_without_thresholds_measures_but_never_refuses():
+    g = _gate(None)
+    assert g.check(_pooled([100.0, 100.0]), None) == {"in_scope": True}
+    assert g.distances(_pooled([100.0, 100.0])).min() > 50
+
+
+def test_colour_is_refused_before_the_features_are_read():
+    g = _gate()
+    out = g.check(None, 0.5)
+    assert out["in_scope"] is False and out["code"] == COLOUR and out["colour"] == 0.5
+    assert g.check(_pooled([0.0, 0.0]), 0.01)["in_scope"] is True
+
+
+def test_the_arrays_file_round_trips_through_the_bundle_format(tmp_path):
+    means = np.random.default_rng(0).normal(size=(3, 4))
+    precisions = np.stack([np.eye(4) * k for k in (1.0, 2.0, 3.0)])
+    blob, index = scope.arrays_file(means, precisions)
+    assert len(blob) == 4 * (12 + 48) and index["precisions"] == {"offset": 12, "shape": [3, 4, 4]}
+    data = np.frombuffer(blob, "<f4")
+    np.testing.assert_allclose(data[12:].reshape(3, 4, 4), precisions)
+    np.testing.assert_allclose(data[:12].reshape(3, 4), means, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------- the manifest
+
+class _Model:
+    outputs = {"map": (1, 8, 8, 1), "pooled": (1, 4)}
+
+
+def _section():
+    return {"method": "mahalanobis", "file": "scope.f32", "groups": ["a", "b"], "colour_limit": 0.05,
+            "arrays": {"means": {"offset": 0, "shape": [2, 4]}, "precisions": {"offset": 8, "shape": [2, 4, 4]}},
+            "thresholds": {"onnx_int8": [3.0, 4.0]}}
+
+
+def test_the_scope_section_is_checked_field_by_field():
+    arts = {"onnx_int8": object()}
+    info = ScopeInfo.from_dict(_section(), _Model, arts, "accepted")
+    assert info.thresholds == {"onnx_int8": (3.0, 4.0)} and info.groups == ("a", "b")
+    for mutate, field in (
+            (lambda s: s["arrays"]["precisions"].update(shape=[2, 4, 3]), "scope.arrays.precisions.shape"),
+            (lambda s: s["arrays"]["means"].update(shape=[3, 4]), "scope.arrays.means.shape"),
+            (lambda s: s["thresholds"].update(onnx_int8=[3.0]), "scope.thresholds.onnx_int8"),
+            (lambda s: s["thresholds"].update(onnx_int8=[3.0, -1.0]), "scope.thresholds.onnx_int8"),
+            (lambda s: s["thresholds"].update(tflite_int8=[1.0, 1.0]), "scope.thresholds.tflite_int8"),
+            (lambda s: s.update(file="../scope.f32"), "scope.file"),
+            (lambda s: s.update(method="energy"), "scope.method")):
+        bad = copy.deepcopy(_section())
+        mutate(bad)
+        with pytest.raises(ManifestError, match=field.replace(".", r"\.")):
+            ScopeInfo.from_dict(bad, _Model, arts, "accepted")
+
+
+def test_an_accepted_bundle_must_give_every_artifact_its_thresholds():
+    arts = {"onnx_int8": object(), "tflite_int8": object()}
+    with pytest.raises(ManifestError, match="no thresholds for tflite_int8"):
+        ScopeInfo.from_dict(_section(), _Model, arts, "accepted")
+    assert ScopeInfo.from_dict(_section(), _Model, arts, "pending").thresholds  # export is still choosing them
+
+    class NoPooled:
+        outputs = {"map": (1, 8, 8, 1)}
+
+    with pytest.raises(ManifestError, match="no 'pooled' output"):
+        ScopeInfo.from_dict(_section(), NoPooled, arts, "pending")
+
+
+# ------------------------------------------------------------------------------- calibration
+
+def test_platt_calibration_keeps_the_order_and_matches_exports_arithmetic():
+    from export.probability import apply
+
+    cal = Calibration.from_dict({"method": "platt", "a": 3.39, "b": 3.25})
+    ps = np.array([1e-9, 0.01, 0.2, 0.34, 0.5, 0.9, 1 - 1e-9])
+    got = np.array([cal.apply(p) for p in ps])
+    assert np.all(np.diff(got) > 0)
+    np.testing.assert_allclose(got, apply(ps, {"a": 3.39, "b": 3.25}), rtol=1e-12)
+    assert cal.apply(0.5) == pytest.approx(1 / (1 + math.exp(-3.25)))
+    for bad in ({"method": "platt", "a": 0.0, "b": 0.0}, {"method": "platt", "a": -1.0, "b": 0.0},
+                {"method": "isotonic", "a": 1.0, "b": 0.0}, {"method": "platt", "a": 1.0, "b": float("nan")}):
+        with pytest.raises(ManifestError, match="decision.calibration"):
+            Calibration.from_dict(bad)
+
+
+def test_ece_of_a_calibrated_sample_is_small_and_of_an_overconfident_one_large():
+    from export.probability import ece, ece_ci, fit_platt
+
+    rng = np.random.default_rng(1)
+    p_true = rng.uniform(0, 1, 4000)
+    y = (rng.uniform(0, 1, 4000) < p_true).astype(int)
+    assert ece(p_true, y) < 0.03
+    over = 1 / (1 + np.exp(-4 * np.log(p_true / (1 - p_true))))  # the same ranking, four times too sure
+    assert ece(over, y) > 0.1
+    cal = fit_platt(over, y)
+    assert cal["a"] == pytest.approx(0.25, rel=0.15)
+    from export.probability import apply
+
+    assert ece(apply(over, cal), y) < 0.03
+    ci = ece_ci(over, y, n_boot=200)
+    assert ci["ci95"][0] <= ci["ece"] <= ci["ci95"][1]
+    with pytest.raises(ValueError, match="both|fractured and non-fractured"):
+        fit_platt(np.array([0.2, 0.7]), np.array([1, 1]))
