@@ -56,6 +56,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from edge_runtime.labels import OUT_OF_SCOPE
+
 from .report import save
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,6 +126,17 @@ def _encode(seed: int, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def answer_of(rec) -> Optional[float]:
+    """What identifies an image's answer: its probability, or for an input the out-of-scope gate
+    refused (the drawn images are not the radiographs the model was trained on) the gate's score.
+    Both are continuous per image, so another image's answer still shows as a mismatch."""
+    get = rec.get if isinstance(rec, dict) else (lambda k: getattr(rec, k, None))
+    if get("probability") is not None:
+        return float(get("probability"))
+    scope = get("scope") or {}
+    return float(scope["score"]) if get("decision") == OUT_OF_SCOPE and "score" in scope else None
+
+
 class Pool:
     """Images every case draws from, and their answers: a known answer per content hash."""
 
@@ -136,7 +149,7 @@ class Pool:
             for k, data in enumerate(self.images + [self.fresh]):
                 p = Path(tmp) / f"{k}.img"
                 p.write_bytes(data)
-                self.answers[_sha(data)] = predictor.predict_file(p).probability
+                self.answers[_sha(data)] = answer_of(predictor.predict_file(p))
 
 
 KINDS = ["image", "image", "image", "garbage", "text", "empty", "hidden", "truncated", "link_inside",
@@ -517,7 +530,9 @@ class ServiceTarget(Target):
     def _check(self, service, tree: Tree, res: CaseResult, printable) -> None:
         recs = service.ledger.records()
         res.records = len(recs)
-        answered = [r for r in recs if r.get("probability") is not None]
+        # answered: a probability, or the out-of-scope gate's refusal (the fuzzer's drawn images are
+        # not radiographs the model was trained on); either way the file was read and stored
+        answered = [r for r in recs if answer_of(r) is not None]
         res.answered, res.refused = len(answered), len(recs) - len(answered)
         for f in service.store.rglob("original*"):
             if f.read_bytes() in self.pool.secrets:
@@ -534,8 +549,8 @@ class ServiceTarget(Target):
                 res.escapes.append(f"record {r['id']} ({r['source']}): an answer for bytes never in the folder")
                 continue
             if r["id"] not in self.answers:  # a truncated image that still decodes: ask the model
-                self.answers[r["id"]] = self.predictor.predict_file(Path(r["original"])).probability
-            if abs(self.answers[r["id"]] - r["probability"]) > 1e-6:
+                self.answers[r["id"]] = answer_of(self.predictor.predict_file(Path(r["original"])))
+            if self.answers[r["id"]] is None or abs(self.answers[r["id"]] - answer_of(r)) > 1e-6:
                 res.escapes.append(f"record {r['id']} ({r['source']}): another image's answer")
         by_source = {r.get("source") for r in recs}
         known = {r.get("id") for r in recs}

@@ -43,7 +43,9 @@ class ConditionStats:
     lost: int = 0  # file says fractured, photo says not
     added: int = 0  # file says not fractured, photo says fractured
     unsimulated: int = 0  # the simulator found no scene for the film's shape (reported, not counted)
+    file_out_of_scope: int = 0  # the file itself was refused by the out-of-scope gate: nothing to agree with
     diffs: List[float] = field(default_factory=list)
+    scope_scores: List[float] = field(default_factory=list)  # the gate's score on each answered photo (not enforced)
     reasons: Dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> Dict[str, object]:
@@ -51,7 +53,11 @@ class ConditionStats:
         d = np.array(self.diffs) if self.diffs else None
         out = {"condition": self.condition, "expect": self.expect, "photos": self.photos,
                "accepted": self.accepted, "accepted_share": self.accepted / self.photos if self.photos else None,
-               "reasons": dict(sorted(self.reasons.items(), key=lambda kv: -kv[1])), "unsimulated": self.unsimulated}
+               "reasons": dict(sorted(self.reasons.items(), key=lambda kv: -kv[1])), "unsimulated": self.unsimulated,
+               "file_out_of_scope": self.file_out_of_scope}
+        if self.scope_scores:  # what the out-of-scope gate would refuse of these photos if it were enforced on films
+            sc = np.array(self.scope_scores)
+            out.update(scope_median=float(np.median(sc)), scope_over_limit=float(np.mean(sc > 1.0)))
         if self.expect == "answer":
             out.update(same_decision=self.same / answered if answered else None,
                        fracture_lost=self.lost, fracture_added=self.added,
@@ -78,6 +84,9 @@ def film_agreement(predictor: Predictor, files: Sequence[Path], conditions: Sequ
             d = direct[str(f)]
             if d.error:
                 continue
+            if d.out_of_scope:
+                stats[c].file_out_of_scope += 1
+                continue
             rng = np.random.default_rng([seed, i, CONDITION_INDEX[c]])
             radiograph = radiograph_from_file(f)
             other = radiograph_from_file(files[(i + 1) % len(files)]) if c == "two_films" and len(files) > 1 else None
@@ -96,7 +105,8 @@ def film_agreement(predictor: Predictor, files: Sequence[Path], conditions: Sequ
                 s.reasons[code] = s.reasons.get(code, 0) + 1
             row = {"file": str(f), "condition": c, "p_file": d.probability, "decision_file": d.decision,
                    "p_photo": rec.probability, "decision_photo": rec.decision,
-                   "codes": ";".join(codes), "error": rec.error or ""}
+                   "codes": ";".join(codes), "error": rec.error or "",
+                   "scope_file": (d.scope or {}).get("score"), "scope_photo": (rec.scope or {}).get("score")}
             if log_rows is not None:
                 log_rows.append(row)
             if rec.error or rec.retake:
@@ -104,6 +114,8 @@ def film_agreement(predictor: Predictor, files: Sequence[Path], conditions: Sequ
                     s.right_reason += 1
                 continue
             s.accepted += 1
+            if rec.scope and "score" in rec.scope:
+                s.scope_scores.append(rec.scope["score"])
             if s.expect != "answer":
                 continue
             s.diffs.append(abs(rec.probability - d.probability))
@@ -159,13 +171,15 @@ def collect(paths: Sequence[Path], limit: int = 0, every: int = 1, split: Option
 def markdown(results: Dict[str, Dict[str, object]], title: str) -> str:
     fmt = lambda v, spec=".3f": "–" if v is None else format(v, spec)  # noqa: E731
     lines = [f"### {title}", "",
-             "| condition | photos | accepted | same decision | fracture lost | fracture added | mean \\|Δp\\| | p95 \\|Δp\\| |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| condition | photos | accepted | same decision | fracture lost | fracture added | mean \\|Δp\\| | p95 \\|Δp\\| "
+             "| out-of-scope score: median, share > 1 (not enforced on films) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results.values():
         if r["expect"] != "answer":
             continue
         lines.append(f"| {r['condition']} | {r['photos']} | {fmt(r['accepted_share'])} | {fmt(r['same_decision'])} | "
-                     f"{r['fracture_lost']} | {r['fracture_added']} | {fmt(r['mean_abs_dp'])} | {fmt(r['p95_abs_dp'])} |")
+                     f"{r['fracture_lost']} | {r['fracture_added']} | {fmt(r['mean_abs_dp'])} | {fmt(r['p95_abs_dp'])} | "
+                     + (f"{r['scope_median']:.2f}, {r['scope_over_limit']:.3f} |" if "scope_median" in r else "– |"))
     refused = [r for r in results.values() if r["expect"] != "answer"]
     if refused:
         lines += ["", "| refusal condition | expected reason | photos | refused for that reason | answered | reasons given |",
@@ -178,6 +192,10 @@ def markdown(results: Dict[str, Dict[str, object]], title: str) -> str:
     if skipped:
         lines += ["", "Not simulated (the simulator found no scene for the film's shape): "
                   + ", ".join(f"{c} {n}" for c, n in skipped.items()) + "."]
+    refused_files = {r["condition"]: r.get("file_out_of_scope", 0) for r in results.values() if r.get("file_out_of_scope")}
+    if refused_files:
+        lines += ["", "Left out (the file itself is outside what the model reads, by its out-of-scope gate): "
+                  + ", ".join(f"{c} {n}" for c, n in refused_files.items()) + "."]
     return "\n".join(lines) + "\n"
 
 

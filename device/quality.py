@@ -10,6 +10,7 @@ real radiographs), where each fault sits far from clean photos; the metric each 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -107,6 +108,11 @@ def sharpness(pixels: np.ndarray, side: int = 128) -> float:
     return float(np.percentile(np.abs(lap), 99) / max(hi - lo, 1e-3))
 
 
+def film_side_shown(px: float) -> int:
+    """The film's side as the message shows it, rounded half up (the web app rounds the same way)."""
+    return int(math.floor(px + 0.5))
+
+
 def before_finding(original_size, rgb_small: np.ndarray, gray_file: bool) -> Optional[Reason]:
     """Checks that need no film: a blank photo, a radiograph file rather than a photo (`gray_file`:
     stored gray, or RGB with no colour at all), a photo too small to hold a readable film."""
@@ -141,8 +147,9 @@ def assess(flat: Flattened) -> Quality:
     reasons = []
     if flat.cut_off:
         reasons.append(reason("cut_off"))
-    if flat.film_short_side_px < MIN_FILM_SIDE_PX:
-        reasons.append(reason("film_too_small", px=flat.film_short_side_px, min=MIN_FILM_SIDE_PX))
+    shown = film_side_shown(flat.film_short_side_px)
+    if shown < MIN_FILM_SIDE_PX:  # the number the message shows is the number compared: "300, needs 300" passes
+        reasons.append(reason("film_too_small", px=shown, min=MIN_FILM_SIDE_PX))
     over = flat.lightbox_level >= SATURATED_LEVEL or (flat.lightbox_level >= OVER_LEVEL
                                                       and flat.raw_peak_share > MAX_CLIPPED_SHARE)
     if over:

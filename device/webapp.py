@@ -222,6 +222,8 @@ def build_site(bundle: Optional[Bundle] = None, trusted_key: Optional[Path] = No
     wanted = {arts[k]["file"] for k in usable}
     if bundle.gradcam:
         wanted.add(bundle.gradcam["file"])
+    if bundle.info.scope is not None:  # the out-of-scope gate's arrays: the app refuses as the Pi does
+        wanted.add(bundle.info.scope.file)
     files["bundle/manifest.json"] = (bundle.root / "manifest.json").read_bytes()
     for name in sorted(wanted):
         files[f"bundle/{name}"] = bundle.read_verified(name)

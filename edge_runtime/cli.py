@@ -132,6 +132,10 @@ def _info(args) -> int:
             "artifacts": {k: {"file": a.file, "bytes": a.bytes} for k, a in bundle.info.artifacts.items()},
             "gradcam": bool(bundle.info.gradcam),
             "fracture_map": bundle.info.fracture_map.pooling.to_dict() if bundle.info.fracture_map else None,
+            "calibration": ({"method": "platt", "a": bundle.calibration.a, "b": bundle.calibration.b}
+                            if bundle.calibration else None),
+            "out_of_scope_gate": ({"groups": list(bundle.info.scope.groups), "colour_limit": bundle.info.scope.colour_limit}
+                                  if bundle.info.scope else None),
             "data": (m.get("data") or {}).get("name") if isinstance(m.get("data"), dict) else None,
             "signature": (f"verified (key {bundle.signed_by})" if bundle.signed_by else
                           "present, not checked (no trusted key configured)" if (bundle.path / SIGNATURE).is_file()

@@ -214,6 +214,8 @@ class Predictor:
                 rec.scope["enforced"] = False
         p = self.calibrated(p_model)
         rec.probability = round(p, 6)
+        if self.calibration is not None:
+            rec.probability_model = round(p_model, 6)
         rec.decision = POSITIVE if p >= self.threshold else NEGATIVE
         if self.spec.n_views > 1:
             rec.views = self.spec.n_views

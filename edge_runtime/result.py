@@ -24,6 +24,7 @@ class Result:
     artifact: Optional[str] = None
     threshold: Optional[float] = None
     probability: Optional[float] = None
+    probability_model: Optional[float] = None  # the model's own, where `probability` is calibrated (the log can be re-scored)
     decision: Optional[str] = None  # labels.POSITIVE, NEGATIVE, RETAKE or OUT_OF_SCOPE; None when it could not be read
     error: Optional[str] = None  # why there is no answer (the file, or the film in the photo)
     internal_error: Optional[bool] = None  # True: a failure of ours, not of the file (exit status 3)

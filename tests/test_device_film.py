@@ -322,3 +322,24 @@ def test_the_quad_must_be_a_rectangle_in_perspective():
     assert film_shaped(np.array([[10, 0], [90, 5], [100, 80], [0, 75]]))  # tilted phone
     assert not film_shaped(np.array([[442, 250], [1200, 298], [648, 949], [400, 259]]))  # a triangle
     assert not film_shaped(np.array([[0, 0], [100, 0], [60, 10], [40, 10]]))  # a sliver
+
+
+def test_the_film_size_bound_compares_the_number_it_shows():
+    """Before: a film measured 299.6 px across was refused "300 px across, needs 300". The side is
+    rounded half up once, and that number is both compared (at or above the minimum passes) and shown."""
+    from device import quality
+    from device.film import Flattened
+
+    rng = np.random.default_rng(0)
+    pixels = (0.3 + 0.4 * rng.random((300, 200))).astype(np.float32)
+
+    def codes(px):
+        flat = Flattened(pixels, np.zeros((4, 2)), px, 0.3, 0.8, False, 0.0, 0.0, edge_width=0.001)
+        return quality.assess(flat)
+
+    at = quality.MIN_FILM_SIDE_PX
+    assert "film_too_small" not in codes(at - 0.5).to_dict()["codes"]  # shown as the minimum: passes
+    below = codes(at - 0.51).to_dict()
+    assert "film_too_small" in below["codes"]
+    assert f"{at - 1} px across, needs {at}" in " ".join(below["reasons"])
+    assert quality.film_side_shown(299.5) == 300 and quality.film_side_shown(300.49) == 300

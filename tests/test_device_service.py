@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from device.service import Ledger, Service
+from answers import answer_of, answered  # noqa: F401
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ def test_kill_9_mid_batch_loses_nothing_and_duplicates_nothing(tiny_bundle, phan
     assert {Path(r["source"]).name for r in recs} == names
     assert recs[:len(done_before)] == done_before  # nothing written before was lost or rewritten
     for r in recs:
-        assert Path(r["original"]).is_file() and "probability" in r  # the original is kept beside its result
+        assert Path(r["original"]).is_file() and answered(r)  # the original is kept beside its result
     # A third run finds nothing new.
     again = subprocess.run(_serve(data, watch, tiny_bundle), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "processed 0 new" in again.stderr and len(ledger.read_text().splitlines()) == 50
@@ -95,7 +96,7 @@ def _queue_and_process(tiny_bundle, phantom_dir, tmp_path):
     modes = sorted(r["mode"] for r in recs)
     assert modes == ["file", "file", "file", "film", "film"]
     film = [r for r in recs if r["mode"] == "film"]
-    assert sum(bool(r.get("retake")) for r in film) == 1 and sum("probability" in r for r in film) == 1
+    assert sum(bool(r.get("retake")) for r in film) == 1 and sum(answered(r) for r in film) == 1
     assert any(r.get("error") for r in recs)  # the broken file is logged with its reason, batch went on
     assert service.run_once() == 0
     return data
@@ -160,7 +161,7 @@ def test_an_internal_error_on_one_image_is_logged_and_the_queue_goes_on(tiny_bun
     service = Service(data, [watch], tiny_bundle, settle_s=0)
     assert service.run_once() == 3
     recs = service.ledger.records()
-    assert sum("probability" in r for r in recs) == 2
+    assert sum(answered(r) for r in recs) == 2
     bad = [r for r in recs if r.get("internal_error")]
     # the type in the record, the text (which could quote a file's content) only in the service log
     assert len(bad) == 1 and "internal error (RuntimeError)" in bad[0]["error"] and "simulated" not in bad[0]["error"]

@@ -20,8 +20,11 @@ def _manifest(bundle):
 
 def test_every_artifact_is_written_loads_and_is_checksummed(tiny_bundle):
     m = _manifest(tiny_bundle)
-    # a classifier's bundle is version 2 (what runtimes before the fracture map read), not FORMAT_VERSION
-    assert m["format_version"] == 2 < FORMAT_VERSION and m["status"] == "accepted"
+    # a classifier's bundle is version 2 (what runtimes before the fracture map read), unless its
+    # probability is calibrated: then 4, which runtimes that would ignore the calibration refuse
+    calibrated = "calibration" in m["decision"]
+    assert m["format_version"] == (FORMAT_VERSION if calibrated else 2) and m["status"] == "accepted"
+    assert calibrated or "calibration_unavailable" in m["decision"]
     assert set(m["artifacts"]) == {"tflite_int8", "onnx_float", "onnx_int8", "tflite_float"}
     for name, sha in m["files"].items():
         assert sha256_file(tiny_bundle / name) == sha
@@ -211,4 +214,8 @@ def test_the_reference_bundle_would_be_made_again_with_the_same_preprocessing_an
     assert run_dir.resolve() == next(d for d in REFERENCE_CANDIDATES if (d / "run.json").is_file()).resolve()
     source = resolve_sources([run_dir])[0]
     assert preprocess_section(source_spec(source)) == m["preprocess"]
-    assert decision_section(recorded_threshold(source), bool(m.get("fracture_map"))) == m["decision"]
+    cal = m["decision"].get("calibration")
+    made = decision_section(recorded_threshold(source), bool(m.get("fracture_map")),
+                            {"a": cal["a"], "b": cal["b"]} if cal else None)
+    committed = {**m["decision"], **({"calibration": {k: v for k, v in cal.items() if k != "ece"}} if cal else {})}
+    assert made == committed  # the fit itself (a, b) is export's measurement on validation; the rest is derived

@@ -21,6 +21,7 @@ from device.cli import main as device_main
 from device.page import render
 from device.service import Service, ServiceError
 from edge_runtime.bundle import REPO_BUNDLE
+from answers import answer_of, answered, in_scope_radiograph  # noqa: F401
 
 
 def _image(path: Path, seed: int = 0) -> Path:
@@ -53,7 +54,7 @@ def test_an_unreadable_file_is_recorded_once_and_the_queue_goes_on(dirs, monkeyp
     service = _service(data, watch)
     assert service.run_once() == 2
     recs = service.ledger.records()
-    assert len(recs) == 3 and sum("probability" in r for r in recs) == 2
+    assert len(recs) == 3 and sum(answered(r) for r in recs) == 2
     bad = next(r for r in recs if r.get("error"))
     assert bad["source"].endswith("f1.png") and "Permission denied" in bad["error"]
     service.run_once()
@@ -109,7 +110,7 @@ def test_a_symlink_out_of_the_watched_folder_is_refused(dirs, tmp_path):
     refused = [r for r in recs if "outside the watched folder" in r.get("error", "")]
     assert len(refused) == 1 and refused[0]["source"].endswith("link.png")
     assert all(p.read_bytes() != secret.read_bytes() for p in service.store.rglob("original*"))  # never copied
-    assert sum("probability" in r for r in recs) == 1  # the link inside the folder is the same image, once
+    assert sum(answered(r) for r in recs) == 1  # the link inside the folder is the same image, once
 
 
 def test_a_half_written_file_is_processed_once_complete(dirs):
@@ -128,7 +129,7 @@ def test_a_half_written_file_is_processed_once_complete(dirs):
     time.sleep(0.6)
     assert service.run_once() == 1
     recs = service.ledger.records()
-    assert len(recs) == 1 and recs[0].get("probability") is not None
+    assert len(recs) == 1 and answered(recs[0])
 
 
 def test_future_mtimes_and_per_date_sub_folders(dirs):
@@ -175,7 +176,8 @@ def test_a_full_disk_pauses_and_loses_nothing(dirs, monkeypatch):
 
 def test_patient_data_is_readable_by_the_service_user_only(dirs):
     data, watch = dirs
-    _image(watch / "a.png")
+    watch.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(in_scope_radiograph()).save(watch / "a.png")  # answered, so an overlay is written
     service = _service(data, watch)
     service.run_once()
     original = next(service.store.rglob("original*"))
@@ -269,7 +271,7 @@ def test_a_file_that_kills_the_reader_is_quarantined_and_the_queue_goes_on(dirs,
     finally:
         service.close()
     recs = service.ledger.records()
-    assert len(recs) == 3 and sum("probability" in r for r in recs) == 2
+    assert len(recs) == 3 and sum(answered(r) for r in recs) == 2
     q = next(r for r in recs if r.get("quarantined"))
     assert "quarantined" in q["error"] and (data / "quarantine" / q["id"]).is_dir()
     assert not (service.store / q["id"]).exists()
@@ -288,7 +290,7 @@ def test_a_file_that_hangs_the_reader_is_given_up_on(dirs, monkeypatch):
         service.close()
     recs = service.ledger.records()
     assert any(r.get("quarantined") and "hung" in r["error"] for r in recs)
-    assert any(r.get("probability") is not None for r in recs)
+    assert any(answered(r) for r in recs)
 
 
 def test_the_reader_runs_under_a_memory_limit(dirs, monkeypatch):
@@ -303,7 +305,7 @@ def test_the_reader_runs_under_a_memory_limit(dirs, monkeypatch):
     finally:
         service.close()
     recs = {Path(r["source"]).name: r for r in service.ledger.records()}
-    assert "memory" in recs["big16.png"]["error"] and recs["small.png"]["probability"] is not None
+    assert "memory" in recs["big16.png"]["error"] and answered(recs["small.png"])
 
 
 def test_retention_prunes_images_never_results(dirs):
@@ -326,7 +328,8 @@ def test_a_heatmap_on_a_full_disk_is_retried_not_final(dirs, monkeypatch):
     """Before: an image whose overlay hit ENOSPC was logged as an internal error, never retried."""
     from edge_runtime import predictor as predictor_module
     data, watch = dirs
-    _image(watch / "a.png")
+    watch.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(in_scope_radiograph()).save(watch / "a.png")  # answered, so an overlay is due
     real = predictor_module.save_overlay
     full = {"on": True}
 
@@ -376,7 +379,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(dirs):
     recs = [json.loads(x) for x in ledger.read_text().splitlines()]
     assert recs[:len(before)] == before
     assert len(recs) == 24 and len({r["id"] for r in recs}) == 24
-    assert {Path(r["source"]).name for r in recs} == names and all("probability" in r for r in recs)
+    assert {Path(r["source"]).name for r in recs} == names and all(answered(r) for r in recs)
     from device.service import Ledger
     assert len(Ledger(ledger).latest(100)) == 24
 

@@ -31,6 +31,7 @@ from benchmarks.fuzz import _radiograph
 from device.cli import main as device_main
 from device.service import Ledger, Service, ServiceError
 from edge_runtime.bundle import REPO_BUNDLE
+from answers import answer_of, answered  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,21 +60,22 @@ def _by_name(service) -> dict:
 
 
 def _check_pairing(service, answers: dict, secrets=()) -> None:
-    """Every answer belongs to its id: the stored copy hashes to the id, the probability is the
-    model's for those bytes, and no stored copy is a file from outside the watched folder."""
+    """Every answer belongs to its id: the stored copy hashes to the id, the answer (probability,
+    or the out-of-scope gate's score) is the model's for those bytes, and no stored copy is a file
+    from outside the watched folder."""
     for rec in service.ledger.records():
-        if rec.get("probability") is None:
+        if answer_of(rec) is None:
             continue
         stored = Path(rec["original"]).read_bytes()
         assert _sha(stored) == rec["id"]
         assert rec["id"] in answers, "an answer for bytes that were never in the watched folder"
-        assert rec["probability"] == pytest.approx(answers[rec["id"]], abs=1e-6)
+        assert answer_of(rec) == pytest.approx(answers[rec["id"]], abs=1e-6)
     for f in service.store.rglob("original*"):
         assert f.read_bytes() not in secrets
 
 
 def _answers(service, *files: Path) -> dict:
-    return {_sha(f.read_bytes()): service.predictor.predict_file(f).probability for f in files}
+    return {_sha(f.read_bytes()): answer_of(service.predictor.predict_file(f)) for f in files}
 
 
 # --- 1. loops --------------------------------------------------------------------------------
@@ -100,7 +102,7 @@ def test_symlink_loops_of_any_depth_are_recorded_and_the_service_goes_on(dirs, t
     recs = _by_name(service)
     for name in ("loop", "x", "y", "p", "q", "r", "via_outside"):
         assert "loop" in recs[name]["error"], name
-    assert recs["good.png"]["probability"] is not None and "up" not in recs
+    assert answered(recs["good.png"]) and "up" not in recs
     assert service.run_once() == 0 and len(service.ledger.records()) == len(recs)  # each recorded once
 
 
@@ -169,7 +171,7 @@ def test_a_file_re_exported_after_the_scan_never_pairs_one_id_with_another_answe
     shutil.copy(a, watch / "x_again.png")  # A's real image, dropped again
     service.run_once()
     _check_pairing(service, answers)
-    ids = [r["id"] for r in service.ledger.records() if r.get("probability") is not None]
+    ids = [r["id"] for r in service.ledger.records() if answered(r)]
     assert sorted(ids) == sorted(answers)  # A and B each answered once, under their own id
 
 
@@ -212,11 +214,11 @@ def test_any_swap_between_any_two_steps_is_never_used(dirs, tmp_path, step, swap
     assert swapped == [step]
     _check_pairing(service, answers, secrets=[secret.read_bytes()])
     recs = service.ledger.records()
-    answered = {r["id"] for r in recs if r.get("probability") is not None}
+    answered_ids = {r["id"] for r in recs if answered(r)}
     if step == "copied" or swap == "delete":
-        assert _sha(a_bytes) in answered  # the copy was whole before the swap: A is answered
+        assert _sha(a_bytes) in answered_ids  # the copy was whole before the swap: A is answered
     if swap in ("rewrite_in_place", "rename_over"):
-        assert _sha(b.read_bytes()) in answered  # what was swapped in is taken later, as itself
+        assert _sha(b.read_bytes()) in answered_ids  # what was swapped in is taken later, as itself
     if swap in ("link_out", "fifo"):
         assert any(r.get("error") and r["source"].endswith("x.png") for r in recs)
 
@@ -238,7 +240,7 @@ def test_a_link_to_dev_zero_or_a_fifo_is_refused_without_reading_it(dirs):
     assert "outside the watched folder" in recs["zero.png"]["error"]
     assert "FIFO" in recs["pipe.png"]["error"] and "socket" in recs["sock.png"]["error"]
     assert "does not exist" in recs["dangling.png"]["error"]
-    assert recs["good.png"]["probability"] is not None
+    assert answered(recs["good.png"])
     assert sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) < 5 * 2 ** 20
 
 
@@ -336,7 +338,7 @@ def test_a_read_only_data_folder_is_a_banner_and_a_wait_not_a_crash(dirs):
     assert out["remounted"][0] == 0 and any("cannot be used" in w for w in out["remounted"][1])
     assert out["back"] == [1, []]
     assert sorted(Path(r["source"]).name for r in out["records"]) == ["a.png", "b.png"]
-    assert all(r.get("probability") is not None for r in out["records"])
+    assert all(answered(r) for r in out["records"])
 
 
 def test_an_unwritable_log_pauses_the_queue_instead_of_crashing(dirs, monkeypatch):
@@ -371,7 +373,7 @@ def test_an_oversized_file_is_refused_by_size_and_the_queue_goes_on(dirs):
     assert service.run_once() == 1
     recs = _by_name(service)
     assert "larger than the 256 MB" in recs["huge.dcm"]["error"] and "2,048 MB" in recs["huge.dcm"]["error"]
-    assert recs["z_good.png"]["probability"] is not None
+    assert answered(recs["z_good.png"])
     assert not any(f.stat().st_size > 2 ** 20 for f in data.rglob("*") if f.is_file())  # never copied
     assert service.run_once() == 0 and len(service.ledger.records()) == 2
 
@@ -456,7 +458,7 @@ def test_a_file_deeper_than_the_service_reads_is_recorded_by_name(dirs):
     service = _service(data, watch)
     assert service.run_once() == 1
     recs = _by_name(service)
-    assert recs["four_deep.png"]["probability"] is not None
+    assert answered(recs["four_deep.png"])
     assert "5 folders deep" in recs["five_deep.png"]["error"] and recs["five_deep.png"]["source"].endswith(
         "5/five_deep.png")
     assert "7 folders deep" in recs["seven_deep.png"]["error"]
@@ -735,7 +737,7 @@ def test_a_file_that_grows_while_it_is_copied_is_copied_only_as_far_as_it_was_me
     assert copies == [size] and service.ledger.records() == [] and not any(service.store.iterdir())
     assert service.run_once() == 1  # as it is now, settled, under the id of those bytes
     rec = service.ledger.records()[0]
-    assert rec["id"] == _sha(a.read_bytes()) and rec["probability"] is not None
+    assert rec["id"] == _sha(a.read_bytes()) and answered(rec)
     assert copies[1] == size + 4 * 2 ** 20
 
 
@@ -765,7 +767,7 @@ def test_sparse_files_and_non_images_are_refused_and_leave_no_copy(dirs):
     assert "PDF" in recs["report.png"]["error"] and "empty" in recs["empty.png"]["error"]
     assert recs["broken.png"]["error"] and recs["broken.png"].get("probability") is None
     read = ("good.png", "with_preamble.dcm", "no_preamble.dcm")
-    assert all(recs[n]["probability"] is not None for n in read)
+    assert all(answered(recs[n]) for n in read)
     assert {p.name for p in service.store.iterdir()} == {recs[n]["id"] for n in read}  # no copy of the others
     assert sum(f.stat().st_blocks * 512 for f in data.rglob("*") if f.is_file()) < 4 * 2 ** 20
     assert service.run_once() == 0 and len(service.ledger.records()) == len(recs)
@@ -839,4 +841,4 @@ def test_an_idle_scan_does_not_resolve_inside_links_again(dirs, monkeypatch):
     (watch / "link_file.png").unlink()
     (watch / "link_file.png").symlink_to(".hidden.png")
     assert service.run_once() == 1  # re-pointed: resolved again, and what it leads to now is read
-    assert _by_name(service)["link_file.png"]["probability"] is not None
+    assert answered(_by_name(service)["link_file.png"])

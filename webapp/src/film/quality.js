@@ -134,8 +134,9 @@ export function assess(flat, C) {
   };
   const reasons = [];
   if (flat.cut_off) reasons.push(reason('cut_off', C));
-  if (flat.film_short_side_px < C.MIN_FILM_SIDE_PX) {
-    reasons.push(reason('film_too_small', C, { px: flat.film_short_side_px, min: C.MIN_FILM_SIDE_PX }));
+  const shown = Math.floor(flat.film_short_side_px + 0.5); // quality.film_side_shown: compared as shown
+  if (shown < C.MIN_FILM_SIDE_PX) {
+    reasons.push(reason('film_too_small', C, { px: shown, min: C.MIN_FILM_SIDE_PX }));
   }
   const over = flat.lightbox_level >= C.SATURATED_LEVEL
     || (flat.lightbox_level >= C.OVER_LEVEL && flat.raw_peak_share > C.MAX_CLIPPED_SHARE);

@@ -121,6 +121,7 @@ export class Engine {
       if (!gate) scope.enforced = false; // a flattened film: measured, not refused yet (device/triage.py)
       else if (!scope.in_scope) return this.refused(scope, warnings, t);
     }
+    const pModel = p;
     p = calibrate(p, this.manifest.decision.calibration);
     const rec = {
       probability: Math.round(p * 1e6) / 1e6,
@@ -130,6 +131,7 @@ export class Engine {
     };
     if (this.spec.n_views > 1) rec.views = this.spec.n_views;
     if (scope) rec.scope = scope;
+    if (this.manifest.decision.calibration) rec.probability_model = Math.round(pModel * 1e6) / 1e6;
     if (heatmap && mapLogits) {
       // The map is the heatmap: each cell's P(fracture), on an absolute scale (0 to 1).
       rec.heat = { data: mapLogits.map((a) => sigmoid(a)), side: out.map.dims.map(Number)[1], absolute: true };
