@@ -44,6 +44,7 @@ class Flattened:
     raw_peak_share: float  # share of film pixels at the sensor's clip level (over-exposure, glare)
     glare_share: float  # share of film pixels brighter than the lightbox behind them
     edge_width: Optional[float] = None  # 10-90% width of the film's border step, share of its short side (camera blur)
+    film_long_side_px: float = 0.0  # the longest side in the original photo's pixels
     notes: List[str] = field(default_factory=list)
     found: Optional[Found] = None
 
@@ -230,9 +231,11 @@ def flatten_film(photo: Image.Image, out_long_side: int = OUT_LONG_SIDE,
     if found.unlit_sides:
         notes.append("the film runs past the lightbox's edge: what lies beyond it is not read")
     corners = quad * to_original
-    short = min(geo.side_lengths(corners))
+    sides = geo.side_lengths(corners)
+    short = min(sides)
     return Flattened(
         pixels=np.clip(transmission, 0.0, 1.0).astype(np.float32), corners=corners, film_short_side_px=short,
+        film_long_side_px=max(sides),
         film_share=float(found.mask.mean()), lightbox_level=level, cut_off=found.cut_off,
         raw_peak_share=float((raw >= 0.985).mean()), glare_share=float((transmission > 1.03).mean()),
         edge_width=width, notes=notes, found=found)

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
 from .film import Flattened
 
-MIN_FILM_SIDE_PX = 300  # the film's shorter side in the photo (a few times any model's input: 128 px for ours, 224 for the baselines)
+MIN_FILM_SIDE_PX = 300  # the photo's shorter side at least; and a film's, where no model spec says otherwise
+# A film must give the model this many photo pixels per input pixel along the side that fills the
+# input: the long side when letterboxed, the short one when stretched. 1.5, because a phone's
+# demosaicing and JPEG leave about 0.7 of its pixels' resolution, so 1.5 photo pixels keep about
+# one real one per input pixel. For a 256-px letterboxed model: the film's long side >= 384 px, where
+# the old fixed rule (short side >= 300) refused narrow forearm films at 2 MP (docs/results.md).
+MIN_PX_PER_INPUT_PX = 1.5
 MIN_DETAIL = 0.03  # p99 |gradient| over the photo's brightness, see detail(): below it a photo is blank
 MAX_SATURATED = 0.5  # a blank photo with more than this share at the sensor's clip level is over-exposed
 MIN_LIGHTBOX_LEVEL = 0.3  # bare lightbox, as encoded
@@ -48,8 +54,8 @@ TEXT = {
                "viewer as a file and use `python -m edge_runtime predict FILE`",
     "cut_off": "film cut off at the edge of the photo, so part of the anatomy may be missing: step back or "
                "centre the film",
-    "film_too_small": "film too small in the photo ({px:.0f} px across, needs {min}): move closer or use a higher "
-                      "resolution",
+    "film_too_small": "film too small in the photo ({px:.0f} px along its {side} side, needs {min}): move closer or "
+                      "use a higher resolution",
     "under_exposed": "under-exposed (lightbox at {level:.0%} brightness): turn the lightbox on fully or raise "
                      "the exposure",
     "too_dark": "too dark to find the film (brightest part at {level:.0%}): turn the lightbox on fully or raise "
@@ -108,6 +114,15 @@ def sharpness(pixels: np.ndarray, side: int = 128) -> float:
     return float(np.percentile(np.abs(lap), 99) / max(hi - lo, 1e-3))
 
 
+def film_minimum(size: Optional[int] = None, resize: Optional[str] = None) -> Tuple[str, int]:
+    """(which side of the film, its least length in photo pixels): derived from the model's input
+    (its size, and whether the film is letterboxed or stretched into it); without one, the short
+    side and MIN_FILM_SIDE_PX."""
+    if size is None:
+        return "short", MIN_FILM_SIDE_PX
+    return ("long" if resize == "letterbox" else "short"), int(math.ceil(MIN_PX_PER_INPUT_PX * size))
+
+
 def film_side_shown(px: float) -> int:
     """The film's side as the message shows it, rounded half up (the web app rounds the same way)."""
     return int(math.floor(px + 0.5))
@@ -138,18 +153,20 @@ def not_found(rgb_small: np.ndarray) -> Reason:
     return reason("no_film")
 
 
-def assess(flat: Flattened) -> Quality:
-    """The gate on a found, flattened film."""
+def assess(flat: Flattened, minimum: Optional[Tuple[str, int]] = None) -> Quality:
+    """The gate on a found, flattened film; `minimum`: film_minimum(...) of the model that will read it."""
+    side, least = minimum or film_minimum()
     m = {"sharpness": sharpness(flat.pixels), "edge_width": flat.edge_width if flat.edge_width is not None else float("nan"),
          "glare_share": flat.glare_share, "lightbox_level": flat.lightbox_level,
          "clipped_share": flat.raw_peak_share, "film_short_side_px": flat.film_short_side_px,
+         "film_long_side_px": flat.film_long_side_px,
          "film_share_of_photo": flat.film_share}
     reasons = []
     if flat.cut_off:
         reasons.append(reason("cut_off"))
-    shown = film_side_shown(flat.film_short_side_px)
-    if shown < MIN_FILM_SIDE_PX:  # the number the message shows is the number compared: "300, needs 300" passes
-        reasons.append(reason("film_too_small", px=shown, min=MIN_FILM_SIDE_PX))
+    shown = film_side_shown(flat.film_long_side_px if side == "long" else flat.film_short_side_px)
+    if shown < least:  # the number the message shows is the number compared: "300, needs 300" passes
+        reasons.append(reason("film_too_small", px=shown, side=side, min=least))
     over = flat.lightbox_level >= SATURATED_LEVEL or (flat.lightbox_level >= OVER_LEVEL
                                                       and flat.raw_peak_share > MAX_CLIPPED_SHARE)
     if over:

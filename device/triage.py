@@ -53,8 +53,9 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 2)
 
 
-def read_film(photo) -> Dict[str, Any]:
-    """{"quality": Quality, "flat": Flattened or None} for a decoded Photo."""
+def read_film(photo, minimum=None) -> Dict[str, Any]:
+    """{"quality": Quality, "flat": Flattened or None} for a decoded Photo; `minimum`: the film's
+    least size for the model that will read it (quality.film_minimum)."""
     small, scale = working_copy(photo.image)
     gray_file = photo.source_mode in GRAYSCALE_MODES or chroma_spread(small) < quality.GRAY_CHROMA
     early = quality.before_finding(photo.original_size, small, gray_file)
@@ -64,7 +65,7 @@ def read_film(photo) -> Dict[str, Any]:
         flat = flatten_film(photo.image, original_size=photo.original_size, small=(small, scale))
     except FilmNotFound:
         return {"quality": quality.Quality(False, [quality.not_found(small)]), "flat": None}
-    return {"quality": quality.assess(flat), "flat": flat}
+    return {"quality": quality.assess(flat, minimum), "flat": flat}
 
 
 def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
@@ -80,7 +81,7 @@ def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
         return rec
     timings = {"decode": _ms(t0)}
     t0 = time.perf_counter()
-    got = read_film(photo)
+    got = read_film(photo, quality.film_minimum(predictor.spec.size, predictor.spec.resize))
     timings["film"] = _ms(t0)  # checks, finding, flattening and the gate
     q, flat = got["quality"], got["flat"]
     rec.quality = q.to_dict()

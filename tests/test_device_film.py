@@ -341,5 +341,29 @@ def test_the_film_size_bound_compares_the_number_it_shows():
     assert "film_too_small" not in codes(at - 0.5).to_dict()["codes"]  # shown as the minimum: passes
     below = codes(at - 0.51).to_dict()
     assert "film_too_small" in below["codes"]
-    assert f"{at - 1} px across, needs {at}" in " ".join(below["reasons"])
+    assert f"{at - 1} px along its short side, needs {at}" in " ".join(below["reasons"])
     assert quality.film_side_shown(299.5) == 300 and quality.film_side_shown(300.49) == 300
+
+
+def test_the_film_size_needed_follows_the_models_input():
+    """Letterboxed, the film's long side fills the input: a narrow forearm film 220 px across and
+    600 px long gives a 256-px model 2.3 photo pixels per input pixel, and is read; stretched, the
+    short side fills it and must be long enough itself."""
+    from device import quality
+    from device.film import Flattened
+
+    assert quality.film_minimum(256, "letterbox") == ("long", 384)
+    assert quality.film_minimum(128, "stretch") == ("short", 192)
+    assert quality.film_minimum() == ("short", quality.MIN_FILM_SIDE_PX)
+    pixels = (0.3 + 0.4 * np.random.default_rng(1).random((300, 120))).astype(np.float32)
+
+    def codes(short, long, minimum):
+        flat = Flattened(pixels, np.zeros((4, 2)), short, 0.2, 0.8, False, 0.0, 0.0, edge_width=0.001,
+                         film_long_side_px=long)
+        return quality.assess(flat, minimum).to_dict()["codes"]
+
+    narrow = (220.0, 600.0)
+    assert "film_too_small" in codes(*narrow, None)  # the old fixed rule: short side >= 300
+    assert "film_too_small" not in codes(*narrow, quality.film_minimum(256, "letterbox"))
+    assert "film_too_small" in codes(220.0, 383.4, quality.film_minimum(256, "letterbox"))
+    assert "film_too_small" in codes(*narrow, quality.film_minimum(256, "stretch"))  # 220 < 384

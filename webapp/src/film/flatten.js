@@ -301,11 +301,12 @@ export function flattenFilm(photo, C, originalSize = null, small = null) {
   if (found.other_films) notes.push(`${found.other_films + 1} films in the photo: read the one nearest the centre`);
   if (found.unlit_sides.length) notes.push("the film runs past the lightbox's edge: what lies beyond it is not read");
   const corners = quad.map(([x, y]) => [x * toOriginal, y * toOriginal]);
-  const short = Math.min(...geo.sideLengths(corners));
+  const sides = geo.sideLengths(corners);
+  const short = Math.min(...sides);
   let maskSum = 0;
   for (let i = 0; i < found.mask.length; i++) maskSum += found.mask[i];
   return {
-    pixels, width: tw, height: th, corners, film_short_side_px: short,
+    pixels, width: tw, height: th, corners, film_short_side_px: short, film_long_side_px: Math.max(...sides),
     film_share: maskSum / found.mask.length, lightbox_level: level, cut_off: found.cut_off,
     raw_peak_share: peak / n, glare_share: glare / n, edge_width: width, notes, found,
   };

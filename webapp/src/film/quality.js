@@ -121,8 +121,16 @@ export function notFound(grayImg, C) {
   return reason('no_film', C);
 }
 
+/** quality.film_minimum: [side, least px] of the film for a model's input (size, resize); without
+ * one, the short side and MIN_FILM_SIDE_PX. */
+export function filmMinimum(spec, C) {
+  if (!spec) return ['short', C.MIN_FILM_SIDE_PX];
+  return [spec.resize === 'letterbox' ? 'long' : 'short', Math.ceil(C.MIN_PX_PER_INPUT_PX * spec.size)];
+}
+
 /** The gate on a found, flattened film: {ok, reasons: [{code, text}], metrics}. */
-export function assess(flat, C) {
+export function assess(flat, C, minimum = null) {
+  const [side, least] = minimum || filmMinimum(null, C);
   const m = {
     sharpness: sharpness(flat.pixels, flat.width, flat.height),
     edge_width: flat.edge_width !== null ? flat.edge_width : NaN,
@@ -130,14 +138,14 @@ export function assess(flat, C) {
     lightbox_level: flat.lightbox_level,
     clipped_share: flat.raw_peak_share,
     film_short_side_px: flat.film_short_side_px,
+    film_long_side_px: flat.film_long_side_px,
     film_share_of_photo: flat.film_share,
   };
   const reasons = [];
   if (flat.cut_off) reasons.push(reason('cut_off', C));
-  const shown = Math.floor(flat.film_short_side_px + 0.5); // quality.film_side_shown: compared as shown
-  if (shown < C.MIN_FILM_SIDE_PX) {
-    reasons.push(reason('film_too_small', C, { px: shown, min: C.MIN_FILM_SIDE_PX }));
-  }
+  // quality.film_side_shown: rounded half up once, compared as shown
+  const shown = Math.floor((side === 'long' ? flat.film_long_side_px : flat.film_short_side_px) + 0.5);
+  if (shown < least) reasons.push(reason('film_too_small', C, { px: shown, side, min: least }));
   const over = flat.lightbox_level >= C.SATURATED_LEVEL
     || (flat.lightbox_level >= C.OVER_LEVEL && flat.raw_peak_share > C.MAX_CLIPPED_SHARE);
   if (over) reasons.push(reason('over_exposed', C, { level: flat.lightbox_level, clipped: flat.raw_peak_share }));

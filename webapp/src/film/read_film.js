@@ -1,19 +1,20 @@
 // device/triage.py read_film, end to end: checks, finding, flattening and the gate.
 //
-// readFilm(rgb, originalSize, {sourceGray, sourceMode, constants})
+// readFilm(rgb, originalSize, {sourceGray, sourceMode, constants, spec})
 //   rgb: {width, height, data} with data RGBA (a canvas's getImageData), the photo as decoded
 //        (reduced: long side between DECODE_SIDE and twice that, as device/photo.open_photo);
 //   originalSize: [W, H] of the photo as stored (after EXIF rotation);
 //   sourceGray: the file was stored as grayscale (or pass sourceMode, checked against
 //        constants.GRAYSCALE_MODES);
-//   constants: device.webapp_constants.film_constants(), the only source of thresholds and texts.
+//   constants: device.webapp_constants.film_constants(), the only source of thresholds and texts;
+//   spec: the model's {size, resize}, from which the film's least size follows (quality.film_minimum).
 // Returns {quality: Quality.to_dict(), flat: null | {pixels, width, height, corners, notes,
 //   short_side_px}} where corners and short_side_px are rounded as triage_photo's "film" record.
 
 import { FilmNotFound, flattenFilm } from './flatten.js';
 import { gray, workingCopy } from './finder.js';
 import { f32, npRound, percentileF32, pyRound } from '../lib/npy.js';
-import { assess, beforeFinding, notFound, qualityDict } from './quality.js';
+import { assess, beforeFinding, filmMinimum, notFound, qualityDict } from './quality.js';
 
 export { decodePlan } from '../lib/pil.js';
 
@@ -22,7 +23,7 @@ export const REQUIRED_CONSTANTS = [
   'MAX_FILM_LEVEL', 'OUT_LONG_SIDE', 'INSET', 'PROFILE_OFFSETS', 'GRID', 'MIN_FILM_SIDE_PX', 'MIN_DETAIL',
   'MAX_SATURATED', 'MIN_LIGHTBOX_LEVEL', 'SATURATED_LEVEL', 'OVER_LEVEL', 'MAX_CLIPPED_SHARE',
   'MAX_GLARE_SHARE', 'MAX_EDGE_WIDTH', 'MIN_SHARPNESS', 'GRAY_CHROMA', 'TEXT', 'DECODE_SIDE',
-  'GRAYSCALE_MODES',
+  'GRAYSCALE_MODES', 'MIN_PX_PER_INPUT_PX',
 ];
 
 function checkConstants(C) {
@@ -47,7 +48,7 @@ export function chromaSpread(small) {
   return percentileF32(spread, 99);
 }
 
-export function readFilm(rgb, originalSize, { sourceGray = false, sourceMode = null, constants } = {}) {
+export function readFilm(rgb, originalSize, { sourceGray = false, sourceMode = null, constants, spec = null } = {}) {
   const C = constants;
   checkConstants(C);
   const photo = { width: rgb.width, height: rgb.height, data: rgb.data };
@@ -65,7 +66,7 @@ export function readFilm(rgb, originalSize, { sourceGray = false, sourceMode = n
     if (e instanceof FilmNotFound) return { quality: qualityDict(false, [notFound(graySmall, C)]), flat: null };
     throw e;
   }
-  const q = assess(flat, C);
+  const q = assess(flat, C, filmMinimum(spec, C));
   return {
     quality: qualityDict(q.ok, q.reasons, q.metrics),
     flat: {

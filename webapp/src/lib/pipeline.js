@@ -41,7 +41,8 @@ export async function analyzePhoto(engine, blob, name) {
   }
   const timings = { decode: performance.now() - t0 };
   let t1 = performance.now();
-  const got = readFilm(photo.rgba, photo.originalSize, { sourceGray: photo.sourceGray, constants: engine.config.FILM });
+  const got = readFilm(photo.rgba, photo.originalSize,
+    { sourceGray: photo.sourceGray, constants: engine.config.FILM, spec: engine.spec });
   timings.film = performance.now() - t1;
   const round = (o) => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, Math.round(v * 100) / 100]));
   const q = got.quality;
