@@ -83,7 +83,7 @@ export class Engine {
   async predictPixels(pixels, w, h, { heatmap = true, warnings = [], colour = null, gate = true } = {}) {
     const t = {};
     const reasons = this.config.SCOPE.REASONS;
-    if (this.gate && colour !== null && colour > this.gate.colourLimit) {
+    if (gate && this.gate && colour !== null && colour > this.gate.colourLimit) {
       return this.refused({ in_scope: false, code: "colour", reason: reasons.colour, colour: Math.round(colour * 1e4) / 1e4 }, warnings, t);
     }
     let t0 = performance.now();
