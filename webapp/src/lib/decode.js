@@ -142,15 +142,21 @@ export async function readGrayscale(blob, name, size, limits) {
   return { pixels: red.data, width: red.width, height: red.height, source: { mode: format, width: W, height: H }, warnings, colour };
 }
 
+/** The coloured fraction of the image box-reduced by f, as Pillow's reduce gives it (each channel
+ * a rounded box mean), read straight from the RGBA bytes: no full-size copy per channel. */
 function colourOf(rgba, W, H, f, chroma) {
-  const chan = (c) => {
-    const a = new Float32Array(W * H);
-    for (let i = 0; i < W * H; i++) a[i] = rgba[4 * i + c];
-    const red = boxReduce(a, W, H, f).data;
-    for (let i = 0; i < red.length; i++) red[i] = Math.min(255, Math.max(0, Math.round(red[i])));
-    return red;
-  };
-  return colourFraction(chan(0), chan(1), chan(2), chroma);
+  const w = Math.ceil(W / f), h = Math.ceil(H / f);
+  const sums = [new Float64Array(w * h), new Float64Array(w * h), new Float64Array(w * h)];
+  const count = new Float64Array(w * h);
+  for (let y = 0; y < H; y++) {
+    const oy = Math.floor(y / f) * w;
+    for (let x = 0; x < W; x++) {
+      const o = oy + Math.floor(x / f), i = 4 * (y * W + x);
+      sums[0][o] += rgba[i]; sums[1][o] += rgba[i + 1]; sums[2][o] += rgba[i + 2]; count[o] += 1;
+    }
+  }
+  const [r, g, b] = sums.map((s) => Float32Array.from(s, (v, k) => Math.min(255, Math.max(0, Math.round(v / count[k])))));
+  return colourFraction(r, g, b, chroma);
 }
 
 /** A photo of film -> {rgba: {data, width, height}, originalSize, sourceGray}, reduced as device/photo.py. */
