@@ -109,7 +109,7 @@ def runtime_stamp() -> tuple:
 def app_config(bundle: Bundle, trusted_key_b64: Optional[str]) -> Dict:
     """Every constant the JavaScript ports, read from the Python modules that define it."""
     from edge_runtime import imageio, labels, manifest, overlay, preprocess, scope, selftest, signature
-    from edge_runtime.predictor import OVERLAY_SIDE
+    from edge_runtime.predictor import OVERLAY_SIDE, UNFAMILIAR_PHOTO
 
     from . import photo
     from .webapp_constants import film_constants
@@ -122,7 +122,7 @@ def app_config(bundle: Bundle, trusted_key_b64: Optional[str]) -> Dict:
         "ARTIFACT_PREFERENCE": list(ARTIFACT_PREFERENCE), "SELFTEST_GENERATOR": selftest.GENERATOR,
         "POSITIVE": labels.POSITIVE, "NEGATIVE": labels.NEGATIVE, "RETAKE": labels.RETAKE,
         "OUT_OF_SCOPE": labels.OUT_OF_SCOPE, "OUT_OF_SCOPE_ADVICE": labels.OUT_OF_SCOPE_ADVICE,
-        "SCOPE": {"REASONS": dict(scope.REASONS)},
+        "SCOPE": {"REASONS": dict(scope.REASONS), "UNFAMILIAR_PHOTO": UNFAMILIAR_PHOTO},
         "LABELS": dict(labels.WORDING), "LABELS_SHORT": {**labels.SHORT, "error": labels.WORDING["error"]},
         "DISCLAIMER": labels.DISCLAIMER,
         "CONTENT_LIMITS": {"MIN_CONTRAST": preprocess.MIN_CONTRAST, "MIN_STRUCTURE": preprocess.MIN_STRUCTURE},

@@ -119,6 +119,10 @@ class TFLiteSession:
     def input_shape(self) -> Tuple:
         return tuple(int(n) for n in self.input["shape"])
 
+    def roles(self) -> set:
+        """The output roles this model file gives."""
+        return {role for role, _ in self.outputs}
+
     def io_spec(self) -> Dict[str, object]:
         """Input and output dtypes, scales and zero points as the model file carries them."""
         def q(d):
@@ -168,6 +172,10 @@ class OnnxSession:
 
     def input_shape(self) -> Tuple:
         return tuple(n if isinstance(n, int) else None for n in self.session.get_inputs()[0].shape)
+
+    def roles(self) -> set:
+        """The output roles this model file gives (every manifest role: checked when the session opened)."""
+        return set(self.names)
 
     def io_spec(self) -> None:
         return None  # float input and outputs; QDQ quantization lives inside the graph

@@ -110,7 +110,8 @@ def _predict(args) -> int:
     with memory_ceiling(allowance_mb(args.memory_mb)):  # a case the budgets miss: a refusal, not the OOM killer
         try:
             for rec in predictor.predict_files(files(), args.heatmap):
-                records.append(Result(rec.file, error=rec.error, internal_error=rec.internal_error))  # not the pixels' timings
+                records.append(Result(rec.file, error=rec.error, internal_error=rec.internal_error,
+                                      decision=rec.decision))  # not the pixels' timings; the decision for the exit status
                 print(json.dumps(rec.to_dict()) if args.json else _human(rec, args.verbose), flush=True)
         except MemoryError:  # outside any one file's own handling: said after the except block has freed it
             if os.environ.get("FRACTURE_EDGE_DEBUG"):

@@ -33,6 +33,7 @@ from .errors import ImageReadError
 from .filecheck import check_input_file, open_error, open_regular
 from .imageio import (MAX_DECODE_BYTES, WORK_BYTES_PER_PIXEL, DecodedImage, box_reduce_by, check_cost,
                       check_shape, detached, reduce_factor)
+from .scope import colour_fraction
 
 SUFFIXES = (".dcm", ".dicom", ".dic")
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -203,12 +204,16 @@ def _read(path: Path, draft_size, pydicom, InvalidDicomError, has_magic: bool) -
         arr = arr[0]  # a decoder that kept the frame axis
     if arr.ndim not in (2, 3) or arr.shape[:2] != (rows, cols):
         raise ImageReadError(path, "DICOM pixel array does not match its header's rows and columns")
+    colour = None
+    if arr.ndim == 3 and not photometric.startswith("MONO"):  # what the out-of-scope gate reads of a colour file
+        top = float(np.iinfo(arr.dtype).max) if arr.dtype.kind in "ui" else 1.0
+        colour = colour_fraction(arr[::f, ::f, :3].astype(np.float32) * (255.0 / top))
     pixels = _displayed(arr, ds, path, photometric, f, notes)
     if not np.isfinite(pixels).all():
         raise ImageReadError(path, "DICOM pixels contain non-finite values")
     bits_stored = _number(ds, "BitsStored", path, bits, int)
     return DecodedImage(np.clip(pixels, 0.0, 1.0).astype(np.float32),
-                        f"DICOM {photometric} {bits_stored}-bit", (cols, rows), notes)
+                        f"DICOM {photometric} {bits_stored}-bit", (cols, rows), notes, colour)
 
 
 def _dataset(path: Path, pydicom, InvalidDicomError, has_magic: bool):

@@ -295,7 +295,7 @@ class ScopeInfo:
             missing = sorted(set(artifacts) - set(thresholds))
             _need(not missing, "scope.thresholds", f"no thresholds for {', '.join(missing)}")
         return cls(_file_name(d.get("file"), "scope.file"), tuple(groups), arrays, thresholds,
-                   _number(d.get("colour_limit"), "scope.colour_limit", 0.0))
+                   _number(d.get("colour_limit"), "scope.colour_limit", 0.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -359,7 +359,8 @@ class Manifest:
         _need(fmap is not None or "prob" in model.outputs, "fracture_map",
               "the model has no 'prob' output, so the manifest must say how its map is pooled")
         _need(fmap is None or version >= 3, "format_version", "a fracture map needs format version 3")
-        scope = ScopeInfo.from_dict(d["scope"], model, artifacts, status) if d.get("scope") else None
+        # present means checked: an empty or malformed section is refused, never read as "no gate"
+        scope = ScopeInfo.from_dict(d["scope"], model, artifacts, status) if d.get("scope") is not None else None
         _need((scope is None and decision.calibration is None) or version >= 4, "format_version",
               "a calibrated threshold or an out-of-scope gate needs format version 4")
         if scope is not None:

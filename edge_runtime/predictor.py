@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
 import numpy as np
 
 from .backends import open_session
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, BundleError, load_bundle
 from .errors import ImageReadError
 from .fracture_map import map_logits, sigmoid
 from .gradcam import load_head
@@ -30,6 +30,8 @@ from .overlay import save_overlay
 from .preprocess import checked_input, map_on_image, merge_maps, views
 from .scope import colour_refusal, load_gate
 
+UNFAMILIAR_PHOTO = ("the model does not recognise this film as a limb radiograph of the kind it was trained on "
+                    "(its out-of-scope check, not enforced on photos): make sure it is one before trusting the answer")
 OVERLAY_SIDE = 768  # long side of the overlay (a JPEG): readable on a phone, cheap to write
 
 
@@ -67,6 +69,9 @@ class Predictor:
         self.head = load_head(self.bundle) if gradcam and self.map is None else None
         self.calibration = self.bundle.calibration  # Platt scaling; the threshold is on its scale
         self.gate = load_gate(self.bundle, self.artifact)  # the out-of-scope gate, for this artifact
+        if self.gate is not None and "pooled" not in self.session.roles():
+            raise BundleError(self.bundle.path, f"{self.artifact}: the out-of-scope gate needs the model's 'pooled' "
+                                                "output, which this model file does not give")
 
     @property
     def backend(self) -> str:
@@ -212,6 +217,8 @@ class Predictor:
                 return self._refused(rec, rec.scope, timings, t_all)
             if not gate:
                 rec.scope["enforced"] = False
+                if not rec.scope["in_scope"]:  # said, though not enforced on photos: the reader should look twice
+                    rec.warnings.append(UNFAMILIAR_PHOTO)
         p = self.calibrated(p_model)
         rec.probability = round(p, 6)
         if self.calibration is not None:

@@ -98,7 +98,7 @@ class ScopeGate:
             out["colour"] = round(float(colour), 4)
         if pooled is not None and self.thresholds is not None:
             out["score"] = round(self.score(pooled), 4)
-            if out["score"] > 1.0:
+            if not out["score"] <= 1.0:  # NaN too: a score that cannot be computed is not "in scope"
                 return {**out, "in_scope": False, "code": UNFAMILIAR, "reason": REASONS[UNFAMILIAR]}
         return out
 
@@ -127,6 +127,8 @@ def load_gate(bundle, artifact: str) -> Optional[ScopeGate]:
         if offset + n > data.size:
             raise BundleError(bundle.root / info.file, f"array {name!r} runs past the end of the file")
         arrays[name] = data[offset:offset + n].reshape(shape).astype(np.float64)
+        if not np.isfinite(arrays[name]).all():
+            raise BundleError(bundle.root / info.file, f"array {name!r} holds non-finite values")
     t = info.thresholds.get(artifact)
     return ScopeGate(info.groups, arrays["means"], arrays["precisions"],
                      None if t is None else np.asarray(t, np.float64), info.colour_limit)

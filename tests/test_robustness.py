@@ -192,7 +192,7 @@ def bundle() -> Path:
 
 def test_exit_codes_and_one_line_per_file(bundle, tmp_path, capsys, monkeypatch):
     good = tmp_path / "good.png"
-    Image.fromarray(_radiograph()).save(good)
+    Image.fromarray(in_scope_radiograph()).save(good)  # answered: exit 0 (a refused input would be 1)
     odd = tmp_path / "two\nlines.png"
     shutil.copy(good, odd)
     assert runtime_main(["predict", "--bundle", str(bundle), "--no-gradcam", str(good), str(odd)]) == 0

@@ -184,3 +184,76 @@ def test_ece_of_a_calibrated_sample_is_small_and_of_an_overconfident_one_large()
     assert ci["ci95"][0] <= ci["ece"] <= ci["ci95"][1]
     with pytest.raises(ValueError, match="both|fractured and non-fractured"):
         fit_platt(np.array([0.2, 0.7]), np.array([1, 1]))
+
+
+def test_a_score_that_cannot_be_computed_is_refused_not_waved_through():
+    g = ScopeGate(("a",), np.zeros((1, 2)), np.full((1, 2, 2), np.nan), np.array([3.0]))
+    out = g.check(_pooled([0.1, 0.1]), None)
+    assert out["in_scope"] is False and out["code"] == UNFAMILIAR
+
+
+def test_an_empty_scope_section_is_refused_not_read_as_no_gate(tmp_path):
+    """A sealed manifest whose `scope` is {} must not load as a bundle without a gate."""
+    import json
+    import shutil
+
+    from edge_runtime.bundle import REPO_BUNDLE, load_bundle, seal
+    from edge_runtime.manifest import ManifestError
+
+    copy = tmp_path / "b"
+    shutil.copytree(REPO_BUNDLE, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    assert m.get("scope"), "the reference bundle ships a gate"
+    for empty in ({}, []):
+        m["scope"] = empty
+        (copy / "manifest.json").write_text(json.dumps(seal(m)))
+        with pytest.raises((ManifestError, ValueError), match="scope"):
+            load_bundle(copy)
+
+
+def test_a_colour_dicom_is_measured_like_a_colour_file(tmp_path):
+    pytest.importorskip("pydicom")
+    from dicom_factory import write_dicom_rgb
+    from edge_runtime.dicom import read_dicom
+    from fracdata.ood import generate
+
+    rgb = np.asarray(generate("colour_photo", 1, seed=3)[0][1].convert("RGB"))
+    path = write_dicom_rgb(tmp_path / "photo.dcm", rgb)
+    got = read_dicom(path, draft_size=(256, 256))
+    assert got.colour is not None and got.colour > scope.COLOUR_LIMIT
+    assert got.colour == pytest.approx(colour_fraction(rgb[::got_factor(rgb), ::got_factor(rgb)]), abs=0.02)
+
+
+def got_factor(rgb):
+    from edge_runtime.imageio import reduce_factor
+
+    return reduce_factor((rgb.shape[1], rgb.shape[0]), (256, 256))
+
+
+def test_the_cli_exits_1_when_an_input_is_out_of_scope(tmp_path):
+    import subprocess
+    import sys
+
+    from fracdata.ood import generate
+
+    generate("colour_photo", 1, seed=2)[0][1].convert("RGB").save(tmp_path / "photo.png")
+    run = subprocess.run([sys.executable, "-m", "edge_runtime", "predict", "--json", str(tmp_path / "photo.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr[-2000:]
+    import json
+
+    rec = json.loads(run.stdout.splitlines()[0])
+    assert rec["decision"] == "out-of-scope" and rec["scope"]["code"] == "colour" and "probability" not in rec
+
+
+def test_a_model_file_without_the_pooled_output_is_refused_when_the_bundle_has_a_gate(monkeypatch):
+    """Without its features the gate could not refuse anything: the bundle is refused instead."""
+    from edge_runtime import backends
+    from edge_runtime.bundle import BundleError
+    from edge_runtime.predictor import Predictor
+
+    assert "pooled" in Predictor(gradcam=False).session.roles()
+    for cls in (backends.TFLiteSession, backends.OnnxSession):
+        monkeypatch.setattr(cls, "roles", lambda self: {"map"})
+    with pytest.raises(BundleError, match="'pooled' output"):
+        Predictor(gradcam=False)

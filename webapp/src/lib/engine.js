@@ -131,6 +131,8 @@ export class Engine {
     };
     if (this.spec.n_views > 1) rec.views = this.spec.n_views;
     if (scope) rec.scope = scope;
+    // said, though not enforced on photos (predictor.UNFAMILIAR_PHOTO): the reader should look twice
+    if (scope && scope.enforced === false && !scope.in_scope) rec.warnings.push(this.config.SCOPE.UNFAMILIAR_PHOTO);
     if (this.manifest.decision.calibration) rec.probability_model = Math.round(pModel * 1e6) / 1e6;
     if (heatmap && mapLogits) {
       // The map is the heatmap: each cell's P(fracture), on an absolute scale (0 to 1).
