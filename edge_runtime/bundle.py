@@ -12,7 +12,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
 
 from .manifest import DIGEST_KEY, FORMAT, FORMAT_VERSION, Manifest, ManifestError, seal  # noqa: F401 (export's)
 from .preprocess import PreprocessSpec
@@ -78,6 +80,23 @@ class Bundle:
         _check_sha256(fpath, hashlib.sha256(data).hexdigest(), str(self.info.files.get(name)))
         return data
 
+    def read_arrays(self, name: str, index: Mapping[str, Any], what: str) -> Dict[str, np.ndarray]:
+        """The float32 arrays of a verified bundle file (the layout pack_arrays writes), by the
+        manifest's index: name -> {"offset", "shape"} (or (offset, shape)), offsets in float32 units."""
+        fpath = self.root / name
+        raw = self.read_verified(name)
+        if len(raw) % 4:
+            raise BundleError(fpath, f"{what} file is not a whole number of float32 values")
+        data = np.frombuffer(raw, dtype="<f4")
+        arrays = {}
+        for key, a in index.items():
+            offset, shape = (a["offset"], a["shape"]) if isinstance(a, Mapping) else a
+            n = int(np.prod(shape))
+            if offset + n > data.size:
+                raise BundleError(fpath, f"array {key!r} runs past the end of the file")
+            arrays[key] = data[offset:offset + n].reshape(shape).astype(np.float32)
+        return arrays
+
     @property
     def spec(self) -> PreprocessSpec:
         return self.info.preprocess
@@ -121,6 +140,17 @@ class Bundle:
     def default_artifact(self, fmt: str) -> Optional[Artifact]:
         key = self.manifest.get("default_artifacts", {}).get(fmt)
         return self.artifact(key) if key else None
+
+
+def pack_arrays(arrays: Mapping[str, np.ndarray]) -> Tuple[bytes, Dict[str, Dict]]:
+    """(bytes of a little-endian float32 file, the manifest's index of its arrays): what export
+    writes for Bundle.read_arrays (the Grad-CAM head, the out-of-scope gate)."""
+    index, chunks, offset = {}, [], 0
+    for key, arr in arrays.items():
+        index[key] = {"offset": offset, "shape": list(np.shape(arr))}
+        chunks.append(np.ascontiguousarray(arr, dtype="<f4").tobytes())
+        offset += int(np.size(arr))
+    return b"".join(chunks), index
 
 
 def sha256_file(path: Union[str, Path]) -> str:

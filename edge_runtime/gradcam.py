@@ -17,7 +17,7 @@ emits as a second output beside the feature maps. Cost: one (h*w x C) @ (C) prod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -57,16 +57,7 @@ def load_head(bundle: Bundle) -> Optional[GradCamHead]:
     if not spec:
         return None
     path = bundle.root / spec["file"]
-    raw = bundle.read_verified(spec["file"])
-    if len(raw) % 4:
-        raise BundleError(path, "Grad-CAM head file is not a whole number of float32 values")
-    data = np.frombuffer(raw, dtype="<f4")
-    arrays: Dict[str, np.ndarray] = {}
-    for name, a in spec["arrays"].items():
-        n = int(np.prod(a["shape"]))
-        if a["offset"] + n > data.size:
-            raise BundleError(path, f"array {name!r} runs past the end of the file")
-        arrays[name] = data[a["offset"]:a["offset"] + n].reshape(a["shape"]).astype(np.float32)
+    arrays = bundle.read_arrays(spec["file"], spec["arrays"], "Grad-CAM head")
     if "alpha" not in arrays and not {"mix", "w_out"} <= set(arrays):
         raise BundleError(path, f"Grad-CAM head needs 'alpha' or 'mix' and 'w_out', has {sorted(arrays)}")
     return GradCamHead(spec["layer"], arrays.get("alpha"), arrays.get("mix"), arrays.get("w_out"))

@@ -116,7 +116,7 @@ class Predictor:
         (edge_runtime/fracture_map.py)."""
         outs = [self.infer(v) for v in views(x, self.spec)]
         logits = merge_maps(np.stack([map_logits(o["map"]) for o in outs]), self.spec)
-        pooled = np.mean([o["pooled"].reshape(-1) for o in outs], axis=0) if "pooled" in outs[0] else None
+        pooled = _mean_pooled(outs)
         return self._pooled(logits), logits, pooled
 
     def calibrated(self, p: float) -> float:
@@ -148,7 +148,7 @@ class Predictor:
             return p, heat, pooled
         outs = [self.infer(v) for v in views(x, self.spec)]
         p = float(np.mean([float(o["prob"].reshape(-1)[0]) for o in outs]))
-        pooled = np.mean([o["pooled"].reshape(-1) for o in outs], axis=0) if "pooled" in outs[0] else None
+        pooled = _mean_pooled(outs)
         if timings is not None:
             timings["inference"] = _ms(t0)
         if self.head is None:
@@ -291,6 +291,12 @@ class Predictor:
                          "one image (--memory-mb)")
             return rec
         return internal_error_record(self._header(path), failure)
+
+
+def _mean_pooled(outs) -> Optional[np.ndarray]:
+    """The out-of-scope gate's features of one image: its views' pooled outputs averaged (None
+    for a model without them)."""
+    return np.mean([o["pooled"].reshape(-1) for o in outs], axis=0) if "pooled" in outs[0] else None
 
 
 def relative(raw: np.ndarray) -> np.ndarray:

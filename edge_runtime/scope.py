@@ -117,28 +117,12 @@ def load_gate(bundle, artifact: str) -> Optional[ScopeGate]:
     info = bundle.info.scope
     if info is None:
         return None
-    raw = bundle.read_verified(info.file)
-    if len(raw) % 4:
-        raise BundleError(bundle.root / info.file, "out-of-scope file is not a whole number of float32 values")
-    data = np.frombuffer(raw, dtype="<f4")
-    arrays = {}
-    for name, (offset, shape) in info.arrays.items():
-        n = int(np.prod(shape))
-        if offset + n > data.size:
-            raise BundleError(bundle.root / info.file, f"array {name!r} runs past the end of the file")
-        arrays[name] = data[offset:offset + n].reshape(shape).astype(np.float64)
-        if not np.isfinite(arrays[name]).all():
+    arrays = {k: a.astype(np.float64) for k, a in bundle.read_arrays(info.file, info.arrays, "out-of-scope").items()}
+    for name, a in arrays.items():
+        if not np.isfinite(a).all():
             raise BundleError(bundle.root / info.file, f"array {name!r} holds non-finite values")
     t = info.thresholds.get(artifact)
     return ScopeGate(info.groups, arrays["means"], arrays["precisions"],
                      None if t is None else np.asarray(t, np.float64), info.colour_limit)
 
 
-def arrays_file(means: np.ndarray, precisions: np.ndarray) -> Tuple[bytes, Dict]:
-    """(bytes of the little-endian float32 file, the manifest's array index): export's writer."""
-    index, chunks, offset = {}, [], 0
-    for name, arr in (("means", means), ("precisions", precisions)):
-        index[name] = {"offset": offset, "shape": list(arr.shape)}
-        chunks.append(np.ascontiguousarray(arr, dtype="<f4").tobytes())
-        offset += arr.size
-    return b"".join(chunks), index

@@ -77,9 +77,6 @@ def derive_head(model, layer_name: str) -> HeadSpec:
 
 def head_file_bytes(spec: HeadSpec) -> tuple:
     """(bytes of the little-endian float32 file, the manifest's array index)."""
-    index, chunks, offset = {}, [], 0
-    for name, arr in spec.arrays.items():
-        index[name] = {"offset": offset, "shape": list(arr.shape)}
-        chunks.append(np.ascontiguousarray(arr, dtype="<f4").tobytes())
-        offset += arr.size
-    return b"".join(chunks), index
+    from edge_runtime.bundle import pack_arrays
+
+    return pack_arrays(spec.arrays)

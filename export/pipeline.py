@@ -89,6 +89,7 @@ class Prepared:
     scope: Optional[Dict] = None  # the manifest's scope section (thresholds filled by check), else None
     scope_blob: Optional[bytes] = None  # its float32 file
     platt: Optional[Dict] = None  # {"a", "b"}: P = sigmoid(a * logit + b), fitted on validation
+    val_probs: Optional[np.ndarray] = None  # the float model's on the validation split (the fit; its ECE)
     platt_note: Optional[str] = None  # why the probability is not calibrated
 
 
@@ -331,9 +332,12 @@ def _fit_platt(prep: Prepared, settings: Settings) -> None:
     if not settings.calibrate:
         prep.platt_note = "not asked for (--no-calibrate)"
         return
-    p = _float_probs(prep, prep.val)
+    from train.reference import predict, predict_maps
+
+    prep.val_probs = (predict_maps(prep.model, prep.val.images, prep.spec)[0] if prep.fracture_map is not None
+                      else predict(prep.model, prep.val.images, prep.spec))
     try:
-        prep.platt = probability.fit_platt(p, prep.val.labels)
+        prep.platt = probability.fit_platt(prep.val_probs, prep.val.labels)
     except ValueError as exc:
         prep.platt_note = str(exc)
         log(f"{prep.tag} probabilities not calibrated: {exc}")
@@ -522,7 +526,7 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
         manifest["reference"]["float_keras"]["localisation"] = loc_ref[1]
     if prep.platt is not None:
         manifest["decision"]["calibration"]["ece"] = {
-            "validation": probability.summary(_float_probs(prep, prep.val), prep.val.labels, prep.platt,
+            "validation": probability.summary(prep.val_probs, prep.val.labels, prep.platt,
                                               scope_fit.sources_of(prep.val.records)),
             "test": probability.summary(p_float, test.labels, prep.platt, scope_fit.sources_of(test.records)),
             "bins": probability.BINS, "plot": probability.PLOT}
@@ -542,13 +546,6 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
     if passed:
         manifest["self_test"] = _self_test(bundle, list(manifest["artifacts"]))
     return bool(passed)
-
-
-def _float_probs(prep: Prepared, split: LoadedSplit) -> np.ndarray:
-    from train.reference import predict, predict_maps
-
-    return (predict_maps(prep.model, split.images, prep.spec)[0] if prep.fracture_map is not None
-            else predict(prep.model, split.images, prep.spec))
 
 
 def _default_artifacts(artifacts: Dict[str, Dict]) -> Dict[str, str]:

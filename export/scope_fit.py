@@ -17,7 +17,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from edge_runtime.scope import COLOUR_LIMIT, SCOPE_FILE, arrays_file, features
+from edge_runtime.bundle import pack_arrays
+from edge_runtime.scope import COLOUR_LIMIT, SCOPE_FILE, features
 from fracdata.data import Record, record_source
 
 KEEP = 0.99  # of each group's validation radiographs
@@ -71,7 +72,7 @@ def refused_by_source(scores: np.ndarray, sources: Sequence[str]) -> Dict[str, D
 
 def manifest_section(fitted: Dict, layers: Sequence[str]) -> tuple:
     """(the manifest's `scope` section without thresholds, the float32 file's bytes)."""
-    blob, index = arrays_file(fitted["means"], fitted["precisions"])
+    blob, index = pack_arrays({"means": fitted["means"], "precisions": fitted["precisions"]})
     section = {"method": "mahalanobis", "features": {"output": "pooled", "layers": list(layers),
                                                      "pooling": "global average, side by side", "transform": "sqrt",
                                                      "dim": int(fitted["means"].shape[1])},

@@ -99,7 +99,9 @@ def test_colour_is_refused_before_the_features_are_read():
 def test_the_arrays_file_round_trips_through_the_bundle_format(tmp_path):
     means = np.random.default_rng(0).normal(size=(3, 4))
     precisions = np.stack([np.eye(4) * k for k in (1.0, 2.0, 3.0)])
-    blob, index = scope.arrays_file(means, precisions)
+    from edge_runtime.bundle import pack_arrays
+
+    blob, index = pack_arrays({"means": means, "precisions": precisions})
     assert len(blob) == 4 * (12 + 48) and index["precisions"] == {"offset": 12, "shape": [3, 4, 4]}
     data = np.frombuffer(blob, "<f4")
     np.testing.assert_allclose(data[12:].reshape(3, 4, 4), precisions)

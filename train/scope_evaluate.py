@@ -21,9 +21,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from edge_runtime.errors import ImageReadError
-from edge_runtime.fracture_map import map_logits
 from edge_runtime.inputs import read_image
-from edge_runtime.preprocess import checked_input, merge_maps, views
+from edge_runtime.preprocess import checked_input
 from fracdata.data import record_source
 from fracdata.progress import progress as progress_of
 
@@ -35,9 +34,7 @@ def _scores(pred, decoded) -> Optional[Dict]:
     x, problem, _ = checked_input(decoded.pixels, pred.spec)
     if problem:
         return {"content_refused": True}
-    outs = [pred.infer(v) for v in views(x, pred.spec)]
-    logits = merge_maps(np.stack([map_logits(o["map"]) for o in outs]), pred.spec)
-    pooled = np.mean([o["pooled"].reshape(-1) for o in outs], axis=0)
+    _, logits, pooled = pred.map_answer(x)  # the runtime's own inference: views merged, pooled features averaged
     rec_scope = pred.gate.check(pooled, decoded.colour)
     z = logits.reshape(-1).astype(np.float64)
     lse = float(z.max() + np.log(np.exp(z - z.max()).sum()))

@@ -68,8 +68,9 @@ export async function loadBundle(base, config, wanted) {
   return { manifest: m, artifactKey: key, artifact: art, modelBytes, head, gate, digest };
 }
 
-/** float32 little-endian arrays of a bundle file, by the manifest's {name: {offset, shape}} index. */
-function readArrays(bytes, file, index) {
+/** float32 little-endian arrays of a bundle file, by the manifest's {name: {offset, shape}} index
+ * (edge_runtime/bundle.Bundle.read_arrays), into arrays of type `Out`. */
+function readArrays(bytes, file, index, Out = Float64Array) {
   if (bytes.length % 4) throw new BundleError(`${file} is not a whole number of float32 values`);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const n = bytes.length / 4;
@@ -77,7 +78,7 @@ function readArrays(bytes, file, index) {
   for (const [name, a] of Object.entries(index)) {
     const count = a.shape.reduce((x, y) => x * y, 1);
     if (a.offset + count > n) throw new BundleError(`${file}: array '${name}' runs past the end of the file`);
-    const out = new Float64Array(count);
+    const out = new Out(count);
     for (let i = 0; i < count; i++) out[i] = dv.getFloat32((a.offset + i) * 4, true);
     arrays[name] = { data: out, shape: a.shape };
   }
@@ -98,17 +99,7 @@ function parseGate(bytes, spec, key) {
 
 /** The Grad-CAM head's arrays from its float32 little-endian file (edge_runtime/gradcam.load_head). */
 function parseHead(bytes, spec) {
-  if (bytes.length % 4) throw new BundleError(`${spec.file} is not a whole number of float32 values`);
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const n = bytes.length / 4;
-  const arrays = {};
-  for (const [name, a] of Object.entries(spec.arrays)) {
-    const count = a.shape.reduce((x, y) => x * y, 1);
-    if (a.offset + count > n) throw new BundleError(`${spec.file}: array '${name}' runs past the end of the file`);
-    const out = new Float32Array(count);
-    for (let i = 0; i < count; i++) out[i] = dv.getFloat32((a.offset + i) * 4, true);
-    arrays[name] = { data: out, shape: a.shape };
-  }
+  const arrays = readArrays(bytes, spec.file, spec.arrays, Float32Array);
   if (!arrays.alpha && !(arrays.mix && arrays.w_out)) throw new BundleError(`${spec.file}: needs 'alpha' or 'mix' and 'w_out'`);
   return arrays;
 }
