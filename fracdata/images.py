@@ -5,13 +5,23 @@ Unreadable or missing images are skipped and counted, each named on stderr; more
 A split keeps its images resized but not yet normalised (`resized`); `images` normalises them,
 which together is exactly edge_runtime.preprocess.preprocess. Training augments `resized` first
 (train/augment.py) and normalises after, as the device normalises after what photos do.
+
+Decoding runs on a pool of threads, delivered in the records' order; an optional on-disk cache
+keeps a split's decoded arrays, keyed by the decoder's code, the PreprocessSpec and each file's
+sha256, for runs that read the same images again (resumed, or trained at the same size).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,6 +31,8 @@ from edge_runtime.preprocess import PreprocessSpec, normalize_intensity, resize_
 
 from .data import DataError, Record
 from .progress import progress as progress_of
+
+CACHE_VERSION = 1  # raise when what a cached array holds changes
 
 
 @dataclass
@@ -46,22 +58,96 @@ class LoadedSplit:
         return [r.region for r in self.records]
 
 
+def _decode(r: Record, spec: PreprocessSpec):
+    """(resized, decoded shape) or the reason it cannot be read."""
+    try:
+        pixels = read_image(r.path, spec).pixels
+        return resize_input(pixels, spec), tuple(pixels.shape[:2])
+    except ImageReadError as exc:
+        return str(exc)
+
+
+@functools.lru_cache(maxsize=1)
+def decoder_digest() -> str:
+    """sha256 of the edge runtime's code, which decodes and resizes: a new decoder, a new key."""
+    import edge_runtime
+
+    h = hashlib.sha256()
+    root = Path(edge_runtime.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(records: Sequence[Record], spec: PreprocessSpec, hashes: Dict[str, str]) -> str:
+    """What the decoded arrays depend on: the decoder, the preprocessing, and each file's bytes
+    and label."""
+    h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "decoder": decoder_digest(), "spec": spec.to_dict()},
+                                  sort_keys=True).encode())
+    for r in records:
+        h.update(json.dumps([str(r.path), r.label, hashes.get(str(r.path), "")]).encode())
+    return h.hexdigest()
+
+
 def load_images(records: Sequence[Record], spec: PreprocessSpec, desc: str = "images",
-                progress: bool = True, max_skip_fraction: float = 0.02) -> LoadedSplit:
+                progress: bool = True, max_skip_fraction: float = 0.02, workers: int = 0,
+                cache_dir: Optional[Path] = None, hashes: Optional[Dict[str, str]] = None) -> LoadedSplit:
+    """Decode and resize `records` with the device's own decoder, `workers` threads at a time
+    (0: one per CPU; Pillow and numpy let go of the GIL), in the records' order whatever the
+    threads do. With `cache_dir`, the result is kept there as one .npz keyed by the
+    PreprocessSpec and every file's sha256 (`hashes`, path -> sha256): a changed image, label or
+    spec is a new key, never a stale array."""
+    key = path = None
+    if cache_dir is not None:
+        if hashes is None:
+            raise ValueError("a decoded-image cache needs the files' sha256 (hashes)")
+        key = cache_key(records, spec, hashes)
+        path = Path(cache_dir) / f"{key[:32]}.npz"
+        hit = _read_cache(path, records, spec)
+        if hit is not None:
+            return hit
+    threads = workers or os.cpu_count() or 1
     kept, arrays, skipped, shapes = [], [], [], []
-    for r in progress_of(records, desc, enabled=progress):
-        try:
-            pixels = read_image(r.path, spec).pixels
-            x = resize_input(pixels, spec)
-        except ImageReadError as exc:
-            skipped.append(str(exc))
-            print(f"skipped: {exc}", file=sys.stderr)
-            continue
-        arrays.append(x)
-        kept.append(r)
-        shapes.append(tuple(pixels.shape[:2]))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for r, out in zip(records, progress_of(pool.map(lambda r: _decode(r, spec), records), desc,
+                                               total=len(records), enabled=progress)):
+            if isinstance(out, str):
+                skipped.append(out)
+                print(f"skipped: {out}", file=sys.stderr)
+                continue
+            arrays.append(out[0])
+            shapes.append(out[1])
+            kept.append(r)
     if records and len(skipped) / len(records) > max_skip_fraction:
         raise DataError(f"{len(skipped)} of {len(records)} {desc} unreadable (limit "
                         f"{max_skip_fraction:.0%}); first: {skipped[0]}")
     resized = np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, spec.size, spec.size), np.float32)
-    return LoadedSplit(kept, resized, np.array([r.label for r in kept], dtype=np.int32), spec, skipped, shapes)
+    loaded = LoadedSplit(kept, resized, np.array([r.label for r in kept], dtype=np.int32), spec, skipped, shapes)
+    if path is not None:
+        _write_cache(path, loaded, records)
+    return loaded
+
+
+def _write_cache(path: Path, loaded: LoadedSplit, records: Sequence[Record]) -> None:
+    """Written to a temporary name and renamed: a reader never sees half an array."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    where = {id(r): i for i, r in enumerate(records)}
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, resized=loaded.resized, kept=np.array([where[id(r)] for r in loaded.records], np.int64),
+                 shapes=np.array(loaded.shapes, np.int64).reshape(-1, 2), skipped=np.array(loaded.skipped, dtype=str))
+    os.replace(tmp, path)
+
+
+def _read_cache(path: Path, records: Sequence[Record], spec: PreprocessSpec) -> Optional[LoadedSplit]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            resized, kept, shapes, skipped = z["resized"], z["kept"], z["shapes"], z["skipped"]
+    except (OSError, ValueError, KeyError):
+        return None  # absent or damaged: decode again (and rewrite it)
+    if resized.shape[1:] != (spec.size, spec.size) or len(kept) != len(resized) or \
+            (len(kept) and (kept.min() < 0 or kept.max() >= len(records))):
+        return None
+    chosen = [records[int(i)] for i in kept]
+    return LoadedSplit(chosen, resized.astype(np.float32), np.array([r.label for r in chosen], dtype=np.int32), spec,
+                       [str(x) for x in skipped], [tuple(int(v) for v in sh) for sh in shapes])

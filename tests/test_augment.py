@@ -45,13 +45,14 @@ def test_geometry_rotates_by_quarter_turns_only_when_dihedral():
 
 def test_training_batches_are_normalised_like_the_device_input():
     from fracdata.images import LoadedSplit
-    from train.dataset import training_batches
+    from train.dataset import training_batch
 
     spec = PreprocessSpec(normalize="window", views="dihedral")
     xs = np.stack([_image() for _ in range(5)])
     split = LoadedSplit([], xs, np.array([0, 1, 0, 1, 0]), spec)
-    batch, labels = next(training_batches(split, 4, seed=0)())
-    assert batch.shape == (4, 128, 128, 1) and labels.shape == (4,)
+    batch_of, steps = training_batch(split, 4, seed=0)
+    batch, labels = batch_of(0)
+    assert steps == 2 and batch.shape == (4, 128, 128, 1) and labels.shape == (4,)
     for img in batch[..., 0]:  # already normalised: normalising again changes nothing
         np.testing.assert_allclose(normalize_intensity(img, spec), img, atol=1e-3)
     np.testing.assert_allclose(split.images[0, ..., 0], window(xs[0]), atol=1e-6)  # val/test: exactly THE function

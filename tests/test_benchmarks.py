@@ -79,3 +79,24 @@ def test_the_int8_accuracy_target_is_not_met_by_a_bundle_without_int8():
     row = int8_row(res({**floats, "tflite_int8": {"delta_auc": -0.02}}))
     assert row["met"] is False and row["measured"] == 0.02
     assert int8_row(res({**floats, "onnx_int8": {"delta_auc": 0.004}}))["met"] is True
+
+
+@pytest.mark.heavy
+def test_the_training_benchmark_measures_every_stage_and_both_worker_counts(tmp_path, capsys):
+    from benchmarks.training import main
+
+    out = tmp_path / "bench"
+    assert main(["--phantom-images", "60", "--size", "64", "--batch-size", "4", "--steps", "3", "--epochs", "2",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "training.json").read_text())
+    rates = [res["decode"][k] for k in ("decode_1_thread", "decode_all_threads", "cache_cold_decode_and_write",
+                                        "cache_warm_read")]
+    rates += [res["augment_and_step"][k] for k in ("augment_serial", "augment_tf_data_parallel", "training_step_only")]
+    rates += [res["training"][k]["images_per_second"] for k in ("one_worker", "two_workers")]
+    assert all(0 < r < float("inf") for r in rates)
+    assert len(res["training"]["two_workers"]["epoch_seconds"]) == 2
+    assert res["training"]["two_over_one"] == pytest.approx(
+        res["training"]["two_workers"]["images_per_second"] / res["training"]["one_worker"]["images_per_second"],
+        rel=1e-2)
+    md = (out / "training.md").read_text()
+    assert "| training, 2 local workers |" in md and md.strip() in capsys.readouterr().out

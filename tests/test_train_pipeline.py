@@ -126,7 +126,7 @@ def test_report_copies_the_measured_numbers(run_dir):
 
 
 @pytest.mark.heavy
-def test_several_models_share_one_split_and_mixed_precision_saves_float32(phantom_dir, tmp_path):
+def test_several_models_share_one_split_and_mixed_precision_saves_float32(phantom_dir, tmp_path, monkeypatch, capsys):
     import keras
 
     out = tmp_path / "two"
@@ -140,11 +140,18 @@ def test_several_models_share_one_split_and_mixed_precision_saves_float32(phanto
         assert (pre["size"], pre["resize"], pre["normalize"], pre["views"]) == (128, "letterbox", "clahe", "dihedral")
     summary = (out / "summary.txt").read_text()
     assert len(shas) == 1 and summary.count("AUC") == 2 and summary.startswith("PHANTOM")
-    # Mixed precision on one model (float16 on a CPU is slow: one model is enough to check it saves float32).
+    # Mixed precision: refused where TensorFlow sees no GPU (float16 is emulated there, and slower) ...
     mixed = tmp_path / "mixed"
+    assert train_main(["--model", "custom_cnn_gmp", "--data", str(phantom_dir), "--out", str(mixed), "--epochs",
+                       "1", "--mixed-precision"]) == 2
+    assert "--mixed-precision needs a GPU" in capsys.readouterr().err and not (mixed / "model.keras").exists()
+    # ... and on a GPU it saves float32: the float16 path, run here on the CPU with a GPU pretended.
+    import train.distribute
+
+    monkeypatch.setattr(train.distribute, "gpus", lambda: ["/physical_device:GPU:0 (pretended by the test)"])
     try:
         assert train_main(["--model", "custom_cnn_gmp", "--data", str(phantom_dir), "--out", str(mixed), "--epochs",
-                           "1", "--batch-size", "16", "--bootstrap", "50", "--mixed-precision"]) == 0
+                           "1", "--batch-size", "16", "--bootstrap", "50", "--mixed-precision", "--overwrite"]) == 0
         run = json.loads((mixed / "run.json").read_text())  # one model: the run is the folder itself
         assert run["training"]["mixed_precision"] is True
         model = keras.models.load_model(mixed / "model.keras", compile=False)
@@ -181,7 +188,15 @@ def test_same_seed_same_model(phantom_dir, tmp_path):
     for name in ("a", "b"):
         assert train_main(["--model", "custom_cnn_gmp", "--data", str(phantom_dir), "--out", str(tmp_path / name),
                            "--epochs", "2", "--batch-size", "16", "--bootstrap", "20"]) == 0
-    assert (tmp_path / "a" / "history.csv").read_text() == (tmp_path / "b" / "history.csv").read_text()
+    import csv
+
+    def history(name):  # every column but the wall time
+        with open(tmp_path / name / "history.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert rows and all(float(r.pop("epoch_seconds")) > 0 for r in rows)
+        return rows
+
+    assert history("a") == history("b")
     wa = keras.models.load_model(tmp_path / "a" / "model.keras").get_weights()
     wb = keras.models.load_model(tmp_path / "b" / "model.keras").get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(wa, wb))

@@ -11,6 +11,7 @@ from typing import List, Optional
 from edge_runtime.preprocess import NORMALIZATIONS, RESIZE_MODES, VIEW_MODES
 from fracdata.readers import DEFAULT_UNBOXED, FORMATS, UNBOXED
 
+from .distribute import STRATEGIES
 from .fit import TrainOptions, run_training
 from .models.registry import DEFAULT_NORMALIZE, DEFAULT_RESIZE, DEFAULT_VIEWS, PAPER_MODELS
 
@@ -108,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pooling",
                     help="fracture-map models: how the map becomes the image's logit: max, lse:R or topk:K "
                          "(default: the registry entry's, lse:4)")
+    ap.add_argument("--strategy", default="default", choices=STRATEGIES,
+                    help="where training runs: default (one device), mirrored (every GPU of this host), "
+                         "multiworker (several hosts or processes; the cluster comes from $TF_CONFIG, "
+                         "docs/training.md 'More than one machine') (default: %(default)s)")
+    ap.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                    help="continue an interrupted run from its last backup, with the command it was started "
+                         "with; refused if the code or the data changed since (checksums in its run.json)")
+    ap.add_argument("--cache", type=Path, metavar="DIR",
+                    help="keep decoded, resized images in DIR, keyed by the preprocessing and each file's sha256, "
+                         "so a later run at the same size skips decoding (default: no cache)")
+    ap.add_argument("--decode-workers", type=int, default=0,
+                    help="threads decoding images; 0: one per CPU (default: %(default)s)")
+    ap.add_argument("--dropout", type=float,
+                    help="set every Dropout layer's rate, e.g. 0 to compare runs without dropout's noise "
+                         "(default: the model's)")
     ap.add_argument("--max-skip-fraction", type=float, default=0.02,
                     help="stop if a larger share of the images is unreadable (default: %(default)s)")
     ap.add_argument("--json", action="store_true",
@@ -124,7 +140,8 @@ def options_from(args: argparse.Namespace, argv: List[str]) -> TrainOptions:
         photo_augment=args.photo_augment, threshold_rule=args.threshold_rule, bootstrap=args.bootstrap,
         size=args.size, resize=args.resize, normalize=args.normalize, views=args.views, split=args.split,
         phantom_share=args.phantom_share, steps_per_epoch=args.steps_per_epoch, pooling=args.pooling,
-        negative_crop=args.negative_crop,
+        negative_crop=args.negative_crop, strategy=args.strategy, dropout=args.dropout, cache=args.cache,
+        decode_workers=args.decode_workers, argv=tuple(argv),
         max_skip_fraction=args.max_skip_fraction, command=" ".join(["python -m train", *argv]),
         quiet_stdout=args.json)
 
@@ -138,10 +155,28 @@ def _models(arg: str) -> List[str]:
     return names
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: exists and is not empty; choose a new --out or pass --overwrite")
+def _prepare_out(out: Path, overwrite: bool, argv: List[str]) -> Optional[dict]:
+    """Make OUT ready; returns the run record when OUT holds an interrupted run of this same
+    command, which is then resumed (a restarted job re-runs its command)."""
+    from .backup import remove
+    from .job import interrupted, read_record
+
+    if out.exists() and any(out.iterdir()):
+        if interrupted(out):
+            record = read_record(out)
+            if [a for a in record["argv"] if a != "--overwrite"] == [a for a in argv if a != "--overwrite"]:
+                return record
+            if not overwrite:
+                raise FileExistsError(f"{out}: holds an interrupted run of another command "
+                                      f"(python -m train {' '.join(record['argv'])}); continue it with --resume {out}, "
+                                      "or pass --overwrite to start this one there")
+        elif not overwrite:
+            raise FileExistsError(f"{out}: exists and is not empty; choose a new --out or pass --overwrite")
+        for folder in [out / "backup", *out.glob("*/backup")]:
+            remove(folder)  # a fresh start must not restore an older run's weights
+        (out / "run.json").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    return None
 
 
 def _list_models() -> None:
@@ -153,12 +188,40 @@ def _list_models() -> None:
         print(f"{n:<16} {p.size}px {p.resize}/{p.resample}, {p.normalize}, {p.views}  {c.description}")
 
 
+def _resumed_argv(run_dir: Path) -> List[str]:
+    """The command a run folder was started with, to run again into that folder."""
+    from .job import read_record
+
+    record = read_record(run_dir)
+    if record.get("status") == "complete":
+        from .job import ResumeError
+
+        raise ResumeError(f"{run_dir}: the run is complete; there is nothing to resume")
+    return list(record["argv"])
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from .distribute import ClusterError, task_for
+    from .job import ResumeError, check_resumable, checksums
+
     args = build_parser().parse_args(argv)
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     if args.list_models:
         _list_models()
         return 0
+    try:
+        if args.resume:
+            run_dir = args.resume
+            raw_argv = _resumed_argv(run_dir)
+            args = build_parser().parse_args(raw_argv)
+            args.out = run_dir
+        task = task_for(args.strategy)
+        if task.strategy == "multiworker" and not args.out:
+            raise ClusterError("--strategy multiworker needs --out: a folder every worker sees (the chief writes "
+                               "it, and every worker restores from its backup)")
+    except (ResumeError, ClusterError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from fracdata.console import quiet_start
     from fracdata.data import PHANTOM_BANNER, DataError, load_data
 
@@ -168,7 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         names = _models(args.model)
         options = options_from(args, raw_argv)
         out = args.out or Path("runs") / f"{args.model.replace(',', '+')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-        _prepare_out(out, args.overwrite)
+        record = _prepare_out(out, args.overwrite, raw_argv) if task.chief else None
         dataset = load_data(args.data, phantom_images=args.phantom_images, quiet=False,
                             data_format=args.data_format, unboxed=args.unboxed, phantom_mix=args.phantom_mix)
         if all(get_config(n).is_map for n in names):
@@ -182,13 +245,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                   "its source one with both classes, so the image-level loss applies to it: only right when those "
                   "images are known to be normal (an export's empty label file usually means 'not annotated')",
                   file=sys.stderr)
+        if record is not None:
+            check_resumable(out, record, raw_argv, checksums(dataset.records, dataset.root))
+            print(f"resuming the interrupted run in {out}", file=sys.stderr)
         quiet_start(args.verbose, ["tensorflow"])
         results = run_training(names, dataset, out, options)
-    except (DataError, UnknownModelError, FileExistsError, ValueError) as exc:
+    except (DataError, UnknownModelError, FileExistsError, ValueError, ResumeError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from .evaluate import print_results
 
+    if not task.chief:
+        print(f"{task.describe()}: done; the chief writes {out}", file=sys.stderr)
+        return 0
     print_results(results, args.json)
     if not args.json:
         print(f"run directory: {out}")

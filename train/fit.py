@@ -25,7 +25,8 @@ from fracdata.provenance import sha256_file, versions
 from fracdata.split import load_split, records_by_split, save_split, split_summary
 
 from .augment import describe as describe_augmentation
-from .dataset import make_tf_dataset
+from .dataset import evaluation_dataset, step_dataset, training_batch
+from .distribute import STRATEGIES
 from .evaluate import _header, evaluate_model
 
 MAP_RULE = "sensitivity=0.9"
@@ -61,6 +62,12 @@ class TrainOptions:
     steps_per_epoch: Optional[int] = None  # None: one pass over the real training images at their share
     pooling: Optional[str] = None  # map pooling: max | lse:R | topk:K; None: the registry entry's
     negative_crop: float = 0.5  # share of real boxed training images drawn as a close crop (box-free: a negative)
+    # Where and how training runs (train/distribute.py, train/backup.py):
+    strategy: str = "default"  # default | mirrored | multiworker (TF_CONFIG)
+    dropout: Optional[float] = None  # every Dropout layer's rate; None keeps the model's
+    cache: Optional[Path] = None  # on-disk cache of decoded, resized images
+    decode_workers: int = 0  # threads decoding images; 0: one per CPU
+    argv: Tuple[str, ...] = ()  # the command's arguments, recorded in run.json for --resume
 
     def __post_init__(self) -> None:
         from .metrics import parse_rule
@@ -83,9 +90,14 @@ class TrainOptions:
             raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
         if self.pooling is not None:
             parse_pooling(self.pooling)
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be within [0, 1), got {self.dropout}")
+        if self.decode_workers < 0:
+            raise ValueError(f"decode_workers must be 0 (one per CPU) or more, got {self.decode_workers}")
         if not 0.0 <= self.max_skip_fraction <= 1.0:
             raise ValueError(f"max_skip_fraction must be within [0, 1], got {self.max_skip_fraction}")
-        for name, allowed in (("resize", RESIZE_MODES), ("normalize", NORMALIZATIONS), ("views", VIEW_MODES)):
+        for name, allowed in (("resize", RESIZE_MODES), ("normalize", NORMALIZATIONS), ("views", VIEW_MODES),
+                              ("strategy", STRATEGIES)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -103,18 +115,28 @@ def parse_pooling(text: str):
     return MapPooling.parse(text)
 
 
-def devices() -> Dict[str, object]:
-    import tensorflow as tf
+def devices(task=None) -> Dict[str, object]:
+    from .distribute import gpus
 
-    gpus = tf.config.list_physical_devices("GPU")
-    return {"gpus": [g.name for g in gpus], "strategy": "MirroredStrategy" if len(gpus) > 1 else "default"}
+    return {"gpus": gpus(), "strategy": task.describe() if task else "default",
+            **({"workers": task.workers, "replicas_in_sync": task_replicas(task)} if task else {})}
 
 
-def _strategy():
-    import tensorflow as tf
+def task_replicas(task) -> int:
+    from .distribute import make_strategy, replicas
 
-    return tf.distribute.MirroredStrategy() if len(tf.config.list_physical_devices("GPU")) > 1 \
-        else tf.distribute.get_strategy()
+    return replicas(make_strategy(task))
+
+
+def set_dropout(model, rate: Optional[float]) -> None:
+    """Every Dropout layer's rate, where a run sets one (0 compares runs without dropout's noise)."""
+    if rate is None:
+        return
+    import keras
+
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = float(rate)
 
 
 def _deterministic_ops() -> None:
@@ -132,11 +154,28 @@ def class_weights(labels: np.ndarray) -> Dict[int, float]:
     return {0: float(w[0]), 1: float(w[1])}
 
 
+@dataclass
+class Placement:
+    """Where a model trains: the cluster task, its strategy, and the folders it writes and restores."""
+    task: object  # train.distribute.Task
+    strategy: object  # tf.distribute.Strategy
+    backup_dir: Path  # the chief's backup folder, which every worker restores from
+
+    @property
+    def chief(self) -> bool:
+        return self.task.chief
+
+
 def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_info: Dict, out_dir: Path,
-              spec: PreprocessSpec, options: TrainOptions = TrainOptions()) -> Dict:
-    """Fit one model on `parts` (loaded with `spec`), save it and run.json, evaluate it on test."""
+              spec: PreprocessSpec, options: TrainOptions = TrainOptions(), placement: Optional[Placement] = None,
+              checksums: Optional[Dict[str, str]] = None) -> Dict:
+    """Fit one model on `parts` (loaded with `spec`), save it and run.json, evaluate it on test.
+    A worker that is not the chief trains its share and returns {} (it writes only to `out_dir`,
+    its own temporary folder)."""
     import keras
 
+    from . import backup
+    from .distribute import check_batch, make_strategy, replicas, task_for
     from .models import build_model, get_config
     from .models.complexity import complexity
     from .plots import plot_history
@@ -149,20 +188,39 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
                 batch_size=options.batch_size or cfg.default_batch)
     epochs = o.epochs or cfg.default_epochs
     out_dir.mkdir(parents=True, exist_ok=True)
+    if placement is None:
+        task = task_for(o.strategy)
+        placement = Placement(task, make_strategy(task), out_dir / "backup")
+    strategy = placement.strategy
+    n_replicas = replicas(strategy)
+    check_batch(o.batch_size, n_replicas)
+    start = backup.start_epoch(placement.backup_dir)
+    if start >= epochs:  # interrupted after its last epoch: what is left is the evaluation
+        if placement.chief and not ckpt_path(out_dir).is_file():
+            raise ValueError(f"{name}: the backup says training finished, but its best checkpoint "
+                             f"{ckpt_path(out_dir)} is gone; start a new run")
+        print(f"{name}: training finished before the interruption; evaluating", file=sys.stderr)
+    elif start:
+        print(f"resuming {name} from the backup after epoch {start} ({placement.backup_dir})", file=sys.stderr)
     keras.utils.set_random_seed(o.seed)
     if o.deterministic:
         _deterministic_ops()
     keras.mixed_precision.set_global_policy("mixed_float16" if o.mixed_precision else "float32")
     pooling = parse_pooling(o.pooling) if (cfg.is_map and o.pooling) else cfg.map_pooling
     train, val, test = parts["train"], parts["val"], parts["test"]
-    ckpt = out_dir / "best.weights.h5"
+    ckpt = ckpt_path(out_dir)
+    history = out_dir / "history.csv"
+    backup.trim_history(history, start)
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience, restore_best_weights=True),
+        epoch_timer(),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=o.patience),
         keras.callbacks.ModelCheckpoint(ckpt, monitor="val_loss", save_best_only=True, save_weights_only=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, o.patience // 2 - 1),
                                           min_lr=1e-6),
-        keras.callbacks.CSVLogger(str(out_dir / "history.csv")),
+        keras.callbacks.CSVLogger(str(history), append=start > 0),
     ]
+    # Last, so its restore comes after the others reset themselves at the start of training.
+    callbacks.append(backup.backup_callback(placement.backup_dir, placement.chief, callbacks))
     title = f"{name} on {'PHANTOM data (demonstration)' if dataset.phantom else dataset.name}"
     t0 = time.time()
     # verbose=2 off a terminal: one line per epoch, so a log shows training is alive without bars.
@@ -170,24 +228,46 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
         if cfg.is_map:
             from .map_fit import fit_map
 
-            with _strategy().scope():
+            with strategy.scope():
                 model = build_model(name, size=spec.size, pooling=pooling)
-            fitted, training = fit_map(model, parts, spec, cfg.map_stride, o, epochs, callbacks)
+            _for_training(model, o, n_replicas)
+            fitted, training = fit_map(model, parts, spec, cfg.map_stride, o, epochs, callbacks, strategy, start)
         else:
-            with _strategy().scope():
+            from .distribute import distributed
+
+            with strategy.scope():
                 model = build_model(name, weights=o.weights, size=spec.size)
+                _for_training(model, o, n_replicas)
                 model.compile(optimizer=keras.optimizers.Adam(o.lr), loss="binary_crossentropy",
                               metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")])
             cw = class_weights(train.labels)
-            model.fit(make_tf_dataset(train, o.batch_size, True, o.seed, photo=o.photo_augment),
-                      validation_data=make_tf_dataset(val, o.batch_size, False, o.seed, class_weight=cw),
-                      epochs=epochs, class_weight=cw, shuffle=False, callbacks=callbacks,
-                      verbose=1 if sys.stderr.isatty() else 2)
+            batch_of, steps = training_batch(train, o.batch_size, o.seed, o.photo_augment, n_replicas, cw)
+            size = spec.size
+            import tensorflow as tf
+
+            sig = (tf.TensorSpec((None, size, size, 1), tf.float32), tf.TensorSpec((None,), tf.float32),
+                   tf.TensorSpec((None,), tf.float32))
+            train_ds = distributed(strategy, lambda k, n, local: step_dataset(batch_of, sig, start * steps,
+                                                                              epochs * steps, k, n, local))
+            yv = val.labels.astype(np.float32)
+            wv = np.where(val.labels == 1, cw[1], cw[0]).astype(np.float32)
+            if start < epochs:
+                model.fit(train_ds, steps_per_epoch=steps,
+                          validation_data=evaluation_dataset((val.images, yv, wv), o.batch_size, strategy),
+                          epochs=epochs, initial_epoch=start, callbacks=callbacks,
+                          verbose=1 if sys.stderr.isatty() else 2)
             fitted = model
             training = {"loss": "binary_crossentropy", "class_weight": cw,
                         "validation_loss": "class-weighted like training (EarlyStopping, checkpoint)",
                         "augmentation": describe_augmentation(spec.views == "dihedral", o.photo_augment)}
     train_seconds = time.time() - t0
+    if start >= epochs:  # no fit ran to restore the backup: restore the last epoch's weights here
+        callbacks[-1].set_model(fitted)
+        callbacks[-1]._load_model()
+    digest = weights_digest(model)
+    print(f"{name}: trained ({placement.task.describe()}); weights sha256 {digest}", file=sys.stderr)
+    if not placement.chief:
+        return {}
     fitted.load_weights(ckpt)
     ckpt.unlink()
     # Save a float32, optimizer-free copy: what export and the runtime need, a third of the size.
@@ -195,29 +275,35 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     clean = build_model(name, weights="none", size=spec.size, pooling=pooling)
     clean.set_weights(model.get_weights())
     clean.save(out_dir / "model.keras")
-    plot_history(out_dir / "history.csv", out_dir / "curves.png", title)
+    plot_history(history, out_dir / "curves.png", title)
+    epochs_run = _epochs_in(history)
 
     run = {
         "title": title,
+        "status": "complete",
         "command": o.command,
-        "started_unix": t0, "train_seconds": round(train_seconds, 1),
+        "argv": list(o.argv),
+        "checksums": checksums or {},
+        "started_unix": t0, "train_seconds": round(train_seconds, 1), "weights_sha256": digest,
+        **({"resumed_from_epoch": start} if start else {}),
         "model": {"name": name, "description": cfg.description, "input_size": spec.size,
                   "gradcam_layer": cfg.gradcam_layer, "weights": o.weights if cfg.pretrained else "from scratch",
                   "complexity": complexity(clean),
                   **({"kind": "fracture_map", "map_stride": cfg.map_stride, "pooling": pooling.to_dict()}
                      if cfg.is_map else {})},
-        "training": {"epochs_max": epochs, "epochs_run": len(fitted.history.history.get("loss", [])),
-                     "batch_size": o.batch_size, "learning_rate": o.lr, "optimizer": "Adam", "seed": o.seed,
+        "training": {"epochs_max": epochs, "epochs_run": epochs_run,
+                     "batch_size": o.batch_size, "batch_per_replica": o.batch_size // n_replicas,
+                     "learning_rate": o.lr, "optimizer": "Adam", "seed": o.seed,
                      "mixed_precision": o.mixed_precision, "early_stopping_patience": o.patience,
-                     "deterministic_ops": o.deterministic, **training},
+                     "deterministic_ops": o.deterministic,
+                     **({"dropout_override": o.dropout} if o.dropout is not None else {}), **training},
         "preprocess": spec.to_dict(),
         "data": {"name": dataset.name, "phantom": dataset.phantom, "provenance": dataset.provenance,
                  "counts": dataset.counts(), "skipped_train": train.skipped},
         "split": {**split_info, "counts": split_summary({k: v.records for k, v in parts.items()})},
         "evaluation": {"threshold_rule": o.threshold_rule, "bootstrap": o.bootstrap, "seed": o.seed},
-        "versions": versions(TRAIN_PACKAGES), "devices": devices(),
+        "versions": versions(TRAIN_PACKAGES), "devices": devices(placement.task),
     }
-    (out_dir / "run.json").write_text(json.dumps(run, indent=2))
     if cfg.is_map:
         from .map_evaluate import evaluate_map_model
 
@@ -228,7 +314,55 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
                                 o.seed, title)
     result = {**_header(run), **result}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    # run.json last: "complete" means every file of the run is there.
+    (out_dir / "run.json").write_text(json.dumps(run, indent=2))
+    backup.remove(placement.backup_dir)
     return result
+
+
+def ckpt_path(out_dir: Path) -> Path:
+    return out_dir / "best.weights.h5"
+
+
+def epoch_timer():
+    """Adds each epoch's wall time (training and validation) to the logs, so history.csv shows it."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["epoch_seconds"] = time.perf_counter() - self.t0
+
+    return EpochTimer()
+
+
+def weights_digest(model) -> str:
+    """sha256 of every weight's bytes: two workers, or a resumed and an uninterrupted run, agree
+    on it exactly when they hold the same model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        h.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def _for_training(model, o: TrainOptions, n_replicas: int) -> None:
+    from .distribute import synchronise_batchnorm
+
+    set_dropout(model, o.dropout)
+    if n_replicas > 1:
+        synchronise_batchnorm(model)
+
+
+def _epochs_in(history_csv: Path) -> int:
+    try:
+        return max(0, len(history_csv.read_text().strip().splitlines()) - 1)
+    except OSError:
+        return 0
 
 
 def _split(dataset: Dataset, out: Path, options: TrainOptions) -> Tuple[Dict[str, str], str]:
@@ -250,39 +384,86 @@ def _split(dataset: Dataset, out: Path, options: TrainOptions) -> Tuple[Dict[str
 def run_training(names: Sequence[str], dataset: Dataset, out: Path,
                  options: TrainOptions = TrainOptions()) -> Dict[str, Dict]:
     """Train each model into OUT (one model) or OUT/<model> (several), all on one split; images are
-    loaded once per PreprocessSpec (the model's registry entry with the options' overrides)."""
-    from .duplicates import across_splits, warning_lines
+    loaded once per PreprocessSpec (the model's registry entry with the options' overrides).
+
+    Under several workers every worker runs this, with the same arguments; only the chief writes
+    OUT, the others write to a temporary folder of their own and return {}."""
+    import tempfile
+
+    from .distribute import check_mixed_precision, make_strategy, task_for
+    from .job import RUN_JSON, checksums, file_hashes, start_record
     from .models import build_model, get_config
 
+    task = task_for(options.strategy)
+    check_mixed_precision(options.mixed_precision)
+    strategy = make_strategy(task)  # first: a multi-worker strategy must exist before other TensorFlow work
     for name in names:  # fail before hours of training, not after: fetch or find every model's weights now
         if get_config(name).pretrained:
             build_model(name, weights=options.weights)
+    write = out if task.chief else Path(tempfile.mkdtemp(prefix=f"train-worker{task.index}-"))
+    try:
+        hashes = file_hashes(dataset.records)
+        sums = checksums(dataset.records, dataset.root, hashes)
+        if task.chief and len(names) > 1:
+            (out / RUN_JSON).write_text(json.dumps(start_record(options.argv, sums, names), indent=2))
+        elif task.chief and not (out / RUN_JSON).is_file():
+            (out / RUN_JSON).write_text(json.dumps(start_record(options.argv, sums, names), indent=2))
+        results = _train_all(names, dataset, out, write, options, task, strategy, hashes, sums)
+        if task.chief and len(names) > 1:
+            (out / RUN_JSON).write_text(json.dumps({**start_record(options.argv, sums, names),
+                                                    "status": "complete"}, indent=2))
+        return results
+    finally:
+        if not task.chief:
+            shutil.rmtree(write, ignore_errors=True)
+
+
+def _train_all(names, dataset: Dataset, out: Path, write: Path, options: TrainOptions, task, strategy,
+               hashes: Dict[str, str], sums: Dict[str, str]) -> Dict[str, Dict]:
+    from .duplicates import across_splits, warning_lines
+    from .models import get_config
+
     specs = {name: options.preprocess_for(get_config(name).preprocess) for name in names}
-    assignment, made = _split(dataset, out, options)
-    split_path = out / "split.csv"
+    assignment, made = _split(dataset, write, options)
+    split_path = write / "split.csv"
     split_info = {"file": "split.csv", "sha256": sha256_file(split_path), "made": made}
     records = records_by_split(dataset, assignment)
     cache: Dict[PreprocessSpec, Dict[str, LoadedSplit]] = {}
     results = {}
     for name in names:
+        model_dir = write if len(names) == 1 else write / name
+        chief_dir = out if len(names) == 1 else out / name
+        if task.chief and len(names) > 1 and _complete(model_dir):
+            print(f"== {name}: complete in {model_dir}, kept", file=sys.stderr)
+            results[name] = json.loads((model_dir / "metrics.json").read_text())
+            continue
         spec = specs[name]
         if spec not in cache:
             cache[spec] = {s: load_images(rs, spec, f"{s} images {spec.size}px", options.progress,
-                                          options.max_skip_fraction)
+                                          options.max_skip_fraction, options.decode_workers,
+                                          options.cache, hashes if options.cache else None)
                            for s, rs in records.items()}
             if "duplicates" not in split_info:  # once: the same images whatever the input size
                 report = across_splits(cache[spec], phantom=dataset.phantom)
                 split_info["duplicates"] = {k: v for k, v in report.items() if k != "listed"}
                 for line in warning_lines(report, dataset.phantom):
                     print(line, file=sys.stderr)
-        model_dir = out if len(names) == 1 else out / name
-        if model_dir != out:
+        if model_dir != write:
             model_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(split_path, model_dir / "split.csv")
-        print(f"== training {name} -> {model_dir}", file=sys.stderr)
-        results[name] = train_one(name, dataset, cache[spec], split_info, model_dir, spec, options)
-    if len(names) > 1:
+        print(f"== training {name} -> {chief_dir} ({task.describe()})", file=sys.stderr)
+        placement = Placement(task, strategy, chief_dir / "backup")
+        results[name] = train_one(name, dataset, cache[spec], split_info, model_dir, spec, options, placement, sums)
+    if task.chief and len(names) > 1:
         from .evaluate import summary_line
         head = ["PHANTOM DATA: demonstration only, not clinical results"] if dataset.phantom else []
         (out / "summary.txt").write_text("\n".join(head + [summary_line(n, m) for n, m in results.items()]) + "\n")
     return results
+
+
+def _complete(model_dir: Path) -> bool:
+    try:
+        return json.loads((model_dir / "run.json").read_text()).get("status") == "complete" \
+            and (model_dir / "metrics.json").is_file()
+    except (OSError, ValueError):
+        return False

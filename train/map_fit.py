@@ -35,6 +35,9 @@ from fracdata.data import PHANTOM_SOURCE as PHANTOM, Record, record_source
 from fracdata.images import LoadedSplit
 from fracdata.targets import MARGIN_CELLS, cell_targets, input_boxes
 
+from .dataset import step_dataset
+from .distribute import replica_slice
+
 # What the loss weighs; recorded in run.json.
 HARD_WEIGHT = 1.0  # the pooled hardest-negative and hardest-positive terms
 IMAGE_WEIGHT = 0.5  # the image-level term, where the source has both classes
@@ -127,7 +130,12 @@ def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool,
 
 def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed: int, grid: int,
             steps: int, photo: bool = True, negative_crop: float = NEGATIVE_CROP):
-    """A callable returning one epoch's generator; epoch e depends only on (seed, e)."""
+    """batch_of(step, replica, replicas): that replica's part of the global batch at `step`
+    (counted from the first epoch). Epoch e's draw of images depends only on (seed, e) and each
+    image's augmentation on (seed, e, step, place in the batch), so a resumed run, or R replicas
+    together, draw what one uninterrupted run does."""
+    import functools
+
     pools = {"phantom": [], "real": []}
     for i in range(len(sets["train"].labels)):
         pools["real" if sets["train"].real[i] else "phantom"].append(i)
@@ -136,12 +144,11 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
     if not pools["phantom"]:
         phantom_share = 0.0
     n_phantom = int(round(batch_size * phantom_share))
-    epoch = [0]
     ms = sets["train"]
 
-    def one_epoch():
-        e = epoch[0]
-        epoch[0] += 1
+    @functools.lru_cache(maxsize=4)
+    def plan(e: int):
+        """Epoch e's images, batch by batch: each pool in a shuffled order, reshuffled when used up."""
         rng = np.random.default_rng([seed, e])
         orders = {k: rng.permutation(v).tolist() if v else [] for k, v in pools.items()}
         cursor = {k: 0 for k in pools}
@@ -153,12 +160,17 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
             cursor[kind] += 1
             return orders[kind][cursor[kind] - 1]
 
-        for step in range(steps):
-            idx = [take("phantom") for _ in range(n_phantom)] + [take("real") for _ in range(batch_size - n_phantom)]
-            xs, ts, ys = zip(*(sample(ms, i, np.random.default_rng([seed, e, step, k]), grid, photo, True,
-                                      negative_crop) for k, i in enumerate(idx)))
-            yield np.stack(xs), {"map": np.stack(ts), "logit": np.stack(ys)}
-    return one_epoch
+        return [[take("phantom") for _ in range(n_phantom)] + [take("real") for _ in range(batch_size - n_phantom)]
+                for _ in range(steps)]
+
+    def batch_of(step: int, replica: int = 0, replicas: int = 1):
+        e, j = divmod(step, steps)
+        idx = plan(e)[j]
+        places = replica_slice(list(range(len(idx))), replica, replicas)
+        xs, ts, ys = zip(*(sample(ms, idx[k], np.random.default_rng([seed, e, j, k]), grid, photo, True,
+                                  negative_crop) for k in places))
+        return np.stack(xs), {"map": np.stack(ts), "logit": np.stack(ys)}
+    return batch_of
 
 
 def fixed_set(ms: MapSet, grid: int) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
@@ -259,9 +271,10 @@ def localisation_callback(model, ms: MapSet, grid: int):
 
 
 def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: int, options, epochs: int,
-            callbacks: list):
-    """Fit `model` (shares its layers with the training view that is fitted) on the loaded splits.
-    Returns (the fitted training view, what run.json records about the training)."""
+            callbacks: list, strategy=None, start_epoch: int = 0):
+    """Fit `model` (built under `strategy`; it shares its layers with the training view that is
+    fitted) on the loaded splits, from `start_epoch` (a restored backup's). Returns (the fitted
+    training view, what run.json records about the training)."""
     import sys
 
     import keras
@@ -277,25 +290,33 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
     n_real, n_phantom = int(tr.real.sum()), int((~tr.real).sum())
     share = o.phantom_share if (n_real and n_phantom) else (1.0 if n_phantom else 0.0)
     steps = o.steps_per_epoch or steps_for(n_real, n_phantom, o.batch_size, share)
-    view = training_view(model)
+    from .dataset import evaluation_dataset
+    from .distribute import distributed
+
+    strategy = strategy or tf.distribute.get_strategy()
     # Cosine decay over the whole run (to 5% of the rate): the map's peak kept sharpening until the
     # last epochs (docs/results.md), and a falling rate lets it settle; so neither ReduceLROnPlateau
     # nor EarlyStopping here: the run goes to its end and the checkpoint keeps the epoch with the
     # best validation loss.
-    schedule = keras.optimizers.schedules.CosineDecay(o.lr, decay_steps=epochs * steps, alpha=0.05)
-    view.compile(optimizer=keras.optimizers.Adam(schedule), loss={"map": map_loss, "logit": image_loss})
+    with strategy.scope():
+        view = training_view(model)
+        schedule = keras.optimizers.schedules.CosineDecay(o.lr, decay_steps=epochs * steps, alpha=0.05)
+        view.compile(optimizer=keras.optimizers.Adam(schedule), loss={"map": map_loss, "logit": image_loss})
     callbacks = [c for c in callbacks
                  if not isinstance(c, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
     size = spec.size
     sig = (tf.TensorSpec((None, size, size, 1), tf.float32),
            {"map": tf.TensorSpec((None, grid, grid, 2), tf.float32), "logit": tf.TensorSpec((None, 2), tf.float32)})
-    gen = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop)
-    train_ds = tf.data.Dataset.from_generator(gen, output_signature=sig).repeat().prefetch(2)
+    batch_of = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop)
+    train_ds = distributed(strategy, lambda k, n, local: step_dataset(batch_of, sig, start_epoch * steps,
+                                                                      epochs * steps, k, n, local))
     xv, yv = fixed_set(sets["val"], grid)
+    val_ds = evaluation_dataset((xv, yv), o.batch_size, strategy)
     # The localisation callback goes first, so CSVLogger and the stopping rules see its numbers.
     callbacks = [localisation_callback(model, sets["val"], grid), *callbacks]
-    view.fit(train_ds, steps_per_epoch=steps, validation_data=(xv, yv), validation_batch_size=o.batch_size,
-             epochs=epochs, callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
+    if start_epoch < epochs:  # else the interrupted run had trained to its end: only its evaluation is left
+        view.fit(train_ds, steps_per_epoch=steps, validation_data=val_ds, epochs=epochs, initial_epoch=start_epoch,
+                 callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     return view, {
         "loss": describe_loss(), "validation_loss": "the same loss on the validation split, not augmented",
         "learning_rate_schedule": f"cosine decay from {o.lr} to {0.05 * o.lr:g} over {epochs * steps} steps",

@@ -1,0 +1,245 @@
+"""Training beyond one process, without starting a cluster: TF_CONFIG, how batches are shared by
+replicas, resumable run records, backups and the decoded-image cache. The real multi-worker runs
+are tests/test_multiworker.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.distribute import ClusterError, check_batch, parse_tf_config, replica_slice, task_for
+
+
+def _config(cluster, task):
+    return json.dumps({"cluster": cluster, "task": task})
+
+
+def test_tf_config_names_the_chief_and_the_workers():
+    two = {"worker": ["a:1", "b:2"]}
+    assert parse_tf_config(_config(two, {"type": "worker", "index": 0})).chief
+    t = parse_tf_config(_config(two, {"type": "worker", "index": 1}))
+    assert (t.index, t.workers, t.chief) == (1, 2, False)
+    assert "worker 1 of 2" in t.describe() and "chief" not in t.describe()
+    with_chief = {"chief": ["c:1"], "worker": ["a:1", "b:2"]}
+    assert parse_tf_config(_config(with_chief, {"type": "chief", "index": 0})).chief
+    w0 = parse_tf_config(_config(with_chief, {"type": "worker", "index": 0}))
+    assert (w0.index, w0.workers, w0.chief) == (1, 3, False)  # worker 0 is not the chief when there is one
+
+
+@pytest.mark.parametrize("text, says", [
+    (None, "needs TF_CONFIG"),
+    ("{not json", "not JSON"),
+    ("[]", "JSON object"),
+    (_config({"worker": ["a:1"]}, None), "'task' object"),
+    (_config({"ps": ["a:1"], "worker": ["b:1"]}, {"type": "worker", "index": 0}), "job(s) ps"),
+    (_config({"worker": []}, {"type": "worker", "index": 0}), "non-empty list"),
+    (_config({"worker": ["no-port"]}, {"type": "worker", "index": 0}), "host:port"),
+    (_config({"chief": ["a:1", "b:1"]}, {"type": "chief", "index": 0}), "one chief"),
+    (_config({"worker": ["a:1"]}, {"type": "evaluator", "index": 0}), "not a job"),
+    (_config({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 2}), "within 0..1"),
+])
+def test_a_wrong_tf_config_is_refused_with_the_reason(text, says):
+    with pytest.raises(ClusterError, match=None) as err:
+        parse_tf_config(text)
+    assert says in str(err.value)
+
+
+def test_the_strategy_names_are_checked():
+    assert task_for("default").chief and task_for("mirrored").strategy == "mirrored"
+    with pytest.raises(ClusterError, match="one of"):
+        task_for("parameter-server")
+    with pytest.raises(ClusterError, match="TF_CONFIG"):
+        task_for("multiworker", environ={})
+
+
+def test_replicas_share_each_global_batch_exactly_once():
+    batch = np.arange(12)
+    for n in (1, 2, 3, 4, 6):
+        parts = [replica_slice(batch, r, n) for r in range(n)]
+        assert sorted(np.concatenate(parts).tolist()) == batch.tolist()
+        assert len({len(p) for p in parts}) == 1
+    assert check_batch(16, 4) == 4
+    with pytest.raises(ClusterError, match="multiple of 3"):
+        check_batch(16, 3)
+
+
+def test_training_batches_depend_on_the_step_not_on_the_process():
+    """A resumed run, and replicas together, draw what one uninterrupted run draws."""
+    from edge_runtime.preprocess import PreprocessSpec
+    from fracdata.images import LoadedSplit
+    from train.dataset import evaluation_batches, training_batch
+
+    rng = np.random.default_rng(0)
+    split = LoadedSplit([], rng.uniform(0, 1, (10, 32, 32)).astype(np.float32), np.arange(10) % 2,
+                        PreprocessSpec(size=32, views="single"))
+    batch_of, steps = training_batch(split, 4, seed=3, photo=False)
+    assert steps == 3
+    x5, y5 = batch_of(5)  # epoch 1, step 2: the last, partial batch on one device
+    again, _ = training_batch(split, 4, seed=3, photo=False)[0](5)
+    np.testing.assert_array_equal(x5, again)
+    assert len(y5) == 2
+    many_of, many_steps = training_batch(split, 4, seed=3, photo=False, n_replicas=2, class_weight={0: 1.0, 1: 3.0})
+    assert many_steps == 2  # several replicas: the partial batch is left out
+    halves = [many_of(4, r, 2) for r in range(2)]  # epoch 2, step 0, as each of 2 replicas draws it
+    whole = training_batch(split, 4, seed=3, photo=False, n_replicas=2)[0](4)  # and as one device draws it
+    joined = np.empty_like(whole[0])
+    joined[0::2], joined[1::2] = halves[0][0], halves[1][0]
+    np.testing.assert_array_equal(joined, whole[0])
+    labels = np.concatenate([h[1] for h in halves])
+    weights = np.concatenate([h[2] for h in halves])
+    np.testing.assert_array_equal(weights, np.where(labels == 1, 3.0, 1.0))
+    assert [len(b) for b in evaluation_batches(9, 4, 2)] == [4, 5]  # no replica is handed an empty batch
+    assert [len(b) for b in evaluation_batches(9, 4, 1)] == [4, 5]  # and one device's batches are the same
+    assert [len(b) for b in evaluation_batches(8, 4, 2)] == [4, 4]
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        training_batch(split, 16, seed=3, n_replicas=2)
+
+
+def test_a_run_is_resumed_only_with_its_own_command_code_and_data(tmp_path):
+    from train.job import ResumeError, check_resumable, read_record, start_record
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ResumeError, match="no run.json"):
+        read_record(run)
+    sums = {"code": "c" * 64, "data": "d" * 64}
+    argv = ["--model", "fracture_map", "--out", str(run)]
+    (run / "run.json").write_text(json.dumps(start_record(argv, sums, ["fracture_map"])))
+    record = read_record(run)
+    check_resumable(run, record, argv + ["--overwrite"], sums)  # --overwrite does not make another command
+    with pytest.raises(ResumeError, match="not with these arguments"):
+        check_resumable(run, record, argv + ["--epochs", "3"], sums)
+    with pytest.raises(ResumeError, match="training code .* changed"):
+        check_resumable(run, record, argv, {**sums, "code": "e" * 64})
+    with pytest.raises(ResumeError, match="the data .* changed"):
+        check_resumable(run, record, argv, {**sums, "data": "e" * 64})
+    with pytest.raises(ResumeError, match="complete"):
+        check_resumable(run, {**record, "status": "complete"}, argv, sums)
+    (run / "run.json").write_text(json.dumps({"title": "made before run records had arguments"}))
+    with pytest.raises(ResumeError, match="older python -m train"):
+        read_record(run)
+
+
+def test_the_data_checksum_follows_every_image_byte_label_and_box(tmp_path):
+    from fracdata.data import Record
+    from train.job import checksums, code_digest
+
+    files = []
+    for k in range(3):
+        f = tmp_path / f"{k}.png"
+        f.write_bytes(bytes([k]) * 100)
+        files.append(Record(f"{k}", f, k % 2, "hand", "frontal", 0, 0, boxes=((0.1, 0.1, 0.2, 0.2),) if k else ()))
+    base = checksums(files, tmp_path)
+    assert base["code"] == code_digest() and len(base["data"]) == 64
+    files[1].path.write_bytes(b"\x01" * 99 + b"\x02")
+    changed = checksums(files, tmp_path)
+    assert changed["data"] != base["data"] and changed["code"] == base["code"]
+    files[1].path.write_bytes(b"\x01" * 100)
+    assert checksums(files, tmp_path)["data"] == base["data"]
+    from dataclasses import replace
+
+    relabelled = [replace(files[0], label=1)] + files[1:]
+    assert checksums(relabelled, tmp_path)["data"] != base["data"]
+
+
+def test_a_backup_is_never_half_written(tmp_path):
+    """`latest` names the newest complete backup folder: a folder without its state is ignored."""
+    from train.backup import latest, start_epoch, trim_history
+
+    backup = tmp_path / "backup"
+    assert start_epoch(backup) == 0
+    (backup / "epoch-0002").mkdir(parents=True)
+    (backup / "epoch-0002" / "state.json").write_text(json.dumps({"epoch": 2}))
+    (backup / "latest").write_text(json.dumps({"folder": "epoch-0002"}))
+    assert start_epoch(backup) == 2 and latest(backup).name == "epoch-0002"
+    (backup / "epoch-0003").mkdir()  # killed while writing epoch 3: latest still names epoch 2
+    assert start_epoch(backup) == 2
+    (backup / "latest").write_text("{torn")
+    assert start_epoch(backup) == 0 and latest(backup) is None
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss\n0,1.0\n1,0.9\n2,0.8\n")
+    trim_history(history, 2)
+    assert history.read_text() == "epoch,loss\n0,1.0\n1,0.9\n"
+
+
+def test_the_decoded_image_cache_is_keyed_by_spec_and_bytes(tmp_path, capsys):
+    from PIL import Image
+
+    from edge_runtime.preprocess import PreprocessSpec
+    from fracdata.data import Record
+    from fracdata.images import load_images
+    from train.job import file_hashes
+
+    records = []
+    for k in range(4):
+        f = tmp_path / f"img{k}.png"
+        Image.fromarray((np.random.default_rng(k).uniform(0, 255, (40, 50))).astype(np.uint8)).save(f)
+        records.append(Record(f"{k}", f, k % 2, "hand", "frontal", 0, 0))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    records.append(Record("b", tmp_path / "broken.png", 0, "hand", "frontal", 0, 0))
+    spec = PreprocessSpec(size=32, views="single")
+    cache = tmp_path / "cache"
+    plain = load_images(records, spec, progress=False, max_skip_fraction=0.5, workers=3)
+    assert len(plain.records) == 4 and len(plain.skipped) == 1 and "broken.png" in plain.skipped[0]
+    first = load_images(records, spec, progress=False, max_skip_fraction=0.5, cache_dir=cache,
+                        hashes=file_hashes(records))
+    assert len(list(cache.glob("*.npz"))) == 1
+    hit = load_images(records, spec, progress=False, max_skip_fraction=0.5, cache_dir=cache,
+                      hashes=file_hashes(records))
+    for a in (first, hit):
+        np.testing.assert_array_equal(a.resized, plain.resized)
+        assert [r.image_id for r in a.records] == ["0", "1", "2", "3"] and a.shapes == plain.shapes
+        assert a.skipped == plain.skipped
+    load_images(records, PreprocessSpec(size=48, views="single"), progress=False, max_skip_fraction=0.5,
+                cache_dir=cache, hashes=file_hashes(records))
+    assert len(list(cache.glob("*.npz"))) == 2  # another spec, another entry
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(records[0].path)  # an image changed
+    fresh = load_images(records, spec, progress=False, max_skip_fraction=0.5, cache_dir=cache,
+                        hashes=file_hashes(records))
+    assert fresh.resized[0].max() == 0 and len(list(cache.glob("*.npz"))) == 3
+    for f in cache.glob("*.npz"):
+        f.write_bytes(b"damaged")
+    again = load_images(records, spec, progress=False, max_skip_fraction=0.5, cache_dir=cache,
+                        hashes=file_hashes(records))
+    np.testing.assert_array_equal(again.resized, fresh.resized)  # a damaged entry is decoded again
+    with pytest.raises(ValueError, match="sha256"):
+        load_images(records, spec, progress=False, cache_dir=cache)
+
+
+def test_the_cli_refuses_a_multiworker_run_without_a_shared_out(monkeypatch, capsys):
+    from train.cli import main
+
+    monkeypatch.setenv("TF_CONFIG", _config({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, {"type": "worker", "index": 0}))
+    assert main(["--strategy", "multiworker", "--data", "phantom"]) == 2
+    assert "needs --out" in capsys.readouterr().err
+    monkeypatch.setenv("TF_CONFIG", "{")
+    assert main(["--strategy", "multiworker", "--out", "x"]) == 2
+    assert "TF_CONFIG is not JSON" in capsys.readouterr().err
+
+
+def test_resume_refuses_what_is_not_an_interrupted_run(tmp_path, capsys):
+    from train.cli import main
+
+    assert main(["--resume", str(tmp_path)]) == 2
+    assert "no run.json" in capsys.readouterr().err
+    (tmp_path / "run.json").write_text(json.dumps({"status": "complete", "argv": [], "checksums": {}}))
+    assert main(["--resume", str(tmp_path)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_of_another_command_is_not_overwritten_silently(tmp_path, capsys):
+    from train.cli import _prepare_out
+    from train.job import start_record
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps(start_record(["--epochs", "2"], {}, ["m"])))
+    (out / "backup").mkdir()
+    assert _prepare_out(out, False, ["--epochs", "2"])["argv"] == ["--epochs", "2"]  # same command: resumed
+    with pytest.raises(FileExistsError, match="interrupted run of another command"):
+        _prepare_out(out, False, ["--epochs", "3"])
+    assert _prepare_out(out, True, ["--epochs", "3"]) is None  # --overwrite starts afresh ...
+    assert not (out / "backup").exists() and not (out / "run.json").exists()  # ... without the old backup
