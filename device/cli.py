@@ -158,7 +158,15 @@ def _serve(args) -> int:
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    receiver = None
+    if args.dicom_port is not None:
+        receiver = _start_receiver(args)
+        if receiver is None:
+            service.close()
+            return EXIT_UNUSABLE
     if args.once:
+        if receiver is not None:
+            receiver.stop()
         try:
             n = service.run_once()
         finally:
@@ -175,10 +183,38 @@ def _serve(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if receiver is not None:
+            receiver.stop()
         if page:
             page.shutdown()
         service.close()
     return 0
+
+
+def _start_receiver(args):
+    """The DICOM C-STORE receiver for serve --dicom-port; None (the reason printed) if it cannot run."""
+    import importlib.util
+
+    from .dicom_receiver import ReceiverConfig, ReceiverError, parse_allowed, start_receiver
+
+    missing = [m for m in ("pynetdicom", "pydicom") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"error: --dicom-port needs {' and '.join(missing)}; install the extra: "
+              "pip install 'fracture-edge[dicomnet]'", file=sys.stderr)
+        return None
+    from .service import MAX_FILE_BYTES, RESERVE_BYTES
+
+    config = ReceiverConfig(port=args.dicom_port, ae_title=args.ae_title, host=args.dicom_host,
+                            allowed=parse_allowed(args.dicom_allow), max_associations=args.dicom_max_associations,
+                            max_bytes=MAX_FILE_BYTES, reserve_bytes=RESERVE_BYTES)
+    try:
+        receiver = start_receiver(args.data, config)
+    except ReceiverError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    allowed = f"from {', '.join(config.allowed)}" if config.allowed else "from any AE title"
+    print(f"DICOM receiver {config.ae_title} on {config.host}:{receiver.port} ({allowed})", file=sys.stderr)
+    return receiver
 
 
 def _serve_page(args, service):
@@ -457,6 +493,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     s.add_argument("--max-store-gb", type=float, help="delete the oldest stored images beyond this size (results are kept)")
     s.add_argument("--in-process", action="store_true",
                    help="read images in the service's own process (no memory limit; for debugging)")
+    s.add_argument("--dicom-port", type=int, metavar="N",
+                   help="also receive images over DICOM (C-STORE, C-ECHO) on this port, e.g. 11112, from a CR reader "
+                        "or digitiser: they join the same queue (docs/device.md, 'Receiving over DICOM') "
+                        "(default: off; needs the dicomnet extra)")
+    s.add_argument("--ae-title", default="FRACTURE_EDGE",
+                   help="this device's DICOM AE title, as the reader's destination names it (default: %(default)s)")
+    s.add_argument("--dicom-host", default="0.0.0.0",
+                   help="address the DICOM receiver listens on (default: %(default)s, every interface)")
+    s.add_argument("--dicom-allow", action="append", default=[], metavar="AE",
+                   help="accept associations only from these calling AE titles (repeatable or comma-separated; "
+                        "default: any; set it on any network a stranger can reach)")
+    s.add_argument("--dicom-max-associations", type=int, default=4,
+                   help="associations at once; more are rejected and the reader tries again (default: %(default)s)")
     s.set_defaults(func=_serve)
     a = sub.add_parser("film-agreement", parents=[common], help="photo vs file: same answer? (simulated photos, every condition)",
                        description="Photograph each radiograph in every condition (simulated), read the photo as a clinic "

@@ -423,16 +423,18 @@ def _sqlite_errors():
 
 
 class Spool:
-    """The device's own inbox: captures land in inbox/film, files dropped by hand in inbox/files."""
+    """The device's own inbox: captures land in inbox/film, files dropped by hand in inbox/files,
+    instances received over DICOM in inbox/dicom (device/dicom_receiver.py)."""
 
     def __init__(self, data: Path, create: bool = True):
         self.film = Path(data) / "inbox" / "film"
         self.files = Path(data) / "inbox" / "files"
+        self.dicom = Path(data) / "inbox" / "dicom"
         if create:
             self.create()
 
     def create(self) -> None:
-        for d in (self.film, self.files):
+        for d in (self.film, self.files, self.dicom):
             d.mkdir(parents=True, exist_ok=True)
 
     def add_photo(self, photo: Image.Image) -> Path:
@@ -822,7 +824,8 @@ class Service:
         self.keep_days, self.max_store_gb = keep_days, max_store_gb
         self._pruned_at = float("-inf")
         self._load()
-        self.sources: List[Tuple[Path, str]] = [(self.spool.film, "film"), (self.spool.files, "file")]
+        self.sources: List[Tuple[Path, str]] = [(self.spool.film, "film"), (self.spool.files, "file"),
+                                                (self.spool.dicom, "file")]
         self.sources += [(w, "file") for w in self.watch]
         self.settle_s = settle_s
         self._noted: Set[Tuple[str, str]] = set()  # identical copies already mentioned in the log
@@ -934,7 +937,7 @@ class Service:
         """(device, inode) of the data folder and the folders the service writes in it."""
         ids = set()
         for p in (self.data, self.store, self._incoming, self.data / "quarantine", self.spool.film.parent,
-                  self.spool.film, self.spool.files):
+                  self.spool.film, self.spool.files, self.spool.dicom):
             got = _ident_of(p)
             if got is not None:
                 ids.add(got)
@@ -1637,6 +1640,7 @@ class Service:
                 self._clear("reader")
         except Paused:
             pass  # stop taking work; the next scan tries again
+        self._drop_received()
         if self._waiting_space:
             big = max(self._waiting_space, key=lambda w: w[1])
             self._note("space", f"{len(self._waiting_space)} file(s) wait for space on the data disk (the largest: "
@@ -1644,6 +1648,23 @@ class Service:
         else:
             self._clear("space")
         return n
+
+    def _drop_received(self) -> None:
+        """Instances received over DICOM leave the inbox once their record is written (their
+        copy is in the store): the inbox holds only what is still to be read."""
+        inbox = str(self.spool.dicom) + os.sep
+        for key, sig in list(self._handled.items()):
+            if not key.startswith(inbox):
+                continue
+            try:
+                if _sig(os.lstat(key)) == sig:
+                    os.unlink(key)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove a received instance from the inbox (%s)", exc.strerror or exc)
+                continue
+            self._handled.pop(key, None)
 
     def run_forever(self, interval: float = 2.0) -> None:
         while True:
