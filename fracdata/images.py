@@ -79,11 +79,18 @@ def decoder_digest() -> str:
     return h.hexdigest()
 
 
+def _decoding_packages() -> Dict[str, Optional[str]]:
+    """The versions of what decodes an image besides our code: a new Pillow or pydicom, a new key."""
+    from edge_runtime.environment import package_version
+
+    return {name: package_version(name) for name in ("numpy", "pillow", "pydicom", "pylibjpeg", "gdcm")}
+
+
 def cache_key(records: Sequence[Record], spec: PreprocessSpec, hashes: Dict[str, str]) -> str:
     """What the decoded arrays depend on: the decoder, the preprocessing, and each file's bytes
     and label."""
-    h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "decoder": decoder_digest(), "spec": spec.to_dict()},
-                                  sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, "decoder": decoder_digest(), "spec": spec.to_dict(),
+                                   "packages": _decoding_packages()}, sort_keys=True).encode())
     for r in records:
         h.update(json.dumps([str(r.path), r.label, hashes.get(str(r.path), "")]).encode())
     return h.hexdigest()
@@ -105,6 +112,7 @@ def load_images(records: Sequence[Record], spec: PreprocessSpec, desc: str = "im
         path = Path(cache_dir) / f"{key[:32]}.npz"
         hit = _read_cache(path, records, spec)
         if hit is not None:
+            _check_skipped(len(records), hit.skipped, desc, max_skip_fraction)
             return hit
     threads = workers or os.cpu_count() or 1
     kept, arrays, skipped, shapes = [], [], [], []
@@ -118,9 +126,7 @@ def load_images(records: Sequence[Record], spec: PreprocessSpec, desc: str = "im
             arrays.append(out[0])
             shapes.append(out[1])
             kept.append(r)
-    if records and len(skipped) / len(records) > max_skip_fraction:
-        raise DataError(f"{len(skipped)} of {len(records)} {desc} unreadable (limit "
-                        f"{max_skip_fraction:.0%}); first: {skipped[0]}")
+    _check_skipped(len(records), skipped, desc, max_skip_fraction)
     resized = np.stack(arrays).astype(np.float32) if arrays else np.zeros((0, spec.size, spec.size), np.float32)
     loaded = LoadedSplit(kept, resized, np.array([r.label for r in kept], dtype=np.int32), spec, skipped, shapes)
     if path is not None:
@@ -128,11 +134,16 @@ def load_images(records: Sequence[Record], spec: PreprocessSpec, desc: str = "im
     return loaded
 
 
+def _check_skipped(n: int, skipped: Sequence[str], desc: str, max_skip_fraction: float) -> None:
+    if n and len(skipped) / n > max_skip_fraction:
+        raise DataError(f"{len(skipped)} of {n} {desc} unreadable (limit {max_skip_fraction:.0%}); first: {skipped[0]}")
+
+
 def _write_cache(path: Path, loaded: LoadedSplit, records: Sequence[Record]) -> None:
     """Written to a temporary name and renamed: a reader never sees half an array."""
     path.parent.mkdir(parents=True, exist_ok=True)
     where = {id(r): i for i, r in enumerate(records)}
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp = path.with_name(path.name + f".{os.getpid()}-{os.urandom(6).hex()}.tmp")  # unique across hosts on a share
     with open(tmp, "wb") as f:
         np.savez(f, resized=loaded.resized, kept=np.array([where[id(r)] for r in loaded.records], np.int64),
                  shapes=np.array(loaded.shapes, np.int64).reshape(-1, 2), skipped=np.array(loaded.skipped, dtype=str))
@@ -143,8 +154,8 @@ def _read_cache(path: Path, records: Sequence[Record], spec: PreprocessSpec) -> 
     try:
         with np.load(path, allow_pickle=False) as z:
             resized, kept, shapes, skipped = z["resized"], z["kept"], z["shapes"], z["skipped"]
-    except (OSError, ValueError, KeyError):
-        return None  # absent or damaged: decode again (and rewrite it)
+    except Exception:  # noqa: BLE001 - absent or damaged in any way (a torn zip, EOF, a bad CRC): decode again
+        return None
     if resized.shape[1:] != (spec.size, spec.size) or len(kept) != len(resized) or \
             (len(kept) and (kept.min() < 0 or kept.max() >= len(records))):
         return None

@@ -243,3 +243,102 @@ def test_an_interrupted_run_of_another_command_is_not_overwritten_silently(tmp_p
         _prepare_out(out, False, ["--epochs", "3"])
     assert _prepare_out(out, True, ["--epochs", "3"]) is None  # --overwrite starts afresh ...
     assert not (out / "backup").exists() and not (out / "run.json").exists()  # ... without the old backup
+
+
+def test_one_command_whatever_its_spelling_and_overwrite_starts_afresh(tmp_path, monkeypatch):
+    from train.cli import _check_out, _prepare_out, same_command
+    from train.job import start_record
+
+    monkeypatch.chdir(tmp_path)
+    assert same_command(["--out", "runs/x", "--epochs", "2"], ["--epochs", "2", "--out", str(tmp_path / "runs/x")])
+    assert same_command(["--out", "r", "--json"], ["--out", "r", "--verbose", "--overwrite"])  # output-only flags
+    assert not same_command(["--out", "r", "--epochs", "2"], ["--out", "r", "--epochs", "3"])
+    out = tmp_path / "job"
+    (out / "m1" / "backup").mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps(start_record(["--out", str(out)], {}, ["m1", "m2"])))
+    (out / "m1" / "run.json").write_text(json.dumps({"status": "complete"}))
+    (out / "m1" / "metrics.json").write_text("{}")
+    assert _check_out(out, False, ["--out", str(out)]) is not None  # the same command: resumed
+    assert _prepare_out(out, True, ["--out", str(out)]) is None  # --overwrite: a fresh start, even so ...
+    assert not (out / "m1" / "run.json").exists() and not (out / "m1" / "metrics.json").exists()  # ... of all
+    assert not (out / "m1" / "backup").exists() and not (out / "run.json").exists()
+
+
+def test_two_trainings_never_write_one_folder(tmp_path):
+    from train.cli import _lock_out
+
+    import os
+
+    fd = _lock_out(tmp_path)
+    try:
+        with pytest.raises(FileExistsError, match=f"pid {os.getpid()}"):
+            _lock_out(tmp_path)
+    finally:
+        os.close(fd)
+    os.close(_lock_out(tmp_path))  # free again once the first run ends
+
+
+def test_the_backup_keeps_dropout_state_the_checkpoint_and_an_early_stop(tmp_path):
+    """What a killed run needs back: the masks dropout would draw next, the best checkpoint, and
+    whether EarlyStopping had ended it (a resumed early-stopped run must not train on)."""
+    import keras
+
+    from train.backup import backup_callback, restored_state
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+
+    def model():
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dropout(0.5),
+                              keras.layers.Dense(1, activation="sigmoid")])
+        m.compile(optimizer="adam", loss="binary_crossentropy")
+        return m
+
+    ckpt = tmp_path / "best.weights.h5"
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)  # stops after epoch 2
+    callbacks = [stop, keras.callbacks.ModelCheckpoint(ckpt, monitor="loss", save_best_only=True,
+                                                       save_weights_only=True)]
+    m = model()
+    m.fit(x, y, epochs=5, verbose=0, callbacks=[*callbacks, backup_callback(tmp_path / "backup", True, callbacks, ckpt)])
+    state = restored_state(tmp_path / "backup")
+    assert state == {"epoch": 2, "stopped": True}
+    seeds = [np.asarray(sg.state.value) for sg in m.layers[1]._seed_generators]
+    ckpt.unlink()
+    again = model()
+    cb = backup_callback(tmp_path / "backup", True, callbacks, ckpt)
+    cb.set_model(again)
+    cb._load_model()
+    assert [np.asarray(sg.state.value).tolist() for sg in again.layers[1]._seed_generators] == \
+        [s.tolist() for s in seeds]
+    assert ckpt.is_file() and again._initial_epoch == 2
+    assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), m.get_weights()))
+
+
+def test_a_damaged_cache_entry_is_decoded_again_and_a_hit_still_counts_skipped_files(tmp_path):
+    from PIL import Image
+
+    from edge_runtime.preprocess import PreprocessSpec
+    from fracdata.data import DataError, Record
+    from fracdata.images import load_images
+    from train.job import file_hashes
+
+    records = []
+    for k in range(4):
+        f = tmp_path / f"img{k}.png"
+        Image.fromarray(np.full((30, 30), 40 * k, np.uint8)).save(f)
+        records.append(Record(f"{k}", f, 0, "hand", "frontal", 0, 0))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    records.append(Record("b", tmp_path / "bad.png", 0, "hand", "frontal", 0, 0))
+    spec, cache = PreprocessSpec(size=16, views="single"), tmp_path / "cache"
+    first = load_images(records, spec, progress=False, max_skip_fraction=0.5, cache_dir=cache,
+                        hashes=file_hashes(records))
+    entry = next(cache.glob("*.npz"))
+    with pytest.raises(DataError, match="1 of 5"):  # a hit is held to the same limit as a decode
+        load_images(records, spec, progress=False, max_skip_fraction=0.1, cache_dir=cache, hashes=file_hashes(records))
+    whole = entry.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"", whole[:-40] + bytes(40)):  # torn, empty, a bad tail
+        entry.write_bytes(damaged)
+        again = load_images(records, spec, progress=False, max_skip_fraction=0.5, cache_dir=cache,
+                            hashes=file_hashes(records))
+        np.testing.assert_array_equal(again.resized, first.resized)

@@ -74,7 +74,7 @@ def test_two_workers_hold_identical_weights_and_the_loss_falls(reference):
     chief, worker = (_digests(t) for t in reference["texts"])
     assert len(chief) == len(worker) == 1 and chief == worker
     run = json.loads((reference["two"] / "run.json").read_text())
-    assert run["status"] == "complete" and run["weights_sha256"] == chief[0]
+    assert run["status"] == "complete" and run["last_epoch_weights_sha256"] == chief[0]
     assert run["devices"]["strategy"] == "multiworker: worker 0 of 2 (chief)"
     assert run["devices"]["replicas_in_sync"] == 2 and run["training"]["batch_per_replica"] == 2
     val = [float(r["val_loss"]) for r in _history(reference["two"])]
@@ -136,6 +136,9 @@ def test_a_killed_single_process_run_resumes_with_resume(reference):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
+    extra = subprocess.run([sys.executable, "-m", "train", "--resume", str(out), "--epochs", "9"], capture_output=True,
+                           text=True, timeout=TIMEOUT)
+    assert extra.returncode == 2 and "takes no other flags" in extra.stderr
     resumed = subprocess.run([sys.executable, "-m", "train", "--resume", str(out)], capture_output=True, text=True,
                              timeout=TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -144,6 +147,32 @@ def test_a_killed_single_process_run_resumes_with_resume(reference):
     done = subprocess.run([sys.executable, "-m", "train", "--resume", str(out)], capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert done.returncode == 2 and "complete; there is nothing to resume" in done.stderr
+
+
+def test_a_resumed_run_with_dropout_ends_as_if_never_interrupted(tmp_path):
+    """Dropout's random state is in the backup: with dropout on (the models' default), a run
+    killed and resumed ends with the weights of one never interrupted."""
+    args = ["--model", "custom_cnn_gap", "--data", "phantom", "--phantom-images", "60", "--size", "32", "--epochs",
+            "4", "--batch-size", "8", "--bootstrap", "20", "--decode-workers", "2", "--patience", "10"]
+    whole = subprocess.run([sys.executable, "-m", "train", *args, "--out", str(tmp_path / "whole")],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while not (out / "backup" / "latest").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    resumed = subprocess.run([sys.executable, "-m", "train", *args, "--out", str(out)], capture_output=True,
+                             text=True, timeout=TIMEOUT)  # the same command again resumes it
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming custom_cnn_gap from the backup after epoch" in resumed.stderr
+    assert _digests(resumed.stderr)[-1] == _digests(whole.stderr)[-1]
+    one, two = (json.loads((d / "run.json").read_text()) for d in (tmp_path / "whole", out))
+    assert one["model_weights_sha256"] == two["model_weights_sha256"]  # and the model that ships is the same
 
 
 def test_the_paper_path_trains_on_two_workers(tmp_path):
@@ -160,13 +189,12 @@ def test_the_paper_path_trains_on_two_workers(tmp_path):
 
 
 def test_a_run_killed_during_its_evaluation_evaluates_on_resume(reference):
-    """The last epoch's backup is there, the evaluation was not finished: --resume trains nothing."""
+    """Trained to its end, killed while evaluating: --resume trains nothing and evaluates the same model."""
     out = reference["root"] / "killed-evaluating"
     proc = subprocess.Popen([sys.executable, "-m", "train", *ARGS, "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
-    last = out / "backup" / "epoch-0004" / "state.json"
-    while not (last.exists() and (out / "backup" / "latest").read_text().find("epoch-0004") >= 0):
+    while not (out / "model.keras").exists():  # saved once training is over, before the evaluation
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -178,5 +206,8 @@ def test_a_run_killed_during_its_evaluation_evaluates_on_resume(reference):
     assert "training finished before the interruption; evaluating" in resumed.stderr
     assert "Epoch " not in resumed.stderr  # no epoch trained again
     assert _digests(resumed.stderr)[-1] == reference["single_digest"]
-    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    run = json.loads((out / "run.json").read_text())
+    single = json.loads((reference["one"] / "run.json").read_text())
+    assert run["status"] == "complete" and run["model_weights_sha256"] == single["model_weights_sha256"]
     assert [r["epoch"] for r in _history(out)] == ["0", "1", "2", "3"]
+    assert not (out / "best.weights.h5").exists() and not (out / "backup").exists()

@@ -2,9 +2,11 @@
 
 `backup_callback` is Keras's `BackupAndRestore` with three changes a killed run needs:
 - each backup is a folder of its own (`backup/epoch-0003/`: weights with the optimizer's state,
-  and the counters of EarlyStopping, ReduceLROnPlateau and ModelCheckpoint), and `backup/latest`
-  names the newest complete one, replaced atomically: a kill while writing leaves the previous
-  backup in force, never weights of one epoch with the counters of another;
+  the random state of every seeded layer (dropout), the best checkpoint so far, the counters of
+  EarlyStopping, ReduceLROnPlateau and ModelCheckpoint, and whether EarlyStopping ended the run),
+  and `backup/latest` names the newest complete one, replaced atomically: a kill while writing
+  leaves the previous backup in force, never weights of one epoch with the counters or the
+  checkpoint of another;
 - under several workers only the chief writes; every worker reads the chief's backup (the run
   folder is on storage every worker sees, as Keras's own multi-worker backup requires);
 - the input pipeline starts at the restored epoch (`start_epoch`), because its batches are a
@@ -43,10 +45,22 @@ def latest(backup_dir: Path) -> Optional[Path]:
 
 def start_epoch(backup_dir: Path) -> int:
     """The epoch a run restored from `backup_dir` begins with (0: nothing to restore)."""
+    return restored_state(backup_dir)["epoch"]
+
+
+def restored_state(backup_dir: Path) -> dict:
+    """{"epoch": where a restored run begins, "stopped": whether EarlyStopping had ended it}."""
     folder = latest(backup_dir)
     if folder is None:
-        return 0
-    return int(json.loads((folder / "state.json").read_text())["epoch"])
+        return {"epoch": 0, "stopped": False}
+    state = json.loads((folder / "state.json").read_text())
+    return {"epoch": int(state["epoch"]), "stopped": bool(state.get("stopped", False))}
+
+
+def _seed_generators(model) -> list:
+    """Every seeded layer's generator (dropout's masks), in a fixed order."""
+    return [sg for layer in model._flatten_layers(include_self=True, recursive=True)
+            for sg in getattr(layer, "_seed_generators", [])]
 
 
 def _plain(value):
@@ -60,10 +74,12 @@ def _plain(value):
     return value if isinstance(value, (int, float, type(None))) else float(value)
 
 
-def backup_callback(backup_dir: Path, chief: bool, callbacks: List):
-    """A BackupAndRestore for `backup_dir` that also saves and restores the counters of the
-    stopping and checkpoint callbacks among `callbacks` (put it after them in the list)."""
+def backup_callback(backup_dir: Path, chief: bool, callbacks: List, checkpoint: Optional[Path] = None):
+    """A BackupAndRestore for `backup_dir` that also saves and restores the random state of the
+    seeded layers, the best checkpoint file `checkpoint` and the counters of the stopping and
+    checkpoint callbacks among `callbacks` (put it after them in the list)."""
     import keras
+    import numpy as np
 
     backup_dir = Path(backup_dir)
 
@@ -80,6 +96,11 @@ def backup_callback(backup_dir: Path, chief: bool, callbacks: List):
                 self.model.optimizer.build(self.model.trainable_variables)
             self.model.load_weights(str(folder / "model.weights.h5"))
             state = json.loads((folder / "state.json").read_text())
+            seeds = state.get("seed_states", [])
+            for sg, value in zip(_seed_generators(self.model), seeds):
+                sg.state.assign(np.asarray(value, dtype=sg.state.dtype))
+            if checkpoint is not None and chief and (folder / checkpoint.name).is_file():
+                shutil.copyfile(folder / checkpoint.name, checkpoint)
             for cb in callbacks:
                 for key, value in state.get("callbacks", {}).get(type(cb).__name__, {}).items():
                     setattr(cb, key, value)
@@ -97,7 +118,12 @@ def backup_callback(backup_dir: Path, chief: bool, callbacks: List):
             counters = {type(cb).__name__: {k: _plain(getattr(cb, k)) for k in STATE_FIELDS[type(cb).__name__]
                                             if hasattr(cb, k)}
                         for cb in callbacks if type(cb).__name__ in STATE_FIELDS}
-            (folder / "state.json").write_text(json.dumps({"epoch": epoch, "callbacks": counters}))
+            seeds = [np.asarray(sg.state.value).tolist() for sg in _seed_generators(self.model)]
+            if checkpoint is not None and checkpoint.is_file():
+                shutil.copyfile(checkpoint, folder / checkpoint.name)
+            (folder / "state.json").write_text(json.dumps({
+                "epoch": epoch, "callbacks": counters, "seed_states": seeds,
+                "stopped": bool(getattr(self.model, "stop_training", False))}))
             tmp = backup_dir / (LATEST + ".tmp")
             tmp.write_text(json.dumps({"folder": folder.name}))
             os.replace(tmp, backup_dir / LATEST)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -155,28 +156,82 @@ def _models(arg: str) -> List[str]:
     return names
 
 
-def _prepare_out(out: Path, overwrite: bool, argv: List[str]) -> Optional[dict]:
-    """Make OUT ready; returns the run record when OUT holds an interrupted run of this same
-    command, which is then resumed (a restarted job re-runs its command)."""
-    from .backup import remove
+OUTPUT_ONLY = ("overwrite", "resume", "json", "verbose")  # flags that change how a run reports, not what it trains
+
+
+def same_command(a: List[str], b: List[str]) -> bool:
+    """Do two argument lists ask for the same training? Compared as parsed, with paths resolved and
+    the flags that only change the output (--json, --verbose, --overwrite) left out, so
+    `--out runs/x` and `--out /abs/runs/x`, or the same flags in another order, are one command."""
+    def norm(argv):
+        ns = vars(build_parser().parse_args(argv))
+        out = {}
+        for k, v in ns.items():
+            if k in OUTPUT_ONLY:
+                continue
+            if isinstance(v, Path) or (k == "data" and isinstance(v, str) and os.path.exists(v)):
+                v = str(Path(v).resolve())
+            out[k] = v
+        return out
+
+    try:
+        return norm(a) == norm(b)
+    except SystemExit:  # a recorded command this version cannot parse is not this command
+        return False
+
+
+def _check_out(out: Path, overwrite: bool, argv: List[str]) -> Optional[dict]:
+    """Read-only: may this command write OUT? Returns the run record when OUT holds an interrupted
+    run of this same command (which is then resumed), None for a fresh start; FileExistsError
+    otherwise. Every worker runs it, so none waits for a chief that has refused."""
     from .job import interrupted, read_record
 
-    if out.exists() and any(out.iterdir()):
-        if interrupted(out):
-            record = read_record(out)
-            if [a for a in record["argv"] if a != "--overwrite"] == [a for a in argv if a != "--overwrite"]:
-                return record
-            if not overwrite:
-                raise FileExistsError(f"{out}: holds an interrupted run of another command "
-                                      f"(python -m train {' '.join(record['argv'])}); continue it with --resume {out}, "
-                                      "or pass --overwrite to start this one there")
-        elif not overwrite:
-            raise FileExistsError(f"{out}: exists and is not empty; choose a new --out or pass --overwrite")
+    if not (out.exists() and any(p.name != LOCK for p in out.iterdir())):
+        return None
+    if interrupted(out) and not overwrite:
+        record = read_record(out)
+        if same_command(record["argv"], argv):
+            return record
+        raise FileExistsError(f"{out}: holds an interrupted run of another command "
+                              f"(python -m train {' '.join(record['argv'])}); continue it with --resume {out}, "
+                              "or pass --overwrite to start this one there")
+    if not overwrite:
+        raise FileExistsError(f"{out}: exists and is not empty; choose a new --out or pass --overwrite")
+    return None
+
+
+def _prepare_out(out: Path, overwrite: bool, argv: List[str]) -> Optional[dict]:
+    """The chief's _check_out, then OUT made ready: a fresh start with --overwrite drops the old
+    run's backups and records (so nothing of it is restored or kept as complete)."""
+    from .backup import remove
+
+    record = _check_out(out, overwrite, argv)
+    if record is None and out.exists():
         for folder in [out / "backup", *out.glob("*/backup")]:
             remove(folder)  # a fresh start must not restore an older run's weights
-        (out / "run.json").unlink(missing_ok=True)
+        for stale in [out / "run.json", *out.glob("*/run.json"), *out.glob("*/metrics.json")]:
+            stale.unlink(missing_ok=True)  # nor keep an older run's models as complete
     out.mkdir(parents=True, exist_ok=True)
-    return None
+    return record
+
+
+LOCK = ".train.lock"
+
+
+def _lock_out(out: Path):
+    """An exclusive lock on OUT for the chief's whole run: two trainings never write one folder."""
+    import fcntl
+
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise FileExistsError(f"{out}: another python -m train is writing it (pid {holder or '?'})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _list_models() -> None:
@@ -201,6 +256,15 @@ def _resumed_argv(run_dir: Path) -> List[str]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    lock: List[int] = []
+    try:
+        return _main(argv, lock)
+    finally:
+        for fd in lock:  # the run folder's lock ends with the run (in-process callers train again)
+            os.close(fd)
+
+
+def _main(argv: Optional[List[str]], lock: List[int]) -> int:
     from .distribute import ClusterError, task_for
     from .job import ResumeError, check_resumable, checksums
 
@@ -212,8 +276,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.resume:
             run_dir = args.resume
+            extra = [a for a in raw_argv if a not in ("--resume", str(args.resume), "--json", "--verbose")
+                     and not a.startswith("--resume=")]
+            if extra:
+                raise ResumeError(f"--resume re-runs the command the run was started with; it takes no other "
+                                  f"flags (got {' '.join(extra)}). Start a new run to change them")
+            run_dir = args.resume
+            output = [a for a in raw_argv if a in ("--json", "--verbose")]
             raw_argv = _resumed_argv(run_dir)
-            args = build_parser().parse_args(raw_argv)
+            args = build_parser().parse_args(raw_argv + output)
             args.out = run_dir
         task = task_for(args.strategy)
         if task.strategy == "multiworker" and not args.out:
@@ -231,7 +302,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         names = _models(args.model)
         options = options_from(args, raw_argv)
         out = args.out or Path("runs") / f"{args.model.replace(',', '+')}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-        record = _prepare_out(out, args.overwrite, raw_argv) if task.chief else None
+        if task.chief:
+            out.mkdir(parents=True, exist_ok=True)
+            lock.append(_lock_out(out))  # held until the run ends
+            record = _prepare_out(out, args.overwrite, raw_argv)
+        else:
+            record = _check_out(out, args.overwrite, raw_argv)
         dataset = load_data(args.data, phantom_images=args.phantom_images, quiet=False,
                             data_format=args.data_format, unboxed=args.unboxed, phantom_mix=args.phantom_mix)
         if all(get_config(n).is_map for n in names):
@@ -247,7 +323,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                   file=sys.stderr)
         if record is not None:
             check_resumable(out, record, raw_argv, checksums(dataset.records, dataset.root))
-            print(f"resuming the interrupted run in {out}", file=sys.stderr)
+            if task.chief:
+                print(f"resuming the interrupted run in {out}", file=sys.stderr)
         quiet_start(args.verbose, ["tensorflow"])
         results = run_training(names, dataset, out, options)
     except (DataError, UnknownModelError, FileExistsError, ValueError, ResumeError, ClusterError) as exc:

@@ -194,11 +194,14 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     strategy = placement.strategy
     n_replicas = replicas(strategy)
     check_batch(o.batch_size, n_replicas)
-    start = backup.start_epoch(placement.backup_dir)
-    if start >= epochs:  # interrupted after its last epoch: what is left is the evaluation
-        if placement.chief and not ckpt_path(out_dir).is_file():
-            raise ValueError(f"{name}: the backup says training finished, but its best checkpoint "
-                             f"{ckpt_path(out_dir)} is gone; start a new run")
+    restored = backup.restored_state(placement.backup_dir)
+    start = restored["epoch"]
+    finished = start >= epochs or restored["stopped"]  # trained to its end (or early-stopped) before the kill
+    if finished:  # what is left is the evaluation
+        kept = backup.latest(placement.backup_dir)
+        if placement.chief and not (kept / ckpt_path(out_dir).name).is_file():
+            raise ValueError(f"{name}: the backup says training finished, but holds no best checkpoint; "
+                             "start a new run (--overwrite)")
         print(f"{name}: training finished before the interruption; evaluating", file=sys.stderr)
     elif start:
         print(f"resuming {name} from the backup after epoch {start} ({placement.backup_dir})", file=sys.stderr)
@@ -220,7 +223,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
         keras.callbacks.CSVLogger(str(history), append=start > 0),
     ]
     # Last, so its restore comes after the others reset themselves at the start of training.
-    callbacks.append(backup.backup_callback(placement.backup_dir, placement.chief, callbacks))
+    callbacks.append(backup.backup_callback(placement.backup_dir, placement.chief, callbacks, ckpt))
     title = f"{name} on {'PHANTOM data (demonstration)' if dataset.phantom else dataset.name}"
     t0 = time.time()
     # verbose=2 off a terminal: one line per epoch, so a log shows training is alive without bars.
@@ -231,7 +234,8 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
             with strategy.scope():
                 model = build_model(name, size=spec.size, pooling=pooling)
             _for_training(model, o, n_replicas)
-            fitted, training = fit_map(model, parts, spec, cfg.map_stride, o, epochs, callbacks, strategy, start)
+            fitted, training = fit_map(model, parts, spec, cfg.map_stride, o, epochs, callbacks, strategy, start,
+                                       train=not finished)
         else:
             from .distribute import distributed
 
@@ -251,7 +255,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
                                                                               epochs * steps, k, n, local))
             yv = val.labels.astype(np.float32)
             wv = np.where(val.labels == 1, cw[1], cw[0]).astype(np.float32)
-            if start < epochs:
+            if not finished:
                 model.fit(train_ds, steps_per_epoch=steps,
                           validation_data=evaluation_dataset((val.images, yv, wv), o.batch_size, strategy),
                           epochs=epochs, initial_epoch=start, callbacks=callbacks,
@@ -261,20 +265,20 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
                         "validation_loss": "class-weighted like training (EarlyStopping, checkpoint)",
                         "augmentation": describe_augmentation(spec.views == "dihedral", o.photo_augment)}
     train_seconds = time.time() - t0
-    if start >= epochs:  # no fit ran to restore the backup: restore the last epoch's weights here
+    if finished:  # no fit ran to restore the backup: restore the last epoch's weights (and checkpoint) here
         callbacks[-1].set_model(fitted)
         callbacks[-1]._load_model()
     digest = weights_digest(model)
     print(f"{name}: trained ({placement.task.describe()}); weights sha256 {digest}", file=sys.stderr)
     if not placement.chief:
         return {}
-    fitted.load_weights(ckpt)
-    ckpt.unlink()
+    fitted.load_weights(ckpt)  # the best epoch's; the file stays until the run is complete
     # Save a float32, optimizer-free copy: what export and the runtime need, a third of the size.
     keras.mixed_precision.set_global_policy("float32")
     clean = build_model(name, weights="none", size=spec.size, pooling=pooling)
     clean.set_weights(model.get_weights())
     clean.save(out_dir / "model.keras")
+    model_digest = weights_digest(clean)
     plot_history(history, out_dir / "curves.png", title)
     epochs_run = _epochs_in(history)
 
@@ -284,7 +288,10 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
         "command": o.command,
         "argv": list(o.argv),
         "checksums": checksums or {},
-        "started_unix": t0, "train_seconds": round(train_seconds, 1), "weights_sha256": digest,
+        "started_unix": t0, "train_seconds": round(train_seconds, 1),
+        # the weights at the last epoch trained (what workers, and a resumed run, agree on), and
+        # those of model.keras (the best epoch's, which export ships)
+        "last_epoch_weights_sha256": digest, "model_weights_sha256": model_digest,
         **({"resumed_from_epoch": start} if start else {}),
         "model": {"name": name, "description": cfg.description, "input_size": spec.size,
                   "gradcam_layer": cfg.gradcam_layer, "weights": o.weights if cfg.pretrained else "from scratch",
@@ -317,6 +324,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
     # run.json last: "complete" means every file of the run is there.
     (out_dir / "run.json").write_text(json.dumps(run, indent=2))
     backup.remove(placement.backup_dir)
+    ckpt.unlink(missing_ok=True)
     return result
 
 
@@ -433,9 +441,9 @@ def _train_all(names, dataset: Dataset, out: Path, write: Path, options: TrainOp
     for name in names:
         model_dir = write if len(names) == 1 else write / name
         chief_dir = out if len(names) == 1 else out / name
-        if task.chief and len(names) > 1 and _complete(model_dir):
-            print(f"== {name}: complete in {model_dir}, kept", file=sys.stderr)
-            results[name] = json.loads((model_dir / "metrics.json").read_text())
+        if len(names) > 1 and _complete(chief_dir):  # every worker reads the chief's folder: all skip it or none
+            print(f"== {name}: complete in {chief_dir}, kept", file=sys.stderr)
+            results[name] = json.loads((chief_dir / "metrics.json").read_text()) if task.chief else {}
             continue
         spec = specs[name]
         if spec not in cache:

@@ -92,7 +92,9 @@ def check_resumable(run_dir: Path, record: Dict, argv: List[str], sums: Dict[str
     """Refuse to continue `run_dir` with other arguments, code or data than it started with."""
     if record.get("status") == "complete":
         raise ResumeError(f"{run_dir}: the run is complete; there is nothing to resume")
-    if [a for a in record["argv"] if a != "--overwrite"] != [a for a in argv if a != "--overwrite"]:
+    from .cli import same_command
+
+    if not same_command(record["argv"], argv):
         raise ResumeError(f"{run_dir}: was started as `python -m train {' '.join(record['argv'])}`, not with these "
                           "arguments; use --resume to re-run its own command, or a new --out")
     for key, what in (("code", "the training code (train/, fracdata/, edge_runtime/)"),

@@ -271,10 +271,11 @@ def localisation_callback(model, ms: MapSet, grid: int):
 
 
 def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: int, options, epochs: int,
-            callbacks: list, strategy=None, start_epoch: int = 0):
+            callbacks: list, strategy=None, start_epoch: int = 0, train: bool = True):
     """Fit `model` (built under `strategy`; it shares its layers with the training view that is
-    fitted) on the loaded splits, from `start_epoch` (a restored backup's). Returns (the fitted
-    training view, what run.json records about the training)."""
+    fitted) on the loaded splits, from `start_epoch` (a restored backup's); `train` False: build and
+    compile only (the run had finished training). Returns (the fitted training view, what run.json
+    records about the training)."""
     import sys
 
     import keras
@@ -314,7 +315,7 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
     val_ds = evaluation_dataset((xv, yv), o.batch_size, strategy)
     # The localisation callback goes first, so CSVLogger and the stopping rules see its numbers.
     callbacks = [localisation_callback(model, sets["val"], grid), *callbacks]
-    if start_epoch < epochs:  # else the interrupted run had trained to its end: only its evaluation is left
+    if train:  # else the interrupted run had trained to its end: only its evaluation is left
         view.fit(train_ds, steps_per_epoch=steps, validation_data=val_ds, epochs=epochs, initial_epoch=start_epoch,
                  callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     return view, {
