@@ -150,14 +150,25 @@ def _serve(args) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     watch = list(args.watch) + [Path(w) for w in os.environ.get(WATCH_ENV, "").split(os.pathsep) if w.strip()]
+    outbox = None
+    if args.refer_to:
+        outbox = _outbox(args)
+        if outbox is None:
+            return EXIT_UNUSABLE
     try:
         service = Service(args.data, watch, args.bundle, backend=args.backend, threads=args.threads,
                           settle_s=args.settle, isolate=not args.in_process, reader_memory_mb=args.reader_memory_mb,
                           file_timeout_s=args.file_timeout, keep_days=args.keep_days,
-                          max_store_gb=args.max_store_gb)
+                          max_store_gb=args.max_store_gb, outbox=outbox)
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    sender = None
+    if outbox is not None:
+        from .outbox import Sender
+
+        sender = Sender(outbox)
+        sender.start()
     receiver = None
     if args.dicom_port is not None:
         receiver = _start_receiver(args)
@@ -167,6 +178,8 @@ def _serve(args) -> int:
     if args.once:
         if receiver is not None:
             receiver.stop()
+        if sender is not None:
+            sender.stop()
         try:
             n = service.run_once()
         finally:
@@ -185,10 +198,38 @@ def _serve(args) -> int:
     finally:
         if receiver is not None:
             receiver.stop()
+        if sender is not None:
+            sender.stop()
         if page:
             page.shutdown()
         service.close()
     return 0
+
+
+def _outbox(args):
+    """The PACS outbox for serve --refer-to; None (the reason printed) if it cannot work."""
+    import importlib.util
+
+    from .outbox import Outbox, ReferralError, destination, read_credentials
+
+    need = ["pydicom", "highdicom"] + (["dicomweb_client"] if "://" in args.refer_to else ["pynetdicom"])
+    missing = [m for m in need if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"error: --refer-to needs {', '.join(missing)}; install the extra: pip install 'fracture-edge[dicomnet]'",
+              file=sys.stderr)
+        return None
+    try:
+        dest = destination(args.refer_to, read_credentials(args.refer_credentials), args.ae_title, args.refer_ca)
+        outbox = Outbox(args.data / "outbox", dest, refer_all=args.refer_all)
+    except ReferralError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    except OSError as exc:
+        print(f"error: the outbox in {args.data} cannot be made ({exc.strerror or exc})", file=sys.stderr)
+        return None
+    print(f"referring {'every answer' if args.refer_all else 'positive answers'} to {dest.describe()}",
+          file=sys.stderr)
+    return outbox
 
 
 def _start_receiver(args):
@@ -230,7 +271,7 @@ def _serve_page(args, service):
     tls = _page_tls(args) if args.https else None
     try:
         page = start_page(service.ledger, service.store, args.host, args.port,
-                          status=lambda: list(service.status.values()), bundle=lambda: service.bundle, tls=tls,
+                          status=lambda: _banners(service), bundle=lambda: service.bundle, tls=tls,
                           allowed_hosts=[*args.allowed_host, *args.tls_name], token=token)
     except OSError as exc:
         print(f"error: cannot serve the results page on {args.host}:{args.port} ({exc.strerror or exc}); "
@@ -241,6 +282,19 @@ def _serve_page(args, service):
           file=sys.stderr)
     _announce_access(args, scheme, page.server_address[1], token)
     return page
+
+
+def _banners(service) -> list:
+    """What the page shows above the results: the service's notes, and the outbox's state."""
+    out = list(service.status.values())
+    if service.outbox is not None:
+        try:
+            line = service.outbox.banner()
+        except OSError as exc:
+            line = f"Referrals: the outbox cannot be read ({exc.strerror or exc})"
+        if line:
+            out.append(line)
+    return out
 
 
 def _page_tls(args):
@@ -506,6 +560,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "default: any; set it on any network a stranger can reach)")
     s.add_argument("--dicom-max-associations", type=int, default=4,
                    help="associations at once; more are rejected and the reader tries again (default: %(default)s)")
+    s.add_argument("--refer-to", metavar="DEST",
+                   help="send each positive answer's study to the district PACS: a DICOMweb STOW-RS URL "
+                        "(https://pacs/dicom-web) or a DICOM node AE@host:port; the original, an overlay image and "
+                        "a structured report, in the original's study; kept on disk until sent (default: off)")
+    s.add_argument("--refer-all", action="store_true",
+                   help="with --refer-to: refer every answer, not only positives (default: positives only)")
+    s.add_argument("--refer-credentials", type=Path, metavar="FILE",
+                   help="with a DICOMweb --refer-to: a JSON file readable by the service user only, "
+                        '{"username": ..., "password": ...} or {"token": ...}')
+    s.add_argument("--refer-ca", type=Path, metavar="PEM",
+                   help="with a DICOMweb --refer-to: the CA certificate(s) that sign the PACS's (default: the system's)")
     s.set_defaults(func=_serve)
     a = sub.add_parser("film-agreement", parents=[common], help="photo vs file: same answer? (simulated photos, every condition)",
                        description="Photograph each radiograph in every condition (simulated), read the photo as a clinic "

@@ -7,7 +7,8 @@ at any point before that write leaves no record, and the image is processed agai
 (the store folder is simply rewritten); a power cut *during* the write can leave a torn last line,
 which the next start cuts off before appending. The id is the sha256 of the file's bytes, so a
 file seen again (a rescan, a restart, a second copy) is never logged twice. Nothing is sent
-anywhere, and records carry no DICOM tag values.
+anywhere unless an outbox is given (device/outbox.py: positive DICOM studies, queued before the
+record), and records carry no DICOM tag values.
 
 Nothing found on disk is trusted: a watched file is opened once (no link followed on the way, no
 blocking, a regular file only), its first bytes must be an image's, it is hashed and copied from
@@ -30,12 +31,8 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import stat
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +51,10 @@ from edge_runtime.predictor import Predictor
 from . import filenames
 from .fileops import (disk_space, exclusive_lock, file_kind, fsync_dir, identity, mb, open_beneath, open_dir,
                       remove_path)
-from .triage import Triaged, triage_file, triage_photo
+from .ledger import Ledger
+from .pause import DataUnavailable, DiskFull, Paused  # noqa: F401 - re-exported
+from .readers import InProcessReader, ReaderCrashed, ReaderUnavailable, WorkerReader  # noqa: F401 - re-exported
+from .triage import Triaged
 
 LEDGER = "results.jsonl"
 log = logging.getLogger("fracture_edge.service")
@@ -78,19 +78,7 @@ class Record(Triaged):
     bundle_id: Optional[str] = None  # the bundle's digest, 16 hex digits
     supersedes: Optional[str] = None  # the id of an earlier result for the same file name
     quarantined: Optional[bool] = None
-
-
-class Paused(Exception):
-    """Stop taking work for this scan: nothing is recorded, the same files are taken later."""
-
-
-class DiskFull(Paused):
-    """No space to store an image or its record: stop taking work until there is."""
-
-
-class DataUnavailable(Paused):
-    """The data folder cannot be written (a read-only SD card, a folder of the wrong owner):
-    a banner, and the service waits; no file is blamed for it."""
+    referral: Optional[str] = None  # "queued" for the PACS (device/outbox.py), or why it could not be
 
 
 def _private(folder: Path) -> None:
@@ -111,315 +99,6 @@ def _private(folder: Path) -> None:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-class Ledger:
-    """Append-only JSON lines with whole-line writes and fsync; repairs a torn tail on open.
-
-    Beside the log, an index (sqlite, standard library) maps each line's offset to its id and
-    source, so that neither start-up nor the page reads years of results: the page seeks to the
-    last lines, the service asks the index whether an id was seen. The index is derived data:
-    the log is the truth, the index catches up with it on open (after a kill between the two
-    writes) and is rebuilt if it does not match or is damaged. The thread that made the ledger
-    (the service's) keeps one connection open: an idle scan costs no connections; other threads
-    (the page's) open their own per query.
-
-    `deferred=True` (the service): nothing is read or written until `open()`, which the service
-    calls once it holds the data folder's lock, and again on later scans while the folder cannot
-    be written (a read-only SD card); meanwhile the page reads the log's tail."""
-
-    def __init__(self, path: Path, deferred: bool = False):
-        self.path = Path(path)
-        self.index_path = self.path.with_name(self.path.name + ".index.sqlite")
-        self._owner = threading.get_ident()
-        self._conn = None
-        self._stale = True  # the index may lag the log: catch up before answering
-        self._warned = False
-        if not deferred:
-            self.open()
-
-    def open(self) -> None:
-        """Make the log and its index ready: cut a torn tail, catch the index up (rebuilt from the
-        log if it is damaged). OSError (a sqlite error becomes one) when the folder cannot be used."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
-        self._close_conn()  # a remounted folder: start from a fresh connection
-        self._repair()
-        try:
-            self._catch_up()
-        except OSError as exc:
-            if not isinstance(exc.__cause__, _sqlite().DatabaseError) or \
-                    isinstance(exc.__cause__, _sqlite().OperationalError):
-                raise
-            log.warning("the results index %s is damaged (%s): rebuilt from the log", self.index_path, exc)
-            self._close_conn()
-            for suffix in ("", "-journal"):
-                try:
-                    os.unlink(str(self.index_path) + suffix)
-                except FileNotFoundError:
-                    pass
-            self._catch_up()
-        self._stale = False
-
-    def close(self) -> None:
-        """Close the owner's connection (a later query opens a new one)."""
-        self._close_conn()
-
-    def _close_conn(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
-            self._conn = None
-
-    def _repair(self) -> None:
-        """Cut a line torn by a power cut; only the tail is read (and written only if torn)."""
-        try:
-            fh = open(self.path, "rb")
-        except FileNotFoundError:
-            return
-        with fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            fh.seek(size - 1)
-            if fh.read(1) == b"\n":
-                return
-            pos = size
-            while pos > 0:
-                step = min(1 << 16, pos)
-                fh.seek(pos - step)
-                chunk = fh.read(step)
-                k = chunk.rfind(b"\n")
-                if k >= 0:
-                    pos = pos - step + k + 1
-                    break
-                pos -= step
-        with open(self.path, "r+b") as fh:
-            fh.truncate(max(pos, 0))
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def _connect(self):
-        sqlite3 = _sqlite()
-        with _sqlite_errors():
-            db = sqlite3.connect(self.index_path, timeout=30)
-            try:
-                db.execute("CREATE TABLE IF NOT EXISTS lines (offset INTEGER PRIMARY KEY, length INTEGER, id TEXT, "
-                           "source TEXT)")
-                db.execute("CREATE INDEX IF NOT EXISTS by_id ON lines(id)")
-                db.execute("CREATE INDEX IF NOT EXISTS by_source ON lines(source)")
-            except BaseException:
-                db.close()
-                raise
-        return db
-
-    def _db(self):
-        """The owner's persistent connection, or a new one for another thread (close it after)."""
-        if threading.get_ident() != self._owner:
-            return self._connect()
-        if self._conn is None:
-            self._conn = self._connect()
-        return self._conn
-
-    def _done_with(self, db) -> None:
-        if db is not self._conn:
-            db.close()
-
-    def _catch_up(self) -> None:
-        """Index the lines written since the index was last updated."""
-        db = self._db()
-        try:
-            with _sqlite_errors():
-                row = db.execute("SELECT offset, length FROM lines ORDER BY offset DESC LIMIT 1").fetchone()
-                start = row[0] + row[1] if row else 0
-                size = self.path.stat().st_size if self.path.exists() else 0
-                if start > size or (row and not self._line_at(row[0], row[1])):
-                    db.execute("DELETE FROM lines")  # the log was replaced or truncated: rebuild
-                    start = 0
-                if start < size:
-                    with open(self.path, "rb") as fh:
-                        fh.seek(start)
-                        offset = start
-                        for line in fh:
-                            if not line.endswith(b"\n"):
-                                break  # a torn tail (it could not be cut): not a record
-                            self._index(db, offset, line)
-                            offset += len(line)
-                db.commit()
-        finally:
-            self._done_with(db)
-        try:
-            os.chmod(self.index_path, 0o600)
-        except OSError:
-            pass
-
-    def _fresh(self) -> None:
-        """Before answering from the index: catch it up if a write to it failed (OSError if it still cannot)."""
-        if self._stale and threading.get_ident() == self._owner:
-            self._catch_up()
-            self._stale = False
-
-    def _line_at(self, offset: int, length: int) -> bool:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(offset)
-                line = fh.read(length)
-            return line.endswith(b"\n") and bool(json.loads(line))
-        except (OSError, ValueError):
-            return False
-
-    @staticmethod
-    def _index(db, offset: int, line: bytes) -> None:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            return
-        if isinstance(rec, dict):
-            db.execute("INSERT OR REPLACE INTO lines VALUES (?, ?, ?, ?)",
-                       (offset, len(line), str(rec.get("id", "")), str(rec.get("source", ""))))
-
-    def records(self) -> List[Dict]:
-        """Every record (tests and exports; the service and the page use the index)."""
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # only a torn line can fail, and _repair removes it
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
-
-    def _query(self, sql: str, args: tuple) -> list:
-        """One query, on the owner's connection or one of this thread's own (the page's threads)."""
-        self._fresh()
-        db = self._db()
-        try:
-            with _sqlite_errors():
-                return db.execute(sql, args).fetchall()
-        finally:
-            self._done_with(db)
-
-    def latest(self, n: int) -> List[Dict]:
-        """The last n records, oldest first, read by seeking: the cost does not grow with the log.
-        Never raises: before the first result it is empty, and with an index that cannot be read
-        (a read-only card, no index yet) the log's tail is read instead, so the page still shows
-        results and the service's banners."""
-        try:
-            if not self.path.exists() or self.path.stat().st_size == 0:
-                return []
-            rows = self._query("SELECT offset, length FROM lines ORDER BY offset DESC LIMIT ?", (n,))
-            if not rows:
-                return self._tail(n)
-            out = []
-            with open(self.path, "rb") as fh:
-                for offset, length in reversed(rows):
-                    fh.seek(offset)
-                    try:
-                        rec = json.loads(fh.read(length))
-                    except ValueError:
-                        continue
-                    if isinstance(rec, dict):
-                        out.append(rec)
-            return out
-        except OSError as exc:
-            if not self._warned:  # once: the page asks every few seconds
-                log.warning("the results index cannot be read (%s): showing the log's last lines", exc)
-                self._warned = True
-            try:
-                return self._tail(n)
-            except OSError:
-                return []
-
-    def _tail(self, n: int) -> List[Dict]:
-        """The last n whole records, read backwards from the end of the log."""
-        with open(self.path, "rb") as fh:
-            pos = fh.seek(0, os.SEEK_END)
-            buf = b""
-            while pos > 0 and buf.count(b"\n") <= n:
-                step = min(1 << 16, pos)
-                pos -= step
-                fh.seek(pos)
-                buf = fh.read(step) + buf
-        lines = buf.split(b"\n")
-        lines = lines[1:] if pos > 0 else lines  # the first may be cut
-        out = []
-        for line in lines[:-1]:  # the last is empty, or a torn tail
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out[-n:] if n > 0 else []
-
-    def has(self, rid: str) -> bool:
-        return bool(self._query("SELECT 1 FROM lines WHERE id = ? LIMIT 1", (rid,)))
-
-    def last_id_for(self, source: str) -> Optional[str]:
-        rows = self._query("SELECT id FROM lines WHERE source = ? ORDER BY offset DESC LIMIT 1", (source,))
-        return rows[0][0] if rows else None
-
-    def append(self, record: Dict) -> None:
-        """One whole line, fsynced. OSError if the log cannot be written (nothing written then).
-        The index follows: if it cannot be written, the line is safe in the log and the index
-        catches up before it answers again."""
-        data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-        new = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise OSError(errno.EINVAL, f"{self.path} is not a regular file")
-            size = os.fstat(fd).st_size
-            try:
-                written = 0
-                while written < len(data):
-                    written += os.write(fd, data[written:])
-                os.fsync(fd)
-            except OSError:
-                os.ftruncate(fd, size)  # a full disk mid-line: leave no torn line for the next record
-                raise
-        finally:
-            os.close(fd)
-        if new:
-            fsync_dir(self.path.parent)
-        try:  # after the log: a kill in between is caught up on the next open
-            db = self._db()
-            try:
-                with _sqlite_errors():
-                    self._index(db, size, data)
-                    db.commit()
-            finally:
-                self._done_with(db)
-        except OSError as exc:
-            log.warning("the results index was not updated (%s): it catches up from the log", exc)
-            self._stale = True
-
-
-def _sqlite():
-    import sqlite3
-    return sqlite3
-
-
-@contextmanager
-def _sqlite_errors():
-    """A sqlite error on the index becomes an OSError (ENOSPC when the disk is full), so the
-    service treats the index like any other file in its data folder."""
-    sqlite3 = _sqlite()
-    try:
-        yield
-    except sqlite3.Error as exc:
-        full = "full" in str(exc).lower()
-        raise OSError(errno.ENOSPC if full else errno.EIO, f"results index: {exc}") from exc
 
 
 class Spool:
@@ -669,112 +348,6 @@ MAX_ATTEMPTS = 3  # a file that kills or hangs the reader this often is quaranti
 ATTEMPTS = "attempts.json"
 
 
-class ReaderCrashed(Exception):
-    """The reader process died or hung on a file."""
-
-
-class ReaderUnavailable(Paused):
-    """The reader process cannot start (its bundle does not load): no file is to blame."""
-
-
-class InProcessReader:
-    """Reads in the service's own process (library use and tests)."""
-
-    def __init__(self, predictor: Predictor):
-        self.predictor = predictor
-
-    def triage(self, mode: str, original: Path, dest: Path, heat: Path, source: str = "") -> Triaged:
-        if mode == "film":
-            return triage_photo(self.predictor, original, dest, heat)
-        return triage_file(self.predictor, original, heat)
-
-    def close(self) -> None:
-        pass
-
-
-class WorkerReader:
-    """Reads in a separate process (device/worker.py) under a memory limit, with a time limit per
-    file: a file that kills or hangs it costs that process, never the service."""
-
-    def __init__(self, bundle_dir: Path, backend: str, threads: Optional[int], memory_mb: int = 512,
-                 timeout_s: float = 120.0):
-        self.args = [sys.executable, "-m", "device.worker", "--bundle", str(bundle_dir), "--backend", backend,
-                     "--memory-mb", str(memory_mb)] + (["--threads", str(threads)] if threads else [])
-        self.timeout_s, self.memory_mb = timeout_s, memory_mb
-        self.proc: Optional[subprocess.Popen] = None
-
-    def _start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     cwd=str(Path(__file__).resolve().parent.parent))
-        ready = self._readline(60.0)
-        if not ready or not json.loads(ready).get("ready"):
-            self.close()
-            raise ReaderUnavailable("the image reader did not start (its reason is in the service log)")
-
-    def _readline(self, timeout: float) -> Optional[str]:
-        """The reader's next line; "" when it closed its output (it died), None on a timeout."""
-        import selectors
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        try:
-            if not sel.select(timeout):
-                return None
-            return self.proc.stdout.readline()
-        finally:
-            sel.close()
-
-    def _death(self) -> str:
-        """Why the reader ended, from its exit status: out of memory (its own MemoryError, or
-        the kernel's OOM killer, which kills with SIGKILL), another signal, or an exit status."""
-        from .worker import OUT_OF_MEMORY
-        try:
-            code = self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # closed its output yet still running: as hung
-            return "the reader stopped answering on this file"
-        if code == OUT_OF_MEMORY:
-            return f"the reader ran out of memory on this file (over the {self.memory_mb} MB it may use)"
-        if code == -signal.SIGKILL:
-            return ("the reader was killed (SIGKILL) on this file: on a device usually the kernel's "
-                    "out-of-memory killer")
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            return f"the reader process died on this file ({name})"
-        return f"the reader process died on this file (exit status {code})"
-
-    def triage(self, mode: str, original: Path, dest: Path, heat: Path, source: str = "") -> Triaged:
-        if self.proc is None or self.proc.poll() is not None:
-            self._start()
-        try:
-            self.proc.stdin.write(json.dumps({"mode": mode, "original": str(original), "dest": str(dest),
-                                              "heat": str(heat), "source": source}) + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            self.close()
-            raise ReaderCrashed("the reader process had died") from None
-        line = self._readline(self.timeout_s)
-        if not line:
-            why = (f"the reader hung on this file (no answer in {self.timeout_s:g} s)" if line is None
-                   else self._death())
-            self.close()
-            raise ReaderCrashed(why)
-        return Triaged.from_dict(json.loads(line))
-
-    def close(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait()
-            for f in (self.proc.stdin, self.proc.stdout):
-                try:
-                    f.close()
-                except OSError:
-                    pass
-        self.proc = None
-
-
 def _recover_update(bundle) -> None:
     """An update killed mid-way through moving an old install into the store leaves `bundle`
     missing beside `bundle.legacy`: put it back before loading (device/update.py)."""
@@ -791,12 +364,13 @@ class Service:
     def __init__(self, data: Path, watch: Sequence[Path] = (), bundle=None, backend: str = "auto",
                  threads: Optional[int] = None, settle_s: float = 2.0, isolate: bool = False,
                  reader_memory_mb: int = 512, file_timeout_s: float = 120.0,
-                 keep_days: Optional[float] = None, max_store_gb: Optional[float] = None):
+                 keep_days: Optional[float] = None, max_store_gb: Optional[float] = None, outbox=None):
         """`isolate`: read images in a separate process under a memory limit (what `serve` does).
         Raises ServiceError for a configuration that cannot work (another instance on the data
         folder, a data folder that overlaps a watched one). A data folder that cannot be written
         is not an error: the service shows why and waits for it (`run_once` tries again)."""
         self.data = Path(data)
+        self.outbox = outbox  # device/outbox.py: answers referred to a PACS; None: nothing leaves the device
         self.status: Dict[str, str] = {}  # what the page shows until it clears: missing folders, full disk
         self.between: Optional[Callable[[str, Path], None]] = None  # a seam for tests and the fs fuzzer
         self.watch = [Path(w) for w in watch]
@@ -1523,6 +1097,8 @@ class Service:
         if drop:
             rec.file, rec.original = printable(str(path)), None
         rec.demonstration_only, rec.bundle_id = self.bundle.demonstration_only, self.bundle.digest[:16]
+        if self.outbox is not None and not drop:
+            self._refer(rec, fid, original, heat)
         with self._writing():
             previous = self.ledger.last_id_for(printable(str(path)))
             if previous and previous != fid:
@@ -1535,6 +1111,24 @@ class Service:
         self._attempt(fid, done=True)
         log.info("%s: %s", printable(str(path)), rec.decision or rec.error)
         return rec
+
+    def _refer(self, rec: Record, fid: str, original: Path, heat: Path) -> None:
+        """Queue the answer for the PACS before its record is written (device/outbox.py): a kill
+        in between reads the image again and finds the referral already queued."""
+        record = rec.to_dict()
+        if not self.outbox.wanted(record):
+            return
+        from .referral import NotReferable, build
+
+        try:
+            items = build(original, heat, record)
+        except NotReferable as exc:
+            rec.referral = f"not referred: {exc}"
+            log.info("%s: %s", fid, rec.referral)
+            return
+        with self._writing():
+            self.outbox.add(fid, items, record)
+        rec.referral = "queued"
 
     @staticmethod
     def _unreadable_content(rec: Record, mode: str) -> bool:

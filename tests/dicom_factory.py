@@ -10,7 +10,8 @@ PATIENT_ID = "PID-7719-SECRET"
 
 def write_dicom(path: Path, arr: np.ndarray, photometric: str = "MONOCHROME2", slope: float = 1.0,
                 intercept: float = 0.0, window=None, pixels: bool = True, bits_stored: int = 12,
-                syntax: str = "1.2.840.10008.1.2.1") -> Path:
+                syntax: str = "1.2.840.10008.1.2.1", study: bool = False) -> Path:
+    """`study`: with the study, series and patient attributes a CR reader's instance carries."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, generate_uid
 
@@ -23,6 +24,12 @@ def write_dicom(path: Path, arr: np.ndarray, photometric: str = "MONOCHROME2", s
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, "19700101"
     ds.Modality = "CR"
+    if study:
+        ds.PatientSex = "F"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20261205", "101500", "S1", "ACC-55"
+        ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, 1
+        ds.BodyPartExamined, ds.Manufacturer = "HAND", "TEST"
     ds.Rows, ds.Columns = arr.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0

@@ -144,11 +144,11 @@ def test_results_page_renders_and_stays_local(tiny_bundle, phantom_dir, tmp_path
 
 def test_an_internal_error_on_one_image_is_logged_and_the_queue_goes_on(tiny_bundle, phantom_dir, tmp_path,
                                                                         monkeypatch):
-    import device.service as service_mod
+    import device.readers as readers_mod
 
     data, watch = tmp_path / "data", tmp_path / "cr"
     _fill(watch, phantom_dir, 3)
-    real = service_mod.triage_file
+    real = readers_mod.triage_file
     calls = []
 
     def flaky(predictor, path, heat=None):
@@ -157,7 +157,7 @@ def test_an_internal_error_on_one_image_is_logged_and_the_queue_goes_on(tiny_bun
             raise RuntimeError("simulated bug")
         return real(predictor, path, heat)
 
-    monkeypatch.setattr(service_mod, "triage_file", flaky)
+    monkeypatch.setattr(readers_mod, "triage_file", flaky)  # what the in-process reader calls
     service = Service(data, [watch], tiny_bundle, settle_s=0)
     assert service.run_once() == 3
     recs = service.ledger.records()
