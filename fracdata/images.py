@@ -7,8 +7,9 @@ which together is exactly edge_runtime.preprocess.preprocess. Training augments 
 (train/augment.py) and normalises after, as the device normalises after what photos do.
 
 Decoding runs on a pool of threads, delivered in the records' order; an optional on-disk cache
-keeps a split's decoded arrays, keyed by the decoder's code, the PreprocessSpec and each file's
-sha256, for runs that read the same images again (resumed, or trained at the same size).
+keeps a split's decoded arrays, keyed by the decoder's code and packages, the PreprocessSpec and
+each file's sha256, for runs that read the same images again (resumed, or trained at the same
+size), which read them memory-mapped: a split larger than memory still trains.
 """
 
 from __future__ import annotations
@@ -139,26 +140,55 @@ def _check_skipped(n: int, skipped: Sequence[str], desc: str, max_skip_fraction:
         raise DataError(f"{len(skipped)} of {n} {desc} unreadable (limit {max_skip_fraction:.0%}); first: {skipped[0]}")
 
 
+def _pixels_path(path: Path) -> Path:
+    return path.with_name(path.name[:-len(".npz")] + ".pixels.npy")
+
+
+def _fingerprint(pixels: Path) -> str:
+    """Size and the sha256 of the first and last MB: a torn or truncated pixel file shows."""
+    size = pixels.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(pixels, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
 def _write_cache(path: Path, loaded: LoadedSplit, records: Sequence[Record]) -> None:
-    """Written to a temporary name and renamed: a reader never sees half an array."""
+    """The pixels as a plain .npy (read back memory-mapped), then the index .npz that names them;
+    each written to a temporary name and renamed, the .npz last: a reader never sees half an entry."""
     path.parent.mkdir(parents=True, exist_ok=True)
     where = {id(r): i for i, r in enumerate(records)}
-    tmp = path.with_name(path.name + f".{os.getpid()}-{os.urandom(6).hex()}.tmp")  # unique across hosts on a share
+    unique = f".{os.getpid()}-{os.urandom(6).hex()}.tmp"  # unique across hosts sharing the cache
+    pixels = _pixels_path(path)
+    tmp = pixels.with_name(pixels.name + unique)
     with open(tmp, "wb") as f:
-        np.savez(f, resized=loaded.resized, kept=np.array([where[id(r)] for r in loaded.records], np.int64),
-                 shapes=np.array(loaded.shapes, np.int64).reshape(-1, 2), skipped=np.array(loaded.skipped, dtype=str))
+        np.save(f, np.ascontiguousarray(loaded.resized, dtype=np.float32))
+    os.replace(tmp, pixels)
+    tmp = path.with_name(path.name + unique)
+    with open(tmp, "wb") as f:
+        np.savez(f, kept=np.array([where[id(r)] for r in loaded.records], np.int64),
+                 shapes=np.array(loaded.shapes, np.int64).reshape(-1, 2), skipped=np.array(loaded.skipped, dtype=str),
+                 pixels=np.array(_fingerprint(pixels)))
     os.replace(tmp, path)
 
 
 def _read_cache(path: Path, records: Sequence[Record], spec: PreprocessSpec) -> Optional[LoadedSplit]:
+    """The entry, its pixels memory-mapped (read-only: the OS pages in what training touches, so a
+    split larger than memory still trains), or None when it is absent or damaged in any way."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            resized, kept, shapes, skipped = z["resized"], z["kept"], z["shapes"], z["skipped"]
-    except Exception:  # noqa: BLE001 - absent or damaged in any way (a torn zip, EOF, a bad CRC): decode again
+            kept, shapes, skipped, print_ = z["kept"], z["shapes"], z["skipped"], str(z["pixels"])
+        pixels = _pixels_path(path)
+        if _fingerprint(pixels) != print_:
+            return None
+        resized = np.load(pixels, mmap_mode="r", allow_pickle=False)
+    except Exception:  # noqa: BLE001 - a torn zip, EOF, a bad CRC, a missing or short pixel file: decode again
         return None
-    if resized.shape[1:] != (spec.size, spec.size) or len(kept) != len(resized) or \
+    if resized.dtype != np.float32 or resized.shape[1:] != (spec.size, spec.size) or len(kept) != len(resized) or \
             (len(kept) and (kept.min() < 0 or kept.max() >= len(records))):
         return None
     chosen = [records[int(i)] for i in kept]
-    return LoadedSplit(chosen, resized.astype(np.float32), np.array([r.label for r in chosen], dtype=np.int32), spec,
+    return LoadedSplit(chosen, resized, np.array([r.label for r in chosen], dtype=np.int32), spec,
                        [str(x) for x in skipped], [tuple(int(v) for v in sh) for sh in shapes])

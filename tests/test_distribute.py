@@ -342,3 +342,36 @@ def test_a_damaged_cache_entry_is_decoded_again_and_a_hit_still_counts_skipped_f
         again = load_images(records, spec, progress=False, max_skip_fraction=0.5, cache_dir=cache,
                             hashes=file_hashes(records))
         np.testing.assert_array_equal(again.resized, first.resized)
+    pixels = next(cache.glob("*.pixels.npy"))
+    hit = load_images(records, spec, progress=False, max_skip_fraction=0.5, cache_dir=cache,
+                      hashes=file_hashes(records))
+    assert isinstance(hit.resized, np.memmap) and not hit.resized.flags.writeable  # paged in, never written
+    body = pixels.read_bytes()
+    for damaged in (body[:-100], body[:-64] + bytes(64)):  # the pixels torn, or their tail zeroed
+        pixels.write_bytes(damaged)
+        again = load_images(records, spec, progress=False, max_skip_fraction=0.5, cache_dir=cache,
+                            hashes=file_hashes(records))
+        np.testing.assert_array_equal(np.asarray(again.resized), first.resized)
+    pixels.unlink()
+    again = load_images(records, spec, progress=False, max_skip_fraction=0.5, cache_dir=cache,
+                        hashes=file_hashes(records))
+    np.testing.assert_array_equal(np.asarray(again.resized), first.resized)
+
+
+@pytest.mark.slow
+def test_training_from_the_cache_gives_the_same_model(tmp_path):
+    """Decoded once into --cache, then trained from the memory-mapped arrays: the same weights."""
+    import re
+    import subprocess
+    import sys
+
+    args = ["--model", "fracture_map", "--data", "phantom", "--phantom-images", "60", "--size", "64", "--epochs", "1",
+            "--steps-per-epoch", "3", "--batch-size", "4", "--bootstrap", "20", "--dropout", "0"]
+    digests = []
+    for name, extra in (("plain", []), ("cold", ["--cache", str(tmp_path / "c")]), ("warm", ["--cache", str(tmp_path / "c")])):
+        done = subprocess.run([sys.executable, "-m", "train", *args, *extra, "--out", str(tmp_path / name)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        digests.append(re.findall(r"weights sha256 ([0-9a-f]{64})", done.stderr)[-1])
+    assert len(set(digests)) == 1
+    assert len(list((tmp_path / "c").glob("*.pixels.npy"))) == 3  # train, val, test
