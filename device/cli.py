@@ -182,6 +182,8 @@ def _serve(args) -> int:
             sender.stop()
         try:
             n = service.run_once()
+            if outbox is not None:
+                outbox.run_once()  # one round of referrals: what is due and recorded goes now
         finally:
             service.close()
         print(f"processed {n} new file(s); log: {service.ledger.path}", file=sys.stderr)

@@ -4,7 +4,8 @@
 one more intake: each instance received becomes a file in the service's own inbox
 (DATA/inbox/dicom/), and from there it goes through the same queue, the same checks and the same
 once-only record as a file dropped in a watched folder. The service removes it from the inbox
-once its record is written (the store keeps the copy it read).
+once its record is written and the store keeps the copy it read; an instance the reader could
+not read, or that was refused, is moved to DATA/unread/ instead, never deleted.
 
 Durability: the instance is written to a temporary file in the data folder, fsync'd, renamed into
 the inbox and the inbox fsync'd, and only then is Success (0x0000) returned: a reader that got
@@ -19,12 +20,15 @@ here). What it refuses, and how the reader hears it:
 - more associations at once than allowed: rejected (transient), the reader tries again;
 - a SOP class or transfer syntax it cannot read: that presentation context is rejected at
   association, so the reader knows before it sends (and can send it uncompressed);
-- a dataset larger than one image may be (the watched folders' limit): the association is
-  aborted as soon as the bytes received pass it, so it never fills the disk;
+- a dataset larger than one image may be (the watched folders' limit): failure 0xC000, which a
+  reader does not retry (the same bytes will be as large again), and the association is aborted
+  as soon as the bytes received pass the limit by 1 MB, so it never fills the disk;
 - a full disk, or too little room beside the dataset: 0xA700 (out of resources): the reader
   keeps it and retries, as with any storage failure.
-The same SOP Instance sent again is acknowledged and not queued twice. Nothing identifying is
-logged: not the patient, not a UID (instances are named by the sha256 of their UID).
+The same SOP Instance sent again with the same bytes is acknowledged and not queued twice (the
+queue records each content once); sent again with other bytes (a corrected image) it is queued as
+what it is: a new image. Nothing identifying is logged, and nothing identifying names a file
+(instances are named by the sha256 of their UID and of their bytes).
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ COMPRESSED = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
-RECEIVED_INDEX = "received.sha256"  # one line per instance queued: sha256 of its SOP Instance UID
+TOO_LARGE = 0xC000  # a failure the reader should not retry: the same bytes will be as large again
 
 
 class ReceiverError(RuntimeError):
@@ -110,8 +114,16 @@ class ReceiverConfig:
 
 
 def uid_name(sop_instance_uid: str) -> str:
-    """The inbox name of an instance: the sha256 of its UID, which says nothing about the patient."""
+    """The sha256 of an instance's UID, which says nothing about the patient."""
     return hashlib.sha256(str(sop_instance_uid).strip().encode()).hexdigest()
+
+
+def content_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class Receiver:
@@ -125,7 +137,7 @@ class Receiver:
         self.inbox, self.work, self.config = Path(inbox), Path(work), config
         self.on_stored = on_stored
         self._server = None
-        self._lock = threading.Lock()  # the received index and the rename, one instance at a time
+        self._lock = threading.Lock()  # the room check and the rename, one instance at a time
         self.counts = {"stored": 0, "duplicates": 0, "refused": 0, "aborted": 0}
 
     # --- start and stop ------------------------------------------------------------------------
@@ -133,17 +145,23 @@ class Receiver:
     def start(self):
         import tempfile
 
-        from pynetdicom import AE, _config, evt
-
+        from pynetdicom import AE, _config, dimse_messages, evt
         from pynetdicom.sop_class import Verification
 
         for d in (self.inbox, self.work):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Received datasets go to a file, not memory (memory stays bounded whatever the size),
         # and that file is in the data folder: on the disk the inbox is on (a rename, not a
-        # copy) and readable by the service user only, not in the world's /tmp.
+        # copy) and readable by the service user only, not in the world's /tmp. Only pynetdicom's
+        # own temporary files are sent there; the process's tempfile default is left alone.
         _config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(self.work)
+        work = self.work
+
+        def in_work(*args, **kwargs):
+            os.makedirs(work, mode=0o700, exist_ok=True)  # removed under us: made again
+            return tempfile.NamedTemporaryFile(*args, **{**kwargs, "dir": str(work)})
+
+        dimse_messages.NamedTemporaryFile = in_work
         self._clean_work()
         syntaxes = list(self.config.syntaxes or decodable_syntaxes())
         ae = AE(ae_title=self.config.ae_title)
@@ -222,14 +240,13 @@ class Receiver:
             self.counts["refused"] += 1
             log.warning("DICOM: an instance from %s is %d MB, more than the %d MB one image may be: refused",
                         _peer(event), size // 2 ** 20, self.config.max_bytes // 2 ** 20)
-            return OUT_OF_RESOURCES
-        name = uid_name(event.request.AffectedSOPInstanceUID)
+            return TOO_LARGE
         try:
+            name = f"{uid_name(event.request.AffectedSOPInstanceUID)[:32]}-{content_hash(path)[:32]}"
             with self._lock:
-                if self._received(name):
+                if (self.inbox / f"{name}.dcm").exists():  # these very bytes wait in the queue already
                     self.counts["duplicates"] += 1
-                    log.info("DICOM: an instance from %s was received before: acknowledged, not queued again",
-                             _peer(event))
+                    log.info("DICOM: an instance from %s is queued already: acknowledged", _peer(event))
                     return SUCCESS
                 free, _ = disk_space(self.inbox)
                 if free < size + self.config.reserve_bytes:
@@ -270,18 +287,7 @@ class Receiver:
             os.replace(tmp, final)
         os.chmod(final, 0o600)
         fsync_dir(self.inbox)
-        with open(self.inbox.parent / RECEIVED_INDEX, "a") as index:
-            index.write(name + "\n")
-            index.flush()
-            os.fsync(index.fileno())
         return final
-
-    def _received(self, name: str) -> bool:
-        try:
-            with open(self.inbox.parent / RECEIVED_INDEX) as index:
-                return any(line.strip() == name for line in index)
-        except FileNotFoundError:
-            return False
 
 
 def _peer(event) -> str:

@@ -41,6 +41,7 @@ log = logging.getLogger("fracture_edge.outbox")
 
 STATE = "state.json"
 JOB = "job.json"
+UNREFERRED = "not-referred.jsonl"  # positives that could not be referred: shown on the page
 FIRST_BACKOFF_S = 30.0
 MAX_BACKOFF_S = 3600.0
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -119,7 +120,7 @@ class DicomWeb:
         from pydicom import dcmread
 
         try:
-            self.client().store_instances(datasets=[dcmread(BytesIO(item))])
+            answer = self.client().store_instances(datasets=[dcmread(BytesIO(item))])
         except requests.HTTPError as exc:
             code = getattr(exc.response, "status_code", "?")
             raise SendError(f"the PACS answered HTTP {code}"
@@ -128,6 +129,10 @@ class DicomWeb:
             raise SendError("TLS: the PACS's certificate is not trusted (--refer-ca)") from None
         except requests.RequestException as exc:
             raise SendError(f"cannot reach the PACS ({type(exc).__name__})") from None
+        failed = getattr(answer, "FailedSOPSequence", None) if answer is not None else None
+        if failed:  # 202 Accepted, with this instance among the failures
+            reason = getattr(failed[0], "FailureReason", "?")
+            raise SendError(f"the PACS did not store it (STOW-RS failure reason {reason})")
 
 
 class DicomNode:
@@ -209,11 +214,23 @@ def _write_json(path: Path, value: Dict) -> None:
 
 
 class Outbox:
+    """DATA/outbox/<record id>/ per referral still to send; DATA/outbox/sent/<record id>/ keeps
+    what was sent (its job and state: the instances themselves are deleted once acknowledged)."""
+
     def __init__(self, folder: Path, dest, refer_all: bool = False):
         self.folder, self.dest, self.refer_all = Path(folder), dest, refer_all
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.sent_folder = self.folder / "sent"
+        self.recorded = lambda rid: True  # the service sets this: is the answer's record written?
         self._lock = threading.Lock()
-        for tmp in self.folder.glob(".new-*"):  # a referral a kill cut off while being made: made again
+
+    def recover(self, recorded=None) -> None:
+        """Called by the service once it holds the data folder's lock: make the folders, and drop
+        referrals a kill cut off while being made (they are made again when the image is read)."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.sent_folder.mkdir(exist_ok=True, mode=0o700)
+        if recorded is not None:
+            self.recorded = recorded
+        for tmp in self.folder.glob(".new-*"):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def wanted(self, record: Dict) -> bool:
@@ -228,9 +245,19 @@ class Outbox:
 
         from pydicom import dcmread
 
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         final = self.folder / rid
-        if final.exists():
+        if (self.sent_folder / rid).exists():
             return False
+        if final.exists():
+            old = json.loads((final / JOB).read_text())
+            if self._same_answer(old, record):
+                return False
+            if json.loads((final / STATE).read_text())["sent"]:
+                log.warning("referral %s: read again with another answer, but part of it is sent already: kept",
+                            rid)
+                return False
+            shutil.rmtree(final)  # queued by a reading that was never recorded (a kill, another bundle)
         tmp = self.folder / f".new-{rid}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)
@@ -244,8 +271,8 @@ class Outbox:
             os.chmod(tmp / name, 0o600)
             listed.append({"file": name, "kind": kind, "sop": str(dcmread(BytesIO(data), stop_before_pixels=True)
                                                                       .SOPInstanceUID)})
-        job = {"record": rid, "items": listed, "created_utc": _now(),
-               "decision": record.get("decision"), "probability": record.get("probability")}
+        job = {"record": rid, "items": listed, "created_utc": _now(), "decision": record.get("decision"),
+               "probability": record.get("probability"), "bundle_id": record.get("bundle_id")}
         _write_json(tmp / JOB, job)
         _write_json(tmp / STATE, {"sent": [], "attempts": 0, "next_try": 0.0, "last_error": None})
         os.replace(tmp, final)
@@ -253,10 +280,36 @@ class Outbox:
         log.info("referral %s queued for %s (%d instances)", rid, self.dest.describe(), len(listed))
         return True
 
+    @staticmethod
+    def _same_answer(job: Dict, record: Dict) -> bool:
+        return (job.get("decision"), job.get("probability"), job.get("bundle_id")) == \
+            (record.get("decision"), record.get("probability"), record.get("bundle_id"))
+
+    def discard(self, rid: str) -> None:
+        """Drop a queued referral of which nothing is sent (its answer turned out not to be referred)."""
+        final = self.folder / rid
+        try:
+            if final.is_dir() and not json.loads((final / STATE).read_text())["sent"]:
+                shutil.rmtree(final)
+                fsync_dir(self.folder)
+        except (OSError, ValueError, KeyError):
+            log.warning("referral %s: could not be withdrawn", rid)
+
+    def note_unreferred(self, rid: str, reason: str) -> None:
+        """An answer to refer that cannot be (not DICOM, no study): counted on the page."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.folder / UNREFERRED, "a") as fh:
+            fh.write(json.dumps({"record": rid, "reason": reason, "utc": _now()}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
     def jobs(self) -> List[Job]:
+        """The referrals still to send, oldest first."""
         out = []
+        if not self.folder.is_dir():
+            return out
         for folder in sorted(self.folder.iterdir()):
-            if folder.name.startswith(".") or not folder.is_dir():
+            if folder.name.startswith(".") or folder == self.sent_folder or not folder.is_dir():
                 continue
             try:
                 out.append(Job(folder, json.loads((folder / JOB).read_text()),
@@ -272,14 +325,32 @@ class Outbox:
         return "failing" if job.state.get("last_error") else "queued"
 
     def run_once(self, now: Optional[float] = None) -> int:
-        """Send what is due; the number of instances sent."""
+        """Send what is due, job by job (a job that fails waits its turn; the others go on); the
+        number of instances sent. Only answers whose record is written are sent: the PACS never
+        hears an answer the device's own log does not hold."""
         sent = 0
         with self._lock:
             for job in self.jobs():
-                if self.status_of(job) == "sent" or job.state.get("next_try", 0.0) > (now or time.time()):
-                    continue
-                sent += self._send(job)
+                try:
+                    if job.state.get("next_try", 0.0) > (now or time.time()) or not self.recorded(job.rid):
+                        continue
+                    sent += self._send(job)
+                except SendError as exc:
+                    self._failed(job, exc.reason)
+                except Exception as exc:  # noqa: BLE001 - a bug or a damaged job: this job waits, the rest go on
+                    log.exception("referral %s: internal error", job.rid)
+                    self._failed(job, f"internal error ({type(exc).__name__}); details in the service log")
         return sent
+
+    def _failed(self, job: Job, reason: str) -> None:
+        attempts = int(job.state.get("attempts", 0)) + 1
+        wait = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
+        job.state.update(attempts=attempts, next_try=time.time() + wait, last_error=reason)
+        try:
+            _write_json(job.folder / STATE, job.state)
+        except OSError as exc:
+            log.error("referral %s: its state cannot be written (%s)", job.rid, exc.strerror or exc)
+        log.warning("referral %s: %s (attempt %d; next in %.0f s)", job.rid, reason, attempts, wait)
 
     def _send(self, job: Job) -> int:
         sent = 0
@@ -289,42 +360,62 @@ class Outbox:
             try:
                 self.dest.send((job.folder / item["file"]).read_bytes())
             except SendError as exc:
-                attempts = int(job.state.get("attempts", 0)) + 1
-                wait = min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
-                job.state.update(attempts=attempts, next_try=time.time() + wait, last_error=exc.reason)
-                _write_json(job.folder / STATE, job.state)
-                log.warning("referral %s: %s (attempt %d; next in %.0f s)", job.rid, exc.reason, attempts, wait)
+                self._failed(job, exc.reason)
+                return sent
+            except Exception as exc:  # noqa: BLE001 - a bug or a damaged file: this job waits, the rest go on
+                log.exception("referral %s: internal error", job.rid)
+                self._failed(job, f"internal error ({type(exc).__name__}); details in the service log")
                 return sent
             job.state["sent"].append(item["sop"])
             job.state.update(last_error=None)
-            _write_json(job.folder / STATE, job.state)
+            _write_json(job.folder / STATE, job.state)  # acknowledged: never sent again
             sent += 1
         job.state.update(sent_utc=_now(), next_try=0.0)
         _write_json(job.folder / STATE, job.state)
+        for item in job.job["items"]:  # the PACS has them: the device keeps no second copy
+            (job.folder / item["file"]).unlink(missing_ok=True)
+        self.sent_folder.mkdir(exist_ok=True, mode=0o700)
+        os.replace(job.folder, self.sent_folder / job.rid)
+        fsync_dir(self.folder)
         log.info("referral %s sent to %s", job.rid, self.dest.describe())
         return sent
 
     def summary(self) -> Dict[str, object]:
         counts = {"queued": 0, "sent": 0, "failing": 0}
         failing = []
+        try:
+            counts["sent"] = sum(1 for _ in os.scandir(self.sent_folder))
+        except OSError:
+            pass
         for job in self.jobs():
             s = self.status_of(job)
             counts[s] += 1
             if s == "failing":
                 failing.append({"record": job.rid, "reason": job.state.get("last_error"),
                                 "attempts": job.state.get("attempts"), "next_try": job.state.get("next_try")})
-        return {"destination": self.dest.describe(), **counts, "failing_jobs": failing}
+        unreferred = []
+        try:
+            unreferred = (self.folder / UNREFERRED).read_text().splitlines()
+        except OSError:
+            pass
+        last = json.loads(unreferred[-1])["reason"] if unreferred else None
+        return {"destination": self.dest.describe(), **counts, "failing_jobs": failing,
+                "not_referred": len(unreferred), "last_not_referred": last}
 
     def banner(self) -> Optional[str]:
         """One line for the results page, or None when nothing waits."""
         s = self.summary()
         if not s["queued"] and not s["failing"]:
-            return f"Referrals to {s['destination']}: {s['sent']} sent" if s["sent"] else None
-        text = f"Referrals to {s['destination']}: {s['sent']} sent, {s['queued']} queued, {s['failing']} failing"
-        if s["failing_jobs"]:
-            first = s["failing_jobs"][0]
-            wait = max(0, int(first["next_try"] - time.time()))
-            text += f" (last error: {first['reason']}; next try in {wait} s)"
+            text = f"Referrals to {s['destination']}: {s['sent']} sent" if s["sent"] else None
+        else:
+            text = f"Referrals to {s['destination']}: {s['sent']} sent, {s['queued']} queued, {s['failing']} failing"
+            if s["failing_jobs"]:
+                first = s["failing_jobs"][0]
+                wait = max(0, int(first["next_try"] - time.time()))
+                text += f" (last error: {first['reason']}; next try in {wait} s)"
+        if s["not_referred"]:
+            text = (text + "; " if text else f"Referrals to {s['destination']}: ") + \
+                f"{s['not_referred']} answer(s) could not be referred (last: {s['last_not_referred']})"
         return text
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -87,13 +87,39 @@ def _wrap(draw, text: str, font, width: int) -> List[str]:
     return lines + [line] if line else lines
 
 
-def _orientation(original) -> Tuple[str, str]:
-    """The original's Patient Orientation (row, column directions) where it states one; else the
-    usual for a frontal radiograph seen as a viewer shows it (patient's right on the image's left)."""
+def _orientation(original) -> Optional[Tuple[str, str]]:
+    """The original's Patient Orientation (row, column directions), or None where it states none."""
     got = getattr(original, "PatientOrientation", None)
     if got and len(got) == 2 and all(str(v).strip() for v in got):
         return str(got[0]), str(got[1])
-    return "L", "F"
+    return None
+
+
+# Type 2 attributes of the patient and study modules: present, possibly empty. highdicom copies
+# them from the original and refuses one that is absent or malformed; a CR reader may leave some
+# out. The copy the SC and SR are made from gets them empty; the original is sent as it came.
+TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
+         "AccessionNumber", "ReferringPhysicianName")
+
+
+def _reference(original):
+    """The original's header, with what highdicom needs of it made well-formed (never guessed)."""
+    import copy
+    import re
+
+    ref = copy.deepcopy(original)
+    if "PixelData" in ref:
+        del ref.PixelData  # the header is enough; no copy of a 40 MB frame
+    for key in TYPE2:
+        if key not in ref or ref.data_element(key).value is None:
+            setattr(ref, key, "")
+    sex = str(ref.PatientSex or "").strip().upper()
+    ref.PatientSex = sex if sex in ("M", "F", "O") else ""
+    for key, pattern in (("PatientBirthDate", r"\d{8}"), ("StudyDate", r"\d{8}"),
+                         ("StudyTime", r"\d{2,6}(\.\d{1,6})?")):
+        if not re.fullmatch(pattern, str(getattr(ref, key) or "").strip()):
+            setattr(ref, key, "")
+    return ref
 
 
 def secondary_capture(original, overlay_path: Path, record: Dict):
@@ -101,13 +127,17 @@ def secondary_capture(original, overlay_path: Path, record: Dict):
 
     pixels = burned_overlay(overlay_path, record)
     uid = str(original.SOPInstanceUID)
-    return hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=original, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", patient_orientation=_orientation(original),
+    orientation = _orientation(original)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=_reference(original), pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
+        coordinate_system="PATIENT", patient_orientation=orientation or ("L", "F"),
         series_instance_uid=derived_uid("sc-series", record["id"], uid),
         series_number=9901, sop_instance_uid=derived_uid("sc", record["id"], uid), instance_number=1,
         manufacturer=MANUFACTURER, transfer_syntax_uid="1.2.840.10008.1.2.1",
         series_description="Fracture screening overlay (not diagnostic)")
+    if orientation is None:
+        sc.PatientOrientation = None  # Type 2: present and empty, where the original states none
+    return sc
 
 
 def structured_report(original, record: Dict):
@@ -139,7 +169,7 @@ def structured_report(original, record: Dict):
     root.ContentSequence = items
     uid = str(original.SOPInstanceUID)
     return hd.sr.ComprehensiveSR(
-        evidence=[original], content=root, series_instance_uid=derived_uid("sr-series", record["id"], uid),
+        evidence=[_reference(original)], content=root, series_instance_uid=derived_uid("sr-series", record["id"], uid),
         series_number=9902, sop_instance_uid=derived_uid("sr", record["id"], uid), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         series_description="Fracture screening report (not diagnostic)")
@@ -161,7 +191,7 @@ def build(original_path: Path, overlay_path: Path, record: Dict) -> List[Tuple[s
     from pydicom.errors import InvalidDicomError
 
     try:
-        original = dcmread(original_path)
+        original = dcmread(original_path, stop_before_pixels=True)  # the header: the SC is made from the overlay
     except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError):
         raise NotReferable("not a DICOM input (only DICOM studies can be filed with the patient)") from None
     missing = [k for k in STUDY_KEYS if not str(getattr(original, k, "") or "").strip()]

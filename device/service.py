@@ -408,6 +408,7 @@ class Service:
         self._links: Dict[str, Tuple[tuple, str]] = {}  # link path -> (its signature, where it resolved)
         self._root_ids: Dict[str, Tuple[int, int]] = {}  # each source's resolved path -> (device, inode) at the scan
         self._waiting_space: List[Tuple[Path, int]] = []
+        self._received_done: Dict[str, bool] = {}  # inbox/dicom key -> its bytes are safe in the store
 
     # --- the data folder ----------------------------------------------------------------------
 
@@ -439,6 +440,8 @@ class Service:
             except OSError as exc:
                 log.warning("cannot restrict %s to its owner (%s)", self.data, exc.strerror or exc)
             self.ledger.open()
+            if self.outbox is not None:
+                self.outbox.recover(recorded=self.ledger.has)  # under the lock: no other service's half-made referral
         except ServiceError as exc:
             if starting:
                 raise
@@ -1000,6 +1003,7 @@ class Service:
             log.info("%s: same content as an earlier file (%s): not processed again", src, fid)
             self._noted.add((src, fid))
         self._handled[entry.key] = entry.sig
+        self._mark_safe(entry)  # recorded before: a second copy is not needed
         return True
 
     def _store(self, path: Path, entry: Entry, fd: int, st: os.stat_result,
@@ -1106,6 +1110,8 @@ class Service:
             self.ledger.append(rec.to_dict())
         if drop:
             shutil.rmtree(dest, ignore_errors=True)
+        else:
+            self._mark_safe(entry)
         self._clear("disk")
         self._handled[entry.key] = entry.sig
         self._attempt(fid, done=True)
@@ -1117,6 +1123,8 @@ class Service:
         in between reads the image again and finds the referral already queued."""
         record = rec.to_dict()
         if not self.outbox.wanted(record):
+            with self._writing():
+                self.outbox.discard(fid)  # queued by an earlier reading (another bundle) that was not recorded
             return
         from .referral import NotReferable, build
 
@@ -1124,11 +1132,17 @@ class Service:
             items = build(original, heat, record)
         except NotReferable as exc:
             rec.referral = f"not referred: {exc}"
-            log.info("%s: %s", fid, rec.referral)
+        except Exception as exc:  # noqa: BLE001 - a bug in one referral must not stop the queue
+            log.exception("%s: the referral could not be made", fid)
+            rec.referral = f"not referred: internal error ({type(exc).__name__}); details in the service log"
+        else:
+            with self._writing():
+                self.outbox.add(fid, items, record)
+            rec.referral = "queued"
             return
+        log.info("%s: %s", fid, rec.referral)
         with self._writing():
-            self.outbox.add(fid, items, record)
-        rec.referral = "queued"
+            self.outbox.note_unreferred(fid, rec.referral)
 
     @staticmethod
     def _unreadable_content(rec: Record, mode: str) -> bool:
@@ -1243,20 +1257,34 @@ class Service:
             self._clear("space")
         return n
 
+    def _mark_safe(self, entry: Entry) -> None:
+        if entry.key.startswith(str(self.spool.dicom) + os.sep):
+            self._received_done[entry.key] = True
+
     def _drop_received(self) -> None:
-        """Instances received over DICOM leave the inbox once their record is written (their
-        copy is in the store): the inbox holds only what is still to be read."""
+        """Instances received over DICOM leave the inbox once dealt with: deleted when the store
+        keeps the copy that was read (or these bytes were recorded before), moved to DATA/unread/
+        otherwise (unreadable, refused): a received instance is never lost, and the inbox holds
+        only what is still to be read."""
         inbox = str(self.spool.dicom) + os.sep
+        unread = self.data / "unread"
         for key, sig in list(self._handled.items()):
             if not key.startswith(inbox):
                 continue
             try:
-                if _sig(os.lstat(key)) == sig:
+                if _sig(os.lstat(key)) != sig:
+                    continue  # replaced since it was dealt with: the next scan takes it
+                if self._received_done.pop(key, False):
                     os.unlink(key)
+                else:
+                    unread.mkdir(mode=0o700, exist_ok=True)
+                    os.replace(key, unread / os.path.basename(key))
+                    fsync_dir(unread)
+                    log.warning("a received instance could not be read or was refused: kept in %s", unread)
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("cannot remove a received instance from the inbox (%s)", exc.strerror or exc)
+                log.warning("cannot move a received instance out of the inbox (%s)", exc.strerror or exc)
                 continue
             self._handled.pop(key, None)
 

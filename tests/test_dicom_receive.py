@@ -18,8 +18,8 @@ import pytest
 
 pytest.importorskip("pynetdicom", reason="the dicomnet extra (pynetdicom) is not installed")
 
-from device.dicom_receiver import (OUT_OF_RESOURCES, RECEIVED_INDEX, SUCCESS, Receiver, ReceiverConfig,  # noqa: E402
-                                   ReceiverError, uid_name)
+from device.dicom_receiver import (OUT_OF_RESOURCES, SUCCESS, TOO_LARGE, Receiver, ReceiverConfig,  # noqa: E402
+                                   ReceiverError, content_hash, uid_name)
 from dicom_factory import PATIENT_ID, PATIENT_NAME, write_dicom  # noqa: E402
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -101,12 +101,16 @@ def test_an_instance_is_queued_durably_once_and_named_by_nothing_identifying(tmp
             assert _send(receiver.port, [src]) == [SUCCESS]  # sent again: acknowledged, not queued twice
         uid = str(dcmread(src).SOPInstanceUID)
         queued = list(receiver.inbox.iterdir())
-        assert [q.name for q in queued] == [uid_name(uid) + ".dcm"]
+        assert len(queued) == 1 and queued[0].name == f"{uid_name(uid)[:32]}-{content_hash(queued[0])[:32]}.dcm"
         assert oct(queued[0].stat().st_mode & 0o777) == "0o600"
         got = dcmread(queued[0])
         assert str(got.SOPInstanceUID) == uid and got.PixelData == dcmread(src).PixelData
-        assert (receiver.inbox.parent / RECEIVED_INDEX).read_text().split() == [uid_name(uid)]
         assert receiver.counts["stored"] == 1 and receiver.counts["duplicates"] == 1
+        corrected = dcmread(src)  # the same instance, its patient's name corrected at the reader
+        corrected.PatientName = "DOE^JANET"
+        corrected.save_as(tmp_path / "b.dcm")
+        assert _send(receiver.port, [tmp_path / "b.dcm"]) == [SUCCESS]
+        assert len(list(receiver.inbox.iterdir())) == 2  # other bytes: queued as what it is, never dropped
         assert not list(receiver.work.iterdir())  # nothing left of the transfers
         logged = caplog.text
         assert PATIENT_NAME not in logged and PATIENT_ID not in logged and uid not in logged
@@ -143,12 +147,13 @@ def test_an_oversized_dataset_is_refused_or_cut_off_and_leaves_nothing(tmp_path)
     receiver = _receiver(tmp_path, max_bytes=40_000)
     try:
         middling = _radiograph(tmp_path / "m.dcm", shape=(200, 200))  # 80 KB: over the limit, under the margin
-        assert _send(receiver.port, [middling]) == [OUT_OF_RESOURCES]
+        assert _send(receiver.port, [middling]) == [TOO_LARGE]  # a failure the reader does not retry
         huge = _radiograph(tmp_path / "h.dcm", shape=(1000, 800), seed=1)  # 1.6 MB: past limit + 1 MB margin
         assert _send(receiver.port, [huge]) == "aborted"
         time.sleep(0.5)
         assert not list(receiver.inbox.iterdir()) and not list(receiver.work.iterdir())
         assert receiver.counts["aborted"] == 1 and receiver.counts["refused"] == 1
+        assert TOO_LARGE != OUT_OF_RESOURCES
         small = _radiograph(tmp_path / "s.dcm", shape=(64, 64))  # the receiver still works afterwards
         assert _send(receiver.port, [small]) == [SUCCESS]
     finally:
@@ -226,6 +231,22 @@ def test_the_service_reads_each_received_instance_once_and_empties_the_inbox(tin
         assert not list(service.spool.dicom.iterdir())  # read: gone from the inbox, kept in the store
         assert _send(receiver.port, [a]) == [SUCCESS]  # the reader sends one again
         assert service.run_once() == 0 and len(service.ledger.records()) == 2
+        assert not list(service.spool.dicom.iterdir())  # the same bytes, recorded before: not kept twice
+        short = _phantom_dicom(tmp_path / "c.dcm", phantom_dir, 2)  # a header promising more pixels than sent
+        from pydicom import dcmread
+
+        ds = dcmread(short)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
+        ds.save_as(short)
+        assert _send(receiver.port, [short]) == [SUCCESS]
+        service.run_once()
+        bad = service.ledger.records()[-1]
+        assert bad.get("probability") is None and bad.get("error")
+        kept = list((data / "unread").iterdir())  # unreadable: moved aside, never deleted
+        assert len(kept) == 1
+        got = dcmread(kept[0])  # as received (pynetdicom writes its own file meta)
+        assert got.SOPInstanceUID == ds.SOPInstanceUID and got.PixelData == ds.PixelData
+        assert not list(service.spool.dicom.iterdir())
     finally:
         receiver.stop()
         service.close()

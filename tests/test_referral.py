@@ -147,14 +147,92 @@ def test_the_outbox_backs_off_survives_a_restart_and_sends_each_instance_once(tm
     assert again.run_once(now=time.time() + 3600) == 3
     assert dest.got == [str(_read(b).SOPInstanceUID) for _, b in items]
     assert again.run_once(now=time.time() + 10 ** 6) == 0 and again.summary()["sent"] == 1
+    assert again.jobs() == []  # sent: out of the queue
     assert "1 sent" in again.banner()
 
 
 def test_a_referral_cut_off_while_being_made_is_made_again(tmp_path):
     box = Outbox(tmp_path / "outbox", _Flaky())
-    (tmp_path / "outbox" / ".new-deadbeef").mkdir()  # what a kill mid-add leaves
-    Outbox(tmp_path / "outbox", _Flaky())
+    (tmp_path / "outbox" / ".new-deadbeef").mkdir(parents=True)  # what a kill mid-add leaves
+    Outbox(tmp_path / "outbox", _Flaky())  # made: nothing touched before the service holds its lock
+    assert (tmp_path / "outbox" / ".new-deadbeef").exists()
+    box.recover()  # the service, under its lock
     assert not (tmp_path / "outbox" / ".new-deadbeef").exists() and box.jobs() == []
+
+
+def test_only_recorded_answers_go_out_and_a_changed_answer_replaces_an_unsent_one(tmp_path):
+    items = build(_study_cr(tmp_path / "o.dcm"), _overlay(tmp_path / "g.jpg"), RECORD)
+    dest = _Flaky()
+    dest.down = False
+    box = Outbox(tmp_path / "outbox", dest)
+    recorded = set()
+    box.recover(recorded=recorded.__contains__)
+    assert box.add(RECORD["id"], items, RECORD)
+    assert box.run_once() == 0 and dest.got == []  # its record is not written yet: the PACS hears nothing
+    other = {**RECORD, "bundle_id": "0000000000000000", "probability": 0.91}  # read again by another bundle
+    assert box.add(RECORD["id"], items, other)
+    assert json.loads((tmp_path / "outbox" / RECORD["id"] / "job.json").read_text())["probability"] == 0.91
+    box.discard(RECORD["id"])  # ... and then not referred at all
+    assert box.jobs() == []
+    assert box.add(RECORD["id"], items, RECORD)
+    recorded.add(RECORD["id"])
+    assert box.run_once() == 3
+    sent = tmp_path / "outbox" / "sent" / RECORD["id"]
+    assert sorted(p.name for p in sent.iterdir()) == ["job.json", "state.json"]  # no second copy kept
+    assert not box.add(RECORD["id"], items, RECORD) and box.jobs() == []  # sent: never queued again
+
+
+class _Broken(_Flaky):
+    def send(self, item: bytes):
+        if _read(item).SOPClassUID == "1.2.840.10008.5.1.4.1.1.7":
+            raise KeyError("a bug")
+        super().send(item)
+
+
+def test_a_job_that_fails_unexpectedly_waits_and_the_others_go_on(tmp_path):
+    dest = _Broken()
+    dest.down = False
+    box = Outbox(tmp_path / "outbox", dest)
+    a = build(_study_cr(tmp_path / "a.dcm", k=1), _overlay(tmp_path / "g.jpg"), RECORD)
+    other = {**RECORD, "id": "f" * 32}
+    b = build(_study_cr(tmp_path / "b.dcm", k=2), tmp_path / "g.jpg", other)
+    box.add(RECORD["id"], a, RECORD)
+    box.add(other["id"], b, other)
+    box.run_once()
+    assert len(dest.got) == 2  # each job's original; each then fails on its overlay
+    s = box.summary()
+    assert s["failing"] == 2 and all("internal error (KeyError)" in j["reason"] for j in s["failing_jobs"])
+
+
+def test_a_stow_rs_answer_listing_the_instance_as_failed_is_a_failure(tmp_path):
+    from pydicom.dataset import Dataset
+
+    class Client:
+        def store_instances(self, datasets):
+            answer, failed = Dataset(), Dataset()
+            failed.FailureReason = 0xA700
+            answer.FailedSOPSequence = [failed]
+            return answer
+
+    web = DicomWeb("http://127.0.0.1:1/dicom-web", {})
+    web._client = Client()
+    items = build(_study_cr(tmp_path / "o.dcm"), _overlay(tmp_path / "g.jpg"), RECORD)
+    with pytest.raises(SendError, match="did not store it"):
+        web.send(items[0][1])
+
+
+def test_a_header_missing_optional_study_attributes_is_still_referred(tmp_path):
+    from pydicom import dcmread
+
+    src = _study_cr(tmp_path / "o.dcm")
+    ds = dcmread(src)
+    for key in ("PatientSex", "StudyID", "AccessionNumber", "StudyTime", "PatientBirthDate"):
+        delattr(ds, key)
+    ds.StudyDate = "2026-12-05"  # malformed
+    ds.save_as(src)
+    got = [_read(b) for _, b in build(src, _overlay(tmp_path / "g.jpg"), RECORD)]
+    assert "StudyID" not in got[0] and got[1].StudyID == "" and got[2].PatientSex == ""  # the original as it came
+    assert got[1].get("PatientOrientation") in (None, "", []) or not got[1].PatientOrientation  # not invented
 
 
 # --- a real PACS ---------------------------------------------------------------------------------
@@ -232,16 +310,30 @@ def test_a_referral_reaches_orthanc_by_dicomweb_with_credentials(orthanc, tiny_b
         service.close()
 
 
+class _CountingNode(DicomNode):
+    """C-STORE that counts each instance it hands over, and stops the PACS after the first."""
+
+    def __init__(self, server, text):
+        super().__init__(text, "FRACTURE_EDGE")
+        self.server, self.sent = server, []
+
+    def send(self, item: bytes):
+        super().send(item)
+        self.sent.append(str(_read(item).SOPInstanceUID))
+        if len(self.sent) == 1:
+            self.server.stop()  # the PACS goes down in the middle of the referral
+
+
 def test_orthanc_stopped_mid_referral_gets_everything_once_when_back(orthanc, tiny_bundle, phantom_dir, tmp_path):
-    service, box, record, src = _serve_and_refer(tmp_path / "data", tiny_bundle, DicomNode(orthanc.node, "FRACTURE_EDGE"),
-                                                 tmp_path, phantom_dir)
+    node = _CountingNode(orthanc, orthanc.node)
+    service, box, record, src = _serve_and_refer(tmp_path / "data", tiny_bundle, node, tmp_path, phantom_dir)
     try:
-        orthanc.stop()
-        assert box.run_once() == 0
+        assert box.run_once() == 1  # the original went; then the PACS stopped
         assert "cannot reach the PACS" in box.banner() and box.summary()["failing"] == 1
         orthanc.start()
-        assert box.run_once(now=time.time() + 3600) == 3
-        box.run_once(now=time.time() + 10 ** 6)
+        assert box.run_once(now=time.time() + 3600) == 2  # the other two, not the first again
+        assert box.run_once(now=time.time() + 10 ** 6) == 0
+        assert len(node.sent) == 3 and len(set(node.sent)) == 3  # each instance handed over once
         _check_in_orthanc(orthanc, src, record)
         assert orthanc.new_instance_events() == 3
     finally:
@@ -298,8 +390,9 @@ def test_the_service_killed_mid_send_sends_the_rest_after_a_restart(tiny_bundle,
         assert slow.in_flight.wait(120), "the second instance never went out"
         os.kill(proc.pid, signal.SIGKILL)  # mid-send
         proc.wait()
-        jobs = list((data / "outbox").iterdir())
+        jobs = [d for d in (data / "outbox").iterdir() if d.is_dir() and d.name != "sent"]
         assert len(jobs) == 1
+        done = data / "outbox" / "sent" / jobs[0].name  # where a job goes once every instance is sent
         state = json.loads((jobs[0] / "state.json").read_text())
         assert len(state["sent"]) == 1  # the first was acknowledged and noted; the second was not
         slow.hold.clear()
@@ -308,7 +401,7 @@ def test_the_service_killed_mid_send_sends_the_rest_after_a_restart(tiny_bundle,
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.time() + 120
-        while len(json.loads((jobs[0] / "state.json").read_text())["sent"]) < 3:
+        while not (done / "state.json").exists():
             assert proc.poll() is None and time.time() < deadline, (tmp_path / "restart.log").read_text()[-3000:]
             time.sleep(0.3)
         os.kill(proc.pid, signal.SIGTERM)
@@ -317,8 +410,8 @@ def test_the_service_killed_mid_send_sends_the_rest_after_a_restart(tiny_bundle,
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         slow.stop()
-    state = json.loads((jobs[0] / "state.json").read_text())
-    job = json.loads((jobs[0] / "job.json").read_text())
+    state = json.loads((done / "state.json").read_text())
+    job = json.loads((done / "job.json").read_text())
     assert state["sent"] == [i["sop"] for i in job["items"]]  # each noted once, in order
     assert sorted(slow.received) == sorted(state["sent"])  # each acknowledged once: the first not sent again
     records = [json.loads(x) for x in (data / "results.jsonl").read_text().splitlines() if x]
