@@ -255,6 +255,10 @@ def _start_receiver(args):
     except ReceiverError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+    except OSError as exc:
+        print(f"error: the DICOM receiver's folders in {args.data} cannot be made ({exc.strerror or exc}); "
+              "fix the data folder, or start without --dicom-port", file=sys.stderr)
+        return None
     allowed = f"from {', '.join(config.allowed)}" if config.allowed else "from any AE title"
     print(f"DICOM receiver {config.ae_title} on {config.host}:{receiver.port} ({allowed})", file=sys.stderr)
     return receiver

@@ -290,3 +290,20 @@ def test_success_means_on_disk_a_kill_9_after_it_loses_nothing(tiny_bundle, phan
     assert again.returncode == 0, again.stderr
     records = [json.loads(x) for x in ledger.read_text().splitlines() if x]
     assert len(records) == 1 and records[0].get("probability") is not None
+
+
+def test_serve_says_why_when_the_receiver_cannot_start(tiny_bundle, tmp_path):
+    """A port in use, or an AE title that is not one: a one-line error, not a traceback."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        for extra, says in ((["--dicom-port", str(taken.getsockname()[1]), "--dicom-host", "127.0.0.1"],
+                             "cannot listen for DICOM"),
+                            (["--dicom-port", "0", "--ae-title", "X" * 17], "not an AE title")):
+            done = subprocess.run([sys.executable, "-m", "device", "serve", "--data", str(tmp_path / "d"), "--bundle",
+                                   str(tiny_bundle), "--no-page", "--once", *extra], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode != 0 and says in done.stderr and "Traceback" not in done.stderr
+    finally:
+        taken.close()
