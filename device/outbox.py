@@ -109,7 +109,12 @@ class DicomWeb:
             elif self.credentials:
                 session.auth = (self.credentials["username"], self.credentials["password"])
             if self.ca_file:
+                # requests lets $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE override a session's own CA
+                # (psf/requests#3829): the PACS's CA must win, so the environment is read for
+                # proxies only.
                 session.verify = str(self.ca_file)
+                session.trust_env = False
+                session.proxies.update(requests.utils.get_environ_proxies(self.url))
             self._client = DICOMwebClient(url=self.url, session=session)
         return self._client
 

@@ -439,3 +439,28 @@ def test_the_results_page_shows_the_outbox(tmp_path):
     line = _banners(service)[1]
     assert "1 failing (last error: cannot reach the PACS (ConnectionRefusedError); next try in" in line
     assert PATIENT_NAME not in line and PATIENT_ID not in line
+
+
+def test_dicomweb_over_tls_trusts_only_the_given_ca(orthanc, tiny_bundle, phantom_dir, tmp_path):
+    """Orthanc behind HTTPS with a certificate from a private CA: refused without --refer-ca (the
+    certificate is not trusted), sent with it."""
+    from device.tls import server_context
+
+    cert, key, ca = pacs.test_certificates(tmp_path / "tls")
+    proxy = pacs.TlsProxy(orthanc.http_port, server_context(cert, key))
+    url = f"https://127.0.0.1:{proxy.port}/dicom-web"
+    creds = {"username": pacs.USER, "password": pacs.PASSWORD}
+    try:
+        service, box, record, src = _serve_and_refer(tmp_path / "data", tiny_bundle, DicomWeb(url, creds), tmp_path,
+                                                     phantom_dir)
+        try:
+            assert box.run_once() == 0
+            assert "certificate is not trusted" in box.banner()
+            box.dest = DicomWeb(url, creds, ca_file=ca)
+            sent = box.run_once(now=time.time() + 3600)
+            assert sent == 3, box.banner()
+            _check_in_orthanc(orthanc, src, record)
+        finally:
+            service.close()
+    finally:
+        proxy.stop()
