@@ -124,9 +124,12 @@ def backup_callback(backup_dir: Path, chief: bool, callbacks: List, checkpoint: 
             (folder / "state.json").write_text(json.dumps({
                 "epoch": epoch, "callbacks": counters, "seed_states": seeds,
                 "stopped": bool(getattr(self.model, "stop_training", False))}))
+            _sync(folder)  # on disk before `latest` names it: a power cut leaves the previous backup
             tmp = backup_dir / (LATEST + ".tmp")
             tmp.write_text(json.dumps({"folder": folder.name}))
+            _sync_file(tmp)
             os.replace(tmp, backup_dir / LATEST)
+            _sync_file(backup_dir)
             for old in sorted(backup_dir.glob("epoch-*"))[:-KEEP]:
                 shutil.rmtree(old, ignore_errors=True)
 
@@ -134,6 +137,20 @@ def backup_callback(backup_dir: Path, chief: bool, callbacks: List, checkpoint: 
             pass  # the run folder's owner removes the backup once the run is complete
 
     return Backup()
+
+
+def _sync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync(folder: Path) -> None:
+    for f in folder.iterdir():
+        _sync_file(f)
+    _sync_file(folder)
 
 
 def remove(backup_dir: Path) -> None:
