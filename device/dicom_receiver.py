@@ -272,19 +272,7 @@ class Receiver:
         finally:
             os.close(fd)
         final = self.inbox / f"{name}.dcm"
-        if path.parent.resolve() == self.work.resolve():
-            os.replace(path, final)
-        else:  # pynetdicom wrote elsewhere (its temporary folder was changed): copy, then sync
-            tmp = self.work / f".{name}.part"
-            with open(path, "rb") as src, open(tmp, "wb") as dst:
-                while True:
-                    chunk = src.read(1 << 20)
-                    if not chunk:
-                        break
-                    dst.write(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, final)
+        os.replace(path, final)  # the transfer is in `work`, on the inbox's disk (start() sees to it)
         os.chmod(final, 0o600)
         fsync_dir(self.inbox)
         return final

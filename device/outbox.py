@@ -41,7 +41,7 @@ log = logging.getLogger("fracture_edge.outbox")
 
 STATE = "state.json"
 JOB = "job.json"
-UNREFERRED = "not-referred.jsonl"  # positives that could not be referred: shown on the page
+UNREFERRED = "not-referred.json"  # how many answers could not be referred, and the last reason
 FIRST_BACKOFF_S = 30.0
 MAX_BACKOFF_S = 3600.0
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -301,12 +301,17 @@ class Outbox:
             log.warning("referral %s: could not be withdrawn", rid)
 
     def note_unreferred(self, rid: str, reason: str) -> None:
-        """An answer to refer that cannot be (not DICOM, no study): counted on the page."""
+        """An answer to refer that cannot be (not DICOM, no study): counted on the page (each
+        record keeps its own reason in its `referral` field)."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.folder / UNREFERRED, "a") as fh:
-            fh.write(json.dumps({"record": rid, "reason": reason, "utc": _now()}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        seen = self._unreferred()
+        _write_json(self.folder / UNREFERRED, {"count": seen["count"] + 1, "last": reason, "last_record": rid})
+
+    def _unreferred(self) -> Dict:
+        try:
+            return json.loads((self.folder / UNREFERRED).read_text())
+        except (OSError, ValueError):
+            return {"count": 0, "last": None}
 
     def jobs(self) -> List[Job]:
         """The referrals still to send, oldest first."""
@@ -398,14 +403,9 @@ class Outbox:
             if s == "failing":
                 failing.append({"record": job.rid, "reason": job.state.get("last_error"),
                                 "attempts": job.state.get("attempts"), "next_try": job.state.get("next_try")})
-        unreferred = []
-        try:
-            unreferred = (self.folder / UNREFERRED).read_text().splitlines()
-        except OSError:
-            pass
-        last = json.loads(unreferred[-1])["reason"] if unreferred else None
+        unreferred = self._unreferred()
         return {"destination": self.dest.describe(), **counts, "failing_jobs": failing,
-                "not_referred": len(unreferred), "last_not_referred": last}
+                "not_referred": unreferred["count"], "last_not_referred": unreferred["last"]}
 
     def banner(self) -> Optional[str]:
         """One line for the results page, or None when nothing waits."""

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +43,15 @@ def _phantom_dicom(path: Path, phantom_dir: Path, k: int) -> Path:
     return write_dicom(path, arr, window=(2048, 4096))
 
 
-def _receiver(tmp_path: Path, **config) -> Receiver:
+@contextmanager
+def _receiving(tmp_path: Path, **config):
+    """A started receiver for the test's data folder, stopped afterwards whatever happens."""
     data = tmp_path / "data"
-    return Receiver(data / "inbox" / "dicom", data / "dicom-work", ReceiverConfig(port=0, **config)).start()
+    receiver = Receiver(data / "inbox" / "dicom", data / "dicom-work", ReceiverConfig(port=0, **config)).start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
 
 
 def _send(port: int, paths, calling="CR_READER", syntaxes=(EXPLICIT_LE,), called="FRACTURE_EDGE"):
@@ -92,8 +99,7 @@ def _echo(port: int, calling="CR_READER") -> bool:
 def test_an_instance_is_queued_durably_once_and_named_by_nothing_identifying(tmp_path, caplog):
     from pydicom import dcmread
 
-    receiver = _receiver(tmp_path)
-    try:
+    with _receiving(tmp_path) as receiver:
         src = _radiograph(tmp_path / "a.dcm")
         assert _echo(receiver.port)
         with caplog.at_level("INFO", logger="fracture_edge.dicom"):
@@ -114,38 +120,29 @@ def test_an_instance_is_queued_durably_once_and_named_by_nothing_identifying(tmp
         assert not list(receiver.work.iterdir())  # nothing left of the transfers
         logged = caplog.text
         assert PATIENT_NAME not in logged and PATIENT_ID not in logged and uid not in logged
-    finally:
-        receiver.stop()
 
 
 def test_a_calling_ae_title_off_the_allow_list_is_rejected(tmp_path):
-    receiver = _receiver(tmp_path, allowed=("CR_READER",))
-    try:
+    with _receiving(tmp_path, allowed=("CR_READER",)) as receiver:
         src = _radiograph(tmp_path / "a.dcm")
         assert _send(receiver.port, [src], calling="STRANGER") == "rejected"
         assert not list(receiver.inbox.iterdir())
         assert _send(receiver.port, [src], calling="CR_READER") == [SUCCESS]
-    finally:
-        receiver.stop()
 
 
 def test_a_transfer_syntax_it_cannot_decode_is_refused_at_association(tmp_path, caplog):
     """Refused before a byte of the image is sent; offered beside one it decodes, that one is chosen."""
-    receiver = _receiver(tmp_path)
-    try:
+    with _receiving(tmp_path) as receiver:
         src = _radiograph(tmp_path / "a.dcm")
         with caplog.at_level("ERROR", logger="pynetdicom"):
             assert _send(receiver.port, [src], syntaxes=(JPEG_LOSSLESS,)) == "aborted"
         assert "No accepted presentation contexts" in caplog.text  # what the reader's log says
         assert not list(receiver.inbox.iterdir())
         assert _send(receiver.port, [src], syntaxes=(JPEG_LOSSLESS, EXPLICIT_LE)) == [SUCCESS]
-    finally:
-        receiver.stop()
 
 
 def test_an_oversized_dataset_is_refused_or_cut_off_and_leaves_nothing(tmp_path):
-    receiver = _receiver(tmp_path, max_bytes=40_000)
-    try:
+    with _receiving(tmp_path, max_bytes=40_000) as receiver:
         middling = _radiograph(tmp_path / "m.dcm", shape=(200, 200))  # 80 KB: over the limit, under the margin
         assert _send(receiver.port, [middling]) == [TOO_LARGE]  # a failure the reader does not retry
         huge = _radiograph(tmp_path / "h.dcm", shape=(1000, 800), seed=1)  # 1.6 MB: past limit + 1 MB margin
@@ -156,15 +153,12 @@ def test_an_oversized_dataset_is_refused_or_cut_off_and_leaves_nothing(tmp_path)
         assert TOO_LARGE != OUT_OF_RESOURCES
         small = _radiograph(tmp_path / "s.dcm", shape=(64, 64))  # the receiver still works afterwards
         assert _send(receiver.port, [small]) == [SUCCESS]
-    finally:
-        receiver.stop()
 
 
 def test_a_full_disk_answers_out_of_resources_and_the_retry_succeeds(tmp_path, monkeypatch):
     import device.dicom_receiver as dr
 
-    receiver = _receiver(tmp_path)
-    try:
+    with _receiving(tmp_path) as receiver:
         src = _radiograph(tmp_path / "a.dcm")
         monkeypatch.setattr(dr, "disk_space", lambda path: (1024, 10 ** 9))
         assert _send(receiver.port, [src]) == [OUT_OF_RESOURCES]
@@ -180,15 +174,12 @@ def test_a_full_disk_answers_out_of_resources_and_the_retry_succeeds(tmp_path, m
         assert not list(receiver.inbox.iterdir())
         assert _send(receiver.port, [src]) == [SUCCESS]  # the reader's retry, once there is room
         assert len(list(receiver.inbox.iterdir())) == 1
-    finally:
-        receiver.stop()
 
 
 def test_more_associations_than_allowed_are_rejected_until_one_ends(tmp_path):
     from pynetdicom import AE
 
-    receiver = _receiver(tmp_path, max_associations=1)
-    try:
+    with _receiving(tmp_path, max_associations=1) as receiver:
         ae = AE(ae_title="CR_READER")
         ae.add_requested_context(CR, [EXPLICIT_LE])
         first = ae.associate("127.0.0.1", receiver.port, ae_title="FRACTURE_EDGE")
@@ -197,8 +188,6 @@ def test_more_associations_than_allowed_are_rejected_until_one_ends(tmp_path):
         first.release()
         time.sleep(0.3)
         assert _send(receiver.port, [_radiograph(tmp_path / "a.dcm")]) == [SUCCESS]
-    finally:
-        receiver.stop()
 
 
 @pytest.mark.parametrize("config, says", [

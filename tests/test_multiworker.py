@@ -126,16 +126,21 @@ def test_a_killed_worker_restarts_from_the_backup_and_ends_as_if_never_interrupt
     assert [r["epoch"] for r in _history(out)] == ["0", "1", "2", "3"]
 
 
-def test_a_killed_single_process_run_resumes_with_resume(reference):
-    out = reference["root"] / "single-killed"
-    proc = subprocess.Popen([sys.executable, "-m", "train", *ARGS, "--out", str(out)], stdout=subprocess.DEVNULL,
+def _kill_single_when(args, out: Path, ready, poll: float = 0.05):
+    """Start `python -m train ARGS --out OUT`, and kill -9 it (by its PID) once `ready()` holds."""
+    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
-    while not (out / "backup" / "latest").exists():
+    while not ready():
         assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+        time.sleep(poll)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
+
+
+def test_a_killed_single_process_run_resumes_with_resume(reference):
+    out = reference["root"] / "single-killed"
+    _kill_single_when(ARGS, out, (out / "backup" / "latest").exists)
     extra = subprocess.run([sys.executable, "-m", "train", "--resume", str(out), "--epochs", "9"], capture_output=True,
                            text=True, timeout=TIMEOUT)
     assert extra.returncode == 2 and "takes no other flags" in extra.stderr
@@ -158,14 +163,7 @@ def test_a_resumed_run_with_dropout_ends_as_if_never_interrupted(tmp_path):
                            capture_output=True, text=True, timeout=TIMEOUT)
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--out", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
-    while not (out / "backup" / "latest").exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    _kill_single_when(args, out, (out / "backup" / "latest").exists, poll=0.02)
     resumed = subprocess.run([sys.executable, "-m", "train", *args, "--out", str(out)], capture_output=True,
                              text=True, timeout=TIMEOUT)  # the same command again resumes it
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -191,14 +189,8 @@ def test_the_paper_path_trains_on_two_workers(tmp_path):
 def test_a_run_killed_during_its_evaluation_evaluates_on_resume(reference):
     """Trained to its end, killed while evaluating: --resume trains nothing and evaluates the same model."""
     out = reference["root"] / "killed-evaluating"
-    proc = subprocess.Popen([sys.executable, "-m", "train", *ARGS, "--out", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
-    while not (out / "model.keras").exists():  # saved once training is over, before the evaluation
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
+    # model.keras is saved once training is over, before the evaluation
+    _kill_single_when(ARGS, out, (out / "model.keras").exists, poll=0.02)
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     resumed = subprocess.run([sys.executable, "-m", "train", "--resume", str(out)], capture_output=True, text=True,
                              timeout=TIMEOUT)

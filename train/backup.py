@@ -64,13 +64,11 @@ def _seed_generators(model) -> list:
 
 
 def _plain(value):
-    try:
-        import numpy as np
+    """A callback counter as JSON takes it (numpy scalars and tensors as Python numbers)."""
+    import numpy as np
 
-        if isinstance(value, (np.floating, np.integer)):
-            return value.item()
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
     return value if isinstance(value, (int, float, type(None))) else float(value)
 
 
@@ -86,7 +84,6 @@ def backup_callback(backup_dir: Path, chief: bool, callbacks: List, checkpoint: 
     class Backup(keras.callbacks.BackupAndRestore):
         def __init__(self):
             super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
-            self.restored_from: Optional[int] = None
 
         def _load_model(self):  # called by on_train_begin
             folder = latest(backup_dir)
@@ -105,7 +102,6 @@ def backup_callback(backup_dir: Path, chief: bool, callbacks: List, checkpoint: 
                 for key, value in state.get("callbacks", {}).get(type(cb).__name__, {}).items():
                     setattr(cb, key, value)
             self.model._initial_epoch = int(state["epoch"])
-            self.restored_from = int(state["epoch"])
 
         def _save_model(self):
             if not chief:

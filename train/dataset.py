@@ -108,8 +108,9 @@ def evaluation_dataset(arrays, batch_size: int, strategy=None):
 
 
 def make_tf_dataset(split: LoadedSplit, batch_size: int, training: bool, seed: int,
-                    class_weight: Optional[Dict[int, float]] = None, photo: bool = True):
-    """Shuffled and augmented only when `training`; otherwise cached and prefetched.
+                    class_weight: Optional[Dict[int, float]] = None, photo: bool = True, strategy=None):
+    """Augmented batches (one device) when `training`; otherwise the split's model inputs as
+    evaluation batches (evaluation_dataset), spread over `strategy`'s replicas.
 
     `class_weight` adds per-image weights, used on validation so that its loss is the same
     class-weighted loss the model trains on; unweighted, it rises as the model learns to flag
@@ -122,17 +123,8 @@ def make_tf_dataset(split: LoadedSplit, batch_size: int, training: bool, seed: i
         sig = (tf.TensorSpec((None, size, size, 1), tf.float32), tf.TensorSpec((None,), tf.float32))
         batch_of, steps = training_batch(split, batch_size, seed, photo)
         return step_dataset(batch_of, sig, 0, steps)
-    images, labels = split.images, split.labels.astype(np.float32)
-    spec = (tf.TensorSpec(images.shape[1:], tf.float32), tf.TensorSpec((), tf.float32))
-    weights = None
+    labels = split.labels.astype(np.float32)
+    arrays = (split.images, labels)
     if class_weight is not None:
-        weights = np.where(split.labels == 1, class_weight[1], class_weight[0]).astype(np.float32)
-        spec = spec + (tf.TensorSpec((), tf.float32),)
-
-    def gen():  # a generator keeps the arrays out of the graph (no 2 GB constant limit)
-        for i in range(len(images)):
-            yield (images[i], labels[i]) if weights is None else (images[i], labels[i], weights[i])
-
-    ds = tf.data.Dataset.from_generator(gen, output_signature=spec)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(len(images))).cache()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        arrays += (np.where(split.labels == 1, class_weight[1], class_weight[0]).astype(np.float32),)
+    return evaluation_dataset(arrays, batch_size, strategy)

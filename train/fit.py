@@ -25,7 +25,7 @@ from fracdata.provenance import sha256_file, versions
 from fracdata.split import load_split, records_by_split, save_split, split_summary
 
 from .augment import describe as describe_augmentation
-from .dataset import evaluation_dataset, step_dataset, training_batch
+from .dataset import make_tf_dataset, step_dataset, training_batch
 from .distribute import STRATEGIES
 from .evaluate import _header, evaluate_model
 
@@ -253,11 +253,10 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
                    tf.TensorSpec((None,), tf.float32))
             train_ds = distributed(strategy, lambda k, n, local: step_dataset(batch_of, sig, start * steps,
                                                                               epochs * steps, k, n, local))
-            yv = val.labels.astype(np.float32)
-            wv = np.where(val.labels == 1, cw[1], cw[0]).astype(np.float32)
             if not finished:
                 model.fit(train_ds, steps_per_epoch=steps,
-                          validation_data=evaluation_dataset((val.images, yv, wv), o.batch_size, strategy),
+                          validation_data=make_tf_dataset(val, o.batch_size, False, o.seed, class_weight=cw,
+                                                          strategy=strategy),
                           epochs=epochs, initial_epoch=start, callbacks=callbacks,
                           verbose=1 if sys.stderr.isatty() else 2)
             fitted = model
@@ -412,9 +411,7 @@ def run_training(names: Sequence[str], dataset: Dataset, out: Path,
     try:
         hashes = file_hashes(dataset.records)
         sums = checksums(dataset.records, dataset.root, hashes)
-        if task.chief and len(names) > 1:
-            (out / RUN_JSON).write_text(json.dumps(start_record(options.argv, sums, names), indent=2))
-        elif task.chief and not (out / RUN_JSON).is_file():
+        if task.chief and (len(names) > 1 or not (out / RUN_JSON).is_file()):  # one model's run.json is its own
             (out / RUN_JSON).write_text(json.dumps(start_record(options.argv, sums, names), indent=2))
         results = _train_all(names, dataset, out, write, options, task, strategy, hashes, sums)
         if task.chief and len(names) > 1:
