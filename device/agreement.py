@@ -24,11 +24,13 @@ import numpy as np
 from edge_runtime.labels import POSITIVE
 from edge_runtime.predictor import Predictor
 
-from .simulate import ANSWER_CONDITIONS, REFUSE_CONDITIONS, SAME_REASON, radiograph_from_file, simulate
+from .simulate import (ANSWER_CONDITIONS, ANSWER_OR_REFUSE, REFUSE_CONDITIONS, SAME_REASON, radiograph_from_file,
+                       simulate)
 from .triage import triage_photo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm")
 # Targets from the film issue; docs/results.md says where each is met or missed.
+OUT_OF_SCOPE_CODE = "out_of_scope"  # a photo the out-of-scope gate refused (listed with the quality gate's codes)
 TARGETS = {"accepted": 0.95, "same_decision": 0.97, "fracture_lost": 0.01, "mean_abs_dp": 0.03, "right_reason": 0.95}
 
 
@@ -45,7 +47,7 @@ class ConditionStats:
     unsimulated: int = 0  # the simulator found no scene for the film's shape (reported, not counted)
     file_out_of_scope: int = 0  # the file itself was refused by the out-of-scope gate: nothing to agree with
     diffs: List[float] = field(default_factory=list)
-    scope_scores: List[float] = field(default_factory=list)  # the gate's score on each answered photo (not enforced)
+    scope_scores: List[float] = field(default_factory=list)  # the out-of-scope gate's score on each photo it measured
     reasons: Dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> Dict[str, object]:
@@ -55,10 +57,14 @@ class ConditionStats:
                "accepted": self.accepted, "accepted_share": self.accepted / self.photos if self.photos else None,
                "reasons": dict(sorted(self.reasons.items(), key=lambda kv: -kv[1])), "unsimulated": self.unsimulated,
                "file_out_of_scope": self.file_out_of_scope}
-        if self.scope_scores:  # what the out-of-scope gate would refuse of these photos if it were enforced on films
+        if self.scope_scores:  # the out-of-scope gate's scores (refused above 1 where the bundle has film groups)
             sc = np.array(self.scope_scores)
             out.update(scope_median=float(np.median(sc)), scope_over_limit=float(np.mean(sc > 1.0)))
         if self.expect == "answer":
+            if self.condition in ANSWER_OR_REFUSE:  # answered, or refused for this reason: both are right
+                out.update(allowed_refusal=ANSWER_OR_REFUSE[self.condition], refused_for_it=self.right_reason,
+                           answered_or_refused_for_it=(self.accepted + self.right_reason) / self.photos
+                           if self.photos else None)
             out.update(same_decision=self.same / answered if answered else None,
                        fracture_lost=self.lost, fracture_added=self.added,
                        fracture_lost_share=self.lost / answered if answered else None,
@@ -100,7 +106,8 @@ def film_agreement(predictor: Predictor, files: Sequence[Path], conditions: Sequ
             rec = triage_photo(predictor, p, None)
             s = stats[c]
             s.photos += 1
-            codes = (rec.quality or {}).get("codes", []) if rec.retake else []
+            codes = ((rec.quality or {}).get("codes", []) if rec.retake
+                     else [OUT_OF_SCOPE_CODE] if rec.out_of_scope else [])
             for code in codes or (["error"] if rec.error else []):
                 s.reasons[code] = s.reasons.get(code, 0) + 1
             row = {"file": str(f), "condition": c, "p_file": d.probability, "decision_file": d.decision,
@@ -109,13 +116,15 @@ def film_agreement(predictor: Predictor, files: Sequence[Path], conditions: Sequ
                    "scope_file": (d.scope or {}).get("score"), "scope_photo": (rec.scope or {}).get("score")}
             if log_rows is not None:
                 log_rows.append(row)
-            if rec.error or rec.retake:
+            if rec.scope and "score" in rec.scope:
+                s.scope_scores.append(rec.scope["score"])
+            if rec.error or rec.retake or rec.out_of_scope:
                 if s.expect != "answer" and any(c in codes for c in (s.expect,) + SAME_REASON.get(s.expect, ())):
+                    s.right_reason += 1
+                elif s.expect == "answer" and ANSWER_OR_REFUSE.get(c) in codes:  # refused for the reason it may be
                     s.right_reason += 1
                 continue
             s.accepted += 1
-            if rec.scope and "score" in rec.scope:
-                s.scope_scores.append(rec.scope["score"])
             if s.expect != "answer":
                 continue
             s.diffs.append(abs(rec.probability - d.probability))
@@ -172,7 +181,7 @@ def markdown(results: Dict[str, Dict[str, object]], title: str) -> str:
     fmt = lambda v, spec=".3f": "–" if v is None else format(v, spec)  # noqa: E731
     lines = [f"### {title}", "",
              "| condition | photos | accepted | same decision | fracture lost | fracture added | mean \\|Δp\\| | p95 \\|Δp\\| "
-             "| out-of-scope score: median, share > 1 (not enforced on films) |",
+             "| out-of-scope score: median, share > 1 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results.values():
         if r["expect"] != "answer":
@@ -180,6 +189,11 @@ def markdown(results: Dict[str, Dict[str, object]], title: str) -> str:
         lines.append(f"| {r['condition']} | {r['photos']} | {fmt(r['accepted_share'])} | {fmt(r['same_decision'])} | "
                      f"{r['fracture_lost']} | {r['fracture_added']} | {fmt(r['mean_abs_dp'])} | {fmt(r['p95_abs_dp'])} | "
                      + (f"{r['scope_median']:.2f}, {r['scope_over_limit']:.3f} |" if "scope_median" in r else "– |"))
+    allowed = [r for r in results.values() if r.get("allowed_refusal")]
+    if allowed:
+        lines += [""] + [f"{r['condition']}: {r['refused_for_it']} of {r['photos']} refused as `{r['allowed_refusal']}` "
+                         f"(a right answer too); answered or so refused: {fmt(r['answered_or_refused_for_it'])}."
+                         for r in allowed]
     refused = [r for r in results.values() if r["expect"] != "answer"]
     if refused:
         lines += ["", "| refusal condition | expected reason | photos | refused for that reason | answered | reasons given |",
@@ -210,7 +224,8 @@ def totals(results: Dict[str, Dict[str, object]]) -> Dict[str, object]:
             "same_decision": same / accepted if accepted else None,
             "fracture_lost_share": lost / accepted if accepted else None,
             "mean_abs_dp": dp / accepted if accepted else None,
-            "min_accepted_share": min((r["accepted_share"] for r in ans), default=None),
+            # an overhang refused as such is a right outcome too (simulate.ANSWER_OR_REFUSE)
+            "min_accepted_share": min((r.get("answered_or_refused_for_it", r["accepted_share"]) for r in ans), default=None),
             "refusal_photos": sum(r["photos"] for r in ref),
             "refused_right_reason": (sum(r["right_reason"] for r in ref) / sum(r["photos"] for r in ref)) if ref else None}
 

@@ -45,6 +45,7 @@ class Flattened:
     glare_share: float  # share of film pixels brighter than the lightbox behind them
     edge_width: Optional[float] = None  # 10-90% width of the film's border step, share of its short side (camera blur)
     film_long_side_px: float = 0.0  # the longest side in the original photo's pixels
+    off_lightbox: bool = False  # a side of the film has no lit lightbox beyond it: it hangs past the lightbox's edge
     notes: List[str] = field(default_factory=list)
     found: Optional[Found] = None
 
@@ -228,8 +229,6 @@ def flatten_film(photo: Image.Image, out_long_side: int = OUT_LONG_SIDE,
         notes.append("colour cast corrected")
     if found.other_films:
         notes.append(f"{found.other_films + 1} films in the photo: read the one nearest the centre")
-    if found.unlit_sides:
-        notes.append("the film runs past the lightbox's edge: what lies beyond it is not read")
     corners = quad * to_original
     sides = geo.side_lengths(corners)
     short = min(sides)
@@ -237,5 +236,6 @@ def flatten_film(photo: Image.Image, out_long_side: int = OUT_LONG_SIDE,
         pixels=np.clip(transmission, 0.0, 1.0).astype(np.float32), corners=corners, film_short_side_px=short,
         film_long_side_px=max(sides),
         film_share=float(found.mask.mean()), lightbox_level=level, cut_off=found.cut_off,
+        off_lightbox=bool(found.unlit_sides),
         raw_peak_share=float((raw >= 0.985).mean()), glare_share=float((transmission > 1.03).mean()),
         edge_width=width, notes=notes, found=found)

@@ -54,6 +54,9 @@ TEXT = {
                "viewer as a file and use `python -m edge_runtime predict FILE`",
     "cut_off": "film cut off at the edge of the photo, so part of the anatomy may be missing: step back or "
                "centre the film",
+    "off_lightbox": "part of the film hangs past the lightbox's edge, so it is not lit and cannot be read (the "
+                    "answer could change with what it holds): move the whole film onto the lit area and photograph "
+                    "it again",
     "film_too_small": "film too small in the photo ({px:.0f} px along its {side} side, needs {min}): move closer or "
                       "use a higher resolution",
     "under_exposed": "under-exposed (lightbox at {level:.0%} brightness): turn the lightbox on fully or raise "
@@ -164,6 +167,8 @@ def assess(flat: Flattened, minimum: Optional[Tuple[str, int]] = None) -> Qualit
     reasons = []
     if flat.cut_off:
         reasons.append(reason("cut_off"))
+    if flat.off_lightbox:
+        reasons.append(reason("off_lightbox"))
     shown = film_side_shown(flat.film_long_side_px if side == "long" else flat.film_short_side_px)
     if shown < least:  # the number the message shows is the number compared: "300, needs 300" passes
         reasons.append(reason("film_too_small", px=shown, side=side, min=least))

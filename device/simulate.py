@@ -33,6 +33,10 @@ ANSWER_CONDITIONS = ("full", "room", "bright_surround", "overhang", "tilt", "rot
 REFUSE_CONDITIONS = {"blur": "blur", "glare": "glare", "dark": "under_exposed", "bright": "over_exposed",
                      "cut_off": "cut_off", "small": "film_too_small", "screen": "no_film",
                      "radiograph_file": "radiograph_file", "blank": "blank", "tiny": "photo_too_small"}
+# An overhanging film (3-10% past one edge of the lightbox): where the finder sees the film run
+# past the lit area it is refused for that reason (the unlit part cannot be read, and the answer
+# could change with it); where it does not, the photo is answered.
+ANSWER_OR_REFUSE = {"overhang": "off_lightbox"}
 # Reasons that say the same thing in other words: an all-white photo is over-exposed, a dim
 # photo with no film to be seen is too dark.
 SAME_REASON = {"over_exposed": ("washed_out",), "under_exposed": ("too_dark",)}

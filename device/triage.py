@@ -101,9 +101,9 @@ def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
         rec.retake, rec.decision, rec.timings_ms = True, RETAKE, timings
         return rec
     decoded = DecodedImage(flat.pixels, f"film photo ({photo.source_mode})", photo.original_size, [])
-    # The out-of-scope gate measures the flattened film but does not refuse it yet: its thresholds
-    # were chosen on files, and a photo's flattened film lies farther (docs/results.md).
-    result = predictor.predict_pixels(decoded, path, heatmap_path, lambda: display_image(flat), gate=False)
+    # The out-of-scope gate measures the flattened film against its film groups too (photographed
+    # training radiographs); a bundle without them records its verdict and does not refuse (scope.py).
+    result = predictor.predict_pixels(decoded, path, heatmap_path, lambda: display_image(flat), film=True)
     if result.error:  # the film itself holds nothing to read (blank, flat)
         blank = quality.reason("blank_film", why=result.error)
         rec.quality = quality.Quality(False, [blank], q.metrics).to_dict()

@@ -120,6 +120,7 @@ def app_config(bundle: Bundle, trusted_key_b64: Optional[str]) -> Dict:
         "DIGEST_KEY": manifest.DIGEST_KEY, "SIGNATURE_FILE": signature.SIGNATURE,
         "SIGNED_PREFIX": signature.message("").decode(), "TRUSTED_KEY": trusted_key_b64,
         "ARTIFACT_PREFERENCE": list(ARTIFACT_PREFERENCE), "SELFTEST_GENERATOR": selftest.GENERATOR,
+        "SELFTEST_SCOPE_TOLERANCE": dict(selftest.SCOPE_TOLERANCE),
         "POSITIVE": labels.POSITIVE, "NEGATIVE": labels.NEGATIVE, "RETAKE": labels.RETAKE,
         "OUT_OF_SCOPE": labels.OUT_OF_SCOPE, "OUT_OF_SCOPE_ADVICE": labels.OUT_OF_SCOPE_ADVICE,
         "SCOPE": {"REASONS": dict(scope.REASONS), "UNFAMILIAR_PHOTO": UNFAMILIAR_PHOTO},

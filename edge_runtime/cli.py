@@ -135,7 +135,10 @@ def _info(args) -> int:
             "fracture_map": bundle.info.fracture_map.pooling.to_dict() if bundle.info.fracture_map else None,
             "calibration": ({"method": "platt", "a": bundle.calibration.a, "b": bundle.calibration.b}
                             if bundle.calibration else None),
-            "out_of_scope_gate": ({"groups": list(bundle.info.scope.groups), "colour_limit": bundle.info.scope.colour_limit}
+            "out_of_scope_gate": ({"groups": list(bundle.info.scope.groups), "colour_limit": bundle.info.scope.colour_limit,
+                                   "on_film_photos": ("refuses (film groups: " + ", ".join(bundle.info.scope.film_groups) + ")"
+                                                      if bundle.info.scope.film_groups else
+                                                      "measured, not refused (no film groups)")}
                                   if bundle.info.scope else None),
             "data": (m.get("data") or {}).get("name") if isinstance(m.get("data"), dict) else None,
             "signature": (f"verified (key {bundle.signed_by})" if bundle.signed_by else

@@ -13,3 +13,6 @@ class ImageReadError(ValueError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # rebuilt from both arguments: it crosses process boundaries (a worker pool)
+        return (type(self), (self.path, self.reason))

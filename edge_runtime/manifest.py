@@ -266,6 +266,7 @@ class ScopeInfo:
     arrays: Dict[str, Tuple[int, Tuple[int, ...]]]  # means (G, D), precisions (G, D, D)
     thresholds: Dict[str, Tuple[float, ...]]
     colour_limit: float
+    film_groups: Tuple[str, ...] = ()  # fitted on photographed films: measured on the film path only
 
     @classmethod
     def from_dict(cls, d: Any, model: "ModelInfo", artifacts: Dict[str, "ArtifactInfo"], status: str) -> "ScopeInfo":
@@ -278,6 +279,13 @@ class ScopeInfo:
         _need(isinstance(groups, list) and 1 <= len(groups) <= 64 and all(isinstance(g, str) for g in groups),
               "scope.groups", "expected a list of group names")
         g = len(groups)
+        _need(len(set(groups)) == g, "scope.groups", "group names repeat")
+        film_groups = d.get("film_groups", [])
+        _need(isinstance(film_groups, list) and all(isinstance(f, str) and f in groups for f in film_groups)
+              and len(set(film_groups)) == len(film_groups), "scope.film_groups", "expected distinct names from scope.groups")
+        # "film/<group>": a film group photographs a file group of this gate, so it cannot take a file group's place
+        _need(all(f.startswith("film/") and f[len("film/"):] in groups for f in film_groups), "scope.film_groups",
+              "each must be 'film/' + a file group's name")
         arrays = {}
         for name in ("means", "precisions"):
             a = _obj(_obj(d.get("arrays"), "scope.arrays").get(name), f"scope.arrays.{name}")
@@ -295,7 +303,7 @@ class ScopeInfo:
             missing = sorted(set(artifacts) - set(thresholds))
             _need(not missing, "scope.thresholds", f"no thresholds for {', '.join(missing)}")
         return cls(_file_name(d.get("file"), "scope.file"), tuple(groups), arrays, thresholds,
-                   _number(d.get("colour_limit"), "scope.colour_limit", 0.0, 1.0))
+                   _number(d.get("colour_limit"), "scope.colour_limit", 0.0, 1.0), tuple(film_groups))
 
 
 @dataclass(frozen=True)
@@ -374,6 +382,13 @@ class Manifest:
                 _need(isinstance(probs, list) and len(probs) == n and all(
                     isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in probs),
                     where, f"expected {n} probabilities in [0, 1]")
+            for section in ("scope_scores", "scope_scores_film"):  # the gate's scores: files, and films
+                for key, scores in _obj(st.get(section, {}), f"self_test.{section}").items():
+                    where = f"self_test.{section}.{key}"
+                    _need(key in artifacts, where, "not an artifact of this bundle")
+                    _need(isinstance(scores, list) and len(scores) == n and all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v < float("inf")
+                        for v in scores), where, f"expected {n} finite scores >= 0")
         return cls(status, demo, model, spec, decision, artifacts, dict(defaults), gradcam, dict(files), dict(d), fmap,
                    scope)
 

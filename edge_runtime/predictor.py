@@ -31,7 +31,8 @@ from .preprocess import checked_input, map_on_image, merge_maps, views
 from .scope import colour_refusal, load_gate
 
 UNFAMILIAR_PHOTO = ("the model does not recognise this film as a limb radiograph of the kind it was trained on "
-                    "(its out-of-scope check, not enforced on photos): make sure it is one before trusting the answer")
+                    "(its out-of-scope check, which this bundle does not enforce on photos: it has no film groups): "
+                    "make sure it is one before trusting the answer")
 OVERLAY_SIDE = 768  # long side of the overlay (a JPEG): readable on a phone, cheap to write
 
 
@@ -190,17 +191,18 @@ class Predictor:
 
     def predict_pixels(self, decoded: DecodedImage, name: Union[str, Path], heatmap_path: Optional[Path] = None,
                        display: Optional[Callable[[], np.ndarray]] = None, t_start: Optional[float] = None,
-                       gate: bool = True) -> Result:
-        """One decoded image (a file's pixels, or a flattened film) -> its result record. `gate=False`
-        answers what the out-of-scope gate would refuse, recording its verdict with `enforced:
-        false` (the self-test's drawn images; flattened film photos, whose distances the gate's
-        thresholds were not chosen on yet: docs/results.md)."""
+                       gate: bool = True, film: bool = False) -> Result:
+        """One decoded image (a file's pixels, or a flattened film: `film=True`) -> its result
+        record. The out-of-scope gate refuses a film only when the bundle's gate was fitted on
+        photographed films (scope.py); otherwise, and with `gate=False` (the self-test's drawn
+        images), its verdict is recorded with `enforced: false`."""
         rec = self._header(name)
         t_all = t_start if t_start is not None else time.perf_counter()
         timings: Dict[str, float] = {}
         rec.source = {"mode": decoded.source_mode, "width": decoded.source_size[0], "height": decoded.source_size[1]}
         rec.warnings = list(decoded.warnings)
-        refused = colour_refusal(decoded.colour, self.gate.colour_limit) if gate and self.gate else None
+        enforce = gate and self.gate is not None and (not film or self.gate.covers_film)
+        refused = colour_refusal(decoded.colour, self.gate.colour_limit) if enforce else None
         if refused:  # a colour picture: refused before the model runs
             return self._refused(rec, refused, timings, t_all)
         t0 = time.perf_counter()
@@ -212,10 +214,10 @@ class Predictor:
         timings["preprocess"] = _ms(t0)
         p_model, raw, pooled = self.assess(x, timings)
         if self.gate is not None:
-            rec.scope = self.gate.check(pooled, decoded.colour)
-            if gate and not rec.scope["in_scope"]:
+            rec.scope = self.gate.check(pooled, decoded.colour, film)
+            if enforce and not rec.scope["in_scope"]:
                 return self._refused(rec, rec.scope, timings, t_all)
-            if not gate:
+            if not enforce:
                 rec.scope["enforced"] = False
                 if not rec.scope["in_scope"]:  # said, though not enforced on photos: the reader should look twice
                     rec.warnings.append(UNFAMILIAR_PHOTO)

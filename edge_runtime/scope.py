@@ -23,6 +23,14 @@ answer is shown, with its own decision (labels.OUT_OF_SCOPE) and a reason code:
   and chooses the thresholds per artifact, through this runtime; docs/results.md says how the
   method was chosen and what it refuses.
 
+A photographed film, flattened, lies farther from the training files than a file does (the
+camera's curve, light falloff, resampling), so file groups alone would refuse good films. Bundles
+made since the film gate also hold *film groups* (the manifest's `film_groups`): the same
+training radiographs photographed by the simulator and flattened by the device's own film path,
+each with its own threshold from photographed validation radiographs. A file is measured against
+the file groups only; a flattened film against every group, and the gate is enforced on films
+only when the bundle has film groups (an older bundle records its verdict, `enforced: false`).
+
 The distance is computed in float64 from the float32 arrays, here and in the web app, so both
 runtimes refuse the same images.
 """
@@ -77,6 +85,16 @@ class ScopeGate:
     precisions: np.ndarray
     thresholds: Optional[np.ndarray]  # (G,); None while export is still choosing them: nothing refused
     colour_limit: float = COLOUR_LIMIT
+    film_groups: Tuple[str, ...] = ()  # groups of photographed films: measured on the film path only
+
+    @property
+    def covers_film(self) -> bool:
+        """Whether the gate was fitted on photographed films, hence may refuse them."""
+        return bool(self.film_groups)
+
+    def applies(self, film: bool = False) -> np.ndarray:
+        """(G,) which groups an input is measured against: files, the file groups; films, all."""
+        return np.array([film or g not in self.film_groups for g in self.groups], bool)
 
     def distances(self, pooled: np.ndarray) -> np.ndarray:
         """(G,) Mahalanobis distances from the pooled features to each group."""
@@ -84,12 +102,14 @@ class ScopeGate:
         d2 = np.einsum("gi,gij,gj->g", diff, self.precisions, diff)
         return np.sqrt(np.maximum(d2, 0.0))
 
-    def score(self, pooled: np.ndarray) -> float:
-        """min over groups of distance / that group's threshold: above 1, outside every group."""
-        return float(np.min(self.distances(pooled) / self.thresholds))
+    def score(self, pooled: np.ndarray, film: bool = False) -> float:
+        """min over the groups that apply of distance / that group's threshold: above 1, outside
+        every group."""
+        return float(np.min((self.distances(pooled) / self.thresholds)[self.applies(film)]))
 
-    def check(self, pooled: Optional[np.ndarray], colour: Optional[float]) -> Dict:
-        """The record's `scope`: {"in_scope", "score"?, "colour"?, "code"?, "reason"?}."""
+    def check(self, pooled: Optional[np.ndarray], colour: Optional[float], film: bool = False) -> Dict:
+        """The record's `scope`: {"in_scope", "score"?, "colour"?, "code"?, "reason"?}; `film`: a
+        flattened film photo."""
         out: Dict = {"in_scope": True}
         if colour is not None:
             refused = colour_refusal(colour, self.colour_limit)
@@ -97,7 +117,7 @@ class ScopeGate:
                 return refused
             out["colour"] = round(float(colour), 4)
         if pooled is not None and self.thresholds is not None:
-            out["score"] = round(self.score(pooled), 4)
+            out["score"] = round(self.score(pooled, film), 4)
             if not out["score"] <= 1.0:  # NaN too: a score that cannot be computed is not "in scope"
                 return {**out, "in_scope": False, "code": UNFAMILIAR, "reason": REASONS[UNFAMILIAR]}
         return out
@@ -123,6 +143,6 @@ def load_gate(bundle, artifact: str) -> Optional[ScopeGate]:
             raise BundleError(bundle.root / info.file, f"array {name!r} holds non-finite values")
     t = info.thresholds.get(artifact)
     return ScopeGate(info.groups, arrays["means"], arrays["precisions"],
-                     None if t is None else np.asarray(t, np.float64), info.colour_limit)
+                     None if t is None else np.asarray(t, np.float64), info.colour_limit, info.film_groups)
 
 

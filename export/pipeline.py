@@ -35,7 +35,7 @@ from fracdata.runs import dataset_for_run
 from fracdata.split import load_split, records_by_split, split_summary
 
 from . import convert as converters
-from . import probability, scope_fit
+from . import probability, scope_film, scope_fit
 from .calibration import choose_calibration, ids_sha256
 from .check import Tolerances, by_source, classification, compare, content_cells, failures
 from .errors import ExportError
@@ -63,6 +63,8 @@ class Settings:
     views: Optional[str] = None  # other views than the run's (single | dihedral); the threshold is then re-chosen
     pooling: Optional[str] = None  # a fracture map's pooling, if not the run's ('topk:4'); the threshold is then re-chosen
     scope_size: int = 5000  # training images the out-of-scope gate's means and covariances are fitted on (0: no gate)
+    scope_photos: int = 150  # per group, radiographs photographed for the gate's film groups (0: none; films not gated)
+    photo_workers: Optional[int] = None  # processes that photograph them (default: the CPUs)
     calibrate: bool = True  # Platt-scale the probability on validation
     command: str = "python -m export.quantize"
 
@@ -88,6 +90,8 @@ class Prepared:
     val: Optional[LoadedSplit] = None  # the validation split: the gate's thresholds, the calibration
     scope: Optional[Dict] = None  # the manifest's scope section (thresholds filled by check), else None
     scope_blob: Optional[bytes] = None  # its float32 file
+    val_film: Optional[object] = None  # scope_film.Photographed: validation radiographs photographed (film thresholds)
+    test_film: Optional[object] = None  # ... and test ones (what the gate refuses of photographed films, reported)
     platt: Optional[Dict] = None  # {"a", "b"}: P = sigmoid(a * logit + b), fitted on validation
     val_probs: Optional[np.ndarray] = None  # the float model's on the validation split (the fit; its ECE)
     platt_note: Optional[str] = None  # why the probability is not calibrated
@@ -312,19 +316,43 @@ def _scope_layers(model) -> List[str]:
 
 
 def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) -> None:
-    """The out-of-scope gate's means and covariance, on up to `scope_size` training images."""
+    """The out-of-scope gate's means and covariances: file groups on up to `scope_size` training
+    images, film groups on up to `scope_photos` photographed ones per group (scope_film.py)."""
     if "pooled" not in prep.serving.output:
         return
     records = choose_calibration(train_records, settings.scope_size, settings.seed)
     loaded = load_images(records, prep.spec, f"{prep.tag} out-of-scope fit images", settings.progress)
+    pooled = scope_fit.pooled_features(prep.serving, loaded.images)
+    train_groups = [scope_fit.group_of(r) for r in loaded.records]
+    val_groups = [scope_fit.group_of(r) for r in prep.val.records]
+    film = None
+    if settings.scope_photos:
+        shots = {}
+        for split, recs in (("train", train_records), ("val", prep.val.records), ("test", prep.test.records)):
+            chosen = scope_film.choose(recs, settings.scope_photos, settings.seed)
+            shots[split] = scope_film.photograph(chosen, prep.spec, settings.seed, split,
+                                                 f"{prep.tag} out-of-scope film photos ({split})", settings.progress,
+                                                 settings.photo_workers)
+        if len(shots["train"].groups):
+            pooled = np.concatenate([pooled, scope_fit.pooled_features(prep.serving, shots["train"].images)])
+            train_groups += shots["train"].groups
+        val_groups += shots["val"].groups
+        prep.val_film, prep.test_film = shots["val"], shots["test"]
+        film = {"simulator": "device/simulate.py, a scene drawn per photo over every condition a clinic produces "
+                             f"({', '.join(scope_film.conditions())}), read back by device/triage.read_film",
+                "per_group": settings.scope_photos, "seed": settings.seed,
+                **{split: sh.summary() for split, sh in shots.items()}}
     try:
-        fitted = scope_fit.fit(scope_fit.pooled_features(prep.serving, loaded.images), loaded.records,
-                               [scope_fit.group_of(r) for r in prep.val.records])
+        fitted = scope_fit.fit(pooled, train_groups, val_groups)
     except ValueError as exc:
         log(f"{prep.tag} no out-of-scope gate: {exc}")
         return
-    prep.scope, prep.scope_blob = scope_fit.manifest_section(fitted, _scope_layers(prep.serving))
-    log(f"{prep.tag} out-of-scope gate fitted on {len(loaded.records)} training images ({', '.join(fitted['groups'])})")
+    prep.scope, prep.scope_blob = scope_fit.manifest_section(fitted, _scope_layers(prep.serving), film)
+    log(f"{prep.tag} out-of-scope gate fitted on {len(train_groups)} training images and photos "
+        f"({', '.join(fitted['groups'])})")
+    if film is not None and "film_groups" not in prep.scope:
+        log(f"{prep.tag} WARNING: no film group has {scope_fit.MIN_GROUP} photos read in training and validation: the "
+            "device will measure photos of film but not refuse them (scope.film_photos says what was read)")
 
 
 def _fit_platt(prep: Prepared, settings: Settings) -> None:
@@ -455,17 +483,30 @@ def _run_artifact(bundle, key: str, test: LoadedSplit, with_cam: bool):
 
 
 def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled: List) -> Dict:
-    """One artifact's gate thresholds, chosen on validation through the runtime; what it refuses of
-    the test split, per source (reported: a split of a few hundred cannot gate a rate of 1%)."""
+    """One artifact's gate thresholds, chosen on validation through the runtime (files for the file
+    groups, photographed films for the film groups); what it refuses of the test split, per
+    source, and of photographed test radiographs (reported: a split of a few hundred cannot gate
+    a rate of 1%)."""
     gate = pred.gate
-    val = np.stack([gate.distances(pred.assess(x)[2]) for x in prep.val.images])
-    val_groups = [scope_fit.group_of(r) for r in prep.val.records]
-    t = scope_fit.thresholds(val, val_groups, gate.groups)
-    manifest["scope"]["thresholds"][key] = t
-    test = np.array([float(np.min(gate.distances(p) / np.asarray(t))) for p in test_pooled])
-    return {"thresholds": dict(zip(gate.groups, t)),
-            "validation_kept": float(np.mean(np.min(val / np.asarray(t), axis=1) <= 1.0)),
-            "test_refused": scope_fit.refused_by_source(test, scope_fit.sources_of(prep.test.records))}
+    film = prep.val_film if gate.covers_film else None
+    val_images = list(prep.val.images) + (list(film.images) if film is not None else [])
+    val = np.stack([gate.distances(pred.assess(x)[2]) for x in val_images])
+    val_groups = [scope_fit.group_of(r) for r in prep.val.records] + (film.groups if film is not None else [])
+    t = np.asarray(scope_fit.thresholds(val, val_groups, gate.groups))
+    manifest["scope"]["thresholds"][key] = t.tolist()
+    n_files = len(prep.val.images)
+    kept = np.concatenate([np.min((val[:n_files] / t)[:, gate.applies(False)], axis=1),
+                           np.min(val[n_files:] / t, axis=1) if len(val) > n_files else np.zeros(0)]) <= 1.0
+    file_only = gate.applies(False)
+    test = np.array([float(np.min((gate.distances(p) / t)[file_only])) for p in test_pooled])
+    out = {"thresholds": dict(zip(gate.groups, t.tolist())), "validation_kept": float(np.mean(kept)),
+           "test_refused": scope_fit.refused_by_source(test, scope_fit.sources_of(prep.test.records))}
+    if film is not None and prep.test_film is not None and len(prep.test_film.groups):
+        photo_scores = np.array([float(np.min(gate.distances(pred.assess(x)[2]) / t)) for x in prep.test_film.images])
+        out["validation_photos_kept"] = float(np.mean(kept[n_files:])) if len(kept) > n_files else None
+        out["test_photos_refused"] = scope_fit.refused_by_source(
+            photo_scores, [g[len(scope_fit.FILM):].rsplit("/", 1)[0] for g in prep.test_film.groups])
+    return out
 
 
 def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bool:
@@ -544,7 +585,7 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
     manifest["status"] = "accepted" if passed else "rejected"
     manifest["default_artifacts"] = _default_artifacts(manifest["artifacts"])
     if passed:
-        manifest["self_test"] = _self_test(bundle, list(manifest["artifacts"]))
+        manifest["self_test"] = _self_test(bundle, list(manifest["artifacts"]), manifest)
     return bool(passed)
 
 
@@ -559,18 +600,26 @@ def _default_artifacts(artifacts: Dict[str, Dict]) -> Dict[str, str]:
     return out
 
 
-def _self_test(bundle, keys) -> Dict:
-    """Each artifact's answers on the runtime's fixed self-test images, recorded so that a device
-    can check it reproduces them before it switches to this bundle (python -m device update)."""
+def _self_test(bundle, keys, manifest: Dict) -> Dict:
+    """Each artifact's answers on the runtime's fixed self-test images (and its gate's scores),
+    recorded so that a device can check it reproduces them before it switches to this bundle
+    (python -m device update). The staged bundle was loaded before check chose the gate's
+    thresholds: each predictor's gate gets its artifact's from the manifest."""
+    import dataclasses
+
     from edge_runtime import selftest
     from edge_runtime.backends import BackendError
 
     predictors = {}
     for key in keys:
         try:
-            predictors[key] = Predictor(bundle, "auto", key, threads=1, gradcam=False)
+            pred = Predictor(bundle, "auto", key, threads=1, gradcam=False)
         except BackendError:  # no interpreter for this format here: that artifact is not self-tested
             continue
+        chosen = (manifest.get("scope") or {}).get("thresholds", {}).get(key)
+        if pred.gate is not None and chosen is not None:
+            pred.gate = dataclasses.replace(pred.gate, thresholds=np.asarray(chosen, np.float64))
+        predictors[key] = pred
     return selftest.record(bundle, predictors)
 
 

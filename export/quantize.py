@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scope-size", type=int, default=5000, metavar="N",
                     help="fracture maps: training-split images (at most) the out-of-scope gate's feature means and covariances "
                          "are fitted on; 0 ships no gate (default: %(default)s)")
+    ap.add_argument("--scope-photos", type=int, default=150, metavar="N",
+                    help="fracture maps: radiographs per group (source, label) and split photographed by the film "
+                         "simulator and read back by the device's film path, for the gate's film groups; 0 fits none, "
+                         "and the device then records the gate's verdict on film photos without refusing them "
+                         "(default: %(default)s)")
+    ap.add_argument("--photo-workers", type=int, metavar="N",
+                    help="processes that photograph them (default: one per CPU)")
     ap.add_argument("--no-calibrate", action="store_true",
                     help="ship the model's own probability instead of one Platt-scaled on validation (default: calibrate)")
     ap.add_argument("--max-auc-drop", type=float, default=t.max_auc_drop, help="largest |ΔAUC| (default: %(default)s)")
@@ -104,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = "python -m export.quantize " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     settings = Settings(data=args.data, artifacts=artifacts, calibration_size=args.calibration_size, seed=args.seed,
                         views=args.views, pooling=args.pooling, scope_size=args.scope_size,
-                        calibrate=not args.no_calibrate,
+                        scope_photos=args.scope_photos, photo_workers=args.photo_workers, calibrate=not args.no_calibrate,
                         tolerances=Tolerances(args.max_auc_drop, args.min_agreement, args.max_mean_abs_diff,
                                               args.max_abs_diff, args.min_map_correlation),
                         overwrite=args.overwrite, command=command.strip())

@@ -157,12 +157,20 @@ def scope_lines(manifest: Dict) -> List[str]:
     lines = [f"**Out-of-scope gate** ({sc['method']}, {sc['features']['dim']} pooled features of "
              f"{', '.join(sc['features']['layers'])}; groups {', '.join(sc['groups'])}; {sc['rule']}; colour pictures "
              f"refused above {sc['colour_limit']:.0%} coloured pixels). In-scope test images it refuses:", "",
-             "| artifact | kept of validation | refused of the test split, per source |", "|---|---:|---|"]
+             "| artifact | kept of validation (files and photos) | refused of the test split, per source "
+             "| refused of photographed test radiographs, per source |", "|---|---:|---|---|"]
+    per = lambda d: "; ".join(f"{s} {v['refused']} of {v['n']}" for s, v in d.items()) if d else "–"  # noqa: E731
     for key, a in manifest["artifacts"].items():
         m = a.get("metrics", {}).get("scope")
         if m:
-            per = "; ".join(f"{s} {v['refused']} of {v['n']}" for s, v in m["test_refused"].items())
-            lines.append(f"| {key} | {m['validation_kept']:.3f} | {per} |")
+            lines.append(f"| {key} | {m['validation_kept']:.3f} | {per(m['test_refused'])} "
+                         f"| {per(m.get('test_photos_refused'))} |")
+    film = sc.get("film_photos")
+    if film:
+        lines += ["", f"Film groups ({', '.join(sc['film_groups'])}): up to {film['per_group']} radiographs per group "
+                      f"and split photographed by {film['simulator']}; photos read back: "
+                      + "; ".join(f"{split} {film[split]['read']} of {film[split]['photos']}"
+                                  for split in ("train", "val", "test") if split in film) + "."]
     return lines + ["", "What it refuses of out-of-scope images is measured by `python -m train.scope_evaluate` "
                         "(docs/results.md).", ""]
 

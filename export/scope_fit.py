@@ -13,7 +13,7 @@ because two hundred dimensions from a few hundred radiographs do not make a well
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from edge_runtime.bundle import pack_arrays
 from edge_runtime.scope import COLOUR_LIMIT, SCOPE_FILE, features
 from fracdata.data import Record, record_source
 
+FILM = "film/"  # a film group's name: FILM + the file group it photographs (export/scope_film.py)
 KEEP = 0.99  # of each group's validation radiographs
 MIN_GROUP = 5  # a group with fewer training (or validation) images gets no mean of its own
 
@@ -38,16 +39,18 @@ def pooled_features(serving, images: np.ndarray, batch_size: int = 32) -> np.nda
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def fit(pooled: np.ndarray, records: Sequence[Record], val_groups: Sequence[str] = ()) -> Dict:
-    """{"groups", "means" (G, D), "precisions" (G, D, D), "n", "shrinkage"} from training features;
-    only groups with enough images in training and (when given) in validation, where each group's
-    threshold is chosen."""
+def fit(pooled: np.ndarray, train_groups: Sequence[str], val_groups: Sequence[str] = ()) -> Dict:
+    """{"groups", "means" (G, D), "precisions" (G, D, D), "n", "shrinkage"} from training features
+    and each one's group; only groups with enough images in training and (when given) in
+    validation, where each group's threshold is chosen."""
     from sklearn.covariance import LedoitWolf
 
-    labels = np.array([group_of(r) for r in records])
+    labels = np.asarray(list(train_groups))
     groups = [g for g in sorted(set(labels)) if np.sum(labels == g) >= MIN_GROUP
               and (not len(val_groups) or list(val_groups).count(g) >= MIN_GROUP)]
-    if not groups:
+    # A film group photographs a file group: it stands only beside it, and a file needs one group.
+    groups = [g for g in groups if not g.startswith(FILM) or g[len(FILM):] in groups]
+    if not any(not g.startswith(FILM) for g in groups):
         raise ValueError(f"no group of at least {MIN_GROUP} training and validation images to fit the gate on")
     X = np.stack([features(p) for p in pooled])
     fits = [LedoitWolf().fit(X[labels == g]) for g in groups]
@@ -70,8 +73,9 @@ def refused_by_source(scores: np.ndarray, sources: Sequence[str]) -> Dict[str, D
                 "rate": float(np.mean(scores[sources == s] > 1.0))} for s in sorted(set(sources))}
 
 
-def manifest_section(fitted: Dict, layers: Sequence[str]) -> tuple:
-    """(the manifest's `scope` section without thresholds, the float32 file's bytes)."""
+def manifest_section(fitted: Dict, layers: Sequence[str], film: Optional[Dict] = None) -> tuple:
+    """(the manifest's `scope` section without thresholds, the float32 file's bytes); `film`: how
+    the film groups' photos were made (export/scope_film.py), when there are film groups."""
     blob, index = pack_arrays({"means": fitted["means"], "precisions": fitted["precisions"]})
     section = {"method": "mahalanobis", "features": {"output": "pooled", "layers": list(layers),
                                                      "pooling": "global average, side by side", "transform": "sqrt",
@@ -82,6 +86,13 @@ def manifest_section(fitted: Dict, layers: Sequence[str]) -> tuple:
                "rule": f"per artifact and group, the distance keeping >= {KEEP:.0%} of that group's validation "
                        "images; refused when beyond it for every group (score = min distance / threshold > 1)",
                "colour_limit": COLOUR_LIMIT, "thresholds": {}}
+    film_groups = [g for g in fitted["groups"] if g.startswith(FILM)]
+    if film is not None:  # how the photos were made, and whether any film group came of them
+        section["film_photos"] = film
+    if film_groups:
+        section["film_groups"] = film_groups
+        section["rule"] += ("; a file is measured against the file groups, a flattened film photo against every "
+                            "group (the film groups: training radiographs photographed and flattened)")
     return section, blob
 
 

@@ -17,7 +17,7 @@ from device.camera import CameraUnavailable, FileSource, PiCamera
 from device.film import flatten_film
 from device.film_finder import FilmNotFound, locate, working_copy
 from device.photo import open_photo
-from device.simulate import (ANSWER_CONDITIONS, REFUSE_CONDITIONS, SAME_REASON, draw_scene, film_corners,
+from device.simulate import (ANSWER_CONDITIONS, ANSWER_OR_REFUSE, REFUSE_CONDITIONS, SAME_REASON, draw_scene, film_corners,
                              open_jpeg, render_photo, simulate, visible_film_corners)
 from device.triage import read_film
 
@@ -71,6 +71,8 @@ def test_the_film_is_found_in_every_framing(radiographs, condition):
             assert found.other_films >= 1
     if condition == "overhang":
         assert unlit_reported >= 3, "the side past the lightbox's edge is reported"
+    else:
+        assert unlit_reported == 0, (condition, unlit_reported)
 
 
 @pytest.mark.parametrize("condition", ANSWER_CONDITIONS)
@@ -81,9 +83,12 @@ def test_clean_photos_pass_the_gate_and_flatten_to_the_radiograph(radiographs, c
     for k, r in enumerate(radiographs):
         path, _ = _photo(r, condition, k, tmp_path)
         got = read_film(open_photo(path))
+        if condition in ANSWER_OR_REFUSE and not got["quality"].ok:  # refused, for the one reason it may be
+            assert got["quality"].codes == [ANSWER_OR_REFUSE[condition]], (condition, k, got["quality"].codes)
+            continue
         assert got["quality"].ok, (condition, k, got["quality"].codes)
         if condition == "overhang":
-            continue  # part of the film is not lit: film-agreement measures what that costs
+            continue  # the finder did not see the overhang: film-agreement measures what reading the lit part costs
         a = preprocess(got["flat"].pixels, spec)[:, :, 0]
         b = preprocess(r, spec)[:, :, 0]
         best = max(np.corrcoef(np.rot90(v, q).ravel(), b.ravel())[0, 1] for v in (a, a[:, ::-1]) for q in range(4))
@@ -193,7 +198,7 @@ def test_the_film_is_predicted_from_the_array_through_the_same_preprocessing(tin
     path, _ = _photo(radiographs[1], "full", 2, tmp_path)
     rec = triage_photo(pred, path, None)
     flat = read_film(open_photo(path))["flat"]
-    again = pred.predict_pixels(DecodedImage(flat.pixels, "film", (1, 1), []), "x")
+    again = pred.predict_pixels(DecodedImage(flat.pixels, "film", (1, 1), []), "x", film=True)
     assert rec.probability == pytest.approx(again.probability, abs=1e-6)
     assert rec.flattened is None  # nothing written without --keep
 
@@ -267,7 +272,7 @@ def test_film_agreement_reports_every_condition(tiny_bundle, phantom_dir, tmp_pa
                      + f"{sorted(p.name for p in phantom_dir.rglob('*.jpg'))[2]},val,0,leg\n")
     out = tmp_path / "agr"
     rc = device_main(["film-agreement", str(phantom_dir), "--split", str(split), "--bundle", str(tiny_bundle),
-                      "--conditions", "room,rotated,blur,radiograph_file", "--out", str(out), "--json"])
+                      "--conditions", "room,rotated,overhang,blur,radiograph_file", "--out", str(out), "--json"])
     res = json.loads(capsys.readouterr().out)
     assert rc == 0 and res["meta"]["files"] == 2 and res["meta"]["part"] == "test"
     conds = res["conditions"]
@@ -279,7 +284,12 @@ def test_film_agreement_reports_every_condition(tiny_bundle, phantom_dir, tmp_pa
             assert 0 <= r["mean_abs_dp"] <= r["p95_abs_dp"] + 1e-9
     assert conds["blur"]["expect"] == "blur" and conds["blur"]["accepted"] == 0
     assert conds["radiograph_file"]["right_reason"] == 2
-    assert (out / "agreement.md").read_text().startswith("### ") and len((out / "photos.csv").read_text().splitlines()) == 9
+    # an overhanging film may be refused for that reason (and only that one) or answered
+    o = conds["overhang"]
+    assert o["expect"] == "answer" and o["allowed_refusal"] == "off_lightbox" and o["photos"] == 2
+    assert o["refused_for_it"] == o["reasons"].get("off_lightbox", 0) and o["refused_for_it"] + o["accepted"] <= 2
+    assert o["answered_or_refused_for_it"] == (o["refused_for_it"] + o["accepted"]) / 2
+    assert (out / "agreement.md").read_text().startswith("### ") and len((out / "photos.csv").read_text().splitlines()) == 11
 
 
 def test_odd_photos_never_stop_the_batch(tiny_bundle, radiographs, tmp_path, capsys):
@@ -367,3 +377,25 @@ def test_the_film_size_needed_follows_the_models_input():
     assert "film_too_small" not in codes(*narrow, quality.film_minimum(256, "letterbox"))
     assert "film_too_small" in codes(220.0, 383.4, quality.film_minimum(256, "letterbox"))
     assert "film_too_small" in codes(*narrow, quality.film_minimum(256, "stretch"))  # 220 < 384
+
+
+def test_photographed_radiographs_reach_the_model_input_and_a_bad_file_is_counted_not_fatal(radiographs, tmp_path):
+    """device/photo_round_trip (export's film groups, scope_evaluate --photos): each radiograph is
+    photographed and read back as the model's input; an unreadable file, in a worker process or
+    not, becomes a named refusal, and the rest go on."""
+    import pickle
+
+    from device.photo_round_trip import PhotoJob, model_inputs
+    from edge_runtime.errors import ImageReadError
+    from edge_runtime.preprocess import PreprocessSpec
+
+    err = pickle.loads(pickle.dumps(ImageReadError("x.png", "truncated")))
+    assert (err.path, err.reason) == ("x.png", "truncated")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    spec = PreprocessSpec(size=64, resize="letterbox")
+    jobs = [PhotoJob(seed=(1, i), pixels=radiographs[i], condition="full") for i in range(2)]
+    jobs.insert(1, PhotoJob(seed=(1, 9), path=str(tmp_path / "bad.png")))
+    for workers in (1, 2):
+        got = list(model_inputs(jobs, spec, workers))
+        assert [x is None for x, _ in got] == [False, True, False], [why for _, why in got]
+        assert got[0][0].shape == (64, 64, 1) and got[1][1].startswith("error: bad.png")

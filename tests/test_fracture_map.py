@@ -2,6 +2,7 @@
 what each training image contributes, the manifest section, and a tiny map model end to end
 (train -> export int8 + float -> the edge runtime's answer, heatmap and self-test)."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -273,7 +274,7 @@ def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_
     from train.reference import predict_maps
 
     out = tmp_path / "bundle"
-    rc = export_main([str(tiny_map_run), "--out", str(out), "--calibration-size", "16",
+    rc = export_main([str(tiny_map_run), "--out", str(out), "--calibration-size", "16", "--scope-photos", "8",
                       "--artifacts", "onnx_float,tflite_float,tflite_int8,onnx_int8", *OPEN_TOLERANCES,
                       "--min-map-correlation", "0"])
     assert rc == 0
@@ -306,8 +307,94 @@ def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_
     from edge_runtime import selftest
 
     for key in m["artifacts"]:
-        assert selftest.run(bundle, artifact=key)["passed"] is True
+        st = selftest.run(bundle, artifact=key)
+        assert st["passed"] is True and st["scope_max_diff"] <= st["scope_tolerance"], st
+        assert st["scope_film_max_diff"] <= st["scope_tolerance"], "the film groups are self-tested too"
     _the_gate_and_the_calibration_are_applied(bundle, out, pred, test, tmp_path)
+    _the_gate_reads_film_photos_against_its_film_groups(bundle, pred, test, tmp_path)
+    # train.evaluate --bundle applies the gate as the device does, and says what it refused.
+    from train.bundle_eval import evaluate_bundle
+
+    r = evaluate_bundle(out, ds, tmp_path / "ev", artifacts=["onnx_float"], limit=16, n_overlays=0, n_boot=20)
+    g = r["artifacts"]["onnx_float"]["out_of_scope"]
+    assert g["n"] == r["data"]["evaluated"] and g["refused"] == sum(g["by_code"].values())
+    assert sum(v["n"] for v in g["by_label"].values()) == g["n"]
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
+    verdicts = [row["scope_onnx_float"] for row in rows]
+    assert set(verdicts) <= {"in", "colour", "unfamiliar"} and sum(v != "in" for v in verdicts) == g["refused"]
+    # The self-test covers the gate: scores that moved (a broken precision matrix, other kernels) fail it.
+    recorded = bundle.manifest["self_test"]["scope_scores"]["onnx_float"]
+    kept = list(recorded)
+    try:
+        recorded[2] = recorded[2] * 1.1 + 0.1  # 10% off, far beyond any kernel's rounding
+        st = selftest.run(bundle, artifact="onnx_float")
+        assert st["passed"] is False and "out-of-scope gate" in st["reason"]
+    finally:
+        recorded[:] = kept
+    on_films = bundle.manifest["self_test"]["scope_scores_film"]["onnx_float"]
+    kept = list(on_films)
+    try:
+        on_films[0] = on_films[0] * 1.1 + 0.1
+        st = selftest.run(bundle, artifact="onnx_float")
+        assert st["passed"] is False and "on films" in st["reason"]
+    finally:
+        on_films[:] = kept
+
+
+def _the_gate_reads_film_photos_against_its_film_groups(bundle, pred, test, tmp_path):
+    """Export photographed radiographs of each group and fitted film groups on them; a flattened
+    film is measured against every group and refused when beyond all of them, a file against the
+    file groups only; a gate without film groups records its verdict on films, not enforced."""
+    import dataclasses
+
+    from device.simulate import simulate
+    from device.triage import triage_photo
+    from edge_runtime.labels import OUT_OF_SCOPE
+    from edge_runtime.predictor import UNFAMILIAR_PHOTO
+
+    sc = bundle.manifest["scope"]
+    assert sc["film_groups"] and all(g.startswith("film/") and g[5:] in sc["groups"] for g in sc["film_groups"])
+    assert sc["film_photos"]["train"]["read"] >= 5 * len(sc["film_groups"])
+    assert pred.gate.covers_film and "test_photos_refused" in bundle.manifest["artifacts"]["onnx_float"]["metrics"]["scope"]
+    radiograph = np.kron(test.resized[0], np.ones((6, 6), np.float32))  # a film worth photographing
+    data, _ = simulate(radiograph, "full", np.random.default_rng(11))
+    (tmp_path / "film.jpg").write_bytes(data)
+    rec = triage_photo(pred, tmp_path / "film.jpg", None)
+    assert rec.retake is False and "score" in rec.scope and "enforced" not in rec.scope
+    gate = pred.gate
+    # The film's score is over every group, film groups included; a file's over the file groups only.
+    from device.photo import open_photo
+    from device.quality import film_minimum
+    from device.triage import read_film
+    from edge_runtime.preprocess import checked_input
+
+    flat = read_film(open_photo(tmp_path / "film.jpg"), film_minimum(pred.spec.size, pred.spec.resize))["flat"]
+    pooled = pred.assess(checked_input(flat.pixels, pred.spec)[0])[2]
+    assert rec.scope["score"] == pytest.approx(gate.score(pooled, film=True), abs=1e-4)
+    # With the file groups' thresholds made tiny, only a film group can keep the photo: the film path
+    # keeps it, and the same pixels read as a file are refused.
+    film_only = np.array([g in gate.film_groups for g in gate.groups])
+    from edge_runtime.imageio import DecodedImage
+
+    try:
+        pred.gate = dataclasses.replace(gate, thresholds=np.where(film_only, gate.thresholds * 100, gate.thresholds * 1e-3))
+        kept = triage_photo(pred, tmp_path / "film.jpg", None)
+        assert kept.scope["in_scope"] is True and kept.probability is not None
+        as_file = pred.predict_pixels(DecodedImage(flat.pixels, "file", (1, 1), []), "as_file")
+        assert as_file.decision == OUT_OF_SCOPE
+    finally:
+        pred.gate = gate
+    try:
+        pred.gate = dataclasses.replace(gate, thresholds=gate.thresholds * 1e-3)  # nothing is near enough now
+        refused = triage_photo(pred, tmp_path / "film.jpg", None)
+        assert refused.decision == OUT_OF_SCOPE and refused.probability is None and refused.scope["code"] == "unfamiliar"
+        assert refused.mode == "film" and refused.retake is False
+        pred.gate = dataclasses.replace(gate, thresholds=gate.thresholds * 1e-3, film_groups=())
+        measured = triage_photo(pred, tmp_path / "film.jpg", None)
+        assert measured.probability is not None and measured.scope == {**measured.scope, "enforced": False, "in_scope": False}
+        assert UNFAMILIAR_PHOTO in measured.warnings
+    finally:
+        pred.gate = gate
 
 
 def _the_gate_and_the_calibration_are_applied(bundle, out, pred, test, tmp_path):
@@ -400,7 +487,7 @@ def test_views_and_pooling_are_export_choices_each_with_its_own_threshold(tiny_m
 
     out = tmp_path / "dihedral"
     assert export_main([str(tiny_map_run), "--out", str(out), "--artifacts", "onnx_float", "--views", "dihedral",
-                        "--pooling", "topk:4", "--calibration-size", "8", *OPEN_TOLERANCES]) == 0
+                        "--pooling", "topk:4", "--calibration-size", "8", "--scope-photos", "0", *OPEN_TOLERANCES]) == 0
     m = load_bundle(out).manifest
     assert m["preprocess"]["views"] == "dihedral"
     # the float model was re-pooled too: the check (float map and P to 1e-3) passed against it

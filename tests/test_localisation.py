@@ -183,4 +183,8 @@ def test_reference_bundle_on_real_radiographs_without_tensorflow(tmp_path):
     assert c["roc_auc"] is None and "no non-fractured" in c["why_no_auc"]
     assert 0 <= c["sensitivity"] <= 1 and c["fractured"] == a["localisation"]["n"]
     assert a["probabilities"]["fractured"]["n"] == c["fractured"]
+    g = a["out_of_scope"]  # the reference bundle's gate, applied as the device applies it
+    key = next(k for k, v in r["artifacts"].items() if v is a)
+    verdicts = [row[f"scope_{key}"] for row in csv.DictReader(open(out / "predictions.csv"))]
+    assert g["n"] == r["data"]["evaluated"] == len(verdicts) and g["refused"] == sum(v != "in" for v in verdicts)
     assert len(r["overlays"]) == 2 and all(Image.open(out / o).size[0] > 100 for o in r["overlays"])

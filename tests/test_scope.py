@@ -96,6 +96,19 @@ def test_colour_is_refused_before_the_features_are_read():
     assert g.check(_pooled([0.0, 0.0]), 0.01)["in_scope"] is True
 
 
+def test_a_film_group_counts_for_flattened_films_only():
+    # Group b photographs group a's radiographs: a photo's features sit farther out (here at x=10).
+    g = ScopeGate(("a", "film/a"), np.array([[0.0, 0.0], [10.0, 0.0]]), np.stack([np.eye(2), np.eye(2)]),
+                  np.array([3.0, 3.0]), film_groups=("film/a",))
+    assert g.covers_film and list(g.applies(False)) == [True, False] and list(g.applies(True)) == [True, True]
+    photo = _pooled([10.0, 1.0])
+    assert g.check(photo, None, film=True)["in_scope"] is True
+    assert g.check(photo, None)["in_scope"] is False, "a file is not measured against the film groups"
+    near_a = _pooled([1.0, 0.0])
+    assert g.check(near_a, None)["in_scope"] is True and g.check(near_a, None, film=True)["in_scope"] is True
+    assert not _gate().covers_film and _gate().applies(True).all()
+
+
 def test_the_arrays_file_round_trips_through_the_bundle_format(tmp_path):
     means = np.random.default_rng(0).normal(size=(3, 4))
     precisions = np.stack([np.eye(4) * k for k in (1.0, 2.0, 3.0)])
@@ -123,7 +136,12 @@ def _section():
 def test_the_scope_section_is_checked_field_by_field():
     arts = {"onnx_int8": object()}
     info = ScopeInfo.from_dict(_section(), _Model, arts, "accepted")
-    assert info.thresholds == {"onnx_int8": (3.0, 4.0)} and info.groups == ("a", "b")
+    assert info.thresholds == {"onnx_int8": (3.0, 4.0)} and info.groups == ("a", "b") and info.film_groups == ()
+    filmed = {**_section(), "groups": ["a", "film/a"], "film_groups": ["film/a"]}
+    assert ScopeInfo.from_dict(filmed, _Model, arts, "accepted").film_groups == ("film/a",)
+    for film_groups in (["film/b"], ["film/a", "film/a"], ["a"]):  # no such file group; repeated; a file group
+        with pytest.raises(ManifestError, match=r"scope\.film_groups"):
+            ScopeInfo.from_dict({**filmed, "film_groups": film_groups}, _Model, arts, "accepted")
     for mutate, field in (
             (lambda s: s["arrays"]["precisions"].update(shape=[2, 4, 3]), "scope.arrays.precisions.shape"),
             (lambda s: s["arrays"]["means"].update(shape=[3, 4]), "scope.arrays.means.shape"),
@@ -131,7 +149,12 @@ def test_the_scope_section_is_checked_field_by_field():
             (lambda s: s["thresholds"].update(onnx_int8=[3.0, -1.0]), "scope.thresholds.onnx_int8"),
             (lambda s: s["thresholds"].update(tflite_int8=[1.0, 1.0]), "scope.thresholds.tflite_int8"),
             (lambda s: s.update(file="../scope.f32"), "scope.file"),
-            (lambda s: s.update(method="energy"), "scope.method")):
+            (lambda s: s.update(method="energy"), "scope.method"),
+            (lambda s: s.update(groups=["a", "a"]), "scope.groups"),
+            (lambda s: s.update(film_groups=["c"]), "scope.film_groups"),
+            (lambda s: s.update(film_groups=["b", "b"]), "scope.film_groups"),
+            (lambda s: s.update(film_groups=["a", "b"]), "scope.film_groups"),  # a file needs a group too
+            (lambda s: s.update(film_groups="b"), "scope.film_groups")):
         bad = copy.deepcopy(_section())
         mutate(bad)
         with pytest.raises(ManifestError, match=field.replace(".", r"\.")):

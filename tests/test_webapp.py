@@ -292,6 +292,9 @@ def test_browser_matches_python_on_files(browser, server, bundle, tmp_path):
 
     page = open_app(browser, server)
     assert page.evaluate("fractureEdge.selftest.passed") is True
+    # the reference bundle's self-test records its gate's scores: the browser's gate arithmetic is checked too
+    st = page.evaluate("fractureEdge.selftest")
+    assert st["scope_max_diff"] <= st["scope_tolerance"] and st["scope_film_max_diff"] <= st["scope_tolerance"]
     files = parity_images(tmp_path)
     assert len(files) >= 50
     dps, flips, corrs = _browser_vs_python(page, Predictor(bundle, backend="onnx"), bundle, files)
@@ -661,6 +664,8 @@ def outcome(rec):
         return ("error",)
     if rec.get("retake"):
         return ("retake", tuple(sorted(rec["quality"]["codes"])))
+    if rec.get("decision") == OUT_OF_SCOPE:  # the gate, against its film groups too
+        return ("out_of_scope", rec["scope"]["code"])
     return ("answer",)
 
 
@@ -680,6 +685,9 @@ def test_photos_of_film_agree_with_the_python_film_path(browser, server, bundle,
         same += ok
         if "probability" in py and "probability" in js:
             dps.append(abs(py["probability"] - js["probability"]))
+        if "score" in (py.get("scope") or {}) and "score" in (js.get("scope") or {}):
+            assert js["scope"]["score"] == pytest.approx(py["scope"]["score"], abs=0.05), path.name
+            assert js["scope"].get("enforced", True) == py["scope"].get("enforced", True), path.name
         rows.append(f"{path.name}: python {outcome(py)} js {outcome(js)}")
     share = same / len(cases)
     print(f"\n{len(cases)} photos: same outcome {share:.3f}; answered by both {len(dps)}, "

@@ -169,10 +169,13 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
         row = {"record": r, "shape": tuple(decoded.pixels.shape[:2])}
         scored = r.label == 1 and bool(r.boxes) and has_cam
         for k, pred in predictors.items():
-            p, raw = pred.answer(x)
+            p_model, raw, pooled = pred.assess(x)
+            p = pred.calibrated(p_model)
             probs[k].append(p)
             raws[k].append(raw)
             row[k] = {"p": p}
+            if pred.gate is not None:  # the device's out-of-scope gate, as predict_pixels applies it to a file
+                row[k]["scope"] = pred.gate.check(pooled, decoded.colour)
             if scored:
                 s = score(heat_on_image(raw, spec, row["shape"]), r.boxes)
                 loc[k].append(s)
@@ -200,6 +203,8 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
                 ("fractured", y == 1), ("non_fractured", y == 0), ("unlabelled", ~labelled)) if m.any()},
             "localisation": summarise(loc[k], loc_regions) if loc[k] else None,
         }
+        if predictors[k].gate is not None:
+            entry["out_of_scope"] = _gate_summary([row[k]["scope"] for row in rows], y, p, labelled, threshold)
         regions = [r.region for r, known in zip(recs, labelled) if known]
         if len(set(regions)) > 1:  # a map that fires on anatomy it has not learnt shows up per region
             entry["per_region"] = M.per_group(y[labelled], p[labelled], regions, threshold)
@@ -253,6 +258,28 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
     return result
 
 
+def _gate_summary(scopes: List[Dict], y: np.ndarray, p: np.ndarray, labelled: np.ndarray, threshold: float) -> Dict:
+    """What the bundle's out-of-scope gate refuses of these images (a device gives them no answer),
+    per label and per reason, and the sensitivity over the fractures it does answer."""
+    refused = np.array([not s["in_scope"] for s in scopes])
+    codes: Dict[str, int] = {}
+    for s in scopes:
+        if not s["in_scope"]:
+            codes[s["code"]] = codes.get(s["code"], 0) + 1
+    out: Dict[str, object] = {"n": int(len(scopes)), "refused": int(refused.sum()), "rate": float(refused.mean()),
+                              "by_code": codes,
+                              "by_label": {name: {"n": int(m.sum()), "refused": int((refused & m).sum())}
+                                           for name, m in (("fractured", y == 1), ("non_fractured", y == 0),
+                                                           ("unlabelled", ~labelled)) if m.any()}}
+    answered = (y == 1) & ~refused
+    if answered.any():
+        flagged = int((p[answered] >= threshold).sum())
+        out["sensitivity_of_answered"] = {"fractured_answered": int(answered.sum()), "flagged": flagged,
+                                          "sensitivity": flagged / int(answered.sum()),
+                                          "ci95": M.wilson_interval(flagged, int(answered.sum()))}
+    return out
+
+
 def _plain(v):
     if isinstance(v, (np.integer,)):
         return int(v)
@@ -268,7 +295,7 @@ def _write_predictions(path: Path, rows: List[Dict], keys: List[str]) -> None:
         w = csv.writer(fh, lineterminator="\n")
         head = ["image_id", "split", "label", "region", "boxes"]
         for k in keys:
-            head += [f"p_{k}", f"peak_in_box_{k}", f"energy_in_boxes_{k}"]
+            head += [f"p_{k}", f"peak_in_box_{k}", f"energy_in_boxes_{k}", f"scope_{k}"]
         w.writerow(head)
         for row in rows:
             r = row["record"]
@@ -277,7 +304,8 @@ def _write_predictions(path: Path, rows: List[Dict], keys: List[str]) -> None:
             for k in keys:
                 e = row[k]
                 line += [f"{e['p']:.6f}", "" if "peak_in_box" not in e else int(e["peak_in_box"]),
-                         "" if "energy_in_boxes" not in e else f"{e['energy_in_boxes']:.4f}"]
+                         "" if "energy_in_boxes" not in e else f"{e['energy_in_boxes']:.4f}",
+                         "" if "scope" not in e else ("in" if e["scope"]["in_scope"] else e["scope"]["code"])]
             w.writerow(line)
 
 
@@ -352,6 +380,12 @@ def summary_lines(result: Dict) -> List[str]:
             lines.append("  non-fractured called fractured, per region: " + "; ".join(
                 f"{g} {1 - r['specificity']:.3f} of {r['n'] - r['fractured']}" for g, r in a["per_region"].items()
                 if r.get("specificity") is not None))
+        g = a.get("out_of_scope")
+        if g:
+            lines.append(f"  out-of-scope gate: refused {g['refused']} of {g['n']} ({g['rate']:.1%})"
+                         + (" - " + ", ".join(f"{c} {n}" for c, n in g["by_code"].items()) if g["by_code"] else "")
+                         + ("; sensitivity of the answered fractures "
+                            f"{g['sensitivity_of_answered']['sensitivity']:.3f}" if "sensitivity_of_answered" in g else ""))
         if a["localisation"]:
             from .evaluate import localisation_line
             lines.append("  " + localisation_line(a["localisation"]))

@@ -299,7 +299,6 @@ export function flattenFilm(photo, C, originalSize = null, small = null) {
   const notes = [];
   if (Math.max(...gains.map((g) => Math.abs(f32(g - 1)))) > f32(0.05)) notes.push('colour cast corrected');
   if (found.other_films) notes.push(`${found.other_films + 1} films in the photo: read the one nearest the centre`);
-  if (found.unlit_sides.length) notes.push("the film runs past the lightbox's edge: what lies beyond it is not read");
   const corners = quad.map(([x, y]) => [x * toOriginal, y * toOriginal]);
   const sides = geo.sideLengths(corners);
   const short = Math.min(...sides);
@@ -308,6 +307,7 @@ export function flattenFilm(photo, C, originalSize = null, small = null) {
   return {
     pixels, width: tw, height: th, corners, film_short_side_px: short, film_long_side_px: Math.max(...sides),
     film_share: maskSum / found.mask.length, lightbox_level: level, cut_off: found.cut_off,
+    off_lightbox: found.unlit_sides.length > 0,
     raw_peak_share: peak / n, glare_share: glare / n, edge_width: width, notes, found,
   };
 }

@@ -143,6 +143,7 @@ export function assess(flat, C, minimum = null) {
   };
   const reasons = [];
   if (flat.cut_off) reasons.push(reason('cut_off', C));
+  if (flat.off_lightbox) reasons.push(reason('off_lightbox', C));
   // quality.film_side_shown: rounded half up once, compared as shown
   const shown = Math.floor((side === 'long' ? flat.film_long_side_px : flat.film_short_side_px) + 0.5);
   if (shown < least) reasons.push(reason('film_too_small', C, { px: shown, side, min: least }));

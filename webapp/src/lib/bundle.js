@@ -94,7 +94,20 @@ function parseGate(bytes, spec, key) {
   if (ps[0] !== groups || ps[1] !== dim || ps[2] !== dim) throw new BundleError(`${spec.file}: precisions are not ${groups} x ${dim} x ${dim}`);
   const thresholds = spec.thresholds?.[key];
   if (!Array.isArray(thresholds) || thresholds.length !== groups) throw new BundleError(`manifest: the out-of-scope gate has no thresholds for ${key}`);
-  return { groups, dim, means: a.means.data, precisions: a.precisions.data, thresholds, colourLimit: spec.colour_limit };
+  // Film groups (photographed training films) are measured on the film path only (scope.ScopeGate.applies);
+  // checked as edge_runtime/manifest.ScopeInfo checks them: "film/" + a file group of this gate, each once.
+  const names = spec.groups;
+  const film = spec.film_groups === undefined ? [] : spec.film_groups;
+  if (!Array.isArray(names) || names.length !== groups || new Set(names).size !== groups) {
+    throw new BundleError(`manifest: the out-of-scope gate's groups do not match its ${groups} arrays`);
+  }
+  if (!Array.isArray(film) || new Set(film).size !== film.length
+      || !film.every((f) => typeof f === "string" && f.startsWith("film/") && names.includes(f) && names.includes(f.slice(5)))) {
+    throw new BundleError("manifest: scope.film_groups must each be 'film/' + a file group's name");
+  }
+  const filmOnly = names.map((g) => film.includes(g));
+  return { groups, dim, means: a.means.data, precisions: a.precisions.data, thresholds, colourLimit: spec.colour_limit,
+    filmOnly, coversFilm: filmOnly.some(Boolean) };
 }
 
 /** The Grad-CAM head's arrays from its float32 little-endian file (edge_runtime/gradcam.load_head). */

@@ -79,11 +79,13 @@ export class Engine {
   }
 
   /** One decoded gray image (Float32Array h*w in [0, 1]) -> record, as Predictor.predict_pixels.
-   * `colour`: the file's coloured fraction (decode.js), null for gray files and flattened films. */
-  async predictPixels(pixels, w, h, { heatmap = true, warnings = [], colour = null, gate = true } = {}) {
+   * `colour`: the file's coloured fraction (decode.js), null for gray files and flattened films.
+   * `film`: a flattened film photo, refused by the gate only when the bundle has film groups. */
+  async predictPixels(pixels, w, h, { heatmap = true, warnings = [], colour = null, gate = true, film = false } = {}) {
     const t = {};
     const reasons = this.config.SCOPE.REASONS;
-    if (gate && this.gate && colour !== null && colour > this.gate.colourLimit) {
+    const enforce = gate && this.gate && (!film || this.gate.coversFilm);
+    if (enforce && colour !== null && colour > this.gate.colourLimit) {
       return this.refused({ in_scope: false, code: "colour", reason: reasons.colour, colour: Math.round(colour * 1e4) / 1e4 }, warnings, t);
     }
     let t0 = performance.now();
@@ -116,9 +118,9 @@ export class Engine {
       for (let k = 0; k < v.count; k++) for (let i = 0; i < d; i++) pooled[i] += out.pooled.data[k * d + i] / v.count;
       scope = { in_scope: true };
       if (colour !== null) scope.colour = Math.round(colour * 1e4) / 1e4;
-      scope.score = Math.round(scopeScore(pooled, this.gate) * 1e4) / 1e4;
-      if (scope.score > 1) scope = { ...scope, in_scope: false, code: "unfamiliar", reason: reasons.unfamiliar };
-      if (!gate) scope.enforced = false; // a flattened film: measured, not refused yet (device/triage.py)
+      scope.score = Math.round(scopeScore(pooled, this.gate, film) * 1e4) / 1e4;
+      if (!(scope.score <= 1)) scope = { ...scope, in_scope: false, code: "unfamiliar", reason: reasons.unfamiliar };
+      if (!enforce) scope.enforced = false; // the self-test's drawn images; a film, where the gate has no film groups
       else if (!scope.in_scope) return this.refused(scope, warnings, t);
     }
     const pModel = p;
@@ -131,7 +133,7 @@ export class Engine {
     };
     if (this.spec.n_views > 1) rec.views = this.spec.n_views;
     if (scope) rec.scope = scope;
-    // said, though not enforced on photos (predictor.UNFAMILIAR_PHOTO): the reader should look twice
+    // said, though not enforced (predictor.UNFAMILIAR_PHOTO): the reader should look twice
     if (scope && scope.enforced === false && !scope.in_scope) rec.warnings.push(this.config.SCOPE.UNFAMILIAR_PHOTO);
     if (this.manifest.decision.calibration) rec.probability_model = Math.round(pModel * 1e6) / 1e6;
     if (heatmap && mapLogits) {

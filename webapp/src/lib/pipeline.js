@@ -57,7 +57,7 @@ export async function analyzePhoto(engine, blob, name) {
     timings.total = performance.now() - t0;
     return { ...rec, retake: true, decision: engine.config.RETAKE, warnings: [], display, timings_ms: round(timings) };
   }
-  const r = await engine.predictPixels(flat.pixels, flat.width, flat.height, { gate: false });
+  const r = await engine.predictPixels(flat.pixels, flat.width, flat.height, { film: true });
   if (r.error) {
     const blank = engine.config.FILM.TEXT.blank_film.replace("{why}", r.error);
     const quality = { ...q, ok: false, reasons: [blank], codes: ["blank_film"] };

@@ -29,14 +29,16 @@ export function colourFraction(r, g, b, chroma) {
   return far / n;
 }
 
-/** min over groups of (Mahalanobis distance of the square-rooted pooled features to the group)
- * / (the group's threshold): above 1, outside every group (ScopeGate.score). */
-export function scopeScore(pooled, gate) {
+/** min over the groups that apply (a file: the file groups; a flattened film: all) of (Mahalanobis
+ * distance of the square-rooted pooled features to the group) / (the group's threshold): above 1,
+ * outside every group (ScopeGate.score). */
+export function scopeScore(pooled, gate, film = false) {
   const d = gate.dim;
   const f = new Float64Array(d), diff = new Float64Array(d);
   for (let i = 0; i < d; i++) f[i] = Math.sqrt(Math.max(pooled[i], 0));
   let best = Infinity;
   for (let g = 0; g < gate.groups; g++) {
+    if (!film && gate.filmOnly[g]) continue;
     for (let i = 0; i < d; i++) diff[i] = f[i] - gate.means[g * d + i];
     const P = gate.precisions, base = g * d * d;
     let q = 0;

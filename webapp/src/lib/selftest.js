@@ -26,19 +26,55 @@ export function selftestImage(i, size = 320) {
   return out;
 }
 
-/** {passed, max_abs_diff, tolerance, got, expected}; passed null when the bundle records none. */
+/** The largest difference between two lists of gate scores, relative to the score above 1
+ * (selftest.scope_difference); Infinity when they cannot be compared. */
+function scopeDifference(got, want) {
+  if (!Array.isArray(want) || !Array.isArray(got) || want.length !== got.length || got.some((v) => v === null)) return Infinity;
+  return Math.max(...got.map((v, i) => Math.abs(v - want[i]) / Math.max(1, Math.abs(want[i]))));
+}
+
+async function answers(engine, n, film) {
+  const probs = [], scores = [];
+  for (let i = 0; i < n; i++) {
+    // The drawn images are outside what a real model reads: the gate's verdict is measured, not enforced.
+    const r = await engine.predictPixels(selftestImage(i), 320, 320, { heatmap: false, gate: false, film });
+    if (r.error) return { error: `self-test image ${i} was refused: ${r.error}` };
+    probs.push(r.probability);
+    scores.push(r.scope?.score ?? null);
+  }
+  return { probs, scores };
+}
+
+/** {passed, max_abs_diff, tolerance, got, expected} (and the gate's scores, for files and films,
+ * where the bundle records them: scope_max_diff, scope_film_max_diff); passed null when the bundle
+ * records none. As edge_runtime/selftest.run, with its tolerances. */
 export async function runSelfTest(engine, config) {
   const rec = engine.manifest.self_test;
   const expected = rec?.probabilities?.[engine.artifactKey];
   if (!expected) return { passed: null, reason: "the bundle records no self-test answers for this artifact" };
   if (rec.generator !== config.SELFTEST_GENERATOR) return { passed: false, reason: `self-test made by ${rec.generator}, this app has ${config.SELFTEST_GENERATOR}` };
-  const got = [];
-  for (let i = 0; i < rec.n; i++) {
-    const r = await engine.predictPixels(selftestImage(i), 320, 320, { heatmap: false, gate: false });
-    if (r.error) return { passed: false, reason: `self-test image ${i} was refused: ${r.error}` };
-    got.push(r.probability);
-  }
+  const a = await answers(engine, rec.n, false);
+  if (a.error) return { passed: false, reason: a.error };
+  const got = a.probs;
   const tol = rec.tolerance?.[engine.artifact.precision] ?? 1e-3;
   const worst = Math.max(...got.map((p, i) => Math.abs(p - expected[i])));
-  return { passed: worst <= tol, max_abs_diff: worst, tolerance: tol, got, expected };
+  const out = { passed: worst <= tol, max_abs_diff: worst, tolerance: tol, got, expected };
+  const sTol = config.SELFTEST_SCOPE_TOLERANCE[engine.artifact.precision] ?? 2e-3;
+  for (const [section, film] of [["scope_scores", false], ["scope_scores_film", true]]) {
+    const want = rec[section]?.[engine.artifactKey];
+    if (want === undefined || want === null) continue;
+    let mine = a.scores;
+    if (film) {
+      const f = await answers(engine, rec.n, true);
+      if (f.error) return { passed: false, reason: f.error };
+      mine = f.scores;
+    }
+    const diff = scopeDifference(mine, want);
+    out[film ? "scope_film_max_diff" : "scope_max_diff"] = diff;
+    out.scope_tolerance = sTol;
+    if (!(diff <= sTol) && out.passed) {
+      Object.assign(out, { passed: false, reason: `the out-of-scope gate's scores ${film ? "on films " : ""}differ from those export recorded` });
+    }
+  }
+  return out;
 }
