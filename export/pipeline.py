@@ -494,10 +494,9 @@ def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled
     val_groups = [scope_fit.group_of(r) for r in prep.val.records] + (film.groups if film is not None else [])
     t = np.asarray(scope_fit.thresholds(val, val_groups, gate.groups))
     manifest["scope"]["thresholds"][key] = t.tolist()
-    n_files = len(prep.val.images)
-    kept = np.concatenate([np.min((val[:n_files] / t)[:, gate.applies(False)], axis=1),
+    n_files, file_only = len(prep.val.images), gate.applies(False)  # a file is measured against file groups only
+    kept = np.concatenate([np.min((val[:n_files] / t)[:, file_only], axis=1),
                            np.min(val[n_files:] / t, axis=1) if len(val) > n_files else np.zeros(0)]) <= 1.0
-    file_only = gate.applies(False)
     test = np.array([float(np.min((gate.distances(p) / t)[file_only])) for p in test_pooled])
     out = {"thresholds": dict(zip(gate.groups, t.tolist())), "validation_kept": float(np.mean(kept)),
            "test_refused": scope_fit.refused_by_source(test, scope_fit.sources_of(prep.test.records))}
