@@ -29,8 +29,8 @@ from .simulate import (ANSWER_CONDITIONS, ANSWER_OR_REFUSE, REFUSE_CONDITIONS, S
 from .triage import triage_photo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm")
-# Targets from the film issue; docs/results.md says where each is met or missed.
 OUT_OF_SCOPE_CODE = "out_of_scope"  # a photo the out-of-scope gate refused (listed with the quality gate's codes)
+# Targets from the film issue; docs/results.md says where each is met or missed.
 TARGETS = {"accepted": 0.95, "same_decision": 0.97, "fracture_lost": 0.01, "mean_abs_dp": 0.03, "right_reason": 0.95}
 
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from .fracture_map import MapPooling
 from .labels import POSITIVE
 from .preprocess import PreprocessSpec
+from .scope import FILM_PREFIX, photographed_group
 
 FORMAT = "fracture-edge-bundle"
 # 2: manifest_sha256 required; 3: a fracture map may replace the prob output; 4: a calibrated
@@ -283,9 +284,9 @@ class ScopeInfo:
         film_groups = d.get("film_groups", [])
         _need(isinstance(film_groups, list) and all(isinstance(f, str) and f in groups for f in film_groups)
               and len(set(film_groups)) == len(film_groups), "scope.film_groups", "expected distinct names from scope.groups")
-        # "film/<group>": a film group photographs a file group of this gate, so it cannot take a file group's place
-        _need(all(f.startswith("film/") and f[len("film/"):] in groups for f in film_groups), "scope.film_groups",
-              "each must be 'film/' + a file group's name")
+        # a film group photographs a file group of this gate, so it cannot take a file group's place
+        _need(all(photographed_group(f) in groups for f in film_groups), "scope.film_groups",
+              f"each must be {FILM_PREFIX!r} + a file group's name")
         arrays = {}
         for name in ("means", "precisions"):
             a = _obj(_obj(d.get("arrays"), "scope.arrays").get(name), f"scope.arrays.{name}")

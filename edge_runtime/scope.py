@@ -56,6 +56,12 @@ REASONS = {
 CHROMA = 40.0
 COLOUR_LIMIT = 0.05
 SCOPE_FILE = "scope.f32"
+FILM_PREFIX = "film/"  # a film group's name: FILM_PREFIX + the name of the file group it photographs
+
+
+def photographed_group(name: str) -> Optional[str]:
+    """The file group a film group photographs; None for a file group."""
+    return name[len(FILM_PREFIX):] if name.startswith(FILM_PREFIX) else None
 
 
 def colour_fraction(rgb: np.ndarray) -> float:

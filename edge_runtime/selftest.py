@@ -63,10 +63,6 @@ def answers(predictor, film: bool = False) -> Tuple[List[float], Optional[List[f
     return probs, (scores if all(s is not None for s in scores) else None)
 
 
-def probabilities(predictor) -> List[float]:
-    return answers(predictor)[0]
-
-
 def scope_difference(got: List[float], want: List[float]) -> float:
     """The largest difference between two lists of gate scores, relative to the score where it is
     above 1: the drawn images may lie far outside, where a distance of 20 moves with its features."""

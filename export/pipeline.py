@@ -333,7 +333,7 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
             shots[split] = scope_film.photograph(chosen, prep.spec, settings.seed, split,
                                                  f"{prep.tag} out-of-scope film photos ({split})", settings.progress,
                                                  settings.photo_workers)
-        if len(shots["train"].groups):
+        if shots["train"].records:
             pooled = np.concatenate([pooled, scope_fit.pooled_features(prep.serving, shots["train"].images)])
             train_groups += shots["train"].groups
         val_groups += shots["val"].groups
@@ -500,11 +500,11 @@ def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled
     test = np.array([float(np.min((gate.distances(p) / t)[file_only])) for p in test_pooled])
     out = {"thresholds": dict(zip(gate.groups, t.tolist())), "validation_kept": float(np.mean(kept)),
            "test_refused": scope_fit.refused_by_source(test, scope_fit.sources_of(prep.test.records))}
-    if film is not None and prep.test_film is not None and len(prep.test_film.groups):
+    if film is not None and prep.test_film is not None and prep.test_film.records:
         photo_scores = np.array([float(np.min(gate.distances(pred.assess(x)[2]) / t)) for x in prep.test_film.images])
         out["validation_photos_kept"] = float(np.mean(kept[n_files:])) if len(kept) > n_files else None
-        out["test_photos_refused"] = scope_fit.refused_by_source(
-            photo_scores, [g[len(scope_fit.FILM):].rsplit("/", 1)[0] for g in prep.test_film.groups])
+        out["test_photos_refused"] = scope_fit.refused_by_source(photo_scores,
+                                                                 scope_fit.sources_of(prep.test_film.records))
     return out
 
 

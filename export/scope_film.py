@@ -21,10 +21,12 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from edge_runtime.preprocess import PreprocessSpec
+from edge_runtime.scope import FILM_PREFIX
 from fracdata.data import Record
 from fracdata.progress import progress
 
-from .scope_fit import FILM, group_of
+from .scope_fit import group_of
+
 STREAMS = {"train": 1, "val": 2, "test": 3}
 
 
@@ -34,17 +36,18 @@ def conditions() -> List[str]:
     return list(ANSWER_CONDITIONS)
 
 
-def film_group(group: str) -> str:
-    return FILM + group
-
-
 @dataclass
 class Photographed:
-    """Model inputs of photographed radiographs that the film path accepted, and their film groups."""
+    """Model inputs of photographed radiographs that the film path accepted, and their records."""
     images: np.ndarray  # (n, size, size, 1)
-    groups: List[str]
+    records: List[Record]
     photos: int = 0  # photos taken
     refused: Dict[str, int] = field(default_factory=dict)  # the film path's refusals, by condition: reason
+
+    @property
+    def groups(self) -> List[str]:
+        """Each photo's film group: FILM_PREFIX + its radiograph's group."""
+        return [FILM_PREFIX + group_of(r) for r in self.records]
 
     def summary(self) -> Dict:
         return {"photos": self.photos, "read": len(self.groups), "by_group": dict(Counter(self.groups)),
@@ -72,14 +75,14 @@ def photograph(records: Sequence[Record], spec: PreprocessSpec, seed: int, split
     from device.photo_round_trip import PhotoJob, model_inputs
 
     jobs = [PhotoJob(seed=(seed, STREAMS[split], i), path=str(r.path)) for i, r in enumerate(records)]
-    images, groups, refused = [], [], Counter()
+    images, read, refused = [], [], Counter()
     for r, (x, why) in zip(records, progress(model_inputs(jobs, spec, workers), desc, total=len(jobs),
                                              enabled=enabled)):
         if x is None:
             refused[why] += 1
             continue
         images.append(x)
-        groups.append(film_group(group_of(r)))
+        read.append(r)
     size = spec.size
-    return Photographed(np.stack(images) if images else np.zeros((0, size, size, 1), np.float32), groups,
+    return Photographed(np.stack(images) if images else np.zeros((0, size, size, 1), np.float32), read,
                         len(jobs), dict(refused))

@@ -18,10 +18,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from edge_runtime.bundle import pack_arrays
-from edge_runtime.scope import COLOUR_LIMIT, SCOPE_FILE, features
+from edge_runtime.scope import COLOUR_LIMIT, SCOPE_FILE, features, photographed_group
 from fracdata.data import Record, record_source
 
-FILM = "film/"  # a film group's name: FILM + the file group it photographs (export/scope_film.py)
 KEEP = 0.99  # of each group's validation radiographs
 MIN_GROUP = 5  # a group with fewer training (or validation) images gets no mean of its own
 
@@ -49,8 +48,8 @@ def fit(pooled: np.ndarray, train_groups: Sequence[str], val_groups: Sequence[st
     groups = [g for g in sorted(set(labels)) if np.sum(labels == g) >= MIN_GROUP
               and (not len(val_groups) or list(val_groups).count(g) >= MIN_GROUP)]
     # A film group photographs a file group: it stands only beside it, and a file needs one group.
-    groups = [g for g in groups if not g.startswith(FILM) or g[len(FILM):] in groups]
-    if not any(not g.startswith(FILM) for g in groups):
+    groups = [g for g in groups if photographed_group(g) is None or photographed_group(g) in groups]
+    if all(photographed_group(g) is not None for g in groups):
         raise ValueError(f"no group of at least {MIN_GROUP} training and validation images to fit the gate on")
     X = np.stack([features(p) for p in pooled])
     fits = [LedoitWolf().fit(X[labels == g]) for g in groups]
@@ -86,7 +85,7 @@ def manifest_section(fitted: Dict, layers: Sequence[str], film: Optional[Dict] =
                "rule": f"per artifact and group, the distance keeping >= {KEEP:.0%} of that group's validation "
                        "images; refused when beyond it for every group (score = min distance / threshold > 1)",
                "colour_limit": COLOUR_LIMIT, "thresholds": {}}
-    film_groups = [g for g in fitted["groups"] if g.startswith(FILM)]
+    film_groups = [g for g in fitted["groups"] if photographed_group(g) is not None]
     if film is not None:  # how the photos were made, and whether any film group came of them
         section["film_photos"] = film
     if film_groups:

@@ -261,13 +261,11 @@ def evaluate_bundle(bundle_dir: Path, ds: Dataset, out_dir: Path, artifacts: Opt
 def _gate_summary(scopes: List[Dict], y: np.ndarray, p: np.ndarray, labelled: np.ndarray, threshold: float) -> Dict:
     """What the bundle's out-of-scope gate refuses of these images (a device gives them no answer),
     per label and per reason, and the sensitivity over the fractures it does answer."""
+    from collections import Counter
+
     refused = np.array([not s["in_scope"] for s in scopes])
-    codes: Dict[str, int] = {}
-    for s in scopes:
-        if not s["in_scope"]:
-            codes[s["code"]] = codes.get(s["code"], 0) + 1
     out: Dict[str, object] = {"n": int(len(scopes)), "refused": int(refused.sum()), "rate": float(refused.mean()),
-                              "by_code": codes,
+                              "by_code": dict(Counter(s["code"] for s in scopes if not s["in_scope"])),
                               "by_label": {name: {"n": int(m.sum()), "refused": int((refused & m).sum())}
                                            for name, m in (("fractured", y == 1), ("non_fractured", y == 0),
                                                            ("unlabelled", ~labelled)) if m.any()}}

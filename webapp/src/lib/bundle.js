@@ -3,6 +3,7 @@
 // every file before it is used. A bundle that fails any of these is refused, never half-used.
 
 import { canonicalBytes } from "./canonical.js";
+import { FILM_PREFIX } from "./scope.js";
 import { sha256Hex } from "./sha256.js";
 
 export class BundleError extends Error {}
@@ -102,8 +103,9 @@ function parseGate(bytes, spec, key) {
     throw new BundleError(`manifest: the out-of-scope gate's groups do not match its ${groups} arrays`);
   }
   if (!Array.isArray(film) || new Set(film).size !== film.length
-      || !film.every((f) => typeof f === "string" && f.startsWith("film/") && names.includes(f) && names.includes(f.slice(5)))) {
-    throw new BundleError("manifest: scope.film_groups must each be 'film/' + a file group's name");
+      || !film.every((f) => typeof f === "string" && f.startsWith(FILM_PREFIX) && names.includes(f)
+        && names.includes(f.slice(FILM_PREFIX.length)))) {
+    throw new BundleError(`manifest: scope.film_groups must each be '${FILM_PREFIX}' + a file group's name`);
   }
   const filmOnly = names.map((g) => film.includes(g));
   return { groups, dim, means: a.means.data, precisions: a.precisions.data, thresholds, colourLimit: spec.colour_limit,

@@ -2,6 +2,9 @@
 // edge_runtime/manifest.Calibration compute them: the same arithmetic in float64, so the phone
 // refuses the images the Pi refuses.
 
+/** A film group's name: FILM_PREFIX + the file group it photographs (edge_runtime/scope.FILM_PREFIX). */
+export const FILM_PREFIX = "film/";
+
 /** Median as numpy's: the mean of the two middle values for an even count. */
 function median(a) {
   const s = Float64Array.from(a).sort();
