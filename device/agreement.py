@@ -24,8 +24,8 @@ import numpy as np
 from edge_runtime.labels import POSITIVE
 from edge_runtime.predictor import Predictor
 
-from .simulate import (ANSWER_CONDITIONS, ANSWER_OR_REFUSE, REFUSE_CONDITIONS, SAME_REASON, radiograph_from_file,
-                       simulate)
+from .simulate import (ANSWER_CONDITIONS, ANSWER_OR_REFUSE, CONDITIONS, REFUSE_CONDITIONS, SAME_REASON,
+                       SCREEN_PHOTO_CONDITIONS, radiograph_from_file, simulate)
 from .triage import triage_photo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm")
@@ -78,7 +78,8 @@ class ConditionStats:
 
 def film_agreement(predictor: Predictor, files: Sequence[Path], conditions: Sequence[str], seed: int = 0,
                    progress: bool = True, log_rows: Optional[List[Dict]] = None) -> Dict[str, Dict[str, object]]:
-    stats = {c: ConditionStats(c, "answer" if c in ANSWER_CONDITIONS else REFUSE_CONDITIONS[c]) for c in conditions}
+    expected = {**REFUSE_CONDITIONS, **SCREEN_PHOTO_CONDITIONS}
+    stats = {c: ConditionStats(c, "answer" if c in ANSWER_CONDITIONS else expected[c]) for c in conditions}
     direct = {}
     with tempfile.TemporaryDirectory() as tmp:
         jobs = [(i, f, c) for i, f in enumerate(files) for c in conditions]
@@ -138,7 +139,7 @@ def film_agreement(predictor: Predictor, files: Sequence[Path], conditions: Sequ
     return {c: s.summary() for c, s in stats.items()}
 
 
-CONDITION_INDEX = {c: k for k, c in enumerate(ANSWER_CONDITIONS + tuple(REFUSE_CONDITIONS))}
+CONDITION_INDEX = {c: k for k, c in enumerate(CONDITIONS)}
 
 
 class _NoBar:
@@ -219,7 +220,9 @@ def totals(results: Dict[str, Dict[str, object]]) -> Dict[str, object]:
     same = sum(round((r["same_decision"] or 0) * r["accepted"]) for r in ans)
     lost = sum(r["fracture_lost"] for r in ans)
     dp = sum((r["mean_abs_dp"] or 0) * r["accepted"] for r in ans)
-    ref = [r for r in results.values() if r["expect"] != "answer" and r["photos"]]
+    ref = [r for r in results.values() if r["expect"] != "answer" and r["photos"]
+           and r["condition"] not in SCREEN_PHOTO_CONDITIONS]
+    screens = [r for r in results.values() if r["condition"] in SCREEN_PHOTO_CONDITIONS and r["photos"]]
     return {"answer_photos": sum(r["photos"] for r in ans), "accepted": accepted,
             "same_decision": same / accepted if accepted else None,
             "fracture_lost_share": lost / accepted if accepted else None,
@@ -227,7 +230,11 @@ def totals(results: Dict[str, Dict[str, object]]) -> Dict[str, object]:
             # an overhang refused as such is a right outcome too (simulate.ANSWER_OR_REFUSE)
             "min_accepted_share": min((r.get("answered_or_refused_for_it", r["accepted_share"]) for r in ans), default=None),
             "refusal_photos": sum(r["photos"] for r in ref),
-            "refused_right_reason": (sum(r["right_reason"] for r in ref) / sum(r["photos"] for r in ref)) if ref else None}
+            "refused_right_reason": (sum(r["right_reason"] for r in ref) / sum(r["photos"] for r in ref)) if ref else None,
+            # photos of screens rendered another way than the check was tuned on: counted, not required
+            "screen_photos": {"photos": sum(r["photos"] for r in screens),
+                              "said_screen": sum(r["right_reason"] for r in screens),
+                              "answered": sum(r["accepted"] for r in screens)} if screens else None}
 
 
 def write_outputs(out: Path, results: Dict, rows: List[Dict], meta: Dict, title: str) -> None:

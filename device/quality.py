@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .film import Flattened
+from .imageops import box_mean
 
 MIN_FILM_SIDE_PX = 300  # the photo's shorter side at least; and a film's, where no model spec says otherwise
 # A film must give the model this many photo pixels per input pixel along the side that fills the
@@ -29,6 +30,22 @@ MIN_PX_PER_INPUT_PX = 1.5
 MIN_DETAIL = 0.03  # p99 |gradient| over the photo's brightness, see detail(): below it a photo is blank
 MAX_SATURATED = 0.5  # a blank photo with more than this share at the sensor's clip level is over-exposed
 MIN_LIGHTBOX_LEVEL = 0.3  # bare lightbox, as encoded
+# A photo of a screen, told apart where no film was found. A film only dims the light behind it,
+# so a lightbox lights the room around it and the photo's edge; a screen glows by itself inside a
+# dark housing and room. And a screen shows a picture, where a lightbox without a film found on it
+# is a flat lit panel. So a screen: the photo's edge (its outer SCREEN_EDGE, at the 90th
+# percentile) below SCREEN_SURROUND of the brightest level, and less than SCREEN_LIT_PANEL of the
+# photo flat and bright (a SCREEN_WINDOW-px box's mean >= SCREEN_BRIGHT of the brightest level,
+# its spread <= SCREEN_FLAT of it). Each limit is the midpoint between device/simulate.py's screen
+# photos (tuning seeds: edge <= 0.49, lit panel <= 0.036) and the other photos the finder found no
+# film in (edge >= 0.64; a bare lightbox in a dim room: edge 0.30-0.58, lit panel >= 0.28). Measured
+# on screens rendered another way (device/screen_photo.py; docs/results.md).
+SCREEN_EDGE = 0.04
+SCREEN_SURROUND = 0.56
+SCREEN_LIT_PANEL = 0.16
+SCREEN_WINDOW = 4  # box radius at the finder's working size
+SCREEN_BRIGHT = 0.7
+SCREEN_FLAT = 0.04
 SATURATED_LEVEL = 0.985  # the lightbox at the sensor's limit: its true brightness, hence the film's, is unknown
 OVER_LEVEL = 0.95  # or the lightbox at least this bright ...
 MAX_CLIPPED_SHARE = 0.01  # ... and more than this share of the film clipped: over-exposed
@@ -49,6 +66,11 @@ TEXT = {
     "radiograph_file": "this image has no colour: it is a radiograph file, not a photo of a film; read it "
                        "with `python -m edge_runtime predict FILE` (the file gives the better answer). If it is "
                        "a photo of a film, take it in colour, not in a black-and-white camera mode",
+    "screen": "this looks like a photo of a screen, not of a film on a lightbox (the picture glows inside a dark "
+              "surround, with no lit lightbox around it). A screen cannot be read from a photo: its pixel grid, "
+              "glass and colours change what the model sees. Ask for the image as a file (export it from the "
+              "viewer or PACS as DICOM, PNG or JPEG) and use `python -m edge_runtime predict FILE`. If it is a "
+              "film, hang it on a lit lightbox and photograph it with the lightbox visible around it",
     "no_film": "no film on a lit lightbox found: hang the film on a lit lightbox and photograph it centred, with "
                "the lightbox visible around it. A photo of a screen cannot be read: export the image from the "
                "viewer as a file and use `python -m edge_runtime predict FILE`",
@@ -148,11 +170,32 @@ def before_finding(original_size, rgb_small: np.ndarray, gray_file: bool) -> Opt
     return None
 
 
+def screen_layout(gray: np.ndarray) -> Tuple[float, float]:
+    """(edge, lit panel) of a photo at the finder's working size (see SCREEN_SURROUND): how bright
+    its edge is relative to its brightest level, and what share of it is a flat, bright panel."""
+    h, w = gray.shape
+    top = float(np.percentile(gray, 99.5))
+    b = max(2, int(SCREEN_EDGE * min(h, w)))
+    edge = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
+    surround = float(np.percentile(edge, 90)) / max(top, 1e-6)
+    r = SCREEN_WINDOW
+    m = box_mean(box_mean(gray, r, 0), r, 1)
+    m2 = box_mean(box_mean(gray * gray, r, 0), r, 1)
+    spread = np.sqrt(np.maximum(m2 - m * m, np.float32(0)))
+    lit = (m >= np.float32(SCREEN_BRIGHT * top)) & (spread <= np.float32(SCREEN_FLAT * top))
+    return surround, float(np.count_nonzero(lit)) / float(lit.size)
+
+
 def not_found(rgb_small: np.ndarray) -> Reason:
-    """No film found: a photo too dark to see one, or one without a film on a lit lightbox."""
-    top = float(np.percentile(rgb_small @ np.array([0.299, 0.587, 0.114], np.float32), 99.5))
+    """No film found: a photo too dark to see one, a photo of a screen, or one without a film on a
+    lit lightbox."""
+    gray = rgb_small @ np.array([0.299, 0.587, 0.114], np.float32)
+    top = float(np.percentile(gray, 99.5))
     if top < MIN_LIGHTBOX_LEVEL:
         return reason("too_dark", level=top)
+    surround, lit_panel = screen_layout(gray)
+    if surround < SCREEN_SURROUND and lit_panel < SCREEN_LIT_PANEL:
+        return reason("screen")
     return reason("no_film")
 
 

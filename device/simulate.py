@@ -27,11 +27,12 @@ from .geometry import homography_from_points
 from .imageops import gaussian_blur
 
 # Conditions a clinic produces that the reader must answer, and those it must refuse (with the
-# reason code device/quality.py gives). "screen" may be answered or refused, never silently wrong.
+# reason code device/quality.py gives). "screen" (a monitor's dark viewer drawn as a dim lightbox,
+# with painted moire) is what the screen check was tuned on.
 ANSWER_CONDITIONS = ("full", "room", "bright_surround", "overhang", "tilt", "rotated", "fingers",
                      "two_films", "tubes")
 REFUSE_CONDITIONS = {"blur": "blur", "glare": "glare", "dark": "under_exposed", "bright": "over_exposed",
-                     "cut_off": "cut_off", "small": "film_too_small", "screen": "no_film",
+                     "cut_off": "cut_off", "small": "film_too_small", "screen": "screen",
                      "radiograph_file": "radiograph_file", "blank": "blank", "tiny": "photo_too_small"}
 # An overhanging film (3-10% past one edge of the lightbox): where the finder sees the film run
 # past the lit area it is refused for that reason (the unlit part cannot be read, and the answer
@@ -40,7 +41,12 @@ ANSWER_OR_REFUSE = {"overhang": "off_lightbox"}
 # Reasons that say the same thing in other words: an all-white photo is over-exposed, a dim
 # photo with no film to be seen is too dark.
 SAME_REASON = {"over_exposed": ("washed_out",), "under_exposed": ("too_dark",)}
-CONDITIONS = ANSWER_CONDITIONS + tuple(REFUSE_CONDITIONS)
+# Screens rendered from a display's physics (device/screen_photo.py), never used for tuning: said to
+# be a screen where the check sees one, refused otherwise where it can; counted, not required (a
+# light-themed viewer in a lit room is a lit panel with a picture on it, which only the pixel grid
+# tells from a film on a lightbox).
+SCREEN_PHOTO_CONDITIONS = {"monitor": "screen"}
+CONDITIONS = ANSWER_CONDITIONS + tuple(REFUSE_CONDITIONS) + tuple(SCREEN_PHOTO_CONDITIONS)
 MAX_RENDER_SIDE = 2400  # larger photos are rendered at this size and upsampled (with fresh noise)
 
 
@@ -547,6 +553,9 @@ def simulate(radiograph: np.ndarray, condition: str, rng: np.random.Generator,
         return blank_photo(rng, photo_size or (1600, 1200)), None
     if condition == "radiograph_file":
         return radiograph_as_file(radiograph, rng), None
+    if condition == "monitor":
+        from .screen_photo import render_screen_photo  # imports this module: only when asked for
+        return render_screen_photo(radiograph, rng, photo_size)[0], None
     h, w = radiograph.shape
     scene = draw_scene(condition, h / w, rng, photo_size)
     if condition == "two_films" and second is None:

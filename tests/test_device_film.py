@@ -19,6 +19,7 @@ from device.film_finder import FilmNotFound, locate, working_copy
 from device.photo import open_photo
 from device.simulate import (ANSWER_CONDITIONS, ANSWER_OR_REFUSE, REFUSE_CONDITIONS, SAME_REASON, draw_scene, film_corners,
                              open_jpeg, render_photo, simulate, visible_film_corners)
+from device import quality
 from device.triage import read_film
 
 pytestmark = pytest.mark.slow
@@ -106,6 +107,43 @@ def test_each_fault_is_refused_with_its_reason(radiographs, condition, tmp_path)
         right += any(code in q.codes for code in expected)
         assert all(reason.text for reason in q.reasons)
     assert right >= 3, (condition, right)  # at least 3 of 4 for the stated reason
+
+
+SCREEN_SEED = 9300  # device/screen_photo.py scenes; the screen check was tuned on simulate.py's, seeds < 100
+
+
+def test_screens_rendered_another_way_are_refused_and_said_to_be_screens(radiographs, tmp_path):
+    """Photos of monitors, laptops, phones and tablets in a dim room, rendered from the display's
+    physics (pixel grid, subpixels, Bayer sensor, reflections on the glass), a renderer the check
+    was not tuned on: none is answered, and where no film is found, the refusal says "screen"."""
+    from device.screen_photo import render_screen_photo
+
+    codes = []
+    for k in range(10):
+        data, scene = render_screen_photo(radiographs[k % 4], np.random.default_rng([SCREEN_SEED, k]),
+                                          (1024, 768) if k % 2 else (768, 1024), room="dark")
+        path = tmp_path / f"screen_{k}.jpg"
+        path.write_bytes(data)
+        q = read_film(open_photo(path))["quality"]
+        assert not q.ok, (k, scene.device, scene.notes)
+        codes.append(q.codes)
+    no_film_found = [c for c in codes if c in (["screen"], ["no_film"])]
+    said = [c for c in no_film_found if c == ["screen"]]
+    assert len(no_film_found) >= 4 and len(said) >= 0.5 * len(no_film_found), codes
+    text = quality.TEXT["screen"]
+    assert "screen" in text and "as a file" in text and "edge_runtime predict" in text
+
+
+def test_a_lightbox_without_a_screen_is_not_called_one(tmp_path):
+    """A lit lightbox with nothing on it, in a dim room (no film to find, a dark edge): a flat lit
+    panel, not a glowing picture, so not a screen."""
+    said = []
+    for k in range(6):
+        data, _ = simulate(np.full((400, 300), 1.0, np.float32), "room", np.random.default_rng([SCREEN_SEED + 1, k]))
+        path = tmp_path / f"bare_{k}.jpg"
+        path.write_bytes(data)
+        said.append(read_film(open_photo(path))["quality"].codes)
+    assert not any(c == ["screen"] for c in said), said
 
 
 def test_a_plain_radiograph_file_is_sent_to_predict(radiographs, tmp_path):
@@ -272,7 +310,7 @@ def test_film_agreement_reports_every_condition(tiny_bundle, phantom_dir, tmp_pa
                      + f"{sorted(p.name for p in phantom_dir.rglob('*.jpg'))[2]},val,0,leg\n")
     out = tmp_path / "agr"
     rc = device_main(["film-agreement", str(phantom_dir), "--split", str(split), "--bundle", str(tiny_bundle),
-                      "--conditions", "room,rotated,overhang,blur,radiograph_file", "--out", str(out), "--json"])
+                      "--conditions", "room,rotated,overhang,blur,radiograph_file,monitor", "--out", str(out), "--json"])
     res = json.loads(capsys.readouterr().out)
     assert rc == 0 and res["meta"]["files"] == 2 and res["meta"]["part"] == "test"
     conds = res["conditions"]
@@ -289,7 +327,12 @@ def test_film_agreement_reports_every_condition(tiny_bundle, phantom_dir, tmp_pa
     assert o["expect"] == "answer" and o["allowed_refusal"] == "off_lightbox" and o["photos"] == 2
     assert o["refused_for_it"] == o["reasons"].get("off_lightbox", 0) and o["refused_for_it"] + o["accepted"] <= 2
     assert o["answered_or_refused_for_it"] == (o["refused_for_it"] + o["accepted"]) / 2
-    assert (out / "agreement.md").read_text().startswith("### ") and len((out / "photos.csv").read_text().splitlines()) == 11
+    # photos of screens from the second renderer: counted apart from the refusal conditions' total
+    m, t = conds["monitor"], res["totals"]
+    assert m["expect"] == "screen" and m["photos"] == 2 and m["right_reason"] == m["reasons"].get("screen", 0)
+    assert t["screen_photos"] == {"photos": 2, "said_screen": m["right_reason"], "answered": m["accepted"]}
+    assert t["refusal_photos"] == 4 and t["refused_right_reason"] == (conds["blur"]["right_reason"] + 2) / 4
+    assert (out / "agreement.md").read_text().startswith("### ") and len((out / "photos.csv").read_text().splitlines()) == 13
 
 
 def test_odd_photos_never_stop_the_batch(tiny_bundle, radiographs, tmp_path, capsys):

@@ -621,7 +621,7 @@ def test_https_with_the_devices_own_ca(bundle, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Photos of film: the browser's film path against Python's (device/triage.py)
 
-FILM_CONDITIONS = ("full", "room", "tilt", "rotated", "fingers", "overhang", "blur", "glare", "dark", "bright",
+FILM_CONDITIONS = ("full", "room", "tilt", "rotated", "fingers", "overhang", "blur", "glare", "dark", "bright", "screen",
                    "cut_off", "blank", "radiograph_file")
 MIN_SAME_OUTCOME = 0.9  # same answer-or-retake, and the same reason codes when refused
 # |dp| where both answered. Float: 0.01 (measured below 5e-5; the port is exact but for LAPACK's last
@@ -670,6 +670,7 @@ def outcome(rec):
 
 
 @needs_browser
+@pytest.mark.heavy  # about 100 s: CI runs it (--all), beside the Node port's film parity test
 def test_photos_of_film_agree_with_the_python_film_path(browser, server, bundle, tmp_path):
     from edge_runtime.predictor import Predictor
 

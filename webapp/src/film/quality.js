@@ -2,6 +2,7 @@
 // formatted here with a small subset of Python's str.format.
 
 import { resizeF } from '../lib/pil.js';
+import { boxMean } from './imageops.js';
 import {
   f32, percentileF32, percentileSortedF32Array, pyFixed, pyRound,
 } from '../lib/npy.js';
@@ -114,10 +115,41 @@ export function beforeFinding(originalSize, small, grayFile, grayImg, C) {
   return null;
 }
 
-/** No film found: a photo too dark to see one, or one without a film on a lit lightbox. */
-export function notFound(grayImg, C) {
+/**
+ * quality.screen_layout: [edge, lit panel] of the photo at the finder's working size: its edge's
+ * brightness over its brightest level, and the share of it that is a flat, bright panel.
+ */
+export function screenLayout(grayImg, w, h, C) {
+  const top = percentileF32(grayImg, 99.5);
+  const b = Math.max(2, Math.floor(C.SCREEN_EDGE * Math.min(h, w)));
+  const edge = new Float32Array(2 * b * w + 2 * b * h);
+  let k = 0;
+  for (let y = 0; y < b; y++) for (let x = 0; x < w; x++) edge[k++] = grayImg[y * w + x];
+  for (let y = h - b; y < h; y++) for (let x = 0; x < w; x++) edge[k++] = grayImg[y * w + x];
+  for (let y = 0; y < h; y++) for (let x = 0; x < b; x++) edge[k++] = grayImg[y * w + x];
+  for (let y = 0; y < h; y++) for (let x = w - b; x < w; x++) edge[k++] = grayImg[y * w + x];
+  const surround = percentileF32(edge, 90) / Math.max(top, 1e-6);
+  const r = C.SCREEN_WINDOW;
+  const sq = new Float32Array(w * h);
+  for (let i = 0; i < w * h; i++) sq[i] = f32(grayImg[i] * grayImg[i]);
+  const m = boxMean(boxMean(grayImg, w, h, r, 0), w, h, r, 1);
+  const m2 = boxMean(boxMean(sq, w, h, r, 0), w, h, r, 1);
+  const bright = f32(C.SCREEN_BRIGHT * top);
+  const flat = f32(C.SCREEN_FLAT * top);
+  let lit = 0;
+  for (let i = 0; i < w * h; i++) {
+    const spread = f32(Math.sqrt(Math.max(f32(m2[i] - f32(m[i] * m[i])), 0)));
+    if (m[i] >= bright && spread <= flat) lit++;
+  }
+  return [surround, lit / (w * h)];
+}
+
+/** No film found: a photo too dark to see one, a photo of a screen, or one without a film on a lit lightbox. */
+export function notFound(grayImg, w, h, C) {
   const top = percentileF32(grayImg, 99.5);
   if (top < C.MIN_LIGHTBOX_LEVEL) return reason('too_dark', C, { level: top });
+  const [surround, litPanel] = screenLayout(grayImg, w, h, C);
+  if (surround < C.SCREEN_SURROUND && litPanel < C.SCREEN_LIT_PANEL) return reason('screen', C);
   return reason('no_film', C);
 }
 

@@ -21,7 +21,8 @@ export { decodePlan } from '../lib/pil.js';
 export const REQUIRED_CONSTANTS = [
   'WORK_SIDE', 'MIN_FILM_SHARE', 'MAX_HOLE_SHARE', 'MIN_QUADNESS', 'MIN_ENCLOSURE', 'MIN_RING_LEVEL',
   'MAX_FILM_LEVEL', 'OUT_LONG_SIDE', 'INSET', 'PROFILE_OFFSETS', 'GRID', 'MIN_FILM_SIDE_PX', 'MIN_DETAIL',
-  'MAX_SATURATED', 'MIN_LIGHTBOX_LEVEL', 'SATURATED_LEVEL', 'OVER_LEVEL', 'MAX_CLIPPED_SHARE',
+  'MAX_SATURATED', 'MIN_LIGHTBOX_LEVEL', 'SCREEN_EDGE', 'SCREEN_SURROUND', 'SCREEN_LIT_PANEL', 'SCREEN_WINDOW',
+  'SCREEN_BRIGHT', 'SCREEN_FLAT', 'SATURATED_LEVEL', 'OVER_LEVEL', 'MAX_CLIPPED_SHARE',
   'MAX_GLARE_SHARE', 'MAX_EDGE_WIDTH', 'MIN_SHARPNESS', 'GRAY_CHROMA', 'TEXT', 'DECODE_SIDE',
   'GRAYSCALE_MODES', 'MIN_PX_PER_INPUT_PX',
 ];
@@ -63,7 +64,7 @@ export function readFilm(rgb, originalSize, { sourceGray = false, sourceMode = n
   try {
     flat = flattenFilm(photo, C, originalSize, wc);
   } catch (e) {
-    if (e instanceof FilmNotFound) return { quality: qualityDict(false, [notFound(graySmall, C)]), flat: null };
+    if (e instanceof FilmNotFound) return { quality: qualityDict(false, [notFound(graySmall, small.w, small.h, C)]), flat: null };
     throw e;
   }
   const q = assess(flat, C, filmMinimum(spec, C));
