@@ -57,3 +57,37 @@ def test_training_batches_are_normalised_like_the_device_input():
         np.testing.assert_allclose(normalize_intensity(img, spec), img, atol=1e-3)
     np.testing.assert_allclose(split.images[0, ..., 0], window(xs[0]), atol=1e-6)  # val/test: exactly THE function
     assert describe(True)["dihedral"] and describe(True, photo=False)["photometric"] is None
+
+
+def test_another_systems_marks_never_cover_a_fracture_box():
+    """Bands and markers land beside the boxes, never on them (the targets stay true); on a uniform
+    image the processing steps leave the box uniform, so any change inside it would be a mark."""
+    from train.augment import acquisition
+
+    x = np.full((128, 128), 0.5, np.float32)
+    box = (40.0, 50.0, 90.0, 80.0)
+    marked = 0
+    for k in range(120):
+        y = acquisition(x, [box], np.random.default_rng([5, k]))
+        assert y.shape == x.shape and y.dtype == np.float32 and 0 <= y.min() and y.max() <= 1
+        inside = y[50:80, 40:90]
+        assert inside.std() < 1e-6, k
+        marked += bool(np.abs(y - inside.mean()).max() > 0.2)  # a band or a marker elsewhere
+    assert marked >= 20  # the marks are drawn, just not over the box
+
+
+def test_another_systems_processing_is_seeded_opt_in_and_recorded():
+    from train.augment import ACQUISITION, acquisition, augment_with_boxes, describe_map
+
+    x = _image()
+    a = acquisition(x, [], np.random.default_rng(9))
+    assert np.array_equal(a, acquisition(x, [], np.random.default_rng(9))) and not np.array_equal(a, x)
+    assert describe_map()["acquisition"] is None  # off unless asked for: the reference's training command is unchanged
+    assert describe_map(True, True)["acquisition"]["probability"] == ACQUISITION.probability
+    on = [augment_with_boxes(x, [], np.random.default_rng([2, k]), photo=False, acquisition_effects=True)[0]
+          for k in range(12)]
+    off = [augment_with_boxes(x, [], np.random.default_rng([2, k]), photo=False)[0] for k in range(12)]
+    assert all(np.array_equal(a, augment_with_boxes(x, [], np.random.default_rng([2, k]), photo=False,
+                                                    acquisition_effects=True)[0]) for k, a in enumerate(on))
+    # the same geometry either way (the effects draw after it); some images then get the effects
+    assert 0 < sum(not np.array_equal(a, b) for a, b in zip(on, off)) < 12

@@ -134,6 +134,22 @@ def _rec(i, label, boxes, source):
     return Record(f"{source}/{i}.png", Path(f"{i}.png"), label, "unknown", "unknown", 0, 0, boxes=boxes, source=source)
 
 
+def test_acquisition_effects_reach_training_samples_only_when_asked_and_keep_the_targets():
+    """--acquisition-augment: the same image, draw and targets, with another system's processing
+    on some samples; off, the sample is what it was before the option existed."""
+    from train.map_fit import map_set, sample, sources_with_both_classes
+
+    recs = [_rec(0, 1, ((0.4, 0.4, 0.5, 0.5),), "forearm"), _rec(1, 0, (), "phantom"), _rec(2, 1, ((0.1, 0.1, 0.2, 0.2),), "phantom")]
+    ms = map_set(_loaded(recs), sources_with_both_classes(recs))
+    differ = 0
+    for k in range(20):
+        x0, c0, y0 = sample(ms, 0, np.random.default_rng([4, k]), 8, False, True)
+        x1, c1, y1 = sample(ms, 0, np.random.default_rng([4, k]), 8, False, True, acquisition=True)
+        assert np.array_equal(c0, c1) and np.array_equal(y0, y1)  # the boxes and labels are untouched
+        differ += not np.array_equal(x0, x1)
+    assert 0 < differ < 20
+
+
 def test_a_source_of_fractures_only_trains_no_image_label_but_its_box_free_crops_are_negatives():
     from train.map_fit import map_set, sample, sources_with_both_classes
 

@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--negative-crop", type=float, default=0.5,
                     help="fracture-map models: share of real training images with boxes drawn as a close crop "
                          "anywhere on the image; a crop that shows no box is a real negative (default: %(default)s)")
+    ap.add_argument("--acquisition-augment", action="store_true",
+                    help="fracture-map models: also augment with another X-ray system's processing and marks "
+                         "(CLAHE, tone curves, unsharp masking, collimation bands, lead markers; train/augment.py, "
+                         "Acquisition) on 40%% of training images (default: off; measured in docs/results.md)")
     ap.add_argument("--steps-per-epoch", type=int,
                     help="fracture-map models: batches per epoch (default: one pass over the real training "
                          "images at their share of each batch, or over the phantoms without real data)")
@@ -141,7 +145,7 @@ def options_from(args: argparse.Namespace, argv: List[str]) -> TrainOptions:
         photo_augment=args.photo_augment, threshold_rule=args.threshold_rule, bootstrap=args.bootstrap,
         size=args.size, resize=args.resize, normalize=args.normalize, views=args.views, split=args.split,
         phantom_share=args.phantom_share, steps_per_epoch=args.steps_per_epoch, pooling=args.pooling,
-        negative_crop=args.negative_crop, strategy=args.strategy, dropout=args.dropout, cache=args.cache,
+        negative_crop=args.negative_crop, acquisition_augment=args.acquisition_augment, strategy=args.strategy, dropout=args.dropout, cache=args.cache,
         decode_workers=args.decode_workers, argv=tuple(argv),
         max_skip_fraction=args.max_skip_fraction, command=" ".join(["python -m train", *argv]),
         quiet_stdout=args.json)

@@ -62,6 +62,7 @@ class TrainOptions:
     steps_per_epoch: Optional[int] = None  # None: one pass over the real training images at their share
     pooling: Optional[str] = None  # map pooling: max | lse:R | topk:K; None: the registry entry's
     negative_crop: float = 0.5  # share of real boxed training images drawn as a close crop (box-free: a negative)
+    acquisition_augment: bool = False  # fracture maps: another X-ray system's processing and marks (train/augment.py)
     # Where and how training runs (train/distribute.py, train/backup.py):
     strategy: str = "default"  # default | mirrored | multiworker (TF_CONFIG)
     dropout: Optional[float] = None  # every Dropout layer's rate; None keeps the model's

@@ -100,7 +100,7 @@ def _enlargement(before, after) -> float:
 
 
 def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool, augment: bool,
-           negative_crop: float = NEGATIVE_CROP):
+           negative_crop: float = NEGATIVE_CROP, acquisition: bool = False):
     """(model input (size, size, 1), cell targets (grid, grid, 2), image target (2,)) for image i."""
     from .augment import MAP_SHIFT, MAP_ZOOM, augment_with_boxes
 
@@ -111,7 +111,8 @@ def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool,
     if augment:
         crop = bool(ms.real[i]) and bool(boxes) and rng.random() < negative_crop
         zoom = NEGATIVE_CROP_ZOOM if crop else (UNKNOWN_ZOOM if boxes is None else MAP_ZOOM)
-        x, moved = augment_with_boxes(x, boxes or [], rng, photo, zoom, NEGATIVE_CROP_SHIFT if crop else MAP_SHIFT)
+        x, moved = augment_with_boxes(x, boxes or [], rng, photo, zoom, NEGATIVE_CROP_SHIFT if crop else MAP_SHIFT,
+                                      acquisition)
         if boxes:
             # one cell of the original input: a close crop enlarges the ring with the pixels
             margin = MARGIN_CELLS * _enlargement(boxes, moved)
@@ -129,7 +130,7 @@ def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool,
 
 
 def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed: int, grid: int,
-            steps: int, photo: bool = True, negative_crop: float = NEGATIVE_CROP):
+            steps: int, photo: bool = True, negative_crop: float = NEGATIVE_CROP, acquisition: bool = False):
     """batch_of(step, replica, replicas): that replica's part of the global batch at `step`
     (counted from the first epoch). Epoch e's draw of images depends only on (seed, e) and each
     image's augmentation on (seed, e, step, place in the batch), so a resumed run, or R replicas
@@ -168,7 +169,7 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
         idx = plan(e)[j]
         places = replica_slice(list(range(len(idx))), replica, replicas)
         xs, ts, ys = zip(*(sample(ms, idx[k], np.random.default_rng([seed, e, j, k]), grid, photo, True,
-                                  negative_crop) for k in places))
+                                  negative_crop, acquisition) for k in places))
         return np.stack(xs), {"map": np.stack(ts), "logit": np.stack(ys)}
     return batch_of
 
@@ -308,7 +309,8 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
     size = spec.size
     sig = (tf.TensorSpec((None, size, size, 1), tf.float32),
            {"map": tf.TensorSpec((None, grid, grid, 2), tf.float32), "logit": tf.TensorSpec((None, 2), tf.float32)})
-    batch_of = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop)
+    batch_of = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop,
+                       o.acquisition_augment)
     train_ds = distributed(strategy, lambda k, n, local: step_dataset(batch_of, sig, start_epoch * steps,
                                                                       epochs * steps, k, n, local))
     xv, yv = fixed_set(sets["val"], grid)
@@ -321,7 +323,7 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
     return view, {
         "loss": describe_loss(), "validation_loss": "the same loss on the validation split, not augmented",
         "learning_rate_schedule": f"cosine decay from {o.lr} to {0.05 * o.lr:g} over {epochs * steps} steps",
-        "augmentation": describe_map(o.photo_augment),
+        "augmentation": describe_map(o.photo_augment, o.acquisition_augment),
         "negative_crop_share": o.negative_crop,
         "mix": {"real_train_images": n_real, "phantom_train_images": n_phantom, "phantom_share_of_each_batch": share,
                 "steps_per_epoch": steps,
