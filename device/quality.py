@@ -66,11 +66,12 @@ TEXT = {
     "radiograph_file": "this image has no colour: it is a radiograph file, not a photo of a film; read it "
                        "with `python -m edge_runtime predict FILE` (the file gives the better answer). If it is "
                        "a photo of a film, take it in colour, not in a black-and-white camera mode",
-    "screen": "this looks like a photo of a screen, not of a film on a lightbox (the picture glows inside a dark "
-              "surround, with no lit lightbox around it). A screen cannot be read from a photo: its pixel grid, "
-              "glass and colours change what the model sees. Ask for the image as a file (export it from the "
-              "viewer or PACS as DICOM, PNG or JPEG) and use `python -m edge_runtime predict FILE`. If it is a "
-              "film, hang it on a lit lightbox and photograph it with the lightbox visible around it",
+    "screen": "this looks like a photo of a screen (the picture glows inside a dark surround, with no lit "
+              "lightbox around it), or of a film taken too close to show the lightbox. A screen cannot be read "
+              "from a photo: its pixel grid, glass and colours change what the model sees; ask for the image as "
+              "a file (export it from the viewer or PACS as DICOM, PNG or JPEG) and use `python -m edge_runtime "
+              "predict FILE`. If it is a film, hang it on a lit lightbox and step back until the lit lightbox "
+              "shows around it",
     "no_film": "no film on a lit lightbox found: hang the film on a lit lightbox and photograph it centred, with "
                "the lightbox visible around it. A photo of a screen cannot be read: export the image from the "
                "viewer as a file and use `python -m edge_runtime predict FILE`",
@@ -175,7 +176,7 @@ def screen_layout(gray: np.ndarray) -> Tuple[float, float]:
     its edge is relative to its brightest level, and what share of it is a flat, bright panel."""
     h, w = gray.shape
     top = float(np.percentile(gray, 99.5))
-    b = max(2, int(SCREEN_EDGE * min(h, w)))
+    b = min(max(2, int(SCREEN_EDGE * min(h, w))), h, w)
     edge = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
     surround = float(np.percentile(edge, 90)) / max(top, 1e-6)
     r = SCREEN_WINDOW

@@ -8,7 +8,8 @@ limits from device/simulate.py's "screen" condition and other simulate.py photos
 This renderer's photos were looked at while it was built (seeds [5, k] and [8, k]: they showed
 that reflections on the glass and clipped highlights make flat bright patches on a screen, which
 is why the check's lit-panel limit was set against a bare lightbox rather than at the first
-midpoint); tests and docs/results.md use its other seeds, so a pass says something about
+midpoint; seen with a first version whose screen white was too low, which overstated the room
+and the glare against it); tests and docs/results.md use its other seeds, so a pass says something about
 screens, not about one simulator. Every parameter is drawn over a wide range (monitor, laptop,
 phone or tablet; dark or lit room; a dark or light viewer or the bare image; pixel pitch finer or
 coarser than the sensor's; highlight- or average-metered exposure).
@@ -28,6 +29,7 @@ from .imageops import gaussian_blur
 from .simulate import jpeg_bytes
 
 DEVICES = ("monitor", "laptop", "phone", "tablet")
+MAX_SIDE = 2400  # as device/simulate.MAX_RENDER_SIDE
 
 
 @dataclass
@@ -162,6 +164,8 @@ def render_screen_photo(radiograph: np.ndarray, rng: np.random.Generator, photo_
     """(JPEG bytes, scene): a photo of a screen showing `radiograph` (2-D, [0, 1])."""
     s = draw_screen_scene(rng, photo_size, room)
     W, H = s.photo_size
+    if max(W, H) > MAX_SIDE:  # rendered at 2 x 2 samples a pixel: bounded time and memory
+        raise ValueError(f"photo size {W}x{H}: render screens at most {MAX_SIDE} px on the long side")
     cols, rows = s.display_px
     fb = framebuffer(np.asarray(radiograph, np.float32), s, rng)
     emit = s.black_level + (1 - s.black_level) * np.clip(fb, 0, 1) ** 2.2  # linear light per subpixel
@@ -191,15 +195,16 @@ def render_screen_photo(radiograph: np.ndarray, rng: np.random.Generator, photo_
                 fu, fv = u - np.floor(u), v - np.floor(v)
                 sub = np.clip((fu * 3).astype(np.int64), 0, 2)  # which stripe: R, G, B
                 lit = (((fu * 3) - sub) < s.fill) & (fv < 0.5 + s.fill / 2) & on
-                val = emit[iv, iu, sub] * lit * (3.0 / (1 + s.fill))  # stripes' share of the pixel's light
+                # each stripe emits over fill x (1 + fill) / 2 of its third of the pixel: a white pixel averages 1
+                val = emit[iv, iu, sub] * lit * (6.0 / (s.fill * (1 + s.fill)))
                 for c in range(3):
                     acc[:, :, c] += np.where(sub == c, val, 0.0)
                 # outside the display: the housing, then the room
                 outside = ~on
                 if outside.any():
                     in_bezel = glass & outside
-                    room = s.room_level * s.wall_level * (0.6 + 0.4 * (py / H))
-                    level = np.where(in_bezel, s.room_level * s.bezel_level, room)
+                    wall = s.room_level * s.wall_level * (0.6 + 0.4 * (py / H))
+                    level = np.where(in_bezel, s.room_level * s.bezel_level, wall)
                     acc += np.where(outside, level, 0.0)[:, :, None].astype(np.float32)
         lin[y0:y1] = acc / (ss * ss)
     if s.glare:  # a window or lamp reflected in the glass (on the device's front only): broad and soft

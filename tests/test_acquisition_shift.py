@@ -16,7 +16,7 @@ def test_each_kind_changes_the_radiograph_and_keeps_its_shape():
 
     x = render_phantom(np.random.default_rng(2), "hand", True, size=(160, 160)).astype(np.float32) / 255.0
     for name, (_, fn) in KINDS.items():
-        y = fn(x, np.random.default_rng(0))
+        y = fn(x, np.random.default_rng(0), 64)
         assert y.shape == x.shape and y.dtype == np.float32 and 0 <= y.min() and y.max() <= 1, name
         assert np.abs(y - x).mean() > 1e-3, name
 
@@ -33,8 +33,8 @@ def test_the_command_counts_refusals_flips_and_lost_fractures(tiny_run, tiny_bun
     for kind, per in res["results"].items():
         s = per["phantom"]
         assert s["n"] == n_eval
-        assert s["refused"] == 0 and not res["gate"]  # this bundle has no gate: everything is answered
-        assert s["both_answered"] == s["n"] and s["flips"] <= s["both_answered"]
+        assert s["refused"] == s["base_refused"] == 0 and not res["gate"]  # no gate here: nothing is refused
+        assert s["both_answered"] + s["errors"] == s["n"] and s["flips"] <= s["both_answered"]
         assert s["fractures_lost"] <= s["detected"] <= s["both_answered"]
         assert s["mean_abs_dp"] >= 0
     assert main([str(tiny_run), "--bundle", str(tiny_bundle), "--kinds", "bogus"]) == 2

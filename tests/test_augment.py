@@ -91,3 +91,19 @@ def test_another_systems_processing_is_seeded_opt_in_and_recorded():
                                                     acquisition_effects=True)[0]) for k, a in enumerate(on))
     # the same geometry either way (the effects draw after it); some images then get the effects
     assert 0 < sum(not np.array_equal(a, b) for a, b in zip(on, off)) < 12
+
+
+def test_without_the_flag_a_map_image_is_augmented_exactly_as_before_it_existed():
+    """The reference's documented training command must still reproduce it: off, the effects draw
+    nothing from the random stream, so geometry then photo effects see the draws they always did."""
+    from train.augment import MAP_SHIFT, MAP_ZOOM, PHOTOMETRIC, augment_with_boxes, map_geometry
+
+    x = _image()
+    boxes = [(60.0, 50.0, 90.0, 80.0)]
+    for k in range(6):
+        got, moved = augment_with_boxes(x, boxes, np.random.default_rng([8, k]))
+        rng = np.random.default_rng([8, k])
+        want, want_boxes = map_geometry(x, boxes, rng, PHOTOMETRIC.perspective, MAP_ZOOM, MAP_SHIFT)
+        if rng.random() < PHOTOMETRIC.probability:
+            want = photometric(want, rng)
+        assert np.array_equal(got, want) and moved == want_boxes, k

@@ -134,15 +134,24 @@ def test_screens_rendered_another_way_are_refused_and_said_to_be_screens(radiogr
     assert "screen" in text and "as a file" in text and "edge_runtime predict" in text
 
 
-def test_a_lightbox_without_a_screen_is_not_called_one(tmp_path):
-    """A lit lightbox with nothing on it, in a dim room (no film to find, a dark edge): a flat lit
-    panel, not a glowing picture, so not a screen."""
-    said = []
-    for k in range(6):
+def test_a_lightbox_without_a_film_is_not_called_a_screen(tmp_path):
+    """A lit lightbox with nothing on it (a clear film), in a dim room: its edge can be as dark as a
+    screen's, but it is a flat lit panel, not a glowing picture. Several such photos must reach the
+    lit-panel limit (their edge dark enough), and none may be called a screen."""
+    from device.film_finder import working_copy
+
+    decided_by_panel, said = 0, []
+    for k in range(16):
         data, _ = simulate(np.full((400, 300), 1.0, np.float32), "room", np.random.default_rng([SCREEN_SEED + 1, k]))
         path = tmp_path / f"bare_{k}.jpg"
         path.write_bytes(data)
-        said.append(read_film(open_photo(path))["quality"].codes)
+        photo = open_photo(path)
+        q = read_film(photo)["quality"]
+        said.append(q.codes)
+        small, _ = working_copy(photo.image)
+        surround, lit_panel = quality.screen_layout(small @ np.array([0.299, 0.587, 0.114], np.float32))
+        decided_by_panel += surround < quality.SCREEN_SURROUND and q.codes == ["no_film"]
+    assert decided_by_panel >= 2, said  # the edge alone would have said "screen"
     assert not any(c == ["screen"] for c in said), said
 
 

@@ -12,8 +12,10 @@ many detected fractures are lost.
 The kinds here are the measurement's, kept apart from the training augmentation's
 (train/augment.py, Acquisition): full global equalisation (training: CLAHE and tone curves),
 unsharp masking at radius 1.6% of the side and 250% (training: up to 3 px of 256 at 200%),
-bands of 12-18% (training: 2-11%), text labels (training: blocks). Each is applied at the
-model's input size, on the resized radiograph before THE intensity normalisation.
+bands of 12-18% (training: 2-11%), text labels (training: blocks). Each is applied to the
+radiograph as decoded (as the other system would, before any resizing: a letterboxing model's
+padding takes no part), with sizes relative to the image; the down-sampling goes to 35% of the
+model's input size.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from edge_runtime.errors import ImageReadError
 from edge_runtime.imageio import DecodedImage
 from edge_runtime.inputs import read_image
 from edge_runtime.labels import POSITIVE
-from edge_runtime.preprocess import resize_input
+from PIL import ImageFont
 from fracdata.data import record_source
 from fracdata.progress import progress as progress_of
 
@@ -45,47 +47,52 @@ def _f(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"), np.float32) / 255.0
 
 
-def _jpeg(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _jpeg(x: np.ndarray, rng: np.random.Generator, side: int) -> np.ndarray:
     buf = io.BytesIO()
     _u8(x).save(buf, "JPEG", quality=15)
     return _f(Image.open(io.BytesIO(buf.getvalue())))
 
 
-def _down_up(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _down_up(x: np.ndarray, rng: np.random.Generator, side: int) -> np.ndarray:
+    """Down to 35% of the model's input size (long side), then back up."""
     h, w = x.shape
-    small = _u8(x).resize((max(8, int(w * 0.35)), max(8, int(h * 0.35))), Image.Resampling.BILINEAR)
+    k = 0.35 * side / max(h, w)
+    small = _u8(x).resize((max(8, int(w * k)), max(8, int(h * k))), Image.Resampling.BILINEAR)
     return _f(small.resize((w, h), Image.Resampling.BILINEAR))
 
 
-def _crop(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _crop(x: np.ndarray, rng: np.random.Generator, side: int) -> np.ndarray:
     h, w = x.shape
     m, n = int(h * 0.125), int(w * 0.125)
     return _f(_u8(x).crop((n, m, w - n, h - m)).resize((w, h), Image.Resampling.BILINEAR))
 
 
-def _bands(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _bands(x: np.ndarray, rng: np.random.Generator, side: int) -> np.ndarray:
     y = x.copy()
     w = int(round(x.shape[0] * rng.uniform(0.12, 0.18)))
     y[:w], y[-w:] = 1.0, 1.0
     return y
 
 
-def _labels(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _labels(x: np.ndarray, rng: np.random.Generator, side: int) -> np.ndarray:
     img = _u8(x)
     d = ImageDraw.Draw(img)
     h, w = x.shape
+    font = ImageFont.load_default(size=max(8, int(0.03 * min(h, w))))
     for _ in range(4):
-        d.text((int(rng.integers(0, max(1, w - 70))), int(rng.integers(0, max(1, h - 12)))), "L  AP 12/03", fill=255)
+        left, top, right, bottom = d.textbbox((0, 0), "L  AP 12/03", font=font)
+        d.text((int(rng.integers(0, max(1, w - right))), int(rng.integers(0, max(1, h - bottom)))), "L  AP 12/03",
+               fill=255, font=font)
     return _f(img)
 
 
-# name -> (what it stands for, the processing)
+# name -> (what it stands for, the processing: (decoded radiograph, rng, the model's input size) -> processed)
 KINDS: Dict[str, tuple] = {
-    "equalised": ("global histogram equalisation", lambda x, rng: _f(ImageOps.equalize(_u8(x)))),
-    "unsharp": ("unsharp masking, radius 1.6% of the side, 250%",
-                lambda x, rng: _f(_u8(x).filter(ImageFilter.UnsharpMask(radius=0.016 * x.shape[0], percent=250,
+    "equalised": ("global histogram equalisation", lambda x, rng, side: _f(ImageOps.equalize(_u8(x)))),
+    "unsharp": ("unsharp masking, radius 1.6% of the short side, 250%",
+                lambda x, rng, side: _f(_u8(x).filter(ImageFilter.UnsharpMask(radius=0.016 * min(x.shape), percent=250,
                                                                          threshold=0)))),
-    "downsampled": ("down-sampled to 35% and back", _down_up),
+    "downsampled": ("down-sampled to 35% of the model's input size and back", _down_up),
     "jpeg15": ("JPEG at quality 15", _jpeg),
     "crop75": ("the central 75%, enlarged", _crop),
     "bands": ("clear bands at top and bottom, 12-18% each (collimation)", _bands),
@@ -116,18 +123,21 @@ def evaluate(run_dir: Path, bundle: Path, artifact: Optional[str] = None, kinds:
     out: Dict[str, Dict[str, Dict]] = {}
     for i, r in enumerate(progress_of(parts["val"] + parts["test"], "radiographs", enabled=progress)):
         try:
-            x = resize_input(read_image(r.path, pred.spec).pixels, pred.spec)
+            x = read_image(r.path, pred.spec).pixels
         except ImageReadError:
             continue
         base = _answer(pred, x, r.image_id)
         source = record_source(r)
         for k in kinds:
             fn: Callable = KINDS[k][1]
-            got = _answer(pred, fn(x, np.random.default_rng([seed, i])), r.image_id)
-            s = out.setdefault(k, {}).setdefault(source, {"n": 0, "refused": 0, "base_refused": 0, "both_answered": 0,
-                                                         "flips": 0, "fractures_lost": 0, "detected": 0, "abs_dp": []})
+            rng = np.random.default_rng([seed, i])
+            got = _answer(pred, fn(x, rng, pred.spec.size), r.image_id)
+            s = out.setdefault(k, {}).setdefault(source, {"n": 0, "refused": 0, "base_refused": 0, "errors": 0,
+                                                         "both_answered": 0, "flips": 0, "fractures_lost": 0,
+                                                         "detected": 0, "abs_dp": []})
             s["n"] += 1
             s["refused"] += bool(got.get("refused"))
+            s["errors"] += "error" in got  # nothing left to read after the processing (the content check)
             s["base_refused"] += bool(base.get("refused"))
             if "p" in base and "p" in got:
                 s["both_answered"] += 1
@@ -150,14 +160,14 @@ def render(result: Dict) -> str:
     lines = [f"Radiographs processed as another system would, answered by {result['bundle']} "
              f"({result['artifact']}, threshold {result['threshold']:.3f}"
              + ("" if result["gate"] else "; no out-of-scope gate") + "):", "",
-             "| processing | source | radiographs | refused (out of scope) | unprocessed refused | decisions flipped, "
-             "of answered both ways | detected fractures lost | mean \\|Δp\\| |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| processing | source | radiographs | refused (out of scope) | unprocessed refused | not readable after "
+             "it | decisions flipped, of answered both ways | detected fractures lost | mean \\|Δp\\| |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for k, per in result["results"].items():
         for source, s in per.items():
             dp = "–" if s["mean_abs_dp"] is None else f"{s['mean_abs_dp']:.3f}"
             lines.append(f"| {result['kinds'][k]} | {source} | {s['n']} | {s['refused']} ({s['refused_share']:.2f}) | "
-                         f"{s['base_refused']} | {s['flips']} of {s['both_answered']} | "
+                         f"{s['base_refused']} | {s['errors']} | {s['flips']} of {s['both_answered']} | "
                          f"{s['fractures_lost']} of {s['detected']} | {dp} |")
     return "\n".join(lines) + "\n"
 

@@ -181,9 +181,9 @@ def map_geometry(x: np.ndarray, boxes, rng: np.random.Generator, perspective: fl
 class Acquisition:
     """What another hospital's X-ray system does to a radiograph before anyone photographs it:
     its processing (local histogram equalisation, a tone curve, unsharp masking) and what it burns
-    in (collimation bands, lead markers). Measured on the reference map without them: global
-    equalisation, strong unsharp masking or clear bands lost 18-43 of 77 detected real fractures,
-    and the out-of-scope gate refused 49-100% of such radiographs (docs/results.md). The ranges
+    in (collimation bands, lead markers). Measured on the reference map without them: strong
+    unsharp masking lost 18 of 44 detected real fractures, equalisation or clear bands 18-21%, and
+    the out-of-scope gate refused 24-58% of such radiographs (docs/results.md). The ranges
     here stay apart from those measured with (full global equalisation, unsharp radius 4 px at 250%,
     bands of 12-18% at top and bottom, text labels), so the measurement is of generalisation."""
     probability: float = 0.4  # share of training images that get one or two of the effects below

@@ -121,7 +121,7 @@ export function beforeFinding(originalSize, small, grayFile, grayImg, C) {
  */
 export function screenLayout(grayImg, w, h, C) {
   const top = percentileF32(grayImg, 99.5);
-  const b = Math.max(2, Math.floor(C.SCREEN_EDGE * Math.min(h, w)));
+  const b = Math.min(Math.max(2, Math.floor(C.SCREEN_EDGE * Math.min(h, w))), h, w);
   const edge = new Float32Array(2 * b * w + 2 * b * h);
   let k = 0;
   for (let y = 0; y < b; y++) for (let x = 0; x < w; x++) edge[k++] = grayImg[y * w + x];
