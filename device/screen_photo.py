@@ -225,7 +225,8 @@ def render_screen_photo(radiograph: np.ndarray, rng: np.random.Generator, photo_
         lin *= _u(rng, 0.75, 1.0) / max(float(np.percentile(luma, 99.5)), 1e-3)
     else:
         lin *= _u(rng, 0.12, 0.3) / max(float(np.mean(luma)), 1e-3)
-    lin = lin + rng.normal(0, 1, lin.shape).astype(np.float32) * np.sqrt(_u(rng, 2e-4, 2e-3) * np.clip(lin, 0, None) + 1e-5)
+    noise = rng.normal(0, 1, lin.shape).astype(np.float32)  # drawn before the shot level, as measured
+    lin = lin + noise * np.sqrt(_u(rng, 2e-4, 2e-3) * np.clip(lin, 0, None) + 1e-5)
     enc = np.clip(lin, 0, 1) ** (1 / 2.2)
     img = Image.fromarray((enc * 255 + 0.5).astype(np.uint8))
     return jpeg_bytes(img, s.jpeg_quality), s

@@ -139,7 +139,8 @@ def test_acquisition_effects_reach_training_samples_only_when_asked_and_keep_the
     on some samples; off, the sample is what it was before the option existed."""
     from train.map_fit import map_set, sample, sources_with_both_classes
 
-    recs = [_rec(0, 1, ((0.4, 0.4, 0.5, 0.5),), "forearm"), _rec(1, 0, (), "phantom"), _rec(2, 1, ((0.1, 0.1, 0.2, 0.2),), "phantom")]
+    recs = [_rec(0, 1, ((0.4, 0.4, 0.5, 0.5),), "forearm"), _rec(1, 0, (), "phantom"),
+            _rec(2, 1, ((0.1, 0.1, 0.2, 0.2),), "phantom")]
     ms = map_set(_loaded(recs), sources_with_both_classes(recs))
     differ = 0
     for k in range(20):
