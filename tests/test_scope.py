@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -282,3 +283,16 @@ def test_a_model_file_without_the_pooled_output_is_refused_when_the_bundle_has_a
         monkeypatch.setattr(cls, "roles", lambda self: {"map"})
     with pytest.raises(BundleError, match="'pooled' output"):
         Predictor(gradcam=False)
+
+
+def test_the_web_apps_film_group_prefix_is_the_runtimes():
+    """bundle.js checks a manifest's film groups with its own FILM_PREFIX (it parses the manifest
+    before any config arrives): it must be edge_runtime.scope's, or one runtime refuses a bundle
+    the other accepts."""
+    import re
+
+    from edge_runtime.scope import FILM_PREFIX
+
+    src = (Path(__file__).resolve().parents[1] / "webapp" / "src" / "lib" / "scope.js").read_text()
+    found = re.findall(r'export const FILM_PREFIX = "([^"]*)";', src)
+    assert found == [FILM_PREFIX]
