@@ -171,11 +171,12 @@ def before_finding(original_size, rgb_small: np.ndarray, gray_file: bool) -> Opt
     return None
 
 
-def screen_layout(gray: np.ndarray) -> Tuple[float, float]:
+def screen_layout(gray: np.ndarray, top: Optional[float] = None) -> Tuple[float, float]:
     """(edge, lit panel) of a photo at the finder's working size (see SCREEN_SURROUND): how bright
-    its edge is relative to its brightest level, and what share of it is a flat, bright panel."""
+    its edge is relative to its brightest level (`top`, its 99.5th percentile, when the caller
+    has it), and what share of it is a flat, bright panel."""
     h, w = gray.shape
-    top = float(np.percentile(gray, 99.5))
+    top = float(np.percentile(gray, 99.5)) if top is None else top
     b = min(max(2, int(SCREEN_EDGE * min(h, w))), h, w)
     edge = np.concatenate([gray[:b].ravel(), gray[-b:].ravel(), gray[:, :b].ravel(), gray[:, -b:].ravel()])
     surround = float(np.percentile(edge, 90)) / max(top, 1e-6)
@@ -194,7 +195,7 @@ def not_found(rgb_small: np.ndarray) -> Reason:
     top = float(np.percentile(gray, 99.5))
     if top < MIN_LIGHTBOX_LEVEL:
         return reason("too_dark", level=top)
-    surround, lit_panel = screen_layout(gray)
+    surround, lit_panel = screen_layout(gray, top)
     if surround < SCREEN_SURROUND and lit_panel < SCREEN_LIT_PANEL:
         return reason("screen")
     return reason("no_film")

@@ -26,7 +26,7 @@ from PIL import Image
 
 from .geometry import homography_from_points
 from .imageops import gaussian_blur
-from .simulate import jpeg_bytes
+from .simulate import _u, jpeg_bytes
 
 DEVICES = ("monitor", "laptop", "phone", "tablet")
 MAX_SIDE = 2400  # as device/simulate.MAX_RENDER_SIDE
@@ -50,10 +50,6 @@ class ScreenScene:
     jpeg_quality: int
     cast: Tuple[float, float, float]
     notes: Dict = field(default_factory=dict)
-
-
-def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(rng.uniform(lo, hi))
 
 
 def draw_screen_scene(rng: np.random.Generator, photo_size: Tuple[int, int] = None, room: str = None) -> ScreenScene:

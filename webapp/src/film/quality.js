@@ -119,8 +119,7 @@ export function beforeFinding(originalSize, small, grayFile, grayImg, C) {
  * quality.screen_layout: [edge, lit panel] of the photo at the finder's working size: its edge's
  * brightness over its brightest level, and the share of it that is a flat, bright panel.
  */
-export function screenLayout(grayImg, w, h, C) {
-  const top = percentileF32(grayImg, 99.5);
+export function screenLayout(grayImg, w, h, C, top = percentileF32(grayImg, 99.5)) {
   const b = Math.min(Math.max(2, Math.floor(C.SCREEN_EDGE * Math.min(h, w))), h, w);
   const edge = new Float32Array(2 * b * w + 2 * b * h);
   let k = 0;
@@ -148,7 +147,7 @@ export function screenLayout(grayImg, w, h, C) {
 export function notFound(grayImg, w, h, C) {
   const top = percentileF32(grayImg, 99.5);
   if (top < C.MIN_LIGHTBOX_LEVEL) return reason('too_dark', C, { level: top });
-  const [surround, litPanel] = screenLayout(grayImg, w, h, C);
+  const [surround, litPanel] = screenLayout(grayImg, w, h, C, top);
   if (surround < C.SCREEN_SURROUND && litPanel < C.SCREEN_LIT_PANEL) return reason('screen', C);
   return reason('no_film', C);
 }
