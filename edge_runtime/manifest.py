@@ -29,9 +29,10 @@ from .scope import FILM_PREFIX, photographed_group
 FORMAT = "fracture-edge-bundle"
 # 2: manifest_sha256 required; 3: a fracture map may replace the prob output; 4: a calibrated
 # threshold and an out-of-scope gate (a runtime that ignored them would compare an uncalibrated
-# probability with a calibrated threshold, and answer what it should refuse: so older ones refuse 4).
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)  # each is the next without what that version added
+# probability with a calibrated threshold, and answer what it should refuse: so older ones refuse 4);
+# 5: the out-of-scope gate's outlier direction (an older runtime would let through what it refuses).
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, 5)  # each is the next without what that version added
 DIGEST_KEY = "manifest_sha256"
 STATUSES = ("pending", "accepted", "rejected")
 ARTIFACT_FORMATS = ("tflite", "onnx")
@@ -268,6 +269,7 @@ class ScopeInfo:
     thresholds: Dict[str, Tuple[float, ...]]
     colour_limit: float
     film_groups: Tuple[str, ...] = ()  # fitted on photographed films: measured on the film path only
+    outlier_thresholds: Dict[str, Tuple[float, float]] = field(default_factory=dict)  # artifact -> (file, film) logits
 
     @classmethod
     def from_dict(cls, d: Any, model: "ModelInfo", artifacts: Dict[str, "ArtifactInfo"], status: str) -> "ScopeInfo":
@@ -288,12 +290,25 @@ class ScopeInfo:
         _need(all(photographed_group(f) in groups for f in film_groups), "scope.film_groups",
               f"each must be {FILM_PREFIX!r} + a file group's name")
         arrays = {}
-        for name in ("means", "precisions"):
-            a = _obj(_obj(d.get("arrays"), "scope.arrays").get(name), f"scope.arrays.{name}")
+        index = _obj(d.get("arrays"), "scope.arrays")
+        for name in ("means", "precisions") + (("outlier",) if "outlier" in index else ()):
+            a = _obj(index.get(name), f"scope.arrays.{name}")
             arrays[name] = (_int(a.get("offset"), f"scope.arrays.{name}.offset", 0, 1 << 30),
                             _shape(a.get("shape"), f"scope.arrays.{name}.shape"))
         _need(arrays["means"][1] == (g, dim), "scope.arrays.means.shape", f"expected [{g}, {dim}]")
         _need(arrays["precisions"][1] == (g, dim, dim), "scope.arrays.precisions.shape", f"expected [{g}, {dim}, {dim}]")
+        _need("outlier" not in arrays or arrays["outlier"][1] == (dim + 1,), "scope.arrays.outlier.shape",
+              f"expected [{dim + 1}] (the weights, then the bias)")
+        outlier = _obj(d.get("outlier", {}), "scope.outlier")
+        _need(("outlier" in arrays) == bool(outlier), "scope.outlier",
+              "the outlier direction needs both its array and its section")
+        outlier_thresholds = {}
+        for key, t in _obj(outlier.get("thresholds", {}), "scope.outlier.thresholds").items():
+            where = f"scope.outlier.thresholds.{key}"
+            _need(key in artifacts, where, "not an artifact of this bundle")
+            t = _obj(t, where)
+            outlier_thresholds[key] = (_number(t.get("file"), f"{where}.file", -50.0, 50.0),
+                                       _number(t.get("film"), f"{where}.film", -50.0, 50.0))
         thresholds = {}
         for key, t in _obj(d.get("thresholds", {}), "scope.thresholds").items():
             where = f"scope.thresholds.{key}"
@@ -303,8 +318,11 @@ class ScopeInfo:
         if status == "accepted":  # every artifact a device may run refuses at its own distances
             missing = sorted(set(artifacts) - set(thresholds))
             _need(not missing, "scope.thresholds", f"no thresholds for {', '.join(missing)}")
+            missing = sorted(set(artifacts) - set(outlier_thresholds)) if outlier else []
+            _need(not missing, "scope.outlier.thresholds", f"no thresholds for {', '.join(missing)}")
         return cls(_file_name(d.get("file"), "scope.file"), tuple(groups), arrays, thresholds,
-                   _number(d.get("colour_limit"), "scope.colour_limit", 0.0, 1.0), tuple(film_groups))
+                   _number(d.get("colour_limit"), "scope.colour_limit", 0.0, 1.0), tuple(film_groups),
+                   outlier_thresholds)
 
 
 @dataclass(frozen=True)
@@ -372,6 +390,8 @@ class Manifest:
         scope = ScopeInfo.from_dict(d["scope"], model, artifacts, status) if d.get("scope") is not None else None
         _need((scope is None and decision.calibration is None) or version >= 4, "format_version",
               "a calibrated threshold or an out-of-scope gate needs format version 4")
+        _need(scope is None or "outlier" not in scope.arrays or version >= 5, "format_version",
+              "the out-of-scope gate's outlier direction needs format version 5")
         if scope is not None:
             _need(scope.file in files, "scope.file", f"{scope.file!r} has no checksum in files")
         if d.get("self_test") is not None:

@@ -31,6 +31,18 @@ each with its own threshold from photographed validation radiographs. A file is 
 the file groups only; a flattened film against every group, and the gate is enforced on films
 only when the bundle has film groups (an older bundle records its verdict, `enforced: false`).
 
+A distance says "unlike the training radiographs", and it has to be wide enough for real
+radiographs from other systems, which leaves room for radiograph-like anatomy it never saw (a
+chest or skull film lay within it 10-17% of the time). Bundles made since format version 5 also
+hold an *outlier direction*: a logistic regression on the same features, fitted at export with
+the training radiographs (and copies processed as other X-ray systems would) on one side and a
+generated set of out-of-scope kinds on the other (outlier exposure, Hendrycks et al. 2019), with
+one threshold for files and one for flattened films, each keeping 99% of validation. An input is
+refused when it lies beyond every group *or* past the direction's threshold; the score is the
+larger of the two ratios (the direction's: P(outside) / P(outside) at its threshold), so "above 1,
+refused" holds for both. docs/results.md says what each half refuses, and how it does on kinds
+left out of its fit.
+
 The distance is computed in float64 from the float32 arrays, here and in the web app, so both
 runtimes refuse the same images.
 """
@@ -82,16 +94,24 @@ def features(pooled: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(np.asarray(pooled, dtype=np.float64).reshape(-1), 0.0))
 
 
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + np.exp(-z)) if z >= 0 else np.exp(z) / (1.0 + np.exp(z))
+
+
 @dataclass(frozen=True)
 class ScopeGate:
     """Per group of training radiographs: the mean (G, D) and precision (G, D, D) of the gate's
-    features, and (for one artifact) the distance that keeps 99% of its validation images."""
+    features, and (for one artifact) the distance that keeps 99% of its validation images; and,
+    where the bundle has one, the outlier direction (D + 1: weights, then the bias) and its logit
+    thresholds for files and films."""
     groups: Tuple[str, ...]
     means: np.ndarray
     precisions: np.ndarray
     thresholds: Optional[np.ndarray]  # (G,); None while export is still choosing them: nothing refused
     colour_limit: float = COLOUR_LIMIT
     film_groups: Tuple[str, ...] = ()  # groups of photographed films: measured on the film path only
+    outlier: Optional[np.ndarray] = None  # (D + 1,)
+    outlier_thresholds: Optional[Tuple[float, float]] = None  # (file, film) logits; None: the direction refuses nothing
 
     @property
     def covers_film(self) -> bool:
@@ -108,13 +128,34 @@ class ScopeGate:
         d2 = np.einsum("gi,gij,gj->g", diff, self.precisions, diff)
         return np.sqrt(np.maximum(d2, 0.0))
 
+    def outlier_logit(self, pooled: np.ndarray) -> Optional[float]:
+        """The logit of P(outside) along the outlier direction, or None for a gate without one."""
+        if self.outlier is None:
+            return None
+        return float(features(pooled) @ self.outlier[:-1] + self.outlier[-1])
+
+    def outlier_probability(self, pooled: np.ndarray) -> Optional[float]:
+        """P(outside) along the outlier direction, or None for a gate without one."""
+        z = self.outlier_logit(pooled)
+        return None if z is None else float(_sigmoid(z))
+
+    def ratios(self, pooled: np.ndarray, film: bool = False) -> Tuple[float, Optional[float]]:
+        """(min over the groups that apply of distance / that group's threshold: above 1, outside
+        every group; P(outside) / P(outside) at the direction's threshold: above 1, past it, or
+        None without a direction or its thresholds)."""
+        d = float(np.min((self.distances(pooled) / self.thresholds)[self.applies(film)]))
+        p = self.outlier_probability(pooled)
+        if p is None or self.outlier_thresholds is None:
+            return d, None
+        return d, float(p / _sigmoid(self.outlier_thresholds[1 if film else 0]))
+
     def score(self, pooled: np.ndarray, film: bool = False) -> float:
-        """min over the groups that apply of distance / that group's threshold: above 1, outside
-        every group."""
-        return float(np.min((self.distances(pooled) / self.thresholds)[self.applies(film)]))
+        """The larger of the two ratios; above 1: refused."""
+        d, o = self.ratios(pooled, film)
+        return d if o is None else float(np.maximum(d, o))  # NaN stays NaN
 
     def check(self, pooled: Optional[np.ndarray], colour: Optional[float], film: bool = False) -> Dict:
-        """The record's `scope`: {"in_scope", "score"?, "colour"?, "code"?, "reason"?}; `film`: a
+        """The record's `scope`: {"in_scope", "score"?, "outlier"?, "colour"?, "code"?, "reason"?}; `film`: a
         flattened film photo."""
         out: Dict = {"in_scope": True}
         if colour is not None:
@@ -124,6 +165,9 @@ class ScopeGate:
             out["colour"] = round(float(colour), 4)
         if pooled is not None and self.thresholds is not None:
             out["score"] = round(self.score(pooled, film), 4)
+            p = self.outlier_probability(pooled)
+            if p is not None:
+                out["outlier"] = round(p, 4)
             if not out["score"] <= 1.0:  # NaN too: a score that cannot be computed is not "in scope"
                 return {**out, "in_scope": False, "code": UNFAMILIAR, "reason": REASONS[UNFAMILIAR]}
         return out
@@ -148,7 +192,9 @@ def load_gate(bundle, artifact: str) -> Optional[ScopeGate]:
         if not np.isfinite(a).all():
             raise BundleError(bundle.root / info.file, f"array {name!r} holds non-finite values")
     t = info.thresholds.get(artifact)
+    ot = info.outlier_thresholds.get(artifact)
     return ScopeGate(info.groups, arrays["means"], arrays["precisions"],
-                     None if t is None else np.asarray(t, np.float64), info.colour_limit, info.film_groups)
+                     None if t is None else np.asarray(t, np.float64), info.colour_limit, info.film_groups,
+                     arrays.get("outlier"), None if ot is None else (float(ot[0]), float(ot[1])))
 
 

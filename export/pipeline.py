@@ -35,7 +35,7 @@ from fracdata.runs import dataset_for_run
 from fracdata.split import load_split, records_by_split, split_summary
 
 from . import convert as converters
-from . import probability, scope_film, scope_fit
+from . import probability, scope_film, scope_fit, scope_sets
 from .calibration import choose_calibration, ids_sha256
 from .check import Tolerances, by_source, classification, compare, content_cells, failures
 from .errors import ExportError
@@ -64,6 +64,7 @@ class Settings:
     pooling: Optional[str] = None  # a fracture map's pooling, if not the run's ('topk:4'); the threshold is then re-chosen
     scope_size: int = 5000  # training images the out-of-scope gate's means and covariances are fitted on (0: no gate)
     scope_photos: int = 150  # per group, radiographs photographed for the gate's film groups (0: none; films not gated)
+    scope_outliers: int = 40  # per generated out-of-scope kind, images the gate's outlier direction is fitted on (0: none)
     photo_workers: Optional[int] = None  # processes that photograph them (default: the CPUs)
     calibrate: bool = True  # Platt-scale the probability on validation
     command: str = "python -m export.quantize"
@@ -324,8 +325,14 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
     loaded = load_images(records, prep.spec, f"{prep.tag} out-of-scope fit images", settings.progress)
     pooled = scope_fit.pooled_features(prep.serving, loaded.images)
     train_groups = [scope_fit.group_of(r) for r in loaded.records]
+    # Real radiographs processed as other X-ray systems would, in their radiograph's group: the gate
+    # must keep those in scope (docs/results.md, "Radiographs from another X-ray system").
+    copies = scope_sets.acquisition_copies(loaded, scope_fit.ACQUISITION_COPIES, settings.seed)
+    if len(copies.images):
+        pooled = np.concatenate([pooled, scope_fit.pooled_features(prep.serving, copies.images)])
+        train_groups += [scope_fit.group_of(r) for r in copies.records]
     val_groups = [scope_fit.group_of(r) for r in prep.val.records]
-    film = None
+    film, film_pooled = None, np.zeros((0, pooled.shape[1]))
     if settings.scope_photos:
         shots = {}
         for split, recs in (("train", train_records), ("val", prep.val.records), ("test", prep.test.records)):
@@ -334,7 +341,8 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
                                                  f"{prep.tag} out-of-scope film photos ({split})", settings.progress,
                                                  settings.photo_workers)
         if shots["train"].records:
-            pooled = np.concatenate([pooled, scope_fit.pooled_features(prep.serving, shots["train"].images)])
+            film_pooled = scope_fit.pooled_features(prep.serving, shots["train"].images)
+            pooled = np.concatenate([pooled, film_pooled])
             train_groups += shots["train"].groups
         val_groups += shots["val"].groups
         prep.val_film, prep.test_film = shots["val"], shots["test"]
@@ -347,12 +355,41 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
     except ValueError as exc:
         log(f"{prep.tag} no out-of-scope gate: {exc}")
         return
-    prep.scope, prep.scope_blob = scope_fit.manifest_section(fitted, _scope_layers(prep.serving), film)
+    outlier = _fit_outlier(prep, pooled, film_pooled, settings) if settings.scope_outliers else None
+    prep.scope, prep.scope_blob = scope_fit.manifest_section(fitted, _scope_layers(prep.serving), film, outlier)
     log(f"{prep.tag} out-of-scope gate fitted on {len(train_groups)} training images and photos "
         f"({', '.join(fitted['groups'])})")
     if film is not None and "film_groups" not in prep.scope:
         log(f"{prep.tag} WARNING: no film group has {scope_fit.MIN_GROUP} photos read in training and validation: the "
             "device will measure photos of film but not refuse them (scope.film_photos says what was read)")
+
+
+def _fit_outlier(prep: Prepared, inside: np.ndarray, film_inside: np.ndarray, settings: Settings) -> Dict:
+    """The gate's outlier direction: every training image, copy and photo above inside; outside, a
+    generated out-of-scope set (fracdata.ood, its own seed), as files and, where films are
+    photographed, photographed too."""
+    import tempfile
+
+    from fracdata.ood import write_ood_set
+
+    with tempfile.TemporaryDirectory(prefix="scope-outliers-") as tmp:
+        folder = write_ood_set(Path(tmp), settings.scope_outliers, scope_fit.OUTLIER_SEED,
+                               progress=settings.progress)
+        files = scope_sets.read_ood(folder, prep.spec)
+        outside = [scope_fit.pooled_features(prep.serving, files.images)]
+        photos = None
+        if settings.scope_photos and len(film_inside):
+            photos = scope_sets.photograph_ood(folder, prep.spec, settings.seed,
+                                               f"{prep.tag} out-of-scope photos of generated images",
+                                               settings.progress, settings.photo_workers)
+            outside.append(scope_fit.pooled_features(prep.serving, photos.images))
+    direction = scope_fit.fit_direction(inside, np.concatenate(outside))
+    fitted_on = {"inside": int(len(inside)), "generator": "fracdata.ood", "seed": scope_fit.OUTLIER_SEED,
+                 "per_kind": settings.scope_outliers, "outside_files": files.by_kind(),
+                 **({"outside_photos": photos.by_kind()} if photos is not None else {})}
+    log(f"{prep.tag} outlier direction fitted on {len(inside)} in-scope images and photos and "
+        f"{sum(len(o) for o in outside)} generated out-of-scope ones")
+    return {"direction": direction, "fitted_on": fitted_on}
 
 
 def _fit_platt(prep: Prepared, settings: Settings) -> None:
@@ -401,7 +438,8 @@ def convert(prep: Prepared, stage: Path, settings: Settings) -> Dict:
     run = source.run or {}
     # the lowest version that describes it: runtimes that predate the map, or the gate and the
     # calibration, still read the others
-    version = (FORMAT_VERSION if prep.scope is not None or prep.platt is not None
+    version = (FORMAT_VERSION if prep.scope is not None and "outlier" in prep.scope
+               else 4 if prep.scope is not None or prep.platt is not None
                else 3 if prep.fracture_map is not None else 2)
     manifest = {
         "format": FORMAT, "format_version": version, "status": "pending",
@@ -487,22 +525,34 @@ def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled
     groups, photographed films for the film groups); what it refuses of the test split, per
     source, and of photographed test radiographs (reported: a split of a few hundred cannot gate
     a rate of 1%)."""
+    import dataclasses
+
     gate = pred.gate
     film = prep.val_film if gate.covers_film else None
-    val_images = list(prep.val.images) + (list(film.images) if film is not None else [])
-    val = np.stack([gate.distances(pred.assess(x)[2]) for x in val_images])
+    val_files = [pred.assess(x)[2] for x in prep.val.images]
+    val_photos = [pred.assess(x)[2] for x in film.images] if film is not None else []
+    val = np.stack([gate.distances(p) for p in val_files + val_photos])
     val_groups = [scope_fit.group_of(r) for r in prep.val.records] + (film.groups if film is not None else [])
     t = np.asarray(scope_fit.thresholds(val, val_groups, gate.groups))
     manifest["scope"]["thresholds"][key] = t.tolist()
-    n_files, file_only = len(prep.val.images), gate.applies(False)  # a file is measured against file groups only
-    kept = np.concatenate([np.min((val[:n_files] / t)[:, file_only], axis=1),
-                           np.min(val[n_files:] / t, axis=1) if len(val) > n_files else np.zeros(0)]) <= 1.0
-    test = np.array([float(np.min((gate.distances(p) / t)[file_only])) for p in test_pooled])
-    out = {"thresholds": dict(zip(gate.groups, t.tolist())), "validation_kept": float(np.mean(kept)),
-           "test_refused": scope_fit.refused_by_source(test, scope_fit.sources_of(prep.test.records))}
+    out: Dict = {"thresholds": dict(zip(gate.groups, t.tolist()))}
+    outlier = None
+    if gate.outlier is not None:  # a logit for files, and one for flattened films (the file's where none)
+        t_file = scope_fit.direction_threshold([gate.outlier_logit(p) for p in val_files],
+                                               scope_fit.sources_of(prep.val.records))
+        t_film = (scope_fit.direction_threshold([gate.outlier_logit(p) for p in val_photos],
+                                                scope_fit.sources_of(film.records)) if val_photos else t_file)
+        outlier = (t_file, t_film)
+        manifest["scope"]["outlier"]["thresholds"][key] = {"file": t_file, "film": t_film}
+        out["outlier_thresholds"] = {"file": t_file, "film": t_film}
+    chosen = dataclasses.replace(gate, thresholds=t, outlier_thresholds=outlier)
+    kept = np.array([chosen.score(p) <= 1.0 for p in val_files] + [chosen.score(p, True) <= 1.0 for p in val_photos])
+    test = np.array([chosen.score(p) for p in test_pooled])
+    out.update(validation_kept=float(np.mean(kept[:len(val_files)])),
+               test_refused=scope_fit.refused_by_source(test, scope_fit.sources_of(prep.test.records)))
     if film is not None and prep.test_film is not None and prep.test_film.records:
-        photo_scores = np.array([float(np.min(gate.distances(pred.assess(x)[2]) / t)) for x in prep.test_film.images])
-        out["validation_photos_kept"] = float(np.mean(kept[n_files:])) if len(kept) > n_files else None
+        photo_scores = np.array([chosen.score(pred.assess(x)[2], True) for x in prep.test_film.images])
+        out["validation_photos_kept"] = float(np.mean(kept[len(val_files):])) if val_photos else None
         out["test_photos_refused"] = scope_fit.refused_by_source(photo_scores,
                                                                  scope_fit.sources_of(prep.test_film.records))
     return out
@@ -615,9 +665,13 @@ def _self_test(bundle, keys, manifest: Dict) -> Dict:
             pred = Predictor(bundle, "auto", key, threads=1, gradcam=False)
         except BackendError:  # no interpreter for this format here: that artifact is not self-tested
             continue
-        chosen = (manifest.get("scope") or {}).get("thresholds", {}).get(key)
+        scope = manifest.get("scope") or {}
+        chosen = scope.get("thresholds", {}).get(key)
+        outlier = (scope.get("outlier") or {}).get("thresholds", {}).get(key)
         if pred.gate is not None and chosen is not None:
-            pred.gate = dataclasses.replace(pred.gate, thresholds=np.asarray(chosen, np.float64))
+            pred.gate = dataclasses.replace(pred.gate, thresholds=np.asarray(chosen, np.float64),
+                                            outlier_thresholds=None if outlier is None else
+                                            (float(outlier["file"]), float(outlier["film"])))
         predictors[key] = pred
     return selftest.record(bundle, predictors)
 

@@ -67,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "simulator and read back by the device's film path, for the gate's film groups; 0 fits none, "
                          "and the device then records the gate's verdict on film photos without refusing them "
                          "(default: %(default)s)")
+    ap.add_argument("--scope-outliers", type=int, default=40, metavar="N",
+                    help="fracture maps: generated out-of-scope images per kind (fracdata.ood, its own seed) that the "
+                         "gate's outlier direction is fitted on, as files and, with --scope-photos, photographed; 0 "
+                         "ships the distance alone (default: %(default)s)")
     ap.add_argument("--photo-workers", type=int, metavar="N",
                     help="processes that photograph them (default: one per CPU)")
     ap.add_argument("--no-calibrate", action="store_true",
@@ -111,7 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = "python -m export.quantize " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     settings = Settings(data=args.data, artifacts=artifacts, calibration_size=args.calibration_size, seed=args.seed,
                         views=args.views, pooling=args.pooling, scope_size=args.scope_size,
-                        scope_photos=args.scope_photos, photo_workers=args.photo_workers, calibrate=not args.no_calibrate,
+                        scope_photos=args.scope_photos, scope_outliers=args.scope_outliers, photo_workers=args.photo_workers, calibrate=not args.no_calibrate,
                         tolerances=Tolerances(args.max_auc_drop, args.min_agreement, args.max_mean_abs_diff,
                                               args.max_abs_diff, args.min_map_correlation),
                         overwrite=args.overwrite, command=command.strip())

@@ -157,14 +157,23 @@ def scope_lines(manifest: Dict) -> List[str]:
     lines = [f"**Out-of-scope gate** ({sc['method']}, {sc['features']['dim']} pooled features of "
              f"{', '.join(sc['features']['layers'])}; groups {', '.join(sc['groups'])}; {sc['rule']}; colour pictures "
              f"refused above {sc['colour_limit']:.0%} coloured pixels). In-scope test images it refuses:", "",
-             "| artifact | kept of validation (files and photos) | refused of the test split, per source "
-             "| refused of photographed test radiographs, per source |", "|---|---:|---|---|"]
+             "| artifact | kept of validation files | kept of validation photos | refused of the test split, per source "
+             "| refused of photographed test radiographs, per source |", "|---|---:|---:|---|---|"]
     per = lambda d: "; ".join(f"{s} {v['refused']} of {v['n']}" for s, v in d.items()) if d else "–"  # noqa: E731
     for key, a in manifest["artifacts"].items():
         m = a.get("metrics", {}).get("scope")
         if m:
-            lines.append(f"| {key} | {m['validation_kept']:.3f} | {per(m['test_refused'])} "
-                         f"| {per(m.get('test_photos_refused'))} |")
+            photos = m.get("validation_photos_kept")
+            lines.append(f"| {key} | {m['validation_kept']:.3f} | {'–' if photos is None else f'{photos:.3f}'} "
+                         f"| {per(m['test_refused'])} | {per(m.get('test_photos_refused'))} |")
+    out = sc.get("outlier")
+    if out:
+        fit = out["fitted_on"]
+        lines += ["", f"Outlier direction: {out['method']}; fitted on {fit['inside']} in-scope images and photos, and "
+                      f"generated out-of-scope images ({fit['generator']}, seed {fit['seed']}): files "
+                      + ", ".join(f"{k} {n}" for k, n in fit["outside_files"].items())
+                      + ("; photos " + ", ".join(f"{k} {n}" for k, n in fit["outside_photos"].items())
+                         if fit.get("outside_photos") else "") + f". {out['rule']}."]
     film = sc.get("film_photos")
     if film:
         lines += ["", f"Film groups ({', '.join(sc['film_groups'])}): up to {film['per_group']} radiographs per group "

@@ -23,6 +23,11 @@ from fracdata.data import Record, record_source
 
 KEEP = 0.99  # of each group's validation radiographs
 MIN_GROUP = 5  # a group with fewer training (or validation) images gets no mean of its own
+# The outlier direction (edge_runtime/scope.py): a logistic regression, inside vs generated outside
+# kinds, both classes weighted equally; C chosen on the tuning seed (docs/results.md, "Out of scope").
+OUTLIER_C = 0.1
+OUTLIER_SEED = 21  # the generated set it is fitted on: apart from the tuning (11) and report (101, 202) seeds
+ACQUISITION_COPIES = 3  # per real training radiograph: processed as other X-ray systems would (train/augment.py)
 
 
 def group_of(record: Record) -> str:
@@ -59,6 +64,30 @@ def fit(pooled: np.ndarray, train_groups: Sequence[str], val_groups: Sequence[st
             "shrinkage": {g: round(float(f.shrinkage_), 4) for g, f in zip(groups, fits)}}
 
 
+def fit_direction(inside: np.ndarray, outside: np.ndarray, c: float = OUTLIER_C) -> np.ndarray:
+    """(D + 1,) the outlier direction on the gate's features (scope.features of `inside` and
+    `outside` pooled outputs): a logistic regression on standardised features, each class weighted
+    equally, folded back onto the raw features (weights, then the bias) so a runtime needs one dot
+    product."""
+    from sklearn.linear_model import LogisticRegression
+
+    xin = np.stack([features(p) for p in inside])
+    xout = np.stack([features(p) for p in outside])
+    mu, sd = xin.mean(0), xin.std(0) + 1e-6
+    x = (np.concatenate([xin, xout]) - mu) / sd
+    y = np.r_[np.zeros(len(xin)), np.ones(len(xout))]
+    weight = np.r_[np.full(len(xin), len(y) / (2 * len(xin))), np.full(len(xout), len(y) / (2 * len(xout)))]
+    m = LogisticRegression(C=c, max_iter=5000).fit(x, y, sample_weight=weight)
+    w = m.coef_[0] / sd
+    return np.r_[w, m.intercept_[0] - float(np.dot(w, mu))]
+
+
+def direction_threshold(logits: np.ndarray, sources: Sequence[str], keep: float = KEEP) -> float:
+    """The outlier logit keeping `keep` of each source's validation images (the largest of them)."""
+    logits, sources = np.asarray(logits, np.float64), np.asarray(sources)
+    return float(max(np.quantile(logits[sources == s], keep, method="higher") for s in sorted(set(sources))))
+
+
 def thresholds(distances: np.ndarray, val_groups: Sequence[str], groups: Sequence[str], keep: float = KEEP) -> List[float]:
     """Per group, the distance keeping `keep` of its validation images; `distances` is (n, G)."""
     val_groups = np.asarray(val_groups)
@@ -72,10 +101,15 @@ def refused_by_source(scores: np.ndarray, sources: Sequence[str]) -> Dict[str, D
                 "rate": float(np.mean(scores[sources == s] > 1.0))} for s in sorted(set(sources))}
 
 
-def manifest_section(fitted: Dict, layers: Sequence[str], film: Optional[Dict] = None) -> tuple:
+def manifest_section(fitted: Dict, layers: Sequence[str], film: Optional[Dict] = None,
+                     outlier: Optional[Dict] = None) -> tuple:
     """(the manifest's `scope` section without thresholds, the float32 file's bytes); `film`: how
-    the film groups' photos were made (export/scope_film.py), when there are film groups."""
-    blob, index = pack_arrays({"means": fitted["means"], "precisions": fitted["precisions"]})
+    the film groups' photos were made (export/scope_film.py), when there are film groups;
+    `outlier`: {"direction": (D + 1,), "fitted_on": {...}}, when the gate has one."""
+    arrays = {"means": fitted["means"], "precisions": fitted["precisions"]}
+    if outlier is not None:
+        arrays["outlier"] = outlier["direction"]
+    blob, index = pack_arrays(arrays)
     section = {"method": "mahalanobis", "features": {"output": "pooled", "layers": list(layers),
                                                      "pooling": "global average, side by side", "transform": "sqrt",
                                                      "dim": int(fitted["means"].shape[1])},
@@ -92,6 +126,16 @@ def manifest_section(fitted: Dict, layers: Sequence[str], film: Optional[Dict] =
         section["film_groups"] = film_groups
         section["rule"] += ("; a file is measured against the file groups, a flattened film photo against every "
                             "group (the film groups: training radiographs photographed and flattened)")
+    if outlier is not None:
+        section["outlier"] = {
+            "method": "logistic regression on the same features (outlier exposure): training radiographs and their "
+                      "processed copies (and photos) inside, generated out-of-scope kinds outside, classes weighted "
+                      f"equally, C = {OUTLIER_C}; stored as weights then bias on the square-rooted features",
+            "fitted_on": outlier["fitted_on"],
+            "rule": f"per artifact, one logit for files and one for flattened films, each keeping >= {KEEP:.0%} of "
+                    "every source's validation images; refused past it, whatever the distance (score = the larger of "
+                    "the distance ratio and P(outside) / P(outside) at the threshold)",
+            "thresholds": {}}
     return section, blob
 
 

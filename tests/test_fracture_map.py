@@ -292,15 +292,21 @@ def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_
 
     out = tmp_path / "bundle"
     rc = export_main([str(tiny_map_run), "--out", str(out), "--calibration-size", "16", "--scope-photos", "8",
+                      "--scope-outliers", "3",
                       "--artifacts", "onnx_float,tflite_float,tflite_int8,onnx_int8", *OPEN_TOLERANCES,
                       "--min-map-correlation", "0"])
     assert rc == 0
     bundle = load_bundle(out)
     m = bundle.manifest
-    assert m["format_version"] == 4 and m["fracture_map"]["pooling"] == {"kind": "lse", "r": 4.0}
+    assert m["format_version"] == 5 and m["fracture_map"]["pooling"] == {"kind": "lse", "r": 4.0}
     # the map, and the pooled features the out-of-scope gate measures; a threshold per artifact
     assert set(m["model"]["outputs"]) == {"map", "pooled"} and m["gradcam"] is None
     assert set(m["scope"]["thresholds"]) == set(m["artifacts"]) and m["files"]["scope.f32"]
+    # the outlier direction: fitted on generated files and their photos, a file and a film logit per artifact
+    fit = m["scope"]["outlier"]["fitted_on"]
+    assert fit["seed"] == 21 and sum(fit["outside_files"].values()) >= 15 and sum(fit["outside_photos"].values()) >= 5
+    assert set(m["scope"]["outlier"]["thresholds"]) == set(m["artifacts"])
+    assert m["scope"]["arrays"]["outlier"]["shape"] == [m["model"]["outputs"]["pooled"]["shape"][1] + 1]
     assert m["default_artifacts"] == {"tflite": "tflite_int8", "onnx": "onnx_int8"}
     for key in ("tflite_float", "onnx_float"):
         assert m["artifacts"][key]["metrics"]["map_max_abs_diff"] < 1e-3
@@ -393,8 +399,9 @@ def _the_gate_reads_film_photos_against_its_film_groups(bundle, pred, test, tmp_
     film_only = np.array([g in gate.film_groups for g in gate.groups])
     from edge_runtime.imageio import DecodedImage
 
-    try:
-        pred.gate = dataclasses.replace(gate, thresholds=np.where(film_only, gate.thresholds * 100, gate.thresholds * 1e-3))
+    try:  # (the outlier direction set aside: this is about the groups)
+        pred.gate = dataclasses.replace(gate, thresholds=np.where(film_only, gate.thresholds * 100, gate.thresholds * 1e-3),
+                                        outlier_thresholds=None)
         kept = triage_photo(pred, tmp_path / "film.jpg", None)
         assert kept.scope["in_scope"] is True and kept.probability is not None
         as_file = pred.predict_pixels(DecodedImage(flat.pixels, "file", (1, 1), []), "as_file")
@@ -428,7 +435,19 @@ def _the_gate_and_the_calibration_are_applied(bundle, out, pred, test, tmp_path)
     img = tmp_path / "in.png"
     Image.fromarray((test.resized[1] * 255).astype(np.uint8)).save(img)
     rec = pred.predict_file(img)
-    assert set(rec.scope) >= {"in_scope", "score"}
+    assert set(rec.scope) >= {"in_scope", "score", "outlier"}
+    # the direction refuses on its own: a file logit threshold below every logit refuses what the distance keeps
+    import dataclasses
+
+    gate = pred.gate
+    try:
+        pred.gate = dataclasses.replace(gate, thresholds=gate.thresholds * 1e3, outlier_thresholds=(-60.0, 60.0))
+        past = pred.predict_file(img)
+        assert past.decision == OUT_OF_SCOPE and past.scope["code"] == "unfamiliar" and past.scope["score"] > 1
+        pred.gate = dataclasses.replace(gate, thresholds=gate.thresholds * 1e3, outlier_thresholds=(60.0, 60.0))
+        assert pred.predict_file(img).scope["in_scope"] is True
+    finally:
+        pred.gate = gate
     if rec.scope["in_scope"]:
         from edge_runtime.inputs import read_image
         from edge_runtime.preprocess import checked_input

@@ -7,6 +7,7 @@ and against the web app in tests/test_webapp.py."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -110,6 +111,94 @@ def test_a_film_group_counts_for_flattened_films_only():
     assert not _gate().covers_film and _gate().applies(True).all()
 
 
+def _directed(file_t=0.0, film_t=2.0):
+    """_gate() with an outlier direction along y: P(outside) = sigmoid(2 * sqrt-feature_y - 4)."""
+    import dataclasses
+
+    return dataclasses.replace(_gate(), outlier=np.array([0.0, 2.0, -4.0]), outlier_thresholds=(file_t, film_t))
+
+
+def test_the_outlier_direction_refuses_past_its_threshold_whatever_the_distance():
+    g = _directed()
+    inside = _pooled([0.5, 1.0])  # logit 2 * 1 - 4 = -2: below the file threshold 0; distance 1.1 / 3
+    rec = g.check(inside, None)
+    assert rec["in_scope"] is True and rec["outlier"] == pytest.approx(1 / (1 + math.exp(2)), abs=1e-4)
+    assert rec["score"] == pytest.approx(math.hypot(0.5, 1.0) / 3, abs=1e-4), "the distance is the larger ratio here"
+    # Within group a's distance (2.5 / 3 < 1) yet past the direction (logit 1 > 0): refused.
+    past = _pooled([0.0, 2.5])
+    assert g.distances(past).min() / 3 < 1
+    out = g.check(past, None)
+    assert out["in_scope"] is False and out["code"] == UNFAMILIAR
+    assert out["score"] == pytest.approx((1 / (1 + math.exp(-1))) / 0.5, abs=1e-4)
+    # At the threshold exactly the ratio is 1: kept, as the distance is at its bound.
+    assert g.score(_pooled([0.0, 2.0])) == pytest.approx(1.0) and g.check(_pooled([0.0, 2.0]), None)["in_scope"]
+
+
+def test_a_flattened_film_is_held_to_the_directions_film_threshold():
+    g = _directed(file_t=0.0, film_t=2.0)
+    photo = _pooled([0.0, 2.5])  # logit 1: past the file threshold, short of the film one
+    assert g.check(photo, None)["in_scope"] is False and g.check(photo, None, film=True)["in_scope"] is True
+    assert g.check(_pooled([0.0, 2.9]), None, film=True)["in_scope"] is True
+    assert g.check(_pooled([0.0, 3.1]), None, film=True)["in_scope"] is False
+
+
+def test_a_direction_without_thresholds_measures_but_never_refuses_and_nan_is_refused():
+    import dataclasses
+
+    g = dataclasses.replace(_directed(), outlier_thresholds=None)
+    rec = g.check(_pooled([0.0, 2.5]), None)
+    assert rec["in_scope"] is True and rec["outlier"] > 0.7
+    bad = dataclasses.replace(_directed(), outlier=np.array([0.0, np.nan, 0.0]))
+    assert bad.check(_pooled([0.1, 0.1]), None)["in_scope"] is False, "NaN is not in scope"
+
+
+def test_the_web_apps_gate_scores_as_the_runtime_does(tmp_path):
+    """scope.js's scopeScore and outlierProbability against ScopeGate, on random gates with and
+    without a direction, for files and films."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the web app's port cannot run")
+    rng = np.random.default_rng(5)
+    cases, gates = [], []
+    for k in range(6):
+        d, n = 5, 3
+        a = rng.normal(size=(n, d, d))
+        precisions = np.einsum("gij,gkj->gik", a, a) + np.eye(d)
+        g = ScopeGate(("a", "b", "film/a"), rng.normal(1, 0.5, (n, d)), precisions, rng.uniform(1, 4, n),
+                      film_groups=("film/a",),
+                      outlier=None if k == 0 else rng.normal(0, 1, d + 1),
+                      outlier_thresholds=None if k == 0 else tuple(rng.normal(0, 1, 2)))
+        for _ in range(5):
+            pooled = rng.uniform(0, 3, d) ** 2
+            for film in (False, True):
+                gates.append((g, pooled, film))
+                cases.append({"pooled": pooled.tolist(), "film": film, "gate": {
+                    "groups": n, "dim": d, "means": g.means.ravel().tolist(), "precisions": g.precisions.ravel().tolist(),
+                    "thresholds": g.thresholds.tolist(), "filmOnly": [False, False, True],
+                    "outlier": None if g.outlier is None else g.outlier.tolist(),
+                    "outlierThresholds": None if g.outlier_thresholds is None else list(g.outlier_thresholds)}})
+    module = (Path(__file__).resolve().parents[1] / "webapp" / "src" / "lib" / "scope.js").as_uri()
+    script = (f"import {{ scopeScore, outlierProbability }} from {json.dumps(module)};\n"
+              "let s = ''; process.stdin.on('data', (d) => { s += d; });\n"
+              "process.stdin.on('end', () => { const out = JSON.parse(s).map((c) => [\n"
+              "  scopeScore(Float64Array.from(c.pooled), c.gate, c.film), outlierProbability(Float64Array.from(c.pooled), c.gate)]);\n"
+              "  process.stdout.write(JSON.stringify(out)); });\n")
+    (tmp_path / "scope.mjs").write_text(script)
+    got = json.loads(subprocess.run([node, str(tmp_path / "scope.mjs")], input=json.dumps(cases), text=True,
+                                    capture_output=True, check=True, timeout=60).stdout)
+    refused_by_direction = 0
+    for (g, pooled, film), (score, p_out) in zip(gates, got):
+        assert score == pytest.approx(g.score(pooled, film), rel=1e-9)
+        want = g.outlier_probability(pooled)
+        assert (p_out is None) == (want is None) and (want is None or p_out == pytest.approx(want, rel=1e-9))
+        if want is not None and g.score(pooled, film) > np.min((g.distances(pooled) / g.thresholds)[g.applies(film)]):
+            refused_by_direction += 1
+    assert refused_by_direction >= 5, "the cases must exercise the direction's half of the score"
+
+
 def test_the_arrays_file_round_trips_through_the_bundle_format(tmp_path):
     means = np.random.default_rng(0).normal(size=(3, 4))
     precisions = np.stack([np.eye(4) * k for k in (1.0, 2.0, 3.0)])
@@ -160,6 +249,38 @@ def test_the_scope_section_is_checked_field_by_field():
         mutate(bad)
         with pytest.raises(ManifestError, match=field.replace(".", r"\.")):
             ScopeInfo.from_dict(bad, _Model, arts, "accepted")
+
+
+def _with_outlier(section=None):
+    s = section or _section()
+    s["arrays"]["outlier"] = {"offset": 40, "shape": [5]}
+    s["outlier"] = {"method": "logistic", "thresholds": {"onnx_int8": {"file": 0.5, "film": 1.0}}}
+    return s
+
+
+def test_the_outlier_direction_is_checked_field_by_field():
+    arts = {"onnx_int8": object()}
+    info = ScopeInfo.from_dict(_with_outlier(), _Model, arts, "accepted")
+    assert info.outlier_thresholds == {"onnx_int8": (0.5, 1.0)} and info.arrays["outlier"] == (40, (5,))
+    assert ScopeInfo.from_dict(_section(), _Model, arts, "accepted").outlier_thresholds == {}
+    for mutate, field in (
+            (lambda s: s["arrays"]["outlier"].update(shape=[4]), "scope.arrays.outlier.shape"),
+            (lambda s: s.pop("outlier"), "scope.outlier"),
+            (lambda s: s["arrays"].pop("outlier"), "scope.outlier"),
+            (lambda s: s["outlier"]["thresholds"].update(onnx_int8={"file": 0.5}), "scope.outlier.thresholds.onnx_int8.film"),
+            (lambda s: s["outlier"]["thresholds"].update(onnx_int8={"file": float("nan"), "film": 1.0}),
+             "scope.outlier.thresholds.onnx_int8.file"),
+            (lambda s: s["outlier"]["thresholds"].update(tflite_int8={"file": 0.5, "film": 1.0}),
+             "scope.outlier.thresholds.tflite_int8"),
+            (lambda s: s["outlier"].update(thresholds={}), "scope.outlier.thresholds")):
+        bad = _with_outlier()
+        mutate(bad)
+        with pytest.raises(ManifestError, match=field.replace(".", r"\.")):
+            ScopeInfo.from_dict(bad, _Model, arts, "accepted")
+    # export is still choosing them: a pending bundle may lack them
+    pending = _with_outlier()
+    pending["outlier"]["thresholds"] = {}
+    assert ScopeInfo.from_dict(pending, _Model, arts, "pending").outlier_thresholds == {}
 
 
 def test_an_accepted_bundle_must_give_every_artifact_its_thresholds():

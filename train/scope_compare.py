@@ -3,9 +3,12 @@
 The float model's pooled features (global averages of its layers) on the run's train, validation
 and test radiographs and on a generated out-of-scope set (fracdata.ood, the tuning seed by
 default), scored by several variants, each thresholded to keep 99% of validation; printed per
-out-of-scope kind (the fraction refused) beside the in-scope test images it refuses. The shipped
-gate is the last variant (edge_runtime/scope.py, export/scope_fit.py); docs/results.md holds the
-table this prints.
+out-of-scope kind (the fraction refused) beside the in-scope test images it refuses and the real
+radiographs processed as other X-ray systems would (train.acquisition_shift's kinds) that it
+refuses. The shipped gate is the variant marked so (edge_runtime/scope.py; fitted by export's own
+code, export/scope_fit.py and export/scope_sets.py, imported here so the comparison is of what
+ships); the last row fits the outlier direction once per kind without that kind, which is how it
+does on a kind it never saw. docs/results.md holds the table this prints.
 """
 
 from __future__ import annotations
@@ -88,7 +91,14 @@ def knn(train, sets, k: int = 10) -> Dict[str, np.ndarray]:
     return out
 
 
-def compare(run_dir: Path, ood: Path) -> Dict:
+def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None) -> Dict:
+    """Each variant's refusals per generated kind (the tuning set `ood`), of the in-scope test split,
+    and of the real validation and test radiographs processed as other X-ray systems would
+    (train.acquisition_shift's kinds). With `fit_ood` (a generated set of another seed), also the
+    variants with an outlier direction fitted on it, once on every kind and once per kind with that
+    kind left out of the fit (how it does on a kind it never saw)."""
+    from export.scope_fit import ACQUISITION_COPIES, OUTLIER_C, fit_direction
+    from export.scope_sets import acquisition_copies
     from fracdata.data import record_source
     from fracdata.images import load_images
     from fracdata.runs import dataset_for_run, read_run
@@ -106,29 +116,102 @@ def compare(run_dir: Path, ood: Path) -> Dict:
     feats = {s: _features(model, loaded[s].images, LAYERS) for s in loaded}
     x_ood, kinds = _ood_images(ood, spec)
     feats["ood"] = _features(model, x_ood, LAYERS)
+    copies = acquisition_copies(loaded["train"], ACQUISITION_COPIES, 0)
+    feats["copies"] = _features(model, copies.images, LAYERS)
+    x_shift, shift_kinds = _processed(parts["val"] + parts["test"], spec)
+    feats["processed"] = _features(model, x_shift, LAYERS)
+    if fit_ood is not None:
+        x_fit, fit_kinds = _ood_images(fit_ood, spec)
+        feats["fit_ood"] = _features(model, x_fit, LAYERS)
     group = {s: np.array([f"{record_source(r)}/{r.label}" for r in loaded[s].records]) for s in loaded}
+    group["copies"] = np.array([f"{record_source(r)}/{r.label}" for r in copies.records])
     source = {s: np.array([record_source(r) for r in loaded[s].records]) for s in loaded}
 
     def stack(layers, transform=None):
         out = {s: np.concatenate([feats[s][n] for n in layers], 1).astype(np.float64) for s in feats}
         return {s: np.sqrt(np.maximum(v, 0)) for s, v in out.items()} if transform == "sqrt" else out
 
+    def evaluated(X):
+        return {k: v for k, v in X.items() if k not in ("train", "copies", "fit_ood")}
+
+    def with_copies(X):
+        return np.concatenate([X["train"], X["copies"]]), np.concatenate([group["train"], group["copies"]])
+
+    def direction_or(distance_scores, X, drop=None):
+        """The runtime's rule: refused beyond every group or past the direction's threshold."""
+        inside, _ = with_copies(X)
+        keep = fit_kinds != drop
+        # pooled outputs squared back: fit_direction takes them as the runtime does (it square-roots)
+        w = fit_direction(inside ** 2, X["fit_ood"][keep] ** 2, OUTLIER_C)
+        z = {k: v @ w[:-1] + w[-1] for k, v in evaluated(X).items()}
+        t = max(np.quantile(z["val"][source["val"] == s], KEEP, method="higher") for s in set(source["val"]))
+        return {k: np.maximum(distance_scores[k], np.exp(np.logaddexp(0, -t) - np.logaddexp(0, -z[k])))
+                for k in z}
+
+    sq = stack(LAYERS, "sqrt")
     variants = {
         "last layer (96), one shared covariance": lambda: shared(*_split(stack(LAYERS[-1:]), group["train"])),
         "four layers (224), shared covariance": lambda: shared(*_split(stack(LAYERS), group["train"])),
-        "four layers, k-nearest-neighbour (k = 10)": lambda: knn(stack(LAYERS)["train"],
-                                                                 {k: v for k, v in stack(LAYERS).items() if k != "train"}),
-        "four layers, square roots, a covariance and a threshold per group (shipped)":
-            lambda: per_group(*_split(stack(LAYERS, "sqrt"), group["train"]), group["val"]),
+        "four layers, k-nearest-neighbour (k = 10)": lambda: knn(stack(LAYERS)["train"], evaluated(stack(LAYERS))),
+        "four layers, square roots, a covariance and a threshold per group":
+            lambda: per_group(sq["train"], group["train"], evaluated(sq), group["val"]),
+        "the same, with processed copies of the real training radiographs":
+            lambda: per_group(*with_copies(sq), evaluated(sq), group["val"]),
     }
+    if fit_ood is not None:
+        variants[f"the same, or past an outlier direction (seed of its fit: {_seed(fit_ood)}; shipped)"] = \
+            lambda: direction_or(per_group(*with_copies(sq), evaluated(sq), group["val"]), sq)
     rows = {}
     for name, make in variants.items():
         scores = make()
         t = max(np.quantile(scores["val"][source["val"] == s], KEEP, method="higher") for s in set(source["val"]))
-        rows[name] = {"refused": {k: float(np.mean(scores["ood"][kinds == k] > t)) for k in sorted(set(kinds))},
-                      "test_refused": {s: [int(np.sum(scores["test"][source["test"] == s] > t)),
-                                           int(np.sum(source["test"] == s))] for s in sorted(set(source["test"]))}}
-    return {"run": str(run_dir), "ood": str(ood), "layers": list(LAYERS), "variants": rows}
+        rows[name] = _row(scores, t, kinds, source["test"], shift_kinds)
+    if fit_ood is not None:  # each kind scored by a direction fitted without it
+        distance = per_group(*with_copies(sq), evaluated(sq), group["val"])
+        held = {}
+        for k in sorted(set(kinds)):
+            scores = direction_or(distance, sq, drop=k)
+            t = max(np.quantile(scores["val"][source["val"] == s], KEEP, method="higher") for s in set(source["val"]))
+            held[k] = float(np.mean(scores["ood"][kinds == k] > t))
+        rows["the shipped rule, each kind left out of the direction's fit"] = {"refused": held}
+    return {"run": str(run_dir), "ood": str(ood), "fit_ood": None if fit_ood is None else str(fit_ood),
+            "layers": list(LAYERS), "variants": rows}
+
+
+def _row(scores, t, kinds, test_sources, shift_kinds) -> Dict:
+    return {"refused": {k: float(np.mean(scores["ood"][kinds == k] > t)) for k in sorted(set(kinds))},
+            "test_refused": {s: [int(np.sum(scores["test"][test_sources == s] > t)), int(np.sum(test_sources == s))]
+                             for s in sorted(set(test_sources))},
+            "processed_refused": {k: float(np.mean(scores["processed"][shift_kinds == k] > t))
+                                  for k in sorted(set(shift_kinds))}}
+
+
+def _seed(folder: Path) -> int:
+    return int(json.loads((folder / "ood_set.json").read_text())["seed"])
+
+
+def _processed(records, spec) -> tuple:
+    """The real radiographs among `records`, each processed once per train.acquisition_shift kind."""
+    from edge_runtime.errors import ImageReadError
+    from edge_runtime.inputs import read_image
+    from edge_runtime.preprocess import checked_input
+    from fracdata.data import PHANTOM_SOURCE, record_source
+    from train.acquisition_shift import KINDS
+
+    xs, kinds = [], []
+    for i, r in enumerate(records):
+        if record_source(r) == PHANTOM_SOURCE:
+            continue
+        try:
+            pixels = read_image(r.path, spec).pixels
+        except ImageReadError:
+            continue
+        for kind, (_, fn) in KINDS.items():
+            x, problem, _ = checked_input(fn(pixels, np.random.default_rng([0, i]), spec.size), spec)
+            if not problem:
+                xs.append(x)
+                kinds.append(kind)
+    return np.stack(xs), np.array(kinds)
 
 
 def _split(stacked: Dict[str, np.ndarray], train_groups: np.ndarray):
@@ -137,11 +220,13 @@ def _split(stacked: Dict[str, np.ndarray], train_groups: np.ndarray):
 
 def render(result: Dict) -> str:
     kinds = sorted(next(iter(result["variants"].values()))["refused"])
-    lines = ["| features, distance | " + " | ".join(kinds) + " | in-scope test refused |",
-             "|---|" + "---:|" * (len(kinds) + 1)]
+    lines = ["| features, distance | " + " | ".join(kinds) + " | in-scope test refused | processed real refused |",
+             "|---|" + "---:|" * (len(kinds) + 2)]
     for name, r in result["variants"].items():
-        test = ", ".join(f"{s} {a} of {n}" for s, (a, n) in r["test_refused"].items())
-        lines.append(f"| {name} | " + " | ".join(f"{r['refused'][k]:.2f}" for k in kinds) + f" | {test} |")
+        test = ", ".join(f"{s} {a} of {n}" for s, (a, n) in r["test_refused"].items()) if "test_refused" in r else ""
+        processed = (f"{np.mean(list(r['processed_refused'].values())):.2f} (up to "
+                     f"{max(r['processed_refused'].values()):.2f})" if "processed_refused" in r else "")
+        lines.append(f"| {name} | " + " | ".join(f"{r['refused'][k]:.2f}" for k in kinds) + f" | {test} | {processed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +237,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                              "generated under runs/)")
     ap.add_argument("--seed", type=int, default=TUNING_SEED, help="seed of the generated set (default: %(default)s)")
     ap.add_argument("--n", type=int, default=30, help="generated images per kind (default: %(default)s)")
+    ap.add_argument("--fit-seed", type=int, default=None,
+                    help="also the outlier direction, fitted on a generated set of this seed (export's: "
+                         "export.scope_fit.OUTLIER_SEED, 40 per kind); --fit-seed -1 leaves it out "
+                         "(default: export's seed)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = ap.parse_args(argv)
     from fracdata.console import quiet_start
@@ -159,7 +248,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     quiet_start(False, ("tensorflow",))
     ood = args.ood or write_ood_set(Path(f"runs/ood-seed{args.seed}"), n_per_kind=args.n, seed=args.seed, progress=True)
-    result = compare(args.run_dir, ood)
+    from export.scope_fit import OUTLIER_SEED
+
+    fit_seed = OUTLIER_SEED if args.fit_seed is None else args.fit_seed
+    fit_ood = (write_ood_set(Path(f"runs/ood-seed{fit_seed}-n40"), n_per_kind=40, seed=fit_seed, progress=True)
+               if fit_seed >= 0 else None)
+    result = compare(args.run_dir, ood, fit_ood)
     print(json.dumps(result, indent=2) if args.json else render(result), file=sys.stdout)
     return 0
 

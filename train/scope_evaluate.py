@@ -40,8 +40,10 @@ def _scores(pred, decoded) -> Optional[Dict]:
     rec_scope = pred.gate.check(pooled, decoded.colour)
     z = logits.reshape(-1).astype(np.float64)
     lse = float(z.max() + np.log(np.exp(z - z.max()).sum()))
+    distance, direction = pred.gate.ratios(pooled)
     return {"refused": not rec_scope["in_scope"], "code": rec_scope.get("code"),
-            "score": pred.gate.score(pooled), "energy": -lse, "max_logit": -float(z.max())}
+            "score": pred.gate.score(pooled), "energy": -lse, "max_logit": -float(z.max()),
+            "beyond_groups": not distance <= 1.0, "past_direction": direction is not None and not direction <= 1.0}
 
 
 def evaluate(run_dir: Path, bundle: Path, ood_dir: Path, artifact: Optional[str], progress: bool = True) -> Dict:
@@ -101,14 +103,16 @@ def evaluate_photos(run_dir: Path, bundle: Path, ood_dir: Path, artifact: Option
     for k, (name, paths) in enumerate(sorted(sets.items())):
         jobs = [PhotoJob(seed=(seed, PHOTO_STREAM, k, i), path=p) for i, p in enumerate(paths)]
         film_refused: Dict[str, int] = {}
-        scores = []
+        scores, halves = [], []
         for x, why in progress_of(model_inputs(jobs, pred.spec, workers), f"photos: {name}", total=len(jobs),
                                   enabled=progress):
             if x is None:
                 reason = "error" if why.startswith("error:") else why.split(": ", 1)[-1]
                 film_refused[reason] = film_refused.get(reason, 0) + 1
                 continue
-            scores.append(pred.gate.check(pred.assess(x)[2], None, film=True)["score"])
+            pooled = pred.assess(x)[2]
+            scores.append(pred.gate.check(pooled, None, film=True)["score"])
+            halves.append(pred.gate.ratios(pooled, film=True))
         sc = np.array(scores, np.float64)
         beyond = ~(sc <= 1.0)  # refused where the bundle has film groups; only warned about where it has none
         out[name] = {"photos": len(jobs), "refused_by_film_path": int(sum(film_refused.values())),
@@ -116,7 +120,9 @@ def evaluate_photos(run_dir: Path, bundle: Path, ood_dir: Path, artifact: Option
                      "measured": int(len(sc)), "refused_by_gate": int(np.sum(beyond)),
                      "gate_rate_of_measured": float(np.mean(beyond)) if len(sc) else None,
                      "answered": int(len(sc) - np.sum(beyond)) if pred.gate.covers_film else int(len(sc)),
-                     "score_median": float(np.median(sc)) if len(sc) else None}
+                     "score_median": float(np.median(sc)) if len(sc) else None,
+                     "beyond_groups": sum(1 for d, _ in halves if not d <= 1.0),
+                     "past_direction": sum(1 for _, o in halves if o is not None and not o <= 1.0)}
     return {"bundle": str(bundle), "artifact": pred.artifact, "backend": pred.backend,
             "film_groups": list(pred.gate.film_groups), "enforced_on_films": pred.gate.covers_film, "photo_seed": seed,
             "ood": {"path": str(ood_dir), "seed": meta["seed"], "n_per_kind": meta["n_per_kind"]}, "sets": out}
@@ -128,12 +134,14 @@ def render_photos(result: Dict) -> str:
              f"photo seed {result['photo_seed']}, out-of-scope images seed {result['ood']['seed']}.", "",
              "| set | photos | refused by the film path (quality) | measured by the gate | "
              + ("refused by the gate" if result["enforced_on_films"] else "beyond the gate (warned, not refused)")
-             + " (of measured) | answered | median score |", "|---|---:|---:|---:|---:|---:|---:|"]
+             + " (of measured) | beyond every group / past the direction | answered | median score |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, e in result["sets"].items():
         rate = "—" if e["gate_rate_of_measured"] is None else f"{e['gate_rate_of_measured']:.3f}"
         med = "—" if e["score_median"] is None else f"{e['score_median']:.2f}"
         lines.append(f"| {name} | {e['photos']} | {e['refused_by_film_path']} | {e['measured']} | "
-                     f"{e['refused_by_gate']} ({rate}) | {e['answered']} | {med} |")
+                     f"{e['refused_by_gate']} ({rate}) | {e.get('beyond_groups', '—')} / {e.get('past_direction', '—')} "
+                     f"| {e['answered']} | {med} |")
     lines += ["", "In-scope rows (test/...) are radiographs the gate should keep; out-of-scope rows (ood/...) are "
                   "generated images photographed as films (colour kinds as gray prints), which should be refused, by "
                   "either gate."]
@@ -156,7 +164,10 @@ def summarise(rows: Dict[str, List[Dict]], pred, bundle: Path, ood_dir: Path, me
         entry = {"n": len(items), "refused_before_the_model": len(before),
                  "gate": _rate([s["refused"] for s in scored] + [True] * len(before)),
                  "gate_colour": sum(1 for s in scored if s["code"] == "colour"),
-                 "gate_unfamiliar": sum(1 for s in scored if s["code"] == "unfamiliar")}
+                 "gate_unfamiliar": sum(1 for s in scored if s["code"] == "unfamiliar"),
+                 # of those measured (colour aside), how many each half of the features' rule would refuse alone
+                 "beyond_groups": sum(1 for s in scored if s["code"] != "colour" and s["beyond_groups"]),
+                 "past_direction": sum(1 for s in scored if s["code"] != "colour" and s["past_direction"])}
         for m in ("energy", "max_logit"):
             entry[m] = _rate([s[m] > limits[m] for s in scored] + [True] * len(before))
         sets[name] = entry
@@ -169,12 +180,14 @@ def summarise(rows: Dict[str, List[Dict]], pred, bundle: Path, ood_dir: Path, me
 def render(result: Dict) -> str:
     lines = [f"Out-of-scope gate of {result['bundle']} ({result['artifact']}, {result['backend']}); generated "
              f"out-of-scope images: seed {result['ood']['seed']}, {result['ood']['n_per_kind']} per kind.", "",
-             "| set | n | refused: the gate (colour / features) | energy score | max-logit |", "|---|---:|---:|---:|---:|"]
+             "| set | n | refused: the gate (colour / features) | features: beyond every group / past the direction "
+             "| energy score | max-logit |", "|---|---:|---:|---:|---:|---:|"]
     for name, e in result["sets"].items():
         pct = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
         lines.append(f"| {name} | {e['n']} | {pct(e['gate'])} ({e['gate_colour']} / {e['gate_unfamiliar']}"
                      + (f", {e['refused_before_the_model']} before the model" if e["refused_before_the_model"] else "")
-                     + f") | {pct(e['energy'])} | {pct(e['max_logit'])} |")
+                     + f") | {e.get('beyond_groups', '—')} / {e.get('past_direction', '—')} "
+                       f"| {pct(e['energy'])} | {pct(e['max_logit'])} |")
     lines += ["", "In-scope rows (val/..., test/...) are radiographs the gate should keep: their rate is what it wrongly "
                   "refuses. The alternatives are thresholded to keep 99% of validation, as the gate is."]
     return "\n".join(lines) + "\n"

@@ -108,8 +108,22 @@ function parseGate(bytes, spec, key) {
     throw new BundleError(`manifest: scope.film_groups must each be '${FILM_PREFIX}' + a file group's name`);
   }
   const filmOnly = names.map((g) => film.includes(g));
+  // The outlier direction (format 5; scope.ScopeGate.outlier): D weights then the bias, and its
+  // (file, film) logit thresholds for this artifact; both or neither, as manifest.ScopeInfo checks.
+  let outlier = null, outlierThresholds = null;
+  if (a.outlier || spec.outlier) {
+    const t = spec.outlier?.thresholds?.[key];
+    if (!a.outlier || a.outlier.shape.length !== 1 || a.outlier.shape[0] !== dim + 1) {
+      throw new BundleError(`${spec.file}: the outlier direction is not ${dim + 1} numbers`);
+    }
+    if (!t || !Number.isFinite(t.file) || !Number.isFinite(t.film)) {
+      throw new BundleError(`manifest: the out-of-scope gate's outlier direction has no thresholds for ${key}`);
+    }
+    outlier = a.outlier.data;
+    outlierThresholds = [t.file, t.film];
+  }
   return { groups, dim, means: a.means.data, precisions: a.precisions.data, thresholds, colourLimit: spec.colour_limit,
-    filmOnly, coversFilm: filmOnly.some(Boolean) };
+    filmOnly, coversFilm: filmOnly.some(Boolean), outlier, outlierThresholds };
 }
 
 /** The Grad-CAM head's arrays from its float32 little-endian file (edge_runtime/gradcam.load_head). */

@@ -32,9 +32,23 @@ export function colourFraction(r, g, b, chroma) {
   return far / n;
 }
 
-/** min over the groups that apply (a file: the file groups; a flattened film: all) of (Mahalanobis
- * distance of the square-rooted pooled features to the group) / (the group's threshold): above 1,
- * outside every group (ScopeGate.score). */
+function sigmoid(z) {
+  return z >= 0 ? 1 / (1 + Math.exp(-z)) : Math.exp(z) / (1 + Math.exp(z));
+}
+
+/** P(outside) along the gate's outlier direction (ScopeGate.outlier_probability), or null. */
+export function outlierProbability(pooled, gate) {
+  if (!gate.outlier) return null;
+  const d = gate.dim, w = gate.outlier;
+  let z = w[d];
+  for (let i = 0; i < d; i++) z += Math.sqrt(Math.max(pooled[i], 0)) * w[i];
+  return sigmoid(z);
+}
+
+/** The larger of: min over the groups that apply (a file: the file groups; a flattened film: all)
+ * of (Mahalanobis distance of the square-rooted pooled features to the group) / (the group's
+ * threshold); and P(outside) / P(outside) at the outlier direction's threshold. Above 1: refused
+ * (ScopeGate.score). */
 export function scopeScore(pooled, gate, film = false) {
   const d = gate.dim;
   const f = new Float64Array(d), diff = new Float64Array(d);
@@ -53,6 +67,8 @@ export function scopeScore(pooled, gate, film = false) {
     const s = Math.sqrt(Math.max(q, 0)) / gate.thresholds[g];
     if (s < best) best = s;
   }
+  const p = outlierProbability(pooled, gate);
+  if (p !== null && gate.outlierThresholds) best = Math.max(best, p / sigmoid(gate.outlierThresholds[film ? 1 : 0]));
   return best;
 }
 
