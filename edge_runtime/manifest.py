@@ -299,9 +299,10 @@ class ScopeInfo:
         _need(arrays["precisions"][1] == (g, dim, dim), "scope.arrays.precisions.shape", f"expected [{g}, {dim}, {dim}]")
         _need("outlier" not in arrays or arrays["outlier"][1] == (dim + 1,), "scope.arrays.outlier.shape",
               f"expected [{dim + 1}] (the weights, then the bias)")
-        outlier = _obj(d.get("outlier", {}), "scope.outlier")
-        _need(("outlier" in arrays) == bool(outlier), "scope.outlier",
+        # present means checked, as for the gate itself: a section without its array, or the reverse, is refused
+        _need(("outlier" in arrays) == ("outlier" in d), "scope.outlier",
               "the outlier direction needs both its array and its section")
+        outlier = _obj(d.get("outlier", {}), "scope.outlier")
         outlier_thresholds = {}
         for key, t in _obj(outlier.get("thresholds", {}), "scope.outlier.thresholds").items():
             where = f"scope.outlier.thresholds.{key}"
@@ -402,6 +403,12 @@ class Manifest:
                 _need(key in artifacts, where, "not an artifact of this bundle")
                 _need(isinstance(probs, list) and len(probs) == n and all(
                     isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in probs),
+                    where, f"expected {n} probabilities in [0, 1]")
+            for key, ps in _obj(st.get("scope_outlier", {}), "self_test.scope_outlier").items():
+                where = f"self_test.scope_outlier.{key}"  # P(outside) along the gate's outlier direction
+                _need(key in artifacts, where, "not an artifact of this bundle")
+                _need(isinstance(ps, list) and len(ps) == n and all(
+                    isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in ps),
                     where, f"expected {n} probabilities in [0, 1]")
             for section in ("scope_scores", "scope_scores_film"):  # the gate's scores: files, and films
                 for key, scores in _obj(st.get(section, {}), f"self_test.{section}").items():

@@ -39,8 +39,9 @@ the training radiographs (and copies processed as other X-ray systems would) on 
 generated set of out-of-scope kinds on the other (outlier exposure, Hendrycks et al. 2019), with
 one threshold for files and one for flattened films, each keeping 99% of validation. An input is
 refused when it lies beyond every group *or* past the direction's threshold; the score is the
-larger of the two ratios (the direction's: P(outside) / P(outside) at its threshold), so "above 1,
-refused" holds for both. docs/results.md says what each half refuses, and how it does on kinds
+larger of the two ratios (the direction's: e^(logit - threshold), the odds of "outside" over their
+odds at the threshold, bounded at e^50), so "above 1, refused" holds for both. (A ratio of
+probabilities would flatten out near 1 for a high threshold and stop refusing.) docs/results.md says what each half refuses, and how it does on kinds
 left out of its fit.
 
 The distance is computed in float64 from the float32 arrays, here and in the web app, so both
@@ -68,6 +69,7 @@ REASONS = {
 CHROMA = 40.0
 COLOUR_LIMIT = 0.05
 SCOPE_FILE = "scope.f32"
+RATIO_LOG_BOUND = 50.0  # the direction's ratio e^(logit - threshold) stays within e^(+-50): finite in a record
 FILM_PREFIX = "film/"  # a film group's name: FILM_PREFIX + the name of the file group it photographs
 
 
@@ -141,13 +143,14 @@ class ScopeGate:
 
     def ratios(self, pooled: np.ndarray, film: bool = False) -> Tuple[float, Optional[float]]:
         """(min over the groups that apply of distance / that group's threshold: above 1, outside
-        every group; P(outside) / P(outside) at the direction's threshold: above 1, past it, or
-        None without a direction or its thresholds)."""
+        every group; e^(logit - the direction's threshold), bounded to [e^-50, e^50]: above 1, past
+        it, or None without a direction or its thresholds)."""
         d = float(np.min((self.distances(pooled) / self.thresholds)[self.applies(film)]))
-        p = self.outlier_probability(pooled)
-        if p is None or self.outlier_thresholds is None:
+        z = self.outlier_logit(pooled)
+        if z is None or self.outlier_thresholds is None:
             return d, None
-        return d, float(p / _sigmoid(self.outlier_thresholds[1 if film else 0]))
+        return d, float(np.exp(np.clip(z - self.outlier_thresholds[1 if film else 0], -RATIO_LOG_BOUND,
+                                       RATIO_LOG_BOUND)))  # NaN stays NaN
 
     def score(self, pooled: np.ndarray, film: bool = False) -> float:
         """The larger of the two ratios; above 1: refused."""

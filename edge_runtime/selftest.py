@@ -43,15 +43,17 @@ def image(i: int, size: int = 320) -> np.ndarray:
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def answers(predictor, film: bool = False) -> Tuple[List[float], Optional[List[float]]]:
-    """The predictor's probabilities on the self-test images, through THE preprocessing, and the
-    out-of-scope gate's scores on them (None without a gate); `film`: scored as flattened film
-    photos are (the film groups too). The drawn images are outside what a real model reads, so
-    the gate's verdict is measured, not enforced: the score still exercises the gate's arithmetic
-    (features, means, precisions, thresholds) on this device."""
+def answers(predictor, film: bool = False) -> Tuple[List[float], Optional[List[float]], Optional[List[float]]]:
+    """The predictor's probabilities on the self-test images, through THE preprocessing, the
+    out-of-scope gate's scores on them (None without a gate) and P(outside) along its outlier
+    direction (None without one: the score is the larger of two ratios, so it may not show the
+    direction's arithmetic); `film`: scored as flattened film photos are (the film groups too). The
+    drawn images are outside what a real model reads, so the gate's verdict is measured, not
+    enforced: the score still exercises the gate's arithmetic (features, means, precisions,
+    thresholds, direction) on this device."""
     from .imageio import DecodedImage
 
-    probs, scores = [], []
+    probs, scores, outliers = [], [], []
     for i in range(N_IMAGES):
         img = image(i)
         rec = predictor.predict_pixels(DecodedImage(img, "selftest", (img.shape[1], img.shape[0])), f"selftest_{i}",
@@ -60,7 +62,9 @@ def answers(predictor, film: bool = False) -> Tuple[List[float], Optional[List[f
             raise RuntimeError(f"self-test image {i} was refused: {rec.error}")
         probs.append(float(rec.probability))
         scores.append(None if not rec.scope or "score" not in rec.scope else float(rec.scope["score"]))
-    return probs, (scores if all(s is not None for s in scores) else None)
+        outliers.append(None if not rec.scope or "outlier" not in rec.scope else float(rec.scope["outlier"]))
+    return (probs, (scores if all(s is not None for s in scores) else None),
+            (outliers if all(o is not None for o in outliers) else None))
 
 
 def scope_difference(got: List[float], want: List[float]) -> float:
@@ -76,11 +80,13 @@ def record(bundle, artifacts: Dict[str, Any]) -> Dict[str, Any]:
     artifact key -> an open Predictor."""
     out: Dict[str, Any] = {"generator": GENERATOR, "n": N_IMAGES, "tolerance": dict(TOLERANCE), "probabilities": {}}
     for key, pred in artifacts.items():
-        probs, scores = answers(pred)
+        probs, scores, outliers = answers(pred)
         out["probabilities"][key] = [round(p, 7) for p in probs]
         if scores is not None:
             out.setdefault("scope_scores", {})[key] = scores
             out["scope_tolerance"] = dict(SCOPE_TOLERANCE)
+            if outliers is not None:
+                out.setdefault("scope_outlier", {})[key] = outliers
             if pred.gate.covers_film:
                 out.setdefault("scope_scores_film", {})[key] = answers(pred, film=True)[1]
     return out
@@ -102,7 +108,7 @@ def run(bundle, backend: str = "auto", artifact: Optional[str] = None) -> Dict[s
         return {"passed": False, "artifact": pred.artifact, "backend": pred.backend,
                 "reason": f"self-test made by {recorded.get('generator')!r}, this runtime has {GENERATOR!r}"}
     expected = np.asarray(recorded["probabilities"][pred.artifact], dtype=np.float64)
-    probs, scores = answers(pred)
+    probs, scores, outliers = answers(pred)
     got = np.asarray(probs, dtype=np.float64)
     precision = bundle.artifact(pred.artifact).precision
     tol = float(TOLERANCE.get(precision, 1e-3))
@@ -121,4 +127,11 @@ def run(bundle, backend: str = "auto", artifact: Optional[str] = None) -> Dict[s
         if not diff <= s_tol and out["passed"]:
             out.update(passed=False, reason="the out-of-scope gate's scores "
                        f"{'on films ' if film else ''}differ from those export recorded")
+    want = (recorded.get("scope_outlier") or {}).get(pred.artifact)
+    if want is not None:  # P(outside) along the direction, compared as the probabilities are (absolute)
+        diff = (float(np.max(np.abs(np.asarray(outliers, np.float64) - np.asarray(want, np.float64))))
+                if outliers is not None and len(outliers) == len(want) else float("inf"))
+        out.update({"scope_outlier_max_diff": diff, "scope_tolerance": s_tol})
+        if not diff <= s_tol and out["passed"]:
+            out.update(passed=False, reason="the out-of-scope gate's outlier direction differs from what export recorded")
     return out

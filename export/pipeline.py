@@ -364,10 +364,10 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
             "device will measure photos of film but not refuse them (scope.film_photos says what was read)")
 
 
-def _fit_outlier(prep: Prepared, inside: np.ndarray, film_inside: np.ndarray, settings: Settings) -> Dict:
+def _fit_outlier(prep: Prepared, inside: np.ndarray, film_inside: np.ndarray, settings: Settings) -> Optional[Dict]:
     """The gate's outlier direction: every training image, copy and photo above inside; outside, a
     generated out-of-scope set (fracdata.ood, its own seed), as files and, where films are
-    photographed, photographed too."""
+    photographed, photographed too. None (and said) when none of them could be read."""
     import tempfile
 
     from fracdata.ood import write_ood_set
@@ -376,13 +376,18 @@ def _fit_outlier(prep: Prepared, inside: np.ndarray, film_inside: np.ndarray, se
         folder = write_ood_set(Path(tmp), settings.scope_outliers, scope_fit.OUTLIER_SEED,
                                progress=settings.progress)
         files = scope_sets.read_ood(folder, prep.spec)
-        outside = [scope_fit.pooled_features(prep.serving, files.images)]
+        outside = [scope_fit.pooled_features(prep.serving, files.images)] if len(files.images) else []
         photos = None
         if settings.scope_photos and len(film_inside):
             photos = scope_sets.photograph_ood(folder, prep.spec, settings.seed,
                                                f"{prep.tag} out-of-scope photos of generated images",
                                                settings.progress, settings.photo_workers)
-            outside.append(scope_fit.pooled_features(prep.serving, photos.images))
+            if len(photos.images):
+                outside.append(scope_fit.pooled_features(prep.serving, photos.images))
+    if not outside:
+        log(f"{prep.tag} no outlier direction: none of the generated out-of-scope images could be read "
+            f"(files: {files.unread}; photos: {photos.unread if photos is not None else 'none taken'})")
+        return None
     direction = scope_fit.fit_direction(inside, np.concatenate(outside))
     fitted_on = {"inside": int(len(inside)), "generator": "fracdata.ood", "seed": scope_fit.OUTLIER_SEED,
                  "per_kind": settings.scope_outliers, "outside_files": files.by_kind(),

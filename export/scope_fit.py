@@ -134,7 +134,7 @@ def manifest_section(fitted: Dict, layers: Sequence[str], film: Optional[Dict] =
             "fitted_on": outlier["fitted_on"],
             "rule": f"per artifact, one logit for files and one for flattened films, each keeping >= {KEEP:.0%} of "
                     "every source's validation images; refused past it, whatever the distance (score = the larger of "
-                    "the distance ratio and P(outside) / P(outside) at the threshold)",
+                    "the distance ratio and e^(logit - threshold), bounded at e^50)",
             "thresholds": {}}
     return section, blob
 

@@ -333,6 +333,7 @@ def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_
         st = selftest.run(bundle, artifact=key)
         assert st["passed"] is True and st["scope_max_diff"] <= st["scope_tolerance"], st
         assert st["scope_film_max_diff"] <= st["scope_tolerance"], "the film groups are self-tested too"
+        assert st["scope_outlier_max_diff"] <= st["scope_tolerance"], "and the outlier direction"
     _the_gate_and_the_calibration_are_applied(bundle, out, pred, test, tmp_path)
     _the_gate_reads_film_photos_against_its_film_groups(bundle, pred, test, tmp_path)
     # train.evaluate --bundle applies the gate as the device does, and says what it refused.
@@ -354,6 +355,14 @@ def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_
         assert st["passed"] is False and "out-of-scope gate" in st["reason"]
     finally:
         recorded[:] = kept
+    outliers = bundle.manifest["self_test"]["scope_outlier"]["onnx_float"]
+    kept = list(outliers)
+    try:  # a direction whose arithmetic moved fails even where the distance sets the score
+        outliers[1] = min(1.0, outliers[1] + 0.2) if outliers[1] < 0.5 else outliers[1] - 0.2
+        st = selftest.run(bundle, artifact="onnx_float")
+        assert st["passed"] is False and "outlier direction" in st["reason"]
+    finally:
+        outliers[:] = kept
     on_films = bundle.manifest["self_test"]["scope_scores_film"]["onnx_float"]
     kept = list(on_films)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 
 import numpy as np
@@ -129,9 +130,23 @@ def test_the_outlier_direction_refuses_past_its_threshold_whatever_the_distance(
     assert g.distances(past).min() / 3 < 1
     out = g.check(past, None)
     assert out["in_scope"] is False and out["code"] == UNFAMILIAR
-    assert out["score"] == pytest.approx((1 / (1 + math.exp(-1))) / 0.5, abs=1e-4)
+    assert out["score"] == pytest.approx(math.e, abs=1e-4), "e^(logit - threshold) = e^(1 - 0)"
     # At the threshold exactly the ratio is 1: kept, as the distance is at its bound.
     assert g.score(_pooled([0.0, 2.0])) == pytest.approx(1.0) and g.check(_pooled([0.0, 2.0]), None)["in_scope"]
+
+
+def test_the_directions_ratio_refuses_past_a_high_threshold_and_stays_finite():
+    """A ratio of probabilities would flatten out near 1 above a logit threshold of about 10 and
+    stop refusing once rounded; the odds ratio does not, and a far input's score stays finite."""
+    import dataclasses
+
+    g = dataclasses.replace(_directed(file_t=30.0, film_t=30.0), thresholds=np.array([100.0, 100.0]))  # groups keep all
+    assert g.check(_pooled([0.0, 16.0]), None)["in_scope"] is True  # logit 28
+    out = g.check(_pooled([0.0, 17.5]), None)  # logit 31: past 30
+    assert out["in_scope"] is False and out["score"] == pytest.approx(math.e, rel=1e-4)
+    far = g.check(_pooled([0.0, 1e6]), None)
+    assert far["in_scope"] is False and far["score"] == pytest.approx(math.exp(scope.RATIO_LOG_BOUND), rel=1e-6)
+    json.dumps(far, allow_nan=False)  # a record stays valid JSON
 
 
 def test_a_flattened_film_is_held_to_the_directions_film_threshold():
@@ -189,14 +204,36 @@ def test_the_web_apps_gate_scores_as_the_runtime_does(tmp_path):
     (tmp_path / "scope.mjs").write_text(script)
     got = json.loads(subprocess.run([node, str(tmp_path / "scope.mjs")], input=json.dumps(cases), text=True,
                                     capture_output=True, check=True, timeout=60).stdout)
-    refused_by_direction = 0
+    direction_decides = 0
     for (g, pooled, film), (score, p_out) in zip(gates, got):
         assert score == pytest.approx(g.score(pooled, film), rel=1e-9)
         want = g.outlier_probability(pooled)
         assert (p_out is None) == (want is None) and (want is None or p_out == pytest.approx(want, rel=1e-9))
         if want is not None and g.score(pooled, film) > np.min((g.distances(pooled) / g.thresholds)[g.applies(film)]):
-            refused_by_direction += 1
-    assert refused_by_direction >= 5, "the cases must exercise the direction's half of the score"
+            direction_decides += 1
+    assert direction_decides >= 5, "the cases must exercise the direction's half of the score"
+
+
+def test_exports_direction_separates_what_it_was_shown_and_its_thresholds_keep_each_source():
+    """export.scope_fit.fit_direction folds the standardisation into one dot product on the raw
+    pooled outputs (the runtime square-roots them); direction_threshold keeps 99% of *each*
+    source's validation images, so a source that sits nearer the outside sets it."""
+    from export.scope_fit import direction_threshold, fit_direction
+
+    rng = np.random.default_rng(0)
+    inside = rng.normal(3.0, 0.3, (300, 6)) ** 2  # square roots around 3
+    outside = rng.normal(4.0, 0.3, (200, 6)) ** 2
+    w = fit_direction(inside, outside)
+    assert w.shape == (7,)
+    gate = dataclasses_replace(_gate(), means=np.zeros((2, 6)), precisions=np.stack([np.eye(6)] * 2),
+                               outlier=w, outlier_thresholds=(0.0, 0.0))
+    z_in = np.array([gate.outlier_logit(p) for p in inside])
+    z_out = np.array([gate.outlier_logit(p) for p in outside])
+    assert np.mean(z_in < 0) > 0.95 and np.mean(z_out > 0) > 0.95
+    sources = np.array(["a"] * 100 + ["b"] * 100)
+    logits = np.r_[rng.normal(0, 1, 100), rng.normal(3, 1, 100)]
+    t = direction_threshold(logits, sources)
+    assert np.mean(logits[sources == "b"] <= t) >= 0.99 and t == pytest.approx(logits[sources == "b"].max())
 
 
 def test_the_arrays_file_round_trips_through_the_bundle_format(tmp_path):
@@ -337,6 +374,30 @@ def test_a_score_that_cannot_be_computed_is_refused_not_waved_through():
     g = ScopeGate(("a",), np.zeros((1, 2)), np.full((1, 2, 2), np.nan), np.array([3.0]))
     out = g.check(_pooled([0.1, 0.1]), None)
     assert out["in_scope"] is False and out["code"] == UNFAMILIAR
+
+
+def test_a_direction_needs_format_version_5_and_an_older_runtime_refuses_it(tmp_path):
+    """A bundle with an outlier direction is version 5; one that claims 4 is refused (a version-4
+    runtime would run it without the direction), and so is a direction without its section."""
+    import shutil
+
+    from edge_runtime.bundle import REPO_BUNDLE, load_bundle, seal
+    from edge_runtime.manifest import READABLE_VERSIONS
+
+    folder = tmp_path / "b"
+    shutil.copytree(REPO_BUNDLE, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    if "outlier" not in m["scope"]:
+        pytest.skip("the reference bundle has no outlier direction")
+    assert m["format_version"] == 5 and 5 in READABLE_VERSIONS
+    load_bundle(folder)
+    for mutate in (lambda d: d.update(format_version=4), lambda d: d["scope"].pop("outlier"),
+                   lambda d: d["scope"]["arrays"].pop("outlier"), lambda d: d["scope"].update(outlier=None)):
+        bad = copy.deepcopy(m)
+        mutate(bad)
+        (copy / "manifest.json").write_text(json.dumps(seal(bad)))
+        with pytest.raises((ManifestError, ValueError), match="format version 5|scope.outlier"):
+            load_bundle(folder)
 
 
 def test_an_empty_scope_section_is_refused_not_read_as_no_gate(tmp_path):

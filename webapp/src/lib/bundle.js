@@ -65,7 +65,7 @@ export async function loadBundle(base, config, wanted) {
   let head = null;
   if (m.gradcam) head = parseHead(await verified(m.gradcam.file, m.files?.[m.gradcam.file]), m.gradcam);
   let gate = null;
-  if (m.scope) gate = parseGate(await verified(m.scope.file, m.files?.[m.scope.file]), m.scope, key);
+  if (m.scope) gate = parseGate(await verified(m.scope.file, m.files?.[m.scope.file]), m.scope, key, m.format_version);
   return { manifest: m, artifactKey: key, artifact: art, modelBytes, head, gate, digest };
 }
 
@@ -86,9 +86,13 @@ function readArrays(bytes, file, index, Out = Float64Array) {
   return arrays;
 }
 
-/** The out-of-scope gate (edge_runtime/scope.load_gate) for the artifact this app runs. */
-function parseGate(bytes, spec, key) {
+/** The out-of-scope gate (edge_runtime/scope.load_gate) for the artifact this app runs; its checks
+ * are edge_runtime/manifest.ScopeInfo's, so both runtimes refuse the same bundles. */
+function parseGate(bytes, spec, key, version) {
   const a = readArrays(bytes, spec.file, spec.arrays);
+  for (const [name, arr] of Object.entries(a)) {
+    if (!arr.data.every(Number.isFinite)) throw new BundleError(`${spec.file}: array '${name}' holds non-finite values`);
+  }
   if (!a.means || !a.precisions) throw new BundleError(`${spec.file}: needs 'means' and 'precisions'`);
   const [groups, dim] = a.means.shape;
   const ps = a.precisions.shape;
@@ -111,13 +115,18 @@ function parseGate(bytes, spec, key) {
   // The outlier direction (format 5; scope.ScopeGate.outlier): D weights then the bias, and its
   // (file, film) logit thresholds for this artifact; both or neither, as manifest.ScopeInfo checks.
   let outlier = null, outlierThresholds = null;
-  if (a.outlier || spec.outlier) {
-    const t = spec.outlier?.thresholds?.[key];
-    if (!a.outlier || a.outlier.shape.length !== 1 || a.outlier.shape[0] !== dim + 1) {
+  if ((a.outlier !== undefined) !== (spec.outlier !== undefined)) {
+    throw new BundleError("manifest: scope.outlier: the outlier direction needs both its array and its section");
+  }
+  if (a.outlier !== undefined) {
+    if (!(version >= 5)) throw new BundleError("manifest: the out-of-scope gate's outlier direction needs format version 5");
+    if (a.outlier.shape.length !== 1 || a.outlier.shape[0] !== dim + 1) {
       throw new BundleError(`${spec.file}: the outlier direction is not ${dim + 1} numbers`);
     }
-    if (!t || !Number.isFinite(t.file) || !Number.isFinite(t.film)) {
-      throw new BundleError(`manifest: the out-of-scope gate's outlier direction has no thresholds for ${key}`);
+    const t = spec.outlier?.thresholds?.[key];
+    const ok = (v) => typeof v === "number" && Number.isFinite(v) && v >= -50 && v <= 50;
+    if (!t || !ok(t.file) || !ok(t.film)) {
+      throw new BundleError(`manifest: the out-of-scope gate's outlier direction has no thresholds in [-50, 50] for ${key}`);
     }
     outlier = a.outlier.data;
     outlierThresholds = [t.file, t.film];

@@ -38,17 +38,26 @@ function sigmoid(z) {
 
 /** P(outside) along the gate's outlier direction (ScopeGate.outlier_probability), or null. */
 export function outlierProbability(pooled, gate) {
+  const z = outlierLogit(pooled, gate);
+  return z === null ? null : sigmoid(z);
+}
+
+/** The bound on the direction's log ratio (scope.RATIO_LOG_BOUND). */
+const RATIO_LOG_BOUND = 50;
+
+/** The outlier direction's logit (ScopeGate.outlier_logit), or null. */
+function outlierLogit(pooled, gate) {
   if (!gate.outlier) return null;
   const d = gate.dim, w = gate.outlier;
-  let z = w[d];
+  let z = 0;
   for (let i = 0; i < d; i++) z += Math.sqrt(Math.max(pooled[i], 0)) * w[i];
-  return sigmoid(z);
+  return z + w[d];
 }
 
 /** The larger of: min over the groups that apply (a file: the file groups; a flattened film: all)
  * of (Mahalanobis distance of the square-rooted pooled features to the group) / (the group's
- * threshold); and P(outside) / P(outside) at the outlier direction's threshold. Above 1: refused
- * (ScopeGate.score). */
+ * threshold); and e^(logit - the outlier direction's threshold), bounded to e^(+-50). Above 1:
+ * refused (ScopeGate.score). */
 export function scopeScore(pooled, gate, film = false) {
   const d = gate.dim;
   const f = new Float64Array(d), diff = new Float64Array(d);
@@ -67,8 +76,11 @@ export function scopeScore(pooled, gate, film = false) {
     const s = Math.sqrt(Math.max(q, 0)) / gate.thresholds[g];
     if (s < best) best = s;
   }
-  const p = outlierProbability(pooled, gate);
-  if (p !== null && gate.outlierThresholds) best = Math.max(best, p / sigmoid(gate.outlierThresholds[film ? 1 : 0]));
+  const z = outlierLogit(pooled, gate);
+  if (z !== null && gate.outlierThresholds) {
+    const r = z - gate.outlierThresholds[film ? 1 : 0];  // NaN stays NaN through min, max and exp
+    best = Math.max(best, Math.exp(Math.min(Math.max(r, -RATIO_LOG_BOUND), RATIO_LOG_BOUND)));
+  }
   return best;
 }
 

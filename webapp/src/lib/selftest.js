@@ -34,15 +34,16 @@ function scopeDifference(got, want) {
 }
 
 async function answers(engine, n, film) {
-  const probs = [], scores = [];
+  const probs = [], scores = [], outliers = [];
   for (let i = 0; i < n; i++) {
     // The drawn images are outside what a real model reads: the gate's verdict is measured, not enforced.
     const r = await engine.predictPixels(selftestImage(i), 320, 320, { heatmap: false, gate: false, film });
     if (r.error) return { error: `self-test image ${i} was refused: ${r.error}` };
     probs.push(r.probability);
     scores.push(r.scope?.score ?? null);
+    outliers.push(r.scope?.outlier ?? null);
   }
-  return { probs, scores };
+  return { probs, scores, outliers };
 }
 
 /** {passed, max_abs_diff, tolerance, got, expected} (and the gate's scores, for files and films,
@@ -74,6 +75,17 @@ export async function runSelfTest(engine, config) {
     out.scope_tolerance = sTol;
     if (!(diff <= sTol) && out.passed) {
       Object.assign(out, { passed: false, reason: `the out-of-scope gate's scores ${film ? "on films " : ""}differ from those export recorded` });
+    }
+  }
+  const wantOut = rec.scope_outlier?.[engine.artifactKey];
+  if (wantOut !== undefined && wantOut !== null) {
+    // P(outside) along the gate's outlier direction, compared as the probabilities are (selftest.run)
+    const ok = Array.isArray(wantOut) && a.outliers.length === wantOut.length && a.outliers.every((v) => v !== null);
+    const diff = ok ? Math.max(...a.outliers.map((v, i) => Math.abs(v - wantOut[i]))) : Infinity;
+    out.scope_outlier_max_diff = diff;
+    out.scope_tolerance = sTol;
+    if (!(diff <= sTol) && out.passed) {
+      Object.assign(out, { passed: false, reason: "the out-of-scope gate's outlier direction differs from what export recorded" });
     }
   }
   return out;
