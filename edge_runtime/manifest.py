@@ -404,12 +404,12 @@ class Manifest:
                 _need(isinstance(probs, list) and len(probs) == n and all(
                     isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in probs),
                     where, f"expected {n} probabilities in [0, 1]")
-            for key, ps in _obj(st.get("scope_outlier", {}), "self_test.scope_outlier").items():
-                where = f"self_test.scope_outlier.{key}"  # P(outside) along the gate's outlier direction
+            for key, zs in _obj(st.get("scope_outlier_logits", {}), "self_test.scope_outlier_logits").items():
+                where = f"self_test.scope_outlier_logits.{key}"  # the logits along the gate's outlier direction
                 _need(key in artifacts, where, "not an artifact of this bundle")
-                _need(isinstance(ps, list) and len(ps) == n and all(
-                    isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in ps),
-                    where, f"expected {n} probabilities in [0, 1]")
+                _need(isinstance(zs, list) and len(zs) == n and all(
+                    isinstance(z, (int, float)) and not isinstance(z, bool) and math.isfinite(z) for z in zs),
+                    where, f"expected {n} finite logits")
             for section in ("scope_scores", "scope_scores_film"):  # the gate's scores: files, and films
                 for key, scores in _obj(st.get(section, {}), f"self_test.{section}").items():
                     where = f"self_test.{section}.{key}"

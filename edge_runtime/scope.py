@@ -96,10 +96,6 @@ def features(pooled: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(np.asarray(pooled, dtype=np.float64).reshape(-1), 0.0))
 
 
-def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + np.exp(-z)) if z >= 0 else np.exp(z) / (1.0 + np.exp(z))
-
-
 @dataclass(frozen=True)
 class ScopeGate:
     """Per group of training radiographs: the mean (G, D) and precision (G, D, D) of the gate's
@@ -136,11 +132,6 @@ class ScopeGate:
             return None
         return float(features(pooled) @ self.outlier[:-1] + self.outlier[-1])
 
-    def outlier_probability(self, pooled: np.ndarray) -> Optional[float]:
-        """P(outside) along the outlier direction, or None for a gate without one."""
-        z = self.outlier_logit(pooled)
-        return None if z is None else float(_sigmoid(z))
-
     def ratios(self, pooled: np.ndarray, film: bool = False) -> Tuple[float, Optional[float]]:
         """(min over the groups that apply of distance / that group's threshold: above 1, outside
         every group; e^(logit - the direction's threshold), bounded to [e^-50, e^50]: above 1, past
@@ -158,7 +149,7 @@ class ScopeGate:
         return d if o is None else float(np.maximum(d, o))  # NaN stays NaN
 
     def check(self, pooled: Optional[np.ndarray], colour: Optional[float], film: bool = False) -> Dict:
-        """The record's `scope`: {"in_scope", "score"?, "outlier"?, "colour"?, "code"?, "reason"?}; `film`: a
+        """The record's `scope`: {"in_scope", "score"?, "outlier_logit"?, "colour"?, "code"?, "reason"?}; `film`: a
         flattened film photo."""
         out: Dict = {"in_scope": True}
         if colour is not None:
@@ -168,9 +159,9 @@ class ScopeGate:
             out["colour"] = round(float(colour), 4)
         if pooled is not None and self.thresholds is not None:
             out["score"] = round(self.score(pooled, film), 4)
-            p = self.outlier_probability(pooled)
-            if p is not None:
-                out["outlier"] = round(p, 4)
+            z = self.outlier_logit(pooled)
+            if z is not None:  # the log-odds of "outside" along the direction: its threshold is on this scale
+                out["outlier_logit"] = round(z, 4)
             if not out["score"] <= 1.0:  # NaN too: a score that cannot be computed is not "in scope"
                 return {**out, "in_scope": False, "code": UNFAMILIAR, "reason": REASONS[UNFAMILIAR]}
         return out

@@ -45,7 +45,7 @@ def image(i: int, size: int = 320) -> np.ndarray:
 
 def answers(predictor, film: bool = False) -> Tuple[List[float], Optional[List[float]], Optional[List[float]]]:
     """The predictor's probabilities on the self-test images, through THE preprocessing, the
-    out-of-scope gate's scores on them (None without a gate) and P(outside) along its outlier
+    out-of-scope gate's scores on them (None without a gate) and the logit along its outlier
     direction (None without one: the score is the larger of two ratios, so it may not show the
     direction's arithmetic); `film`: scored as flattened film photos are (the film groups too). The
     drawn images are outside what a real model reads, so the gate's verdict is measured, not
@@ -62,14 +62,15 @@ def answers(predictor, film: bool = False) -> Tuple[List[float], Optional[List[f
             raise RuntimeError(f"self-test image {i} was refused: {rec.error}")
         probs.append(float(rec.probability))
         scores.append(None if not rec.scope or "score" not in rec.scope else float(rec.scope["score"]))
-        outliers.append(None if not rec.scope or "outlier" not in rec.scope else float(rec.scope["outlier"]))
+        outliers.append(None if not rec.scope or "outlier_logit" not in rec.scope else float(rec.scope["outlier_logit"]))
     return (probs, (scores if all(s is not None for s in scores) else None),
             (outliers if all(o is not None for o in outliers) else None))
 
 
 def scope_difference(got: List[float], want: List[float]) -> float:
-    """The largest difference between two lists of gate scores, relative to the score where it is
-    above 1: the drawn images may lie far outside, where a distance of 20 moves with its features."""
+    """The largest difference between two lists of gate scores (or logits), relative to the value
+    where it is above 1: the drawn images may lie far outside, where a distance of 20 moves with
+    its features."""
     g, w = np.asarray(got, np.float64), np.asarray(want, np.float64)
     return float(np.max(np.abs(g - w) / np.maximum(1.0, np.abs(w))))
 
@@ -86,7 +87,7 @@ def record(bundle, artifacts: Dict[str, Any]) -> Dict[str, Any]:
             out.setdefault("scope_scores", {})[key] = scores
             out["scope_tolerance"] = dict(SCOPE_TOLERANCE)
             if outliers is not None:
-                out.setdefault("scope_outlier", {})[key] = outliers
+                out.setdefault("scope_outlier_logits", {})[key] = outliers
             if pred.gate.covers_film:
                 out.setdefault("scope_scores_film", {})[key] = answers(pred, film=True)[1]
     return out
@@ -127,10 +128,9 @@ def run(bundle, backend: str = "auto", artifact: Optional[str] = None) -> Dict[s
         if not diff <= s_tol and out["passed"]:
             out.update(passed=False, reason="the out-of-scope gate's scores "
                        f"{'on films ' if film else ''}differ from those export recorded")
-    want = (recorded.get("scope_outlier") or {}).get(pred.artifact)
-    if want is not None:  # P(outside) along the direction, compared as the probabilities are (absolute)
-        diff = (float(np.max(np.abs(np.asarray(outliers, np.float64) - np.asarray(want, np.float64))))
-                if outliers is not None and len(outliers) == len(want) else float("inf"))
+    want = (recorded.get("scope_outlier_logits") or {}).get(pred.artifact)
+    if want is not None:  # the direction's logits, compared as the scores are (relative where above 1)
+        diff = scope_difference(outliers, want) if outliers is not None and len(outliers) == len(want) else float("inf")
         out.update({"scope_outlier_max_diff": diff, "scope_tolerance": s_tol})
         if not diff <= s_tol and out["passed"]:
             out.update(passed=False, reason="the out-of-scope gate's outlier direction differs from what export recorded")

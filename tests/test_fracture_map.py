@@ -355,10 +355,10 @@ def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_
         assert st["passed"] is False and "out-of-scope gate" in st["reason"]
     finally:
         recorded[:] = kept
-    outliers = bundle.manifest["self_test"]["scope_outlier"]["onnx_float"]
+    outliers = bundle.manifest["self_test"]["scope_outlier_logits"]["onnx_float"]
     kept = list(outliers)
     try:  # a direction whose arithmetic moved fails even where the distance sets the score
-        outliers[1] = min(1.0, outliers[1] + 0.2) if outliers[1] < 0.5 else outliers[1] - 0.2
+        outliers[1] = outliers[1] * 1.1 + 0.1
         st = selftest.run(bundle, artifact="onnx_float")
         assert st["passed"] is False and "outlier direction" in st["reason"]
     finally:
@@ -444,7 +444,7 @@ def _the_gate_and_the_calibration_are_applied(bundle, out, pred, test, tmp_path)
     img = tmp_path / "in.png"
     Image.fromarray((test.resized[1] * 255).astype(np.uint8)).save(img)
     rec = pred.predict_file(img)
-    assert set(rec.scope) >= {"in_scope", "score", "outlier"}
+    assert set(rec.scope) >= {"in_scope", "score", "outlier_logit"}
     # the direction refuses on its own: a file logit threshold below every logit refuses what the distance keeps
     import dataclasses
 

@@ -123,7 +123,7 @@ def test_the_outlier_direction_refuses_past_its_threshold_whatever_the_distance(
     g = _directed()
     inside = _pooled([0.5, 1.0])  # logit 2 * 1 - 4 = -2: below the file threshold 0; distance 1.1 / 3
     rec = g.check(inside, None)
-    assert rec["in_scope"] is True and rec["outlier"] == pytest.approx(1 / (1 + math.exp(2)), abs=1e-4)
+    assert rec["in_scope"] is True and rec["outlier_logit"] == pytest.approx(-2.0, abs=1e-4)
     assert rec["score"] == pytest.approx(math.hypot(0.5, 1.0) / 3, abs=1e-4), "the distance is the larger ratio here"
     # Within group a's distance (2.5 / 3 < 1) yet past the direction (logit 1 > 0): refused.
     past = _pooled([0.0, 2.5])
@@ -162,13 +162,13 @@ def test_a_direction_without_thresholds_measures_but_never_refuses_and_nan_is_re
 
     g = dataclasses.replace(_directed(), outlier_thresholds=None)
     rec = g.check(_pooled([0.0, 2.5]), None)
-    assert rec["in_scope"] is True and rec["outlier"] > 0.7
+    assert rec["in_scope"] is True and rec["outlier_logit"] == pytest.approx(1.0, abs=1e-4)
     bad = dataclasses.replace(_directed(), outlier=np.array([0.0, np.nan, 0.0]))
     assert bad.check(_pooled([0.1, 0.1]), None)["in_scope"] is False, "NaN is not in scope"
 
 
 def test_the_web_apps_gate_scores_as_the_runtime_does(tmp_path):
-    """scope.js's scopeScore and outlierProbability against ScopeGate, on random gates with and
+    """scope.js's scopeScore and outlierLogit against ScopeGate, on random gates with and
     without a direction, for files and films."""
     import shutil
     import subprocess
@@ -196,19 +196,19 @@ def test_the_web_apps_gate_scores_as_the_runtime_does(tmp_path):
                     "outlier": None if g.outlier is None else g.outlier.tolist(),
                     "outlierThresholds": None if g.outlier_thresholds is None else list(g.outlier_thresholds)}})
     module = (Path(__file__).resolve().parents[1] / "webapp" / "src" / "lib" / "scope.js").as_uri()
-    script = (f"import {{ scopeScore, outlierProbability }} from {json.dumps(module)};\n"
+    script = (f"import {{ scopeScore, outlierLogit }} from {json.dumps(module)};\n"
               "let s = ''; process.stdin.on('data', (d) => { s += d; });\n"
               "process.stdin.on('end', () => { const out = JSON.parse(s).map((c) => [\n"
-              "  scopeScore(Float64Array.from(c.pooled), c.gate, c.film), outlierProbability(Float64Array.from(c.pooled), c.gate)]);\n"
+              "  scopeScore(Float64Array.from(c.pooled), c.gate, c.film), outlierLogit(Float64Array.from(c.pooled), c.gate)]);\n"
               "  process.stdout.write(JSON.stringify(out)); });\n")
     (tmp_path / "scope.mjs").write_text(script)
     got = json.loads(subprocess.run([node, str(tmp_path / "scope.mjs")], input=json.dumps(cases), text=True,
                                     capture_output=True, check=True, timeout=60).stdout)
     direction_decides = 0
-    for (g, pooled, film), (score, p_out) in zip(gates, got):
+    for (g, pooled, film), (score, z) in zip(gates, got):
         assert score == pytest.approx(g.score(pooled, film), rel=1e-9)
-        want = g.outlier_probability(pooled)
-        assert (p_out is None) == (want is None) and (want is None or p_out == pytest.approx(want, rel=1e-9))
+        want = g.outlier_logit(pooled)
+        assert (z is None) == (want is None) and (want is None or z == pytest.approx(want, rel=1e-9, abs=1e-12))
         if want is not None and g.score(pooled, film) > np.min((g.distances(pooled) / g.thresholds)[g.applies(film)]):
             direction_decides += 1
     assert direction_decides >= 5, "the cases must exercise the direction's half of the score"
@@ -395,7 +395,7 @@ def test_a_direction_needs_format_version_5_and_an_older_runtime_refuses_it(tmp_
                    lambda d: d["scope"]["arrays"].pop("outlier"), lambda d: d["scope"].update(outlier=None)):
         bad = copy.deepcopy(m)
         mutate(bad)
-        (copy / "manifest.json").write_text(json.dumps(seal(bad)))
+        (folder / "manifest.json").write_text(json.dumps(seal(bad)))
         with pytest.raises((ManifestError, ValueError), match="format version 5|scope.outlier"):
             load_bundle(folder)
 

@@ -5,7 +5,7 @@
 import { BundleError, loadBundle } from "./bundle.js";
 import { rawMaps } from "./gradcam.js";
 import { poolMap, sigmoid } from "./fracturemap.js";
-import { calibrate, outlierProbability, scopeScore } from "./scope.js";
+import { calibrate, outlierLogit, scopeScore } from "./scope.js";
 import {
   contentProblem, mergeMaps, normalizeIntensity, resizeInput, specFromManifest, views,
 } from "./preprocess.js";
@@ -119,8 +119,8 @@ export class Engine {
       scope = { in_scope: true };
       if (colour !== null) scope.colour = Math.round(colour * 1e4) / 1e4;
       scope.score = Math.round(scopeScore(pooled, this.gate, film) * 1e4) / 1e4;
-      const pOut = outlierProbability(pooled, this.gate);
-      if (pOut !== null) scope.outlier = Math.round(pOut * 1e4) / 1e4;
+      const zOut = outlierLogit(pooled, this.gate);
+      if (zOut !== null) scope.outlier_logit = Math.round(zOut * 1e4) / 1e4;
       if (!(scope.score <= 1)) scope = { ...scope, in_scope: false, code: "unfamiliar", reason: reasons.unfamiliar };
       if (!enforce) scope.enforced = false; // the self-test's drawn images; a film, where the gate has no film groups
       else if (!scope.in_scope) return this.refused(scope, warnings, t);

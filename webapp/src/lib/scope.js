@@ -32,21 +32,11 @@ export function colourFraction(r, g, b, chroma) {
   return far / n;
 }
 
-function sigmoid(z) {
-  return z >= 0 ? 1 / (1 + Math.exp(-z)) : Math.exp(z) / (1 + Math.exp(z));
-}
-
-/** P(outside) along the gate's outlier direction (ScopeGate.outlier_probability), or null. */
-export function outlierProbability(pooled, gate) {
-  const z = outlierLogit(pooled, gate);
-  return z === null ? null : sigmoid(z);
-}
-
 /** The bound on the direction's log ratio (scope.RATIO_LOG_BOUND). */
 const RATIO_LOG_BOUND = 50;
 
 /** The outlier direction's logit (ScopeGate.outlier_logit), or null. */
-function outlierLogit(pooled, gate) {
+export function outlierLogit(pooled, gate) {
   if (!gate.outlier) return null;
   const d = gate.dim, w = gate.outlier;
   let z = 0;

@@ -41,7 +41,7 @@ async function answers(engine, n, film) {
     if (r.error) return { error: `self-test image ${i} was refused: ${r.error}` };
     probs.push(r.probability);
     scores.push(r.scope?.score ?? null);
-    outliers.push(r.scope?.outlier ?? null);
+    outliers.push(r.scope?.outlier_logit ?? null);
   }
   return { probs, scores, outliers };
 }
@@ -77,11 +77,10 @@ export async function runSelfTest(engine, config) {
       Object.assign(out, { passed: false, reason: `the out-of-scope gate's scores ${film ? "on films " : ""}differ from those export recorded` });
     }
   }
-  const wantOut = rec.scope_outlier?.[engine.artifactKey];
+  const wantOut = rec.scope_outlier_logits?.[engine.artifactKey];
   if (wantOut !== undefined && wantOut !== null) {
-    // P(outside) along the gate's outlier direction, compared as the probabilities are (selftest.run)
-    const ok = Array.isArray(wantOut) && a.outliers.length === wantOut.length && a.outliers.every((v) => v !== null);
-    const diff = ok ? Math.max(...a.outliers.map((v, i) => Math.abs(v - wantOut[i]))) : Infinity;
+    // the gate's outlier direction's logits, compared as the scores are (selftest.run)
+    const diff = scopeDifference(a.outliers, wantOut);
     out.scope_outlier_max_diff = diff;
     out.scope_tolerance = sTol;
     if (!(diff <= sTol) && out.passed) {
