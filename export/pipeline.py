@@ -93,6 +93,10 @@ class Prepared:
     scope_blob: Optional[bytes] = None  # its float32 file
     val_film: Optional[object] = None  # scope_film.Photographed: validation radiographs photographed (film thresholds)
     test_film: Optional[object] = None  # ... and test ones (what the gate refuses of photographed films, reported)
+    # the gate's training images and training photos, with their sources: the outlier direction's thresholds
+    # are chosen on these and validation together (a 99% tail from 45 real validation radiographs is their largest)
+    scope_train: Optional[tuple] = None  # (files (n, size, size, 1), sources)
+    scope_train_photos: Optional[tuple] = None  # (photos (n, size, size, 1), sources)
     platt: Optional[Dict] = None  # {"a", "b"}: P = sigmoid(a * logit + b), fitted on validation
     val_probs: Optional[np.ndarray] = None  # the float model's on the validation split (the fit; its ECE)
     platt_note: Optional[str] = None  # why the probability is not calibrated
@@ -356,6 +360,10 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
         log(f"{prep.tag} no out-of-scope gate: {exc}")
         return
     outlier = _fit_outlier(prep, pooled, film_pooled, settings) if settings.scope_outliers else None
+    if outlier is not None:
+        prep.scope_train = (loaded.images, scope_fit.sources_of(loaded.records))
+        if settings.scope_photos and shots["train"].records:
+            prep.scope_train_photos = (shots["train"].images, scope_fit.sources_of(shots["train"].records))
     prep.scope, prep.scope_blob = scope_fit.manifest_section(fitted, _scope_layers(prep.serving), film, outlier)
     log(f"{prep.tag} out-of-scope gate fitted on {len(train_groups)} training images and photos "
         f"({', '.join(fitted['groups'])})")
@@ -543,10 +551,17 @@ def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled
     out: Dict = {"thresholds": dict(zip(gate.groups, t.tolist()))}
     outlier = None
     if gate.outlier is not None:  # a logit for files, and one for flattened films (the file's where none)
-        t_file = scope_fit.direction_threshold([gate.outlier_logit(p) for p in val_files],
-                                               scope_fit.sources_of(prep.val.records))
-        t_film = (scope_fit.direction_threshold([gate.outlier_logit(p) for p in val_photos],
-                                                scope_fit.sources_of(film.records)) if val_photos else t_file)
+        def logits(images) -> List[float]:
+            return [gate.outlier_logit(pred.assess(x)[2]) for x in images]
+
+        train_files, train_sources = prep.scope_train if prep.scope_train is not None else ([], [])
+        t_file = scope_fit.direction_threshold([gate.outlier_logit(p) for p in val_files] + logits(train_files),
+                                               scope_fit.sources_of(prep.val.records) + list(train_sources))
+        t_film = t_file
+        if val_photos:
+            train_photos, photo_sources = prep.scope_train_photos if prep.scope_train_photos is not None else ([], [])
+            t_film = scope_fit.direction_threshold([gate.outlier_logit(p) for p in val_photos] + logits(train_photos),
+                                                   scope_fit.sources_of(film.records) + list(photo_sources))
         outlier = (t_file, t_film)
         manifest["scope"]["outlier"]["thresholds"][key] = {"file": t_file, "film": t_film}
         out["outlier_thresholds"] = {"file": t_file, "film": t_film}

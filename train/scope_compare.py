@@ -146,7 +146,10 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None) -> Dict:
         # pooled outputs squared back: fit_direction takes them as the runtime does (it square-roots)
         w = fit_direction(inside ** 2, X["fit_ood"][keep] ** 2, OUTLIER_C)
         z = {k: v @ w[:-1] + w[-1] for k, v in evaluated(X).items()}
-        t = max(np.quantile(z["val"][source["val"] == s], KEEP, method="higher") for s in set(source["val"]))
+        # export's rule: 99% of each source's training and validation images
+        zz = np.concatenate([z["val"], X["train"] @ w[:-1] + w[-1]])
+        src = np.concatenate([source["val"], source["train"]])
+        t = max(np.quantile(zz[src == s], KEEP, method="higher") for s in set(src))
         return {k: np.maximum(distance_scores[k], np.exp(np.clip(z[k] - t, -RATIO_LOG_BOUND, RATIO_LOG_BOUND)))
                 for k in z}
 
