@@ -261,7 +261,7 @@ def _browser_vs_python(page, predictor, bundle, files):
             continue
         # 224 pooled features from four layers, the first two near the pixels: a JPEG decoded by the
         # browser (no draft mode, rounded levels) moves the score a little more than the probability
-        assert js["scope"]["score"] == pytest.approx(py.scope["score"], abs=0.05)
+        assert js["scope"]["score"] == pytest.approx(py.scope["score"], rel=0.05, abs=0.05)
         p, heat = python_answer(predictor, path)
         # compared on the model's own scale: the calibration (slope a ~3.4 on the logit) would
         # multiply the decoders' difference, which is what this bound is about; the calibrated
@@ -346,7 +346,15 @@ def test_the_out_of_scope_gate_refuses_the_same_images_in_the_browser(browser, s
         assert js["decision"] == py.decision, (path.name, js.get("scope"), py.scope)
         assert js["scope"].get("code") == py.scope.get("code"), path.name
         if "score" in py.scope:
-            assert js["scope"]["score"] == pytest.approx(py.scope["score"], abs=0.02), path.name
+            # A PNG decodes to the same pixels in both: the same score. A JPEG does not (the browser's
+            # decoder against libjpeg's): measured up to 0.15 apart in the outlier direction's logit,
+            # which its ratio e^(logit - threshold) turns into up to 6% of a score far above 1.
+            jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+            assert js["scope"]["score"] == pytest.approx(py.scope["score"], rel=0.1 if jpeg else 1e-3,
+                                                         abs=0.02 if jpeg else 1e-3), path.name
+            if "outlier_logit" in py.scope:
+                assert js["scope"]["outlier_logit"] == pytest.approx(py.scope["outlier_logit"],
+                                                                     abs=0.25 if jpeg else 1e-3), path.name
         if py.out_of_scope:
             refused += 1
             assert js.get("probability") is None and js["heat"] is None
@@ -687,7 +695,7 @@ def test_photos_of_film_agree_with_the_python_film_path(browser, server, bundle,
         if "probability" in py and "probability" in js:
             dps.append(abs(py["probability"] - js["probability"]))
         if "score" in (py.get("scope") or {}) and "score" in (js.get("scope") or {}):
-            assert js["scope"]["score"] == pytest.approx(py["scope"]["score"], abs=0.05), path.name
+            assert js["scope"]["score"] == pytest.approx(py["scope"]["score"], rel=0.05, abs=0.05), path.name
             assert js["scope"].get("enforced", True) == py["scope"].get("enforced", True), path.name
         rows.append(f"{path.name}: python {outcome(py)} js {outcome(js)}")
     share = same / len(cases)
