@@ -37,12 +37,13 @@ chest or skull film lay within it 10-17% of the time). Bundles made since format
 hold an *outlier direction*: a logistic regression on the same features, fitted at export with
 the training radiographs (and copies processed as other X-ray systems would) on one side and a
 generated set of out-of-scope kinds on the other (outlier exposure, Hendrycks et al. 2019), with
-one threshold for files and one for flattened films, each keeping 99% of validation. An input is
-refused when it lies beyond every group *or* past the direction's threshold; the score is the
-larger of the two ratios (the direction's: e^(logit - threshold), the odds of "outside" over their
-odds at the threshold, bounded at e^50), so "above 1, refused" holds for both. (A ratio of
-probabilities would flatten out near 1 for a high threshold and stop refusing.) docs/results.md says what each half refuses, and how it does on kinds
-left out of its fit.
+one threshold for files and one for flattened films, each keeping 99% of every source's training
+and validation images. An input is refused when it lies beyond every group *or* past the
+direction's threshold; the score is the larger of the two ratios (the direction's:
+e^(logit - threshold), the odds of "outside" over their odds at the threshold, bounded at e^50),
+so "above 1, refused" holds for both. (A ratio of probabilities would flatten out near 1 for a
+high threshold and stop refusing.) docs/results.md says what each half refuses, and how it does
+on kinds left out of its fit.
 
 The distance is computed in float64 from the float32 arrays, here and in the web app, so both
 runtimes refuse the same images.
@@ -149,8 +150,8 @@ class ScopeGate:
         return d if o is None else float(np.maximum(d, o))  # NaN stays NaN
 
     def check(self, pooled: Optional[np.ndarray], colour: Optional[float], film: bool = False) -> Dict:
-        """The record's `scope`: {"in_scope", "score"?, "outlier_logit"?, "colour"?, "code"?, "reason"?}; `film`: a
-        flattened film photo."""
+        """The record's `scope`: {"in_scope", "score"?, "outlier_logit"?, "colour"?, "code"?,
+        "reason"?}; `film`: a flattened film photo."""
         out: Dict = {"in_scope": True}
         if colour is not None:
             refused = colour_refusal(colour, self.colour_limit)
