@@ -26,10 +26,9 @@ from PIL import Image
 
 from .geometry import homography_from_points
 from .imageops import gaussian_blur
-from .simulate import _u, jpeg_bytes
+from .simulate import MAX_RENDER_SIDE as MAX_SIDE, _u, jpeg_bytes
 
 DEVICES = ("monitor", "laptop", "phone", "tablet")
-MAX_SIDE = 2400  # as device/simulate.MAX_RENDER_SIDE
 
 
 @dataclass

@@ -115,7 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = "python -m export.quantize " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     settings = Settings(data=args.data, artifacts=artifacts, calibration_size=args.calibration_size, seed=args.seed,
                         views=args.views, pooling=args.pooling, scope_size=args.scope_size,
-                        scope_photos=args.scope_photos, scope_outliers=args.scope_outliers, photo_workers=args.photo_workers, calibrate=not args.no_calibrate,
+                        scope_photos=args.scope_photos, scope_outliers=args.scope_outliers,
+                        photo_workers=args.photo_workers, calibrate=not args.no_calibrate,
                         tolerances=Tolerances(args.max_auc_drop, args.min_agreement, args.max_mean_abs_diff,
                                               args.max_abs_diff, args.min_map_correlation),
                         overwrite=args.overwrite, command=command.strip())

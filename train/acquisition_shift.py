@@ -25,7 +25,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
@@ -100,6 +100,12 @@ KINDS: Dict[str, tuple] = {
 }
 
 
+def process(pixels: np.ndarray, kind: str, index: int, seed: int, side: int) -> np.ndarray:
+    """One decoded radiograph processed as `kind`, its draws seeded by (seed, its index among the
+    radiographs measured): the same pixels here and in train.scope_compare."""
+    return KINDS[kind][1](pixels, np.random.default_rng([seed, index]), side)
+
+
 def _answer(pred, pixels: np.ndarray, name: str) -> Dict:
     rec = pred.predict_pixels(DecodedImage(pixels, "L", (pixels.shape[1], pixels.shape[0])), name)
     if rec.error:
@@ -129,9 +135,7 @@ def evaluate(run_dir: Path, bundle: Path, artifact: Optional[str] = None, kinds:
         base = _answer(pred, x, r.image_id)
         source = record_source(r)
         for k in kinds:
-            fn: Callable = KINDS[k][1]
-            rng = np.random.default_rng([seed, i])
-            got = _answer(pred, fn(x, rng, pred.spec.size), r.image_id)
+            got = _answer(pred, process(x, k, i, seed, pred.spec.size), r.image_id)
             s = out.setdefault(k, {}).setdefault(source, {"n": 0, "refused": 0, "base_refused": 0, "errors": 0,
                                                          "both_answered": 0, "flips": 0, "fractures_lost": 0,
                                                          "detected": 0, "abs_dp": []})

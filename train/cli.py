@@ -145,7 +145,8 @@ def options_from(args: argparse.Namespace, argv: List[str]) -> TrainOptions:
         photo_augment=args.photo_augment, threshold_rule=args.threshold_rule, bootstrap=args.bootstrap,
         size=args.size, resize=args.resize, normalize=args.normalize, views=args.views, split=args.split,
         phantom_share=args.phantom_share, steps_per_epoch=args.steps_per_epoch, pooling=args.pooling,
-        negative_crop=args.negative_crop, acquisition_augment=args.acquisition_augment, strategy=args.strategy, dropout=args.dropout, cache=args.cache,
+        negative_crop=args.negative_crop, acquisition_augment=args.acquisition_augment, strategy=args.strategy,
+        dropout=args.dropout, cache=args.cache,
         decode_workers=args.decode_workers, argv=tuple(argv),
         max_skip_fraction=args.max_skip_fraction, command=" ".join(["python -m train", *argv]),
         quiet_stdout=args.json)

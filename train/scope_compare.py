@@ -33,25 +33,6 @@ def _features(model, images: np.ndarray, layers: Sequence[str]) -> Dict[str, np.
     return dict(zip(layers, keras.Model(model.inputs, outs).predict(images, batch_size=32, verbose=0)))
 
 
-def _ood_images(folder: Path, spec) -> tuple:
-    from edge_runtime.errors import ImageReadError
-    from edge_runtime.inputs import read_image
-    from edge_runtime.preprocess import checked_input
-
-    meta = json.loads((folder / "ood_set.json").read_text())
-    xs, kinds = [], []
-    for kind, files in meta["files"].items():
-        for f in files:
-            try:
-                x, problem, _ = checked_input(read_image(folder / f, spec).pixels, spec)
-            except ImageReadError:
-                continue
-            if not problem:  # blank/flat/noise are refused before the model by every variant alike
-                xs.append(x)
-                kinds.append(kind)
-    return (np.stack(xs) if xs else None), np.array(kinds)
-
-
 def _lw(X: np.ndarray):
     from sklearn.covariance import LedoitWolf
 
@@ -99,7 +80,7 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None) -> Dict:
     kind left out of the fit (how it does on a kind it never saw)."""
     from edge_runtime.scope import RATIO_LOG_BOUND
     from export.scope_fit import ACQUISITION_COPIES, OUTLIER_C, fit_direction
-    from export.scope_sets import acquisition_copies
+    from export.scope_sets import acquisition_copies, read_ood
     from fracdata.data import record_source
     from fracdata.images import load_images
     from fracdata.runs import dataset_for_run, read_run
@@ -115,16 +96,18 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None) -> Dict:
     parts = records_by_split(ds, load_split(run.split_path, ds))
     loaded = {s: load_images(parts[s], spec, f"{s} radiographs") for s in ("train", "val", "test")}
     feats = {s: _features(model, loaded[s].images, LAYERS) for s in loaded}
-    x_ood, kinds = _ood_images(ood, spec)
-    feats["ood"] = _features(model, x_ood, LAYERS)
+    generated = read_ood(ood, spec)  # blank/flat/noise are refused before the model by every variant alike
+    kinds = np.array(generated.kinds)
+    feats["ood"] = _features(model, generated.images, LAYERS)
     copies = acquisition_copies(loaded["train"], ACQUISITION_COPIES, 0)
     feats["copies"] = _features(model, copies.images, LAYERS)
     x_shift, shift_kinds = _processed(parts["val"] + parts["test"], spec)
     if x_shift is not None:  # a run with real radiographs
         feats["processed"] = _features(model, x_shift, LAYERS)
     if fit_ood is not None:
-        x_fit, fit_kinds = _ood_images(fit_ood, spec)
-        feats["fit_ood"] = _features(model, x_fit, LAYERS)
+        fit_set = read_ood(fit_ood, spec)
+        fit_kinds = np.array(fit_set.kinds)
+        feats["fit_ood"] = _features(model, fit_set.images, LAYERS)
     group = {s: np.array([f"{record_source(r)}/{r.label}" for r in loaded[s].records]) for s in loaded}
     group["copies"] = np.array([f"{record_source(r)}/{r.label}" for r in copies.records])
     source = {s: np.array([record_source(r) for r in loaded[s].records]) for s in loaded}
@@ -154,20 +137,20 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None) -> Dict:
                 for k in z}
 
     sq = stack(LAYERS, "sqrt")
+    with_copies_distance = per_group(*with_copies(sq), evaluated(sq), group["val"])
     variants = {
         "last layer (96), one shared covariance": lambda: shared(*_split(stack(LAYERS[-1:]), group["train"])),
         "four layers (224), shared covariance": lambda: shared(*_split(stack(LAYERS), group["train"])),
         "four layers, k-nearest-neighbour (k = 10)": lambda: knn(stack(LAYERS)["train"], evaluated(stack(LAYERS))),
         "four layers, square roots, a covariance and a threshold per group":
             lambda: per_group(sq["train"], group["train"], evaluated(sq), group["val"]),
-        "the same, with processed copies of the real training radiographs":
-            lambda: per_group(*with_copies(sq), evaluated(sq), group["val"]),
+        "the same, with processed copies of the real training radiographs": lambda: with_copies_distance,
     }
     shipped = None
     if fit_ood is not None:  # scored by the runtime's rule (above 1), not thresholded again
         shipped = (f"the same, or past an outlier direction (seed of its fit: {_seed(fit_ood)}; files only: export "
                    "also fits it on photos; shipped)")
-        variants[shipped] = lambda: direction_or(per_group(*with_copies(sq), evaluated(sq), group["val"]), sq)
+        variants[shipped] = lambda: direction_or(with_copies_distance, sq)
     rows = {}
     for name, make in variants.items():
         scores = make()
@@ -176,10 +159,9 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None) -> Dict:
         rows[name] = {**_row(scores, t, kinds, source["test"], shift_kinds),
                       "validation_kept": float(np.mean(scores["val"] <= t))}
     if fit_ood is not None:  # each kind scored by a direction fitted without it
-        distance = per_group(*with_copies(sq), evaluated(sq), group["val"])
         held = {}
         for k in sorted(set(kinds)):
-            scores = direction_or(distance, sq, drop=k)
+            scores = direction_or(with_copies_distance, sq, drop=k)
             held[k] = float(np.mean(scores["ood"][kinds == k] > 1.0))
         rows["the shipped rule, each kind left out of the direction's fit"] = {"refused": held}
     return {"run": str(run_dir), "ood": str(ood), "fit_ood": None if fit_ood is None else str(fit_ood),
@@ -204,7 +186,7 @@ def _processed(records, spec) -> tuple:
     from edge_runtime.inputs import read_image
     from edge_runtime.preprocess import checked_input
     from fracdata.data import PHANTOM_SOURCE, record_source
-    from train.acquisition_shift import KINDS
+    from train.acquisition_shift import KINDS, process
 
     xs, kinds = [], []
     for i, r in enumerate(records):
@@ -214,8 +196,8 @@ def _processed(records, spec) -> tuple:
             pixels = read_image(r.path, spec).pixels
         except ImageReadError:
             continue
-        for kind, (_, fn) in KINDS.items():
-            x, problem, _ = checked_input(fn(pixels, np.random.default_rng([0, i]), spec.size), spec)
+        for kind in KINDS:
+            x, problem, _ = checked_input(process(pixels, kind, i, 0, spec.size), spec)
             if not problem:
                 xs.append(x)
                 kinds.append(kind)
