@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 
 from edge_runtime.errors import ImageReadError
 from edge_runtime.filecheck import check_input_file, open_regular
-from edge_runtime.imageio import DECODE_ERRORS, check_file_size, decode_error, detached, open_image
+from edge_runtime.imageio import (DECODE_ERRORS, check_file_size, decode_error, detached, has_alpha, on_black,
+                                  open_image)
 
 DECODE_SIDE = 1000  # decoded long side is at least this (when the photo has it), and below twice this
 MAX_PHOTO_PIXELS = 200_000_000  # a 200 MP phone sensor; larger is treated as a decompression bomb
@@ -63,6 +64,8 @@ def open_photo(path: Union[str, Path], decode_side: int = DECODE_SIDE) -> Photo:
                     raise ImageReadError(path, f"photo is {W}x{H} px: too large to decode on this device "
                                                "unless it is a JPEG (save it as JPEG)")
                 img.load()
+                if has_alpha(img):  # composited before reducing, as the web app's canvas does
+                    img = on_black(img)
                 k = max(1, max(img.size) // decode_side)
                 if k > 1:
                     if img.mode.startswith("I;16"):

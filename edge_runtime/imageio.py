@@ -41,6 +41,9 @@ WORK_BYTES_PER_PIXEL = 24  # gray conversion, colour check and float copies, at 
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _REDUCIBLE = ("L", "RGB", "RGBA", "LA", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA")  # and "P" with a transparent index
+ON_BLACK_ROWS = 256  # on_black works a band at a time: its copies stay a few MB whatever the image
+TRANSPARENCY_WARNING = "transparent pixels read as composited onto black"
 
 
 @dataclass
@@ -158,6 +161,27 @@ def _reducible_mode(img: Image.Image) -> str:
     return "RGB"
 
 
+def has_alpha(img: Image.Image) -> bool:
+    return img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
+
+
+def on_black(img: Image.Image) -> Image.Image:
+    """A partly transparent image composited onto black (each colour times its alpha, rounded), as
+    a browser's canvas stores it: the web app reads the same levels (webapp/src/lib/decode.js), where
+    reading the colour stored under a see-through pixel would read what no viewer shows. Black is
+    also what surrounds a radiograph (air). Gray stays gray (mode L), colour becomes RGB."""
+    gray = img.mode == "LA"
+    out = Image.new("L" if gray else "RGB", img.size)
+    for top in range(0, img.height, ON_BLACK_ROWS):
+        band = img.crop((0, top, img.width, min(img.height, top + ON_BLACK_ROWS)))
+        if gray:
+            part = band.convert("La").getchannel(0)
+        else:
+            part = Image.merge("RGB", band.convert("RGBA").convert("RGBa").split()[:3])
+        out.paste(part, (0, top))
+    return out
+
+
 def _stored_bytes(mode: str) -> int:
     """Bytes per pixel of Pillow's own buffer for a mode."""
     if mode in ("1", "L", "P"):
@@ -166,12 +190,14 @@ def _stored_bytes(mode: str) -> int:
 
 
 def decode_cost(size: Tuple[int, int], mode: str, draft_size: Optional[Tuple[int, int]],
-                decoder_extra: int = 0) -> int:
+                decoder_extra: int = 0, alpha: bool = False) -> int:
     """Bytes that decoding an image of `size` (as the decoder will produce it) may take;
-    `decoder_extra` is what the codec itself holds beside the image (see _decoder_extra)."""
+    `decoder_extra` is what the codec itself holds beside the image (see _decoder_extra); `alpha`:
+    it has transparency (on_black makes a copy)."""
     w, h = size
     f = reduce_factor(size, draft_size) if draft_size is not None else 1
-    conversion = 4 if f > 1 and mode not in _REDUCIBLE else 0
+    # on_black's output (RGB, or L from LA) is reducible as it is
+    conversion = 4 if (f > 1 and mode not in _REDUCIBLE) or alpha else 0
     return (w * h * (_stored_bytes(mode) + conversion) + (w // f) * (h // f) * WORK_BYTES_PER_PIXEL
             + decoder_extra)
 
@@ -280,12 +306,16 @@ def _decode(fh, path: Path, kind: Optional[str], draft_size: Optional[Tuple[int,
         check_shape(path, width, height)
         if draft_size is not None and _is_jpeg(img):
             img.draft("L" if img.mode == "L" else img.mode, draft_size)
-        check_cost(path, decode_cost(img.size, img.mode, draft_size, _decoder_extra(img, (width, height), size)))
+        check_cost(path, decode_cost(img.size, img.mode, draft_size, _decoder_extra(img, (width, height), size),
+                                     has_alpha(img)))
         pages = getattr(img, "n_frames", 1)
         if isinstance(pages, int) and pages > 1:
             warnings.append(f"{img.format or 'image'} file holds {pages} pages or frames: only the first was read")
         img.load()
         mode = img.mode  # as stored: reducing a 16-bit image goes through mode "I"
+        if has_alpha(img):  # before any reduction: the browser reduces what it composited
+            img = on_black(img)
+            warnings.append(TRANSPARENCY_WARNING)
         if draft_size is not None and not _is_jpeg(img):
             img = _reduce(img, draft_size)
         img = ImageOps.exif_transpose(img)
@@ -314,6 +344,4 @@ def _unit_gray(img: Image.Image, mode: str, warnings: List[str], coloured: bool 
     if coloured:
         warnings.append(f"colour image ({mode}) converted to grayscale; if it is a photo of a film "
                         "on a lightbox, read it with `python -m device film` instead")
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
-        warnings.append("transparency discarded")
     return np.asarray(img.convert("L"), dtype=np.float32) / 255.0

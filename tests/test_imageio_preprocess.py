@@ -95,6 +95,35 @@ def test_colour_image_is_converted_with_a_warning(tmp_path):
     assert read_grayscale(tmp_path / "g.png").warnings == []
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_are_read_on_black_before_any_reduction(tmp_path, mode):
+    """Each colour times its alpha, rounded (what a browser's canvas stores, so the web app reads the
+    same levels): the colour stored under alpha 0 is never read, at full size or reduced."""
+    rng = np.random.default_rng(3)
+    h, w = 300, 420
+    level = rng.integers(0, 256, (h, w)).astype(np.uint8)
+    alpha = rng.integers(0, 256, (h, w)).astype(np.uint8)
+    alpha[:100] = 0
+    level[:100] = 240
+    path = tmp_path / f"a_{mode}.png"
+    if mode == "P":
+        alpha = np.where(level == 240, 0, 255).astype(np.uint8)
+        Image.fromarray(level, "L").convert("P").save(path, transparency=240)
+    else:
+        arr = np.stack([level] * (3 if mode == "RGBA" else 1) + [alpha], -1)
+        Image.fromarray(arr, mode).save(path)
+    expected = np.round(level.astype(np.float64) * alpha / 255) / 255
+    decoded = read_grayscale(path)
+    assert np.abs(decoded.pixels - expected).max() < 1e-6
+    assert imageio.TRANSPARENCY_WARNING in decoded.warnings
+    reduced = read_grayscale(path, (100, 100))  # box-reduced by 2 after compositing, not before
+    assert reduced.pixels.shape == (150, 210) and reduced.pixels[:50].max() == 0.0
+    box = expected.reshape(150, 2, 210, 2).mean((1, 3))
+    assert np.abs(reduced.pixels - box).max() <= 0.5 / 255 + 1e-6
+    # the composite is a copy beside the stored image: counted before decoding
+    assert imageio.decode_cost((w, h), mode, None, alpha=True) == imageio.decode_cost((w, h), mode, None) + 4 * w * h
+
+
 def test_exif_orientation_is_honoured(tmp_path):
     arr = np.zeros((20, 40), np.uint8)  # wide
     img = Image.fromarray(arr)

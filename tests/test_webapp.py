@@ -708,6 +708,74 @@ def test_photos_of_film_agree_with_the_python_film_path(browser, server, bundle,
     assert not page.errors
 
 
+def _transparent_images(tmp: Path, size: int):
+    """PNGs with see-through pixels (alpha 0, 1, 2, 254 and random; colour under alpha 0 stored,
+    which a viewer never shows): colour RGBA, gray with alpha (LA), palette with a transparent index;
+    small ones read as they are and large ones reduced by the decoder's factor."""
+    rng = np.random.default_rng(77)
+    out = []
+    for i, (w, h) in enumerate([(size + 37, size + 11), (2 * size + 64, 2 * size + 5), (4 * size + 3, 3 * size)]):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = (128 + 100 * np.sin(xx / (7 + 5 * i)) * np.cos(yy / 11) + rng.normal(0, 12, (h, w))).clip(0, 255)
+        alpha = rng.integers(0, 256, (h, w))
+        alpha[: h // 3] = 0  # a band no viewer shows, over bright stored colour
+        alpha[h // 3: h // 3 + 8] = rng.choice([1, 2, 254], (8, w))
+        rgb = np.stack([base, (base * 0.7 + 40) % 256, 255 - base], -1).astype(np.uint8)
+        rgb[: h // 3] = 250
+        a8 = alpha.astype(np.uint8)[..., None]
+        for mode, arr in (("RGBA", np.concatenate([rgb, a8], -1)),
+                          ("LA", np.concatenate([rgb[..., :1], a8], -1))):
+            path = tmp / f"alpha_{mode}_{w}x{h}.png"
+            Image.fromarray(arr, mode).save(path)
+            out.append(path)
+        path = tmp / f"alpha_P_{w}x{h}.png"
+        Image.fromarray(rgb[..., 0], "L").convert("P").save(path, transparency=250)
+        out.append(path)
+    return out
+
+
+@needs_browser
+def test_transparent_pixels_are_read_alike_in_the_browser(browser, server, tmp_path):
+    """A canvas stores colour times alpha, so a browser cannot read the colour stored under a
+    see-through pixel; both runtimes read the image composited onto black (imageio.on_black), as
+    files and as photos of film, to within one gray level."""
+    from device.photo import open_photo
+    from edge_runtime.imageio import TRANSPARENCY_WARNING, read_grayscale
+
+    page = open_app(browser, server)
+    size = page.evaluate("fractureEdge.engine.spec.size")
+    for path in _transparent_images(tmp_path, size):
+        b64 = base64.b64encode(path.read_bytes()).decode()
+        js = page.evaluate("""async ([b64, name, size]) => {
+            const { readGrayscale, readPhoto } = await import("./lib/decode.js");
+            const blob = new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))]);
+            const f = await readGrayscale(blob, name, size, fractureEdge.config.IMAGE_LIMITS);
+            const p = await readPhoto(blob, name, fractureEdge.config.IMAGE_LIMITS);
+            const b64of = (u8) => { let s = "";
+              for (let i = 0; i < u8.length; i += 0x8000) s += String.fromCharCode(...u8.subarray(i, i + 0x8000));
+              return btoa(s); };
+            return { pixels: b64of(new Uint8Array(f.pixels.buffer)), w: f.width, h: f.height, warnings: f.warnings,
+                     photo: b64of(new Uint8Array(p.rgba.data.buffer)), pw: p.rgba.width, ph: p.rgba.height }; }""",
+                           [b64, path.name, size])
+        js["pixels"] = np.frombuffer(base64.b64decode(js["pixels"]), np.float32)
+        js["photo"] = np.frombuffer(base64.b64decode(js["photo"]), np.uint8)
+        py = read_grayscale(path, (size, size))
+        assert (js["h"], js["w"]) == py.pixels.shape, path.name
+        diff = np.abs(np.asarray(js["pixels"]).reshape(js["h"], js["w"]) - py.pixels) * 255
+        # at full size the same levels; reduced, the box mean is rounded to 8 bits in Python and not in
+        # the browser, which also takes the luma before the mean (as for any colour file): <= 1.25 levels
+        exact = Image.open(path).size == (js["w"], js["h"])
+        assert diff.max() <= (1e-4 if exact else 1.5) and diff.mean() <= 0.25, (path.name, diff.max(), diff.mean())
+        assert TRANSPARENCY_WARNING in py.warnings and TRANSPARENCY_WARNING in js["warnings"], path.name
+        # what lies under alpha 0 (stored as 250) is read as black, not as the stored colour
+        assert py.pixels[: py.pixels.shape[0] // 4].max() < 0.02, path.name
+        photo = np.asarray(open_photo(path).image.convert("RGB"), np.float64)
+        assert (js["ph"], js["pw"]) == photo.shape[:2], path.name
+        pdiff = np.abs(np.asarray(js["photo"], np.float64).reshape(js["ph"], js["pw"], 4)[..., :3] - photo)
+        assert pdiff.max() <= 1.0 and pdiff.mean() <= 0.1, (path.name, pdiff.max(), pdiff.mean())
+    assert not page.errors
+
+
 def y4m(rgb: Image.Image, path: Path) -> Path:
     """One frame in the YUV4MPEG2 format Chromium's fake camera plays (4:2:0, full-range JPEG YCbCr)."""
     w, h = rgb.size[0] // 2 * 2, rgb.size[1] // 2 * 2

@@ -99,6 +99,23 @@ function rgbaOf(bmp) {
   return data;
 }
 
+/** Partly transparent pixels composited onto black, in place (edge_runtime/imageio.on_black):
+ * the canvas stores colour times alpha and getImageData divides it back out, so multiplying again
+ * gives the levels Pillow's premultiplied conversion gives, where the stored colour under a
+ * see-through pixel (what Python would otherwise read) is lost. Returns whether any pixel was
+ * transparent. */
+export function onBlack(rgba) {
+  let transparent = false;
+  for (let i = 0; i < rgba.length; i += 4) {
+    const a = rgba[i + 3];
+    if (a === 255) continue;
+    transparent = true;
+    for (let c = i; c < i + 3; c++) rgba[c] = Math.round((rgba[c] * a) / 255);
+    rgba[i + 3] = 255;
+  }
+  return transparent;
+}
+
 /** JPEG draft mode's choice: the largest of 1, 2, 4, 8 keeping both sides >= size. */
 export function reduceFactor(w, h, size) {
   return [8, 4, 2].find((f) => Math.floor(w / f) >= size && Math.floor(h / f) >= size) ?? 1;
@@ -114,16 +131,15 @@ export async function readGrayscale(blob, name, size, limits) {
     throw new ImageReadError(name, `image is ${W}x${H} px: a strip more than ${limits.MAX_ASPECT}:1, not a radiograph`);
   }
   const rgba = rgbaOf(bmp);
+  const transparent = onBlack(rgba);
   const n = W * H;
   const gray = new Float32Array(n);
   const spread = new Float32Array(Math.ceil(n / 7));
-  let transparent = false;
   let allGray = true;
   for (let i = 0, j = 0; i < n; i++) {
     const r = rgba[4 * i], g = rgba[4 * i + 1], b = rgba[4 * i + 2];
     // Pillow's convert("L"): ITU-R 601-2 luma in 16-bit fixed point, rounded
     gray[i] = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16;
-    if (rgba[4 * i + 3] !== 255) transparent = true;
     if (r !== g || g !== b) allGray = false;
     if (i % 7 === 0) spread[j++] = Math.max(r, g, b) - Math.min(r, g, b);
   }
@@ -131,7 +147,7 @@ export async function readGrayscale(blob, name, size, limits) {
   if (percentiles(spread, [99])[0] > 8) {
     warnings.push("colour image converted to grayscale; if it is a photo of a film on a lightbox, read it as a film photo instead");
   }
-  if (transparent) warnings.push("transparency discarded");
+  if (transparent) warnings.push("transparent pixels read as composited onto black");
   const f = reduceFactor(W, H, size);
   // The codec's DCT scaling (draft mode) is the box mean of the full IDCT, so a box mean of the
   // decoded levels reproduces it up to the codec's rounding.
@@ -173,6 +189,7 @@ export async function readPhoto(blob, name, limits) {
     bmp.close();
   }
   const rgba = rgbaOf(small);
+  onBlack(rgba);
   let chans = [0, 1, 2].map((c) => {
     const a = new Float32Array(w * h);
     for (let i = 0; i < a.length; i++) a[i] = rgba[4 * i + c];
