@@ -95,8 +95,9 @@ class Prepared:
     test_film: Optional[object] = None  # ... and test ones (what the gate refuses of photographed films, reported)
     # the gate's training images and training photos, with their sources: the outlier direction's thresholds
     # are chosen on these and validation together (a 99% tail from 45 real validation radiographs is their largest)
-    scope_train: Optional[tuple] = None  # (files (n, size, size, 1), sources)
-    scope_train_photos: Optional[tuple] = None  # (photos (n, size, size, 1), sources)
+    scope_train: Optional[tuple] = None  # (files (n, size, size, 1), records)
+    scope_train_photos: Optional[tuple] = None  # (photos (n, size, size, 1), records, groups)
+    scope_cross: Optional[List[Dict]] = None  # the gate refitted without each fold (scope_fit.cross_fits)
     platt: Optional[Dict] = None  # {"a", "b"}: P = sigmoid(a * logit + b), fitted on validation
     val_probs: Optional[np.ndarray] = None  # the float model's on the validation split (the fit; its ECE)
     platt_note: Optional[str] = None  # why the probability is not calibrated
@@ -332,9 +333,11 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
     # Real radiographs processed as other X-ray systems would, in their radiograph's group: the gate
     # must keep those in scope (docs/results.md, "Radiographs from another X-ray system").
     copies = scope_sets.acquisition_copies(loaded, scope_fit.ACQUISITION_COPIES, settings.seed)
+    row_records = list(loaded.records)  # each row's radiograph: its fold for the cross-fits
     if len(copies.images):
         pooled = np.concatenate([pooled, scope_fit.pooled_features(prep.serving, copies.images)])
         train_groups += [scope_fit.group_of(r) for r in copies.records]
+        row_records += copies.records
     val_groups = [scope_fit.group_of(r) for r in prep.val.records]
     film, film_pooled = None, np.zeros((0, pooled.shape[1]))
     if settings.scope_photos:
@@ -348,6 +351,7 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
             film_pooled = scope_fit.pooled_features(prep.serving, shots["train"].images)
             pooled = np.concatenate([pooled, film_pooled])
             train_groups += shots["train"].groups
+            row_records += shots["train"].records
         val_groups += shots["val"].groups
         prep.val_film, prep.test_film = shots["val"], shots["test"]
         film = {"simulator": "device/simulate.py, a scene drawn per photo over every condition a clinic produces "
@@ -360,10 +364,11 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
         log(f"{prep.tag} no out-of-scope gate: {exc}")
         return
     outlier = _fit_outlier(prep, pooled, film_pooled, settings) if settings.scope_outliers else None
-    if outlier is not None:
-        prep.scope_train = (loaded.images, scope_fit.sources_of(loaded.records))
-        if settings.scope_photos and shots["train"].records:
-            prep.scope_train_photos = (shots["train"].images, scope_fit.sources_of(shots["train"].records))
+    prep.scope_cross = scope_fit.cross_fits(pooled, train_groups, [scope_fit.fold_of(r) for r in row_records],
+                                            fitted["groups"], outlier["outside"] if outlier is not None else None)
+    prep.scope_train = (loaded.images, loaded.records)
+    if settings.scope_photos and shots["train"].records:
+        prep.scope_train_photos = (shots["train"].images, shots["train"].records, shots["train"].groups)
     prep.scope, prep.scope_blob = scope_fit.manifest_section(fitted, _scope_layers(prep.serving), film, outlier)
     log(f"{prep.tag} out-of-scope gate fitted on {len(train_groups)} training images and photos "
         f"({', '.join(fitted['groups'])})")
@@ -402,7 +407,7 @@ def _fit_outlier(prep: Prepared, inside: np.ndarray, film_inside: np.ndarray, se
                  **({"outside_photos": photos.by_kind()} if photos is not None else {})}
     log(f"{prep.tag} outlier direction fitted on {len(inside)} in-scope images and photos and "
         f"{sum(len(o) for o in outside)} generated out-of-scope ones")
-    return {"direction": direction, "fitted_on": fitted_on}
+    return {"direction": direction, "fitted_on": fitted_on, "outside": np.concatenate(outside)}
 
 
 def _fit_platt(prep: Prepared, settings: Settings) -> None:
@@ -534,8 +539,9 @@ def _run_artifact(bundle, key: str, test: LoadedSplit, with_cam: bool):
 
 
 def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled: List) -> Dict:
-    """One artifact's gate thresholds, chosen on validation through the runtime (files for the file
-    groups, photographed films for the film groups); what it refuses of the test split, per
+    """One artifact's gate thresholds, chosen through the runtime (files for the file groups,
+    photographed films for the film groups) on validation and on the training images each scored by
+    the gate refitted without its fold (scope_fit.cross_fits); what it refuses of the test split, per
     source, and of photographed test radiographs (reported: a split of a few hundred cannot gate
     a rate of 1%)."""
     import dataclasses
@@ -546,25 +552,40 @@ def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled
     val_photos = [pred.assess(x)[2] for x in film.images] if film is not None else []
     val = np.stack([gate.distances(p) for p in val_files + val_photos])
     val_groups = [scope_fit.group_of(r) for r in prep.val.records] + (film.groups if film is not None else [])
-    t = np.asarray(scope_fit.thresholds(val, val_groups, gate.groups))
+    # the training images (and photos), each scored by the gate refitted without its fold
+    train_files, train_records = prep.scope_train if prep.scope_train is not None else ([], [])
+    held_d, held_z = scope_fit.held_out(prep.scope_cross or [], [pred.assess(x)[2] for x in train_files],
+                                        [scope_fit.group_of(r) for r in train_records],
+                                        [scope_fit.fold_of(r) for r in train_records], gate.groups)
+    held_groups = [scope_fit.group_of(r) for r in train_records]
+    photo_d, photo_z, photo_sources = np.zeros(0), np.zeros(0), []
+    if film is not None and prep.scope_train_photos is not None:
+        photos, photo_records, photo_groups = prep.scope_train_photos
+        photo_d, photo_z = scope_fit.held_out(prep.scope_cross or [], [pred.assess(x)[2] for x in photos],
+                                              photo_groups, [scope_fit.fold_of(r) for r in photo_records],
+                                              gate.groups)
+        held_groups += list(photo_groups)
+        photo_sources = scope_fit.sources_of(photo_records)
+    t = np.asarray(scope_fit.thresholds(val, val_groups, gate.groups, held=np.r_[held_d, photo_d],
+                                        held_groups=held_groups))
     manifest["scope"]["thresholds"][key] = t.tolist()
     out: Dict = {"thresholds": dict(zip(gate.groups, t.tolist()))}
     outlier = None
     if gate.outlier is not None:  # a logit for files, and one for flattened films (the file's where none)
-        def logits(images) -> List[float]:
-            return [gate.outlier_logit(pred.assess(x)[2]) for x in images]
-
-        train_files, train_sources = prep.scope_train if prep.scope_train is not None else ([], [])
-        t_file = scope_fit.direction_threshold([gate.outlier_logit(p) for p in val_files] + logits(train_files),
-                                               scope_fit.sources_of(prep.val.records) + list(train_sources))
+        t_file = scope_fit.direction_threshold([gate.outlier_logit(p) for p in val_files] + list(held_z),
+                                               scope_fit.sources_of(prep.val.records) + scope_fit.sources_of(train_records))
         t_film = t_file
         if val_photos:
-            train_photos, photo_sources = prep.scope_train_photos if prep.scope_train_photos is not None else ([], [])
-            t_film = scope_fit.direction_threshold([gate.outlier_logit(p) for p in val_photos] + logits(train_photos),
+            t_film = scope_fit.direction_threshold([gate.outlier_logit(p) for p in val_photos] + list(photo_z),
                                                    scope_fit.sources_of(film.records) + list(photo_sources))
         outlier = (t_file, t_film)
         manifest["scope"]["outlier"]["thresholds"][key] = {"file": t_file, "film": t_film}
         out["outlier_thresholds"] = {"file": t_file, "film": t_film}
+    if len(held_d):  # training files kept out of fold, by their own group's distance and the direction
+        own = np.array([t[list(gate.groups).index(g)] if g in gate.groups else np.nan
+                        for g in held_groups[:len(held_d)]])
+        kept_files = (held_d <= own) & ((held_z <= outlier[0]) if outlier is not None else True)
+        out["training_out_of_fold_kept"] = float(np.mean(kept_files[np.isfinite(held_d)]))
     chosen = dataclasses.replace(gate, thresholds=t, outlier_thresholds=outlier)
     kept = np.array([chosen.score(p) <= 1.0 for p in val_files] + [chosen.score(p, True) <= 1.0 for p in val_photos])
     test = np.array([chosen.score(p) for p in test_pooled])

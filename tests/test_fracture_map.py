@@ -306,6 +306,9 @@ def test_the_edge_runtime_answers_a_map_bundle_as_the_float_model_does(tiny_map_
     fit = m["scope"]["outlier"]["fitted_on"]
     assert fit["seed"] == 21 and sum(fit["outside_files"].values()) >= 15 and sum(fit["outside_photos"].values()) >= 5
     assert set(m["scope"]["outlier"]["thresholds"]) == set(m["artifacts"])
+    # thresholds from validation and from training images scored by the gate refitted without their fold
+    assert m["scope"]["cross_fitted"]["folds"] == 5
+    assert all(0.0 < a["metrics"]["scope"]["training_out_of_fold_kept"] <= 1.0 for a in m["artifacts"].values())
     assert m["scope"]["arrays"]["outlier"]["shape"] == [m["model"]["outputs"]["pooled"]["shape"][1] + 1]
     assert m["default_artifacts"] == {"tflite": "tflite_int8", "onnx": "onnx_int8"}
     for key in ("tflite_float", "onnx_float"):

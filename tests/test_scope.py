@@ -478,3 +478,42 @@ def test_the_web_apps_film_group_prefix_is_the_runtimes():
     src = (Path(__file__).resolve().parents[1] / "webapp" / "src" / "lib" / "scope.js").read_text()
     found = re.findall(r'export const FILM_PREFIX = "([^"]*)";', src)
     assert found == [FILM_PREFIX]
+
+
+def test_exports_thresholds_count_training_images_scored_without_their_fold():
+    """A distance is smaller on the images it was fitted on, and a few validation images put a 99% tail
+    at their largest: cross_fits refits the gate without each fold, held_out scores each training
+    image under the fit that never saw it, and thresholds from validation and those keep about 99%
+    of new images of the group, where validation alone keeps fewer."""
+    from export.scope_fit import FOLDS, cross_fits, held_out, thresholds
+
+    rng = np.random.default_rng(5)
+    dim = 6
+    mix = rng.normal(0, 1, (dim, dim))
+
+    def draw(n):  # heavy-tailed features, >= 0 as pooled ReLU averages are; the gate square-roots them
+        x = rng.standard_t(4, (n, dim)) @ mix + 12.0
+        return np.maximum(x, 0.0) ** 2
+
+    train, val, new = draw(300), draw(12), draw(4000)
+    folds = rng.integers(0, FOLDS, len(train))
+    outside = draw(100) * 3.0
+    fits = cross_fits(train, ["a"] * len(train), folds, ["a"], outside)
+    assert len(fits) == FOLDS and all("direction" in f for f in fits)
+    for k, fit in enumerate(fits):  # fold k's fit never saw fold k
+        np.testing.assert_allclose(fit["means"][0], np.sqrt(train[folds != k]).mean(0), rtol=1e-9)
+    held_d, held_z = held_out(fits, train, ["a"] * len(train), folds, ["a"])
+    assert np.isfinite(held_d).all() and np.isfinite(held_z).all()
+    full = cross_fits(train, ["a"] * len(train), np.full(len(train), FOLDS), ["a"])[0]  # every row in the fit
+    in_sample, _ = held_out([full] * FOLDS, train, ["a"] * len(train), folds, ["a"])
+    assert np.median(held_d) > np.median(in_sample)
+    gate = ScopeGate(("a",), full["means"], full["precisions"], None)
+    val_d = np.stack([gate.distances(p) for p in val])
+    new_d = np.array([gate.distances(p)[0] for p in new])
+    t_val = thresholds(val_d, ["a"] * len(val), ["a"])[0]
+    t_both = thresholds(val_d, ["a"] * len(val), ["a"], held=held_d, held_groups=["a"] * len(train))[0]
+    kept_val, kept_both = np.mean(new_d <= t_val), np.mean(new_d <= t_both)
+    assert kept_both >= 0.97 and kept_both > kept_val, (kept_val, kept_both)
+    # an image of a group the gate has no distance for counts for nothing
+    d, _ = held_out(fits, train[:2], ["a", "tiny"], folds[:2], ["a"])
+    assert np.isfinite(d[0]) and np.isnan(d[1])

@@ -14,6 +14,7 @@ does on a kind it never saw. docs/results.md holds the table this prints.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 LAYERS = ("conv2_relu", "conv3_relu", "conv5_relu", "conv8_relu")
 TUNING_SEED = 11
 KEEP = 0.99
+FOLDS = 5  # out-of-fold refusals of the training radiographs (out_of_fold)
 
 
 def _features(model, images: np.ndarray, layers: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -72,7 +74,28 @@ def knn(train, sets, k: int = 10) -> Dict[str, np.ndarray]:
     return out
 
 
-def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None) -> Dict:
+def folds_of(records, k: int = FOLDS) -> np.ndarray:
+    """Each radiograph's fold, from its path: a processed copy falls in its radiograph's fold."""
+    return np.array([int(hashlib.sha256(str(r.path).encode()).hexdigest(), 16) % k for r in records])
+
+
+def out_of_fold(rule, folds: np.ndarray, copy_folds: np.ndarray, within: Optional[tuple] = None) -> np.ndarray:
+    """Each training radiograph's score by `rule` refitted without its fold (and without its processed
+    copies): `rule(train_mask, copies_mask)` returns scores with a "held" entry scoring every training
+    radiograph. The whole procedure is refitted, thresholds chosen on validation included, so this is
+    what it does to radiographs like its own that it never saw: how often it refuses in-scope
+    radiographs, measured on the training split's hundreds rather than the test split's tens (the
+    fit has 1/FOLDS fewer images, so the rate is a little pessimistic). `within`: (train mask,
+    copies mask) to cross-fit inside (NaN outside it)."""
+    tm, cm = within if within is not None else (np.ones(len(folds), bool), np.ones(len(copy_folds), bool))
+    out = np.full(len(folds), np.nan)
+    for k in sorted(set(folds[tm].tolist())):
+        held = tm & (folds == k)
+        out[held] = rule(tm & (folds != k), cm & (copy_folds != k))["held"][held]
+    return out
+
+
+def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None, c: Optional[float] = None) -> Dict:
     """Each variant's refusals per generated kind (the tuning set `ood`), of the in-scope test split,
     and of the real validation and test radiographs processed as other X-ray systems would
     (train.acquisition_shift's kinds). With `fit_ood` (a generated set of another seed), also the
@@ -80,8 +103,10 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None) -> Dict:
     kind left out of the fit (how it does on a kind it never saw)."""
     from edge_runtime.scope import RATIO_LOG_BOUND
     from export.scope_fit import ACQUISITION_COPIES, OUTLIER_C, fit_direction
+
+    c = OUTLIER_C if c is None else c
     from export.scope_sets import acquisition_copies, read_ood
-    from fracdata.data import record_source
+    from fracdata.data import PHANTOM_SOURCE, record_source
     from fracdata.images import load_images
     from fracdata.runs import dataset_for_run, read_run
     from fracdata.split import load_split, records_by_split
@@ -116,56 +141,115 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None) -> Dict:
         out = {s: np.concatenate([feats[s][n] for n in layers], 1).astype(np.float64) for s in feats}
         return {s: np.sqrt(np.maximum(v, 0)) for s, v in out.items()} if transform == "sqrt" else out
 
-    def evaluated(X):
-        return {k: v for k, v in X.items() if k not in ("train", "copies", "fit_ood")}
+    def evaluated(X, tm=None):
+        """The sets scored; with a training mask `tm`, also every training radiograph ("held": the
+        ones it leaves out are the ones out_of_fold reads)."""
+        out = {k: v for k, v in X.items() if k not in ("train", "copies", "fit_ood")}
+        return out if tm is None else {**out, "held": X["train"]}
 
-    def with_copies(X):
-        return np.concatenate([X["train"], X["copies"]]), np.concatenate([group["train"], group["copies"]])
+    everything = (np.ones(len(group["train"]), bool), np.ones(len(group["copies"]), bool))
 
-    def direction_or(distance_scores, X, drop=None):
-        """The runtime's rule: refused beyond every group or past the direction's threshold."""
-        inside, _ = with_copies(X)
+    def with_copies(X, tm, cm):
+        return (np.concatenate([X["train"][tm], X["copies"][cm]]),
+                np.concatenate([group["train"][tm], group["copies"][cm]]))
+
+    def distance(X, tm, cm, xfit=None):
+        """Per group (training radiographs `tm`, copies `cm`); thresholds at 99% of validation, or with
+        `xfit`, of validation and those training radiographs scored out of fold (the training half of
+        the threshold set taken from `xfit`, each one's distance ratio under a fit without it)."""
+        scores = per_group(*with_copies(X, tm, cm), evaluated(X, tm), group["val"])
+        if xfit is not None:  # rescale so that 1 keeps 99% of validation and out-of-fold training together
+            both = np.concatenate([scores["val"], xfit])
+            t = max(np.quantile(both[np.r_[source["val"], source["train"][tm]] == s], KEEP, method="higher")
+                    for s in set(source["val"]))
+            scores = {k: v / t for k, v in scores.items()}
+        return scores
+
+    def direction_or(distance_scores, X, tm, cm, drop=None, xfit=None):
+        """The runtime's rule: refused beyond every group or past the direction's threshold (export's:
+        99% of each source's training and validation images; with `xfit`, the training radiographs'
+        logits are those of a direction fitted without them)."""
+        inside, _ = with_copies(X, tm, cm)
         keep = fit_kinds != drop
         # pooled outputs squared back: fit_direction takes them as the runtime does (it square-roots)
-        w = fit_direction(inside ** 2, X["fit_ood"][keep] ** 2, OUTLIER_C)
-        z = {k: v @ w[:-1] + w[-1] for k, v in evaluated(X).items()}
-        # export's rule: 99% of each source's training and validation images
-        zz = np.concatenate([z["val"], X["train"] @ w[:-1] + w[-1]])
-        src = np.concatenate([source["val"], source["train"]])
+        w = fit_direction(inside ** 2, X["fit_ood"][keep] ** 2, c)
+        z = {k: v @ w[:-1] + w[-1] for k, v in evaluated(X, tm).items()}
+        zz = np.concatenate([z["val"], X["train"][tm] @ w[:-1] + w[-1] if xfit is None else xfit])
+        src = np.concatenate([source["val"], source["train"][tm]])
         t = max(np.quantile(zz[src == s], KEEP, method="higher") for s in set(src))
         return {k: np.maximum(distance_scores[k], np.exp(np.clip(z[k] - t, -RATIO_LOG_BOUND, RATIO_LOG_BOUND)))
                 for k in z}
 
+    def logits_out_of_fold(X, tm, cm, drop=None):
+        """Each training radiograph of `tm` scored by a direction fitted without its fold."""
+        out = np.full(len(ftr), np.nan)
+        for k in sorted(set(ftr[tm].tolist())):
+            held = tm & (ftr == k)
+            w = fit_direction(with_copies(X, tm & (ftr != k), cm & (fco != k))[0] ** 2,
+                              X["fit_ood"][fit_kinds != drop] ** 2, c)
+            out[held] = X["train"][held] @ w[:-1] + w[-1]
+        return out
+
+    def cross_fitted(tm, cm, drop=None):
+        """The shipped rule: both thresholds keep 99% of validation and of the training radiographs
+        (of `tm`) scored out of fold."""
+        d = out_of_fold(copies_too, ftr, fco, (tm, cm))[tm]
+        return direction_or(distance(sq, tm, cm, xfit=d), sq, tm, cm, drop=drop,
+                            xfit=logits_out_of_fold(sq, tm, cm, drop)[tm])
+
     sq = stack(LAYERS, "sqrt")
-    with_copies_distance = per_group(*with_copies(sq), evaluated(sq), group["val"])
+    ftr, fco = folds_of(loaded["train"].records), folds_of(copies.records)
+    no_copies = lambda tm, cm: distance(sq, tm, np.zeros_like(cm))  # noqa: E731
+    copies_too = lambda tm, cm: distance(sq, tm, cm)  # noqa: E731
+    with_copies_distance = copies_too(*everything)
     variants = {
-        "last layer (96), one shared covariance": lambda: shared(*_split(stack(LAYERS[-1:]), group["train"])),
-        "four layers (224), shared covariance": lambda: shared(*_split(stack(LAYERS), group["train"])),
-        "four layers, k-nearest-neighbour (k = 10)": lambda: knn(stack(LAYERS)["train"], evaluated(stack(LAYERS))),
-        "four layers, square roots, a covariance and a threshold per group":
-            lambda: per_group(sq["train"], group["train"], evaluated(sq), group["val"]),
-        "the same, with processed copies of the real training radiographs": lambda: with_copies_distance,
+        "last layer (96), one shared covariance": (lambda: shared(*_split(stack(LAYERS[-1:]), group["train"])), None),
+        "four layers (224), shared covariance": (lambda: shared(*_split(stack(LAYERS), group["train"])), None),
+        "four layers, k-nearest-neighbour (k = 10)":
+            (lambda: knn(stack(LAYERS)["train"], evaluated(stack(LAYERS))), None),
+        "four layers, square roots, a covariance and a threshold per group": (lambda: no_copies(*everything), no_copies),
+        "the same, with processed copies of the real training radiographs": (lambda: with_copies_distance, copies_too),
     }
-    shipped = None
-    if fit_ood is not None:  # scored by the runtime's rule (above 1), not thresholded again
-        shipped = (f"the same, or past an outlier direction (seed of its fit: {_seed(fit_ood)}; files only: export "
-                   "also fits it on photos; shipped)")
-        variants[shipped] = lambda: direction_or(with_copies_distance, sq)
+    ruled = set()  # scored by the runtime's rule (above 1), not thresholded again
+    if fit_ood is not None:
+        before = (f"the same, or past an outlier direction (seed of its fit: {_seed(fit_ood)}; files only: export "
+                  "also fits it on photos); thresholds: 99% of validation (the distance), of validation and "
+                  "training (the direction): shipped until 2026-12-06")
+        before_rule = lambda tm, cm: direction_or(copies_too(tm, cm), sq, tm, cm)  # noqa: E731
+        shipped = ("the same; both thresholds at 99% of validation and of the training radiographs scored out of "
+                   "fold: shipped")
+        variants[before] = (lambda: before_rule(*everything), before_rule)
+        variants[shipped] = (lambda: cross_fitted(*everything), cross_fitted)
+        ruled = {before, shipped}
+    real = source["train"] != PHANTOM_SOURCE
     rows = {}
-    for name, make in variants.items():
+    for name, (make, rule) in variants.items():
         scores = make()
-        t = 1.0 if name == shipped else max(np.quantile(scores["val"][source["val"] == s], KEEP, method="higher")
-                                            for s in set(source["val"]))
+        t = 1.0 if name in ruled else max(np.quantile(scores["val"][source["val"] == s], KEEP, method="higher")
+                                          for s in set(source["val"]))
         rows[name] = {**_row(scores, t, kinds, source["test"], shift_kinds),
                       "validation_kept": float(np.mean(scores["val"] <= t))}
+        if rule is not None and real.any():  # a threshold at 1 on each fold's own rescaled scores
+            held = out_of_fold(rule if name in ruled else _rethresholded(rule, source["val"]), ftr, fco)
+            rows[name]["out_of_fold_refused"] = [int(np.sum(held[real] > 1.0)), int(np.sum(real))]
     if fit_ood is not None:  # each kind scored by a direction fitted without it
         held = {}
         for k in sorted(set(kinds)):
-            scores = direction_or(with_copies_distance, sq, drop=k)
+            scores = cross_fitted(*everything, drop=k)
             held[k] = float(np.mean(scores["ood"][kinds == k] > 1.0))
         rows["the shipped rule, each kind left out of the direction's fit"] = {"refused": held}
-    return {"run": str(run_dir), "ood": str(ood), "fit_ood": None if fit_ood is None else str(fit_ood),
+    return {"run": str(run_dir), "ood": str(ood), "fit_ood": None if fit_ood is None else str(fit_ood), "outlier_c": c,
             "layers": list(LAYERS), "variants": rows}
+
+
+def _rethresholded(rule, val_sources: np.ndarray):
+    """`rule` with its scores divided by the threshold this tool gives the variants it does not score by
+    the runtime's rule (99% of each source's validation images), so "above 1" is its refusal too."""
+    def rescaled(tm, cm):
+        scores = rule(tm, cm)
+        t = max(np.quantile(scores["val"][val_sources == s], KEEP, method="higher") for s in set(val_sources))
+        return {k: v / t for k, v in scores.items()}
+    return rescaled
 
 
 def _row(scores, t, kinds, test_sources, shift_kinds) -> Dict:
@@ -210,13 +294,17 @@ def _split(stacked: Dict[str, np.ndarray], train_groups: np.ndarray):
 
 def render(result: Dict) -> str:
     kinds = sorted(next(iter(result["variants"].values()))["refused"])
-    lines = ["| features, distance | " + " | ".join(kinds) + " | in-scope test refused | processed real refused |",
-             "|---|" + "---:|" * (len(kinds) + 2)]
+    lines = ["| features, distance | " + " | ".join(kinds) + " | in-scope test refused | processed real refused "
+             "| real training radiographs refused, out of fold |",
+             "|---|" + "---:|" * (len(kinds) + 3)]
     for name, r in result["variants"].items():
         test = ", ".join(f"{s} {a} of {n}" for s, (a, n) in r["test_refused"].items()) if "test_refused" in r else ""
         processed = (f"{np.mean(list(r['processed_refused'].values())):.2f} (up to "
                      f"{max(r['processed_refused'].values()):.2f})" if "processed_refused" in r else "")
-        lines.append(f"| {name} | " + " | ".join(f"{r['refused'][k]:.2f}" for k in kinds) + f" | {test} | {processed} |")
+        oof = r.get("out_of_fold_refused")
+        oof = f"{oof[0]} of {oof[1]} ({oof[0] / oof[1]:.3f})" if oof else ""
+        lines.append(f"| {name} | " + " | ".join(f"{r['refused'][k]:.2f}" for k in kinds)
+                     + f" | {test} | {processed} | {oof} |")
     return "\n".join(lines) + "\n"
 
 
@@ -231,6 +319,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="also the outlier direction, fitted on a generated set of this seed (export's: "
                          "export.scope_fit.OUTLIER_SEED, 40 per kind); --fit-seed -1 leaves it out "
                          "(default: export's seed)")
+    ap.add_argument("--outlier-c", type=float, default=None,
+                    help="the outlier direction's regularisation (default: export's, export.scope_fit.OUTLIER_C)")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = ap.parse_args(argv)
     from fracdata.console import quiet_start
@@ -243,7 +333,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     fit_seed = OUTLIER_SEED if args.fit_seed is None else args.fit_seed
     fit_ood = (write_ood_set(Path(f"runs/ood-seed{fit_seed}-n40"), n_per_kind=40, seed=fit_seed, progress=True)
                if fit_seed >= 0 else None)
-    result = compare(args.run_dir, ood, fit_ood)
+    result = compare(args.run_dir, ood, fit_ood, args.outlier_c)
     print(json.dumps(result, indent=2) if args.json else render(result), file=sys.stdout)
     return 0
 
