@@ -486,24 +486,13 @@ def _the_gate_and_the_calibration_are_applied(bundle, out, pred, test, tmp_path)
 # ------------------------------------------------------------------------------ the phone's port
 
 def test_the_web_app_pools_a_map_exactly_as_the_runtime_does(tmp_path):
-    import shutil as _shutil
-    import subprocess
+    from tests.node_port import run_node
 
-    node = _shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the web app's port cannot run")
-    module = (Path(__file__).resolve().parents[1] / "webapp" / "src" / "lib" / "fracturemap.js").as_uri()
     rng = np.random.default_rng(3)
     maps = [rng.normal(-4, 3, 64).astype(np.float32) for _ in range(6)] + [np.full(64, 800.0, np.float32)]
     cases = [(p.to_dict(), m.tolist()) for p in POOLINGS for m in maps]
-    script = (f"import {{ poolMap, sigmoid }} from {json.dumps(module)};\n"
-              "let s = ''; process.stdin.on('data', (d) => { s += d; });\n"
-              "process.stdin.on('end', () => { const cases = JSON.parse(s);\n"
-              "  const out = cases.map(([p, m]) => { const l = poolMap(Float32Array.from(m), p); return [l, sigmoid(l)]; });\n"
-              "  process.stdout.write(JSON.stringify(out)); });\n")
-    (tmp_path / "pool.mjs").write_text(script)
-    got = json.loads(subprocess.run([node, str(tmp_path / "pool.mjs")], input=json.dumps(cases), text=True,
-                                    capture_output=True, check=True, timeout=60).stdout)
+    got = run_node(tmp_path, "fracturemap.js", ["poolMap", "sigmoid"],
+                   "([p, m]) => { const l = poolMap(Float32Array.from(m), p); return [l, sigmoid(l)]; }", cases)
     for (p, m), (logit, prob) in zip(cases, got):
         want = MapPooling.from_dict(p).pool(np.asarray(m, np.float32))
         assert logit == pytest.approx(want, rel=1e-12, abs=1e-9)

@@ -170,12 +170,8 @@ def test_a_direction_without_thresholds_measures_but_never_refuses_and_nan_is_re
 def test_the_web_apps_gate_scores_as_the_runtime_does(tmp_path):
     """scope.js's scopeScore and outlierLogit against ScopeGate, on random gates with and
     without a direction, for files and films."""
-    import shutil
-    import subprocess
+    from tests.node_port import run_node
 
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the web app's port cannot run")
     rng = np.random.default_rng(5)
     cases, gates = [], []
     for k in range(6):
@@ -195,15 +191,9 @@ def test_the_web_apps_gate_scores_as_the_runtime_does(tmp_path):
                     "thresholds": g.thresholds.tolist(), "filmOnly": [False, False, True],
                     "outlier": None if g.outlier is None else g.outlier.tolist(),
                     "outlierThresholds": None if g.outlier_thresholds is None else list(g.outlier_thresholds)}})
-    module = (Path(__file__).resolve().parents[1] / "webapp" / "src" / "lib" / "scope.js").as_uri()
-    script = (f"import {{ scopeScore, outlierLogit }} from {json.dumps(module)};\n"
-              "let s = ''; process.stdin.on('data', (d) => { s += d; });\n"
-              "process.stdin.on('end', () => { const out = JSON.parse(s).map((c) => [\n"
-              "  scopeScore(Float64Array.from(c.pooled), c.gate, c.film), outlierLogit(Float64Array.from(c.pooled), c.gate)]);\n"
-              "  process.stdout.write(JSON.stringify(out)); });\n")
-    (tmp_path / "scope.mjs").write_text(script)
-    got = json.loads(subprocess.run([node, str(tmp_path / "scope.mjs")], input=json.dumps(cases), text=True,
-                                    capture_output=True, check=True, timeout=60).stdout)
+    got = run_node(tmp_path, "scope.js", ["scopeScore", "outlierLogit"],
+                   "(c) => [scopeScore(Float64Array.from(c.pooled), c.gate, c.film), "
+                   "outlierLogit(Float64Array.from(c.pooled), c.gate)]", cases)
     direction_decides = 0
     for (g, pooled, film), (score, z) in zip(gates, got):
         assert score == pytest.approx(g.score(pooled, film), rel=1e-9)
