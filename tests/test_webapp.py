@@ -734,6 +734,7 @@ def _transparent_images(tmp: Path, size: int):
     return out
 
 
+@pytest.mark.heavy  # about 10 s with the app's start: CI runs it (--all); the bare run is near its 10 minutes
 @needs_browser
 def test_transparent_pixels_are_read_alike_in_the_browser(browser, server, tmp_path):
     """A canvas stores colour times alpha, so a browser cannot read the colour stored under a
