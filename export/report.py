@@ -157,14 +157,17 @@ def scope_lines(manifest: Dict) -> List[str]:
     lines = [f"**Out-of-scope gate** ({sc['method']}, {sc['features']['dim']} pooled features of "
              f"{', '.join(sc['features']['layers'])}; groups {', '.join(sc['groups'])}; {sc['rule']}; colour pictures "
              f"refused above {sc['colour_limit']:.0%} coloured pixels). In-scope test images it refuses:", "",
-             "| artifact | kept of validation files | kept of validation photos | refused of the test split, per source "
-             "| refused of photographed test radiographs, per source |", "|---|---:|---:|---|---|"]
+             "| artifact | kept of validation files | kept of validation photos | kept of training files, each "
+             "scored out of fold | refused of the test split, per source "
+             "| refused of photographed test radiographs, per source |", "|---|---:|---:|---:|---|---|"]
     per = lambda d: "; ".join(f"{s} {v['refused']} of {v['n']}" for s, v in d.items()) if d else "–"  # noqa: E731
     for key, a in manifest["artifacts"].items():
         m = a.get("metrics", {}).get("scope")
         if m:
             photos = m.get("validation_photos_kept")
+            held = m.get("training_out_of_fold_kept")
             lines.append(f"| {key} | {m['validation_kept']:.3f} | {'–' if photos is None else f'{photos:.3f}'} "
+                         f"| {'–' if held is None else f'{held:.3f}'} "
                          f"| {per(m['test_refused'])} | {per(m.get('test_photos_refused'))} |")
     out = sc.get("outlier")
     if out:
