@@ -213,8 +213,8 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None, c: Optiona
     ruled = set()  # scored by the runtime's rule (above 1), not thresholded again
     if fit_ood is not None:
         before = (f"the same, or past an outlier direction (seed of its fit: {_seed(fit_ood)}; files only: export "
-                  "also fits it on photos); thresholds: 99% of validation (the distance), of validation and "
-                  "training (the direction): shipped until 2026-12-06")
+                  f"also fits it on photos; C = {c}); thresholds: 99% of validation (the distance), of validation "
+                  "and training (the direction): the rule shipped until 2026-12-06, then with C = 0.1")
         before_rule = lambda tm, cm: direction_or(copies_too(tm, cm), sq, tm, cm)  # noqa: E731
         shipped = ("the same; both thresholds at 99% of validation and of the training radiographs scored out of "
                    "fold: shipped")
