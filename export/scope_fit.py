@@ -26,7 +26,8 @@ KEEP = 0.99  # of each group's validation radiographs and training radiographs s
 MIN_GROUP = 5  # a group with fewer training (or validation) images gets no mean of its own
 # The outlier direction (edge_runtime/scope.py): a logistic regression, inside vs generated outside
 # kinds, both classes weighted equally; C chosen on the tuning seed with cross-fitted thresholds
-# (0.1, 0.3, 1 and 3 tried: 1 refused the most there at the same out-of-fold cost; docs/results.md).
+# (0.1, 0.3, 1 and 3 tried at the same out-of-fold cost: 1 and 3 refused the most there, alike; the
+# more regularised of the two taken; docs/results.md).
 OUTLIER_C = 1.0
 OUTLIER_SEED = 21  # the generated set it is fitted on: apart from the tuning (11) and report (101, 202) seeds
 ACQUISITION_COPIES = 3  # per real training radiograph: processed as other X-ray systems would (train/augment.py)
