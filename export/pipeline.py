@@ -93,8 +93,9 @@ class Prepared:
     scope_blob: Optional[bytes] = None  # its float32 file
     val_film: Optional[object] = None  # scope_film.Photographed: validation radiographs photographed (film thresholds)
     test_film: Optional[object] = None  # ... and test ones (what the gate refuses of photographed films, reported)
-    # the gate's training images and training photos, with their sources: the outlier direction's thresholds
-    # are chosen on these and validation together (a 99% tail from 45 real validation radiographs is their largest)
+    # the gate's training images and training photos, with their records: every threshold is chosen on
+    # these, each scored by the gate refitted without its fold, and validation together (a 99% tail from
+    # 45 real validation radiographs is their largest)
     scope_train: Optional[tuple] = None  # (files (n, size, size, 1), records)
     scope_train_photos: Optional[tuple] = None  # (photos (n, size, size, 1), records, groups)
     scope_cross: Optional[List[Dict]] = None  # the gate refitted without each fold (scope_fit.cross_fits)
@@ -581,7 +582,8 @@ def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled
         outlier = (t_file, t_film)
         manifest["scope"]["outlier"]["thresholds"][key] = {"file": t_file, "film": t_film}
         out["outlier_thresholds"] = {"file": t_file, "film": t_film}
-    if len(held_d):  # training files kept out of fold, by their own group's distance and the direction
+    if np.isfinite(held_d).any():  # training files kept out of fold, by their own group's distance (the runtime measures
+        # every group: a lower bound on what it keeps) and the direction
         own = np.array([t[list(gate.groups).index(g)] if g in gate.groups else np.nan
                         for g in held_groups[:len(held_d)]])
         kept_files = (held_d <= own) & ((held_z <= outlier[0]) if outlier is not None else True)
