@@ -64,10 +64,10 @@ def open_photo(path: Union[str, Path], decode_side: int = DECODE_SIDE) -> Photo:
                     raise ImageReadError(path, f"photo is {W}x{H} px: too large to decode on this device "
                                                "unless it is a JPEG (save it as JPEG)")
                 img.load()
-                if has_alpha(img):  # composited before reducing, as the web app's canvas does
-                    img = on_black(img)
                 k = max(1, max(img.size) // decode_side)
-                if k > 1:
+                if has_alpha(img):  # composited, then reduced, as the web app's canvas does
+                    img = on_black(img, k)[0]
+                elif k > 1:
                     if img.mode.startswith("I;16"):
                         img = img.convert("I")  # converting 16-bit to RGB would clip it at 255
                     img = img.reduce(k) if img.mode in ("L", "RGB", "RGBA", "I", "F") else img.convert("RGB").reduce(k)

@@ -162,24 +162,34 @@ def _reducible_mode(img: Image.Image) -> str:
 
 
 def has_alpha(img: Image.Image) -> bool:
-    return img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
+    """An alpha channel, a palette's transparent index or a gray or RGB colour key (PNG's tRNS, which
+    a browser honours). 16-bit images are left as stored: a browser does not read them at all."""
+    return img.mode in _ALPHA_MODES or (img.mode in ("P", "L", "1", "RGB") and "transparency" in img.info)
 
 
-def on_black(img: Image.Image) -> Image.Image:
-    """A partly transparent image composited onto black (each colour times its alpha, rounded), as
-    a browser's canvas stores it: the web app reads the same levels (webapp/src/lib/decode.js), where
-    reading the colour stored under a see-through pixel would read what no viewer shows. Black is
-    also what surrounds a radiograph (air). Gray stays gray (mode L), colour becomes RGB."""
-    gray = img.mode == "LA"
-    out = Image.new("L" if gray else "RGB", img.size)
-    for top in range(0, img.height, ON_BLACK_ROWS):
-        band = img.crop((0, top, img.width, min(img.height, top + ON_BLACK_ROWS)))
+def on_black(img: Image.Image, factor: int = 1) -> Tuple[Image.Image, bool]:
+    """(the image composited onto black, each colour times its alpha, rounded, then box-reduced by
+    `factor`; whether any pixel was transparent). A browser's canvas stores it so: the web app reads
+    the same levels (webapp/src/lib/decode.js), where reading the colour stored under a see-through
+    pixel would read what no viewer shows; black is also what surrounds a radiograph (air). Done a
+    band of rows at a time (a multiple of `factor`, so the reduction is the whole image's), so no
+    full-size copy is made. Gray stays gray (mode L), colour becomes RGB; the EXIF travels with it."""
+    gray = img.mode in ("LA", "L", "1")
+    width, height = img.size
+    out = Image.new("L" if gray else "RGB", (-(-width // factor), -(-height // factor)))
+    rows = factor * max(1, ON_BLACK_ROWS // factor)
+    transparent = False
+    for top in range(0, height, rows):
+        band = img.crop((0, top, width, min(height, top + rows)))
+        with_alpha = band.convert("LA" if gray else "RGBA")  # applies a palette's or colour key's transparency
+        transparent = transparent or with_alpha.getchannel("A").getextrema()[0] < 255
         if gray:
-            part = band.convert("La").getchannel(0)
+            part = with_alpha.convert("La").getchannel(0)
         else:
-            part = Image.merge("RGB", band.convert("RGBA").convert("RGBa").split()[:3])
-        out.paste(part, (0, top))
-    return out
+            part = Image.merge("RGB", with_alpha.convert("RGBa").split()[:3])
+        out.paste(part.reduce(factor) if factor > 1 else part, (0, top // factor))
+    out.info = {k: v for k, v in img.info.items() if k != "transparency"}
+    return out, transparent
 
 
 def _stored_bytes(mode: str) -> int:
@@ -196,10 +206,11 @@ def decode_cost(size: Tuple[int, int], mode: str, draft_size: Optional[Tuple[int
     it has transparency (on_black makes a copy)."""
     w, h = size
     f = reduce_factor(size, draft_size) if draft_size is not None else 1
-    # on_black's output (RGB, or L from LA) is reducible as it is
-    conversion = 4 if (f > 1 and mode not in _REDUCIBLE) or alpha else 0
+    conversion = 4 if f > 1 and mode not in _REDUCIBLE and not alpha else 0
+    # on_black: its reduced output, and a band's copies (RGBA, premultiplied, three bands, RGB)
+    composite = 4 * -(-w // f) * -(-h // f) + 16 * w * ON_BLACK_ROWS if alpha else 0
     return (w * h * (_stored_bytes(mode) + conversion) + (w // f) * (h // f) * WORK_BYTES_PER_PIXEL
-            + decoder_extra)
+            + decoder_extra + composite)
 
 
 def _decoder_extra(img: Image.Image, full_size: Tuple[int, int], file_bytes: int = 0) -> int:
@@ -313,10 +324,11 @@ def _decode(fh, path: Path, kind: Optional[str], draft_size: Optional[Tuple[int,
             warnings.append(f"{img.format or 'image'} file holds {pages} pages or frames: only the first was read")
         img.load()
         mode = img.mode  # as stored: reducing a 16-bit image goes through mode "I"
-        if has_alpha(img):  # before any reduction: the browser reduces what it composited
-            img = on_black(img)
-            warnings.append(TRANSPARENCY_WARNING)
-        if draft_size is not None and not _is_jpeg(img):
+        if has_alpha(img):  # composited, then reduced: the browser reduces what it composited
+            img, transparent = on_black(img, reduce_factor(img.size, draft_size) if draft_size is not None else 1)
+            if transparent:
+                warnings.append(TRANSPARENCY_WARNING)
+        elif draft_size is not None and not _is_jpeg(img):
             img = _reduce(img, draft_size)
         img = ImageOps.exif_transpose(img)
         coloured, colour = _colour(img, mode)

@@ -100,8 +100,10 @@ def direction_threshold(logits: np.ndarray, sources: Sequence[str], keep: float 
 
 
 def fold_of(record: Record, folds: int = FOLDS) -> int:
-    """A radiograph's fold, from its path: its processed copies and photos fall in the same one."""
-    return int(hashlib.sha256(str(record.path).encode()).hexdigest(), 16) % folds
+    """A radiograph's fold, from its source and id (not its path, which differs between machines):
+    its processed copies and photos fall in the same one."""
+    key = f"{record_source(record)}\0{record.image_id}".encode()
+    return int(hashlib.sha256(key).hexdigest(), 16) % folds
 
 
 def cross_fits(pooled: np.ndarray, groups: Sequence[str], folds: Sequence[int], names: Sequence[str],

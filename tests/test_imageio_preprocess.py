@@ -120,8 +120,34 @@ def test_transparent_pixels_are_read_on_black_before_any_reduction(tmp_path, mod
     assert reduced.pixels.shape == (150, 210) and reduced.pixels[:50].max() == 0.0
     box = expected.reshape(150, 2, 210, 2).mean((1, 3))
     assert np.abs(reduced.pixels - box).max() <= 0.5 / 255 + 1e-6
-    # the composite is a copy beside the stored image: counted before decoding
-    assert imageio.decode_cost((w, h), mode, None, alpha=True) == imageio.decode_cost((w, h), mode, None) + 4 * w * h
+    # the composite is made a band at a time: its reduced output and one band are counted before decoding
+    extra = imageio.decode_cost((w, h), mode, (100, 100), alpha=True) - imageio.decode_cost((w, h), mode, (100, 100))
+    assert extra == 4 * 210 * 150 + 16 * w * imageio.ON_BLACK_ROWS - (4 * w * h if mode == "P" else 0)
+
+
+def test_colour_keys_exif_and_opaque_alpha_are_read_as_a_browser_shows_them(tmp_path):
+    """A gray or RGB PNG with a colour key (tRNS) is transparent where the key is, as a browser
+    shows it; a transparent image keeps its EXIF orientation; an alpha channel that is opaque
+    everywhere reads as it is stored, without a warning."""
+    level = np.tile(np.arange(0, 240, 2, dtype=np.uint8), (80, 1))  # 80 x 120, 0..238
+    Image.fromarray(level, "L").save(tmp_path / "key_l.png", transparency=100)
+    Image.fromarray(np.stack([level] * 3, -1), "RGB").save(tmp_path / "key_rgb.png", transparency=(100, 100, 100))
+    for name in ("key_l.png", "key_rgb.png"):
+        d = read_grayscale(tmp_path / name)
+        assert imageio.TRANSPARENCY_WARNING in d.warnings, name
+        keyed = level == 100
+        assert d.pixels[keyed].max() == 0.0 and np.allclose(d.pixels[~keyed], level[~keyed] / 255.0), name
+    opaque = np.dstack([np.stack([level] * 3, -1), np.full(level.shape, 255, np.uint8)])
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
+    d = read_grayscale(tmp_path / "opaque.png")
+    assert d.warnings == [] and np.allclose(d.pixels, level / 255.0)
+    half = opaque.copy()
+    half[..., 3] = 128
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated to portrait
+    Image.fromarray(half, "RGBA").save(tmp_path / "rotated.png", exif=exif)
+    d = read_grayscale(tmp_path / "rotated.png")
+    assert d.pixels.shape == (120, 80) and imageio.TRANSPARENCY_WARNING in d.warnings
 
 
 def test_exif_orientation_is_honoured(tmp_path):

@@ -710,8 +710,9 @@ def test_photos_of_film_agree_with_the_python_film_path(browser, server, bundle,
 
 def _transparent_images(tmp: Path, size: int):
     """PNGs with see-through pixels (alpha 0, 1, 2, 254 and random; colour under alpha 0 stored,
-    which a viewer never shows): colour RGBA, gray with alpha (LA), palette with a transparent index;
-    small ones read as they are and large ones reduced by the decoder's factor."""
+    which a viewer never shows): colour RGBA, gray with alpha (LA), palette with a transparent index,
+    gray and RGB with a colour key; small ones read as they are and large ones reduced by the
+    decoder's factor."""
     rng = np.random.default_rng(77)
     out = []
     for i, (w, h) in enumerate([(size + 37, size + 11), (2 * size + 64, 2 * size + 5), (4 * size + 3, 3 * size)]):
@@ -730,6 +731,12 @@ def _transparent_images(tmp: Path, size: int):
             out.append(path)
         path = tmp / f"alpha_P_{w}x{h}.png"
         Image.fromarray(rgb[..., 0], "L").convert("P").save(path, transparency=250)
+        out.append(path)
+        path = tmp / f"alpha_Lkey_{w}x{h}.png"  # gray and RGB with a colour key (tRNS): the band is 250
+        Image.fromarray(rgb[..., 0], "L").save(path, transparency=250)
+        out.append(path)
+        path = tmp / f"alpha_RGBkey_{w}x{h}.png"
+        Image.fromarray(rgb, "RGB").save(path, transparency=(250, 250, 250))
         out.append(path)
     return out
 

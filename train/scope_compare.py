@@ -14,7 +14,6 @@ does on a kind it never saw. docs/results.md holds the table this prints.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,6 @@ import numpy as np
 LAYERS = ("conv2_relu", "conv3_relu", "conv5_relu", "conv8_relu")
 TUNING_SEED = 11
 KEEP = 0.99
-FOLDS = 5  # out-of-fold refusals of the training radiographs (out_of_fold)
 
 
 def _features(model, images: np.ndarray, layers: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -54,13 +52,22 @@ def shared(train, groups, sets) -> Dict[str, np.ndarray]:
     return {k: np.min([_mahalanobis(X, m, prec) for m in means], axis=0) for k, X in sets.items()}
 
 
-def per_group(train, groups, sets, val_groups) -> Dict[str, np.ndarray]:
-    """A mean, a covariance and a 99%-of-validation distance per group; score = min distance / threshold."""
+def per_group(train, groups, sets, val_groups, held=None, held_groups=(), own_groups=()) -> Dict[str, np.ndarray]:
+    """A mean, a covariance and a threshold per group, export's (export.scope_fit.thresholds: 99% of
+    validation, and of `held`, training radiographs' distances to their own group (`held_groups`)
+    each scored out of fold); score = min distance / threshold. With a "held" set (every training
+    radiograph, in `own_groups`), also "held_own": each one's distance to its own group."""
+    from export.scope_fit import thresholds
+
     names = sorted(set(groups) & set(val_groups))  # a group needs validation images for its threshold
     fits = [_lw(train[groups == g]) for g in names]
     dist = {k: np.stack([_mahalanobis(X, f.location_, f.precision_) for f in fits], 1) for k, X in sets.items()}
-    t = np.array([np.quantile(dist["val"][val_groups == g, i], KEEP, method="higher") for i, g in enumerate(names)])
-    return {k: (d / t).min(1) for k, d in dist.items()}
+    t = np.array(thresholds(dist["val"], val_groups, names, KEEP, held, held_groups))
+    out = {k: (d / t).min(1) for k, d in dist.items()}
+    if "held" in dist:
+        own = [names.index(g) if g in names else -1 for g in own_groups]
+        out["held_own"] = np.array([dist["held"][i, j] if j >= 0 else np.nan for i, j in enumerate(own)])
+    return out
 
 
 def knn(train, sets, k: int = 10) -> Dict[str, np.ndarray]:
@@ -74,24 +81,28 @@ def knn(train, sets, k: int = 10) -> Dict[str, np.ndarray]:
     return out
 
 
-def folds_of(records, k: int = FOLDS) -> np.ndarray:
-    """Each radiograph's fold, from its path: a processed copy falls in its radiograph's fold."""
-    return np.array([int(hashlib.sha256(str(r.path).encode()).hexdigest(), 16) % k for r in records])
+def folds_of(records) -> np.ndarray:
+    """Each radiograph's fold, as export draws it (a processed copy falls in its radiograph's)."""
+    from export.scope_fit import fold_of
+
+    return np.array([fold_of(r) for r in records])
 
 
-def out_of_fold(rule, folds: np.ndarray, copy_folds: np.ndarray, within: Optional[tuple] = None) -> np.ndarray:
+def out_of_fold(rule, folds: np.ndarray, copy_folds: np.ndarray, within: Optional[tuple] = None,
+                key: str = "held") -> np.ndarray:
     """Each training radiograph's score by `rule` refitted without its fold (and without its processed
     copies): `rule(train_mask, copies_mask)` returns scores with a "held" entry scoring every training
     radiograph. The whole procedure is refitted, thresholds chosen on validation included, so this is
     what it does to radiographs like its own that it never saw: how often it refuses in-scope
     radiographs, measured on the training split's hundreds rather than the test split's tens (the
-    fit has 1/FOLDS fewer images, so the rate is a little pessimistic). `within`: (train mask,
-    copies mask) to cross-fit inside (NaN outside it)."""
+    fit has a fifth fewer images, so the rate is a little pessimistic). `within`: (train mask,
+    copies mask) to cross-fit inside (NaN outside it); `key`: the scores read ("held_own": each one's
+    distance to its own group)."""
     tm, cm = within if within is not None else (np.ones(len(folds), bool), np.ones(len(copy_folds), bool))
     out = np.full(len(folds), np.nan)
     for k in sorted(set(folds[tm].tolist())):
         held = tm & (folds == k)
-        out[held] = rule(tm & (folds != k), cm & (copy_folds != k))["held"][held]
+        out[held] = rule(tm & (folds != k), cm & (copy_folds != k))[key][held]
     return out
 
 
@@ -153,17 +164,12 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None, c: Optiona
         return (np.concatenate([X["train"][tm], X["copies"][cm]]),
                 np.concatenate([group["train"][tm], group["copies"][cm]]))
 
-    def distance(X, tm, cm, xfit=None):
-        """Per group (training radiographs `tm`, copies `cm`); thresholds at 99% of validation, or with
-        `xfit`, of validation and those training radiographs scored out of fold (the training half of
-        the threshold set taken from `xfit`, each one's distance ratio under a fit without it)."""
-        scores = per_group(*with_copies(X, tm, cm), evaluated(X, tm), group["val"])
-        if xfit is not None:  # rescale so that 1 keeps 99% of validation and out-of-fold training together
-            both = np.concatenate([scores["val"], xfit])
-            t = max(np.quantile(both[np.r_[source["val"], source["train"][tm]] == s], KEEP, method="higher")
-                    for s in set(source["val"]))
-            scores = {k: v / t for k, v in scores.items()}
-        return scores
+    def distance(X, tm, cm, held=None):
+        """Per group (training radiographs `tm`, copies `cm`); thresholds at 99% of validation, and with
+        `held` (the radiographs of `tm`, each one's distance to its own group under a fit without its
+        fold), of those too, per group, as export chooses them."""
+        return per_group(*with_copies(X, tm, cm), evaluated(X, tm), group["val"], held, group["train"][tm],
+                         group["train"])
 
     def direction_or(distance_scores, X, tm, cm, drop=None, xfit=None):
         """The runtime's rule: refused beyond every group or past the direction's threshold (export's:
@@ -193,8 +199,8 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None, c: Optiona
     def cross_fitted(tm, cm, drop=None):
         """The shipped rule: both thresholds keep 99% of validation and of the training radiographs
         (of `tm`) scored out of fold."""
-        d = out_of_fold(copies_too, ftr, fco, (tm, cm))[tm]
-        return direction_or(distance(sq, tm, cm, xfit=d), sq, tm, cm, drop=drop,
+        d = out_of_fold(copies_too, ftr, fco, (tm, cm), key="held_own")[tm]
+        return direction_or(distance(sq, tm, cm, held=d), sq, tm, cm, drop=drop,
                             xfit=logits_out_of_fold(sq, tm, cm, drop)[tm])
 
     sq = stack(LAYERS, "sqrt")
