@@ -19,7 +19,8 @@ answer is shown, with its own decision (labels.OUT_OF_SCOPE) and a reason code:
   one that keeps 99% of that group's validation radiographs and of its training radiographs, each
   of those measured by the gate refitted without it (five folds by radiograph: a distance is
   smaller on the images it was fitted on, and 45 validation radiographs alone put the tail at
-  their largest, which kept 94% of real training radiographs scored so); an input is refused when it is
+  their largest, which kept 94% of real training radiographs scored so, 92% with the direction
+  below); an input is refused when it is
   beyond that distance of every group (score = min over groups of distance / group threshold,
   refused above 1). Export fits means and covariances on the training split, stores them in the
   bundle (a float32 file under the manifest's checksums, so the digest and signature cover them)
@@ -103,7 +104,8 @@ def features(pooled: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class ScopeGate:
     """Per group of training radiographs: the mean (G, D) and precision (G, D, D) of the gate's
-    features, and (for one artifact) the distance that keeps 99% of its validation images; and,
+    features, and (for one artifact) the distance that keeps 99% of its validation images and of
+    its training images scored out of fold; and,
     where the bundle has one, the outlier direction (D + 1: weights, then the bias) and its logit
     thresholds for files and films."""
     groups: Tuple[str, ...]

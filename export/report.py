@@ -157,8 +157,8 @@ def scope_lines(manifest: Dict) -> List[str]:
     lines = [f"**Out-of-scope gate** ({sc['method']}, {sc['features']['dim']} pooled features of "
              f"{', '.join(sc['features']['layers'])}; groups {', '.join(sc['groups'])}; {sc['rule']}; colour pictures "
              f"refused above {sc['colour_limit']:.0%} coloured pixels). In-scope test images it refuses:", "",
-             "| artifact | kept of validation files | kept of validation photos | kept of training files, each "
-             "scored out of fold | refused of the test split, per source "
+             "| artifact | kept of validation files | kept of validation photos | kept of the training files that "
+             "chose it, each scored out of fold (about 0.99 by construction: a check) | refused of the test split, per source "
              "| refused of photographed test radiographs, per source |", "|---|---:|---:|---:|---|---|"]
     per = lambda d: "; ".join(f"{s} {v['refused']} of {v['n']}" for s, v in d.items()) if d else "–"  # noqa: E731
     for key, a in manifest["artifacts"].items():

@@ -189,7 +189,8 @@ def render(result: Dict) -> str:
                      + f") | {e.get('beyond_groups', '—')} / {e.get('past_direction', '—')} "
                        f"| {pct(e['energy'])} | {pct(e['max_logit'])} |")
     lines += ["", "In-scope rows (val/..., test/...) are radiographs the gate should keep: their rate is what it wrongly "
-                  "refuses. The alternatives are thresholded to keep 99% of validation, as the gate is."]
+                  "refuses. The alternatives are thresholded to keep 99% of validation (the gate also counts its "
+                  "training radiographs scored out of fold)."]
     return "\n".join(lines) + "\n"
 
 
