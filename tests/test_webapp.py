@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import hashlib
 import shutil
@@ -320,6 +321,11 @@ def test_browser_matches_python_on_real_jpegs(browser, server, bundle):
     assert not page.errors
 
 
+# The outlier direction's logit, browser against Python, on a JPEG (the two decoders round differently):
+# measured up to 0.15 apart with the direction of C = 0.1, 0.35 with C = 1 (larger weights).
+JPEG_LOGIT = 0.5
+
+
 @needs_browser
 def test_the_out_of_scope_gate_refuses_the_same_images_in_the_browser(browser, server, bundle, tmp_path):
     """Generated chest films, skulls, CT slices, ultrasound, text pages, screenshots and colour
@@ -347,14 +353,15 @@ def test_the_out_of_scope_gate_refuses_the_same_images_in_the_browser(browser, s
         assert js["scope"].get("code") == py.scope.get("code"), path.name
         if "score" in py.scope:
             # A PNG decodes to the same pixels in both: the same score. A JPEG does not (the browser's
-            # decoder against libjpeg's): measured up to 0.15 apart in the outlier direction's logit,
-            # which its ratio e^(logit - threshold) turns into up to 6% of a score far above 1.
+            # decoder against libjpeg's): the outlier direction's logits differ by up to JPEG_LOGIT, which
+            # its ratio e^(logit - threshold) turns into up to e^JPEG_LOGIT - 1 of a score far above 1
+            # (the decision and the reason must still match, above).
             jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-            assert js["scope"]["score"] == pytest.approx(py.scope["score"], rel=0.1 if jpeg else 1e-3,
-                                                         abs=0.02 if jpeg else 1e-3), path.name
+            assert js["scope"]["score"] == pytest.approx(py.scope["score"], rel=math.expm1(JPEG_LOGIT) if jpeg
+                                                         else 1e-3, abs=0.02 if jpeg else 1e-3), path.name
             if "outlier_logit" in py.scope:
                 assert js["scope"]["outlier_logit"] == pytest.approx(py.scope["outlier_logit"],
-                                                                     abs=0.25 if jpeg else 1e-3), path.name
+                                                                     abs=JPEG_LOGIT if jpeg else 1e-3), path.name
         if py.out_of_scope:
             refused += 1
             assert js.get("probability") is None and js["heat"] is None
