@@ -26,8 +26,7 @@ KEEP = 0.99  # of each group's validation radiographs and training radiographs s
 MIN_GROUP = 5  # a group with fewer training (or validation) images gets no mean of its own
 # The outlier direction (edge_runtime/scope.py): a logistic regression, inside vs generated outside
 # kinds, both classes weighted equally; C chosen on the tuning seed with cross-fitted thresholds
-# (0.1, 0.3, 1 and 3 tried at the same out-of-fold cost: 1 and 3 refused the most there, alike; the
-# more regularised of the two taken; docs/results.md).
+# (0.1, 0.3, 1 and 3 tried at the same out-of-fold cost: 1 refused the most there; docs/results.md).
 OUTLIER_C = 1.0
 OUTLIER_SEED = 21  # the generated set it is fitted on: apart from the tuning (11) and report (101, 202) seeds
 ACQUISITION_COPIES = 3  # per real training radiograph: processed as other X-ray systems would (train/augment.py)
@@ -125,7 +124,7 @@ def cross_fits(pooled: np.ndarray, groups: Sequence[str], folds: Sequence[int], 
                 f = LedoitWolf().fit(rows)
                 means[i], precisions[i] = f.location_, f.precision_
         fit = {"means": means, "precisions": precisions}
-        if outside is not None:
+        if outside is not None and keep.any():  # (a set of one or two radiographs may leave none)
             fit["direction"] = fit_direction(pooled[keep], outside, c)
         fits.append(fit)
     return fits
@@ -187,7 +186,8 @@ def manifest_section(fitted: Dict, layers: Sequence[str], film: Optional[Dict] =
                        "images and of its training images, each of those measured by the gate refitted without its "
                        f"fold ({FOLDS} folds by radiograph); refused when beyond it for every group "
                        "(score = min distance / threshold > 1)",
-               "cross_fitted": {"folds": FOLDS, "by": "radiograph: its processed copies and photos in its fold"},
+               "cross_fitted": {"folds": FOLDS, "by": "radiograph (drawn from its source and id): its processed "
+                                                      "copies and photos in its fold"},
                "colour_limit": COLOUR_LIMIT, "thresholds": {}}
     film_groups = [g for g in fitted["groups"] if photographed_group(g) is not None]
     if film is not None:  # how the photos were made, and whether any film group came of them
