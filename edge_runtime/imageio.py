@@ -203,7 +203,7 @@ def decode_cost(size: Tuple[int, int], mode: str, draft_size: Optional[Tuple[int
                 decoder_extra: int = 0, alpha: bool = False) -> int:
     """Bytes that decoding an image of `size` (as the decoder will produce it) may take;
     `decoder_extra` is what the codec itself holds beside the image (see _decoder_extra); `alpha`:
-    it has transparency (on_black makes a copy)."""
+    it may be transparent (on_black makes a reduced copy, a band at a time)."""
     w, h = size
     f = reduce_factor(size, draft_size) if draft_size is not None else 1
     conversion = 4 if f > 1 and mode not in _REDUCIBLE and not alpha else 0
