@@ -555,10 +555,9 @@ def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled
     val_groups = [scope_fit.group_of(r) for r in prep.val.records] + (film.groups if film is not None else [])
     # the training images (and photos), each scored by the gate refitted without its fold
     train_files, train_records = prep.scope_train if prep.scope_train is not None else ([], [])
-    held_d, held_z = scope_fit.held_out(prep.scope_cross or [], [pred.assess(x)[2] for x in train_files],
-                                        [scope_fit.group_of(r) for r in train_records],
-                                        [scope_fit.fold_of(r) for r in train_records], gate.groups)
     held_groups = [scope_fit.group_of(r) for r in train_records]
+    held_d, held_z = scope_fit.held_out(prep.scope_cross or [], [pred.assess(x)[2] for x in train_files],
+                                        held_groups, [scope_fit.fold_of(r) for r in train_records], gate.groups)
     photo_d, photo_z, photo_sources = np.zeros(0), np.zeros(0), []
     if film is not None and prep.scope_train_photos is not None:
         photos, photo_records, photo_groups = prep.scope_train_photos

@@ -138,8 +138,9 @@ def held_out(fits: List[Dict], pooled: Sequence[np.ndarray], groups: Sequence[st
     for p, g, k in zip(pooled, groups, folds):
         fit, x = fits[k], features(p)
         if g in names:  # a group too small for the gate has no distance of its own
-            d = x - fit["means"][list(names).index(g)]
-            dist.append(float(np.sqrt(max(d @ fit["precisions"][list(names).index(g)] @ d, 0.0))))
+            i = list(names).index(g)
+            d = x - fit["means"][i]
+            dist.append(float(np.sqrt(max(d @ fit["precisions"][i] @ d, 0.0))))
         else:
             dist.append(np.nan)
         w = fit.get("direction")

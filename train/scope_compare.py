@@ -23,7 +23,6 @@ import numpy as np
 
 LAYERS = ("conv2_relu", "conv3_relu", "conv5_relu", "conv8_relu")
 TUNING_SEED = 11
-KEEP = 0.99
 
 
 def _features(model, images: np.ndarray, layers: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -62,7 +61,7 @@ def per_group(train, groups, sets, val_groups, held=None, held_groups=(), own_gr
     names = sorted(set(groups) & set(val_groups))  # a group needs validation images for its threshold
     fits = [_lw(train[groups == g]) for g in names]
     dist = {k: np.stack([_mahalanobis(X, f.location_, f.precision_) for f in fits], 1) for k, X in sets.items()}
-    t = np.array(thresholds(dist["val"], val_groups, names, KEEP, held, held_groups))
+    t = np.array(thresholds(dist["val"], val_groups, names, held=held, held_groups=held_groups))
     out = {k: (d / t).min(1) for k, d in dist.items()}
     if "held" in dist:
         own = [names.index(g) if g in names else -1 for g in own_groups]
@@ -113,9 +112,7 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None, c: Optiona
     variants with an outlier direction fitted on it, once on every kind and once per kind with that
     kind left out of the fit (how it does on a kind it never saw)."""
     from edge_runtime.scope import RATIO_LOG_BOUND
-    from export.scope_fit import ACQUISITION_COPIES, OUTLIER_C, fit_direction
-
-    c = OUTLIER_C if c is None else c
+    from export.scope_fit import ACQUISITION_COPIES, OUTLIER_C, direction_threshold, fit_direction
     from export.scope_sets import acquisition_copies, read_ood
     from fracdata.data import PHANTOM_SOURCE, record_source
     from fracdata.images import load_images
@@ -125,6 +122,7 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None, c: Optiona
 
     from edge_runtime.preprocess import PreprocessSpec
 
+    c = OUTLIER_C if c is None else c
     run = read_run(run_dir)
     spec = PreprocessSpec.from_dict(run.record["preprocess"])
     model = load_model(run.model_path)
@@ -181,8 +179,7 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None, c: Optiona
         w = fit_direction(inside ** 2, X["fit_ood"][keep] ** 2, c)
         z = {k: v @ w[:-1] + w[-1] for k, v in evaluated(X, tm).items()}
         zz = np.concatenate([z["val"], X["train"][tm] @ w[:-1] + w[-1] if xfit is None else xfit])
-        src = np.concatenate([source["val"], source["train"][tm]])
-        t = max(np.quantile(zz[src == s], KEEP, method="higher") for s in set(src))
+        t = direction_threshold(zz, np.concatenate([source["val"], source["train"][tm]]))
         return {k: np.maximum(distance_scores[k], np.exp(np.clip(z[k] - t, -RATIO_LOG_BOUND, RATIO_LOG_BOUND)))
                 for k in z}
 
@@ -231,8 +228,8 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None, c: Optiona
     rows = {}
     for name, (make, rule) in variants.items():
         scores = make()
-        t = 1.0 if name in ruled else max(np.quantile(scores["val"][source["val"] == s], KEEP, method="higher")
-                                          for s in set(source["val"]))
+        # the other variants: the value keeping 99% of each source's validation images, as for the direction
+        t = 1.0 if name in ruled else direction_threshold(scores["val"], source["val"])
         rows[name] = {**_row(scores, t, kinds, source["test"], shift_kinds),
                       "validation_kept": float(np.mean(scores["val"] <= t))}
         if rule is not None and real.any():  # a threshold at 1 on each fold's own rescaled scores
@@ -251,9 +248,11 @@ def compare(run_dir: Path, ood: Path, fit_ood: Optional[Path] = None, c: Optiona
 def _rethresholded(rule, val_sources: np.ndarray):
     """`rule` with its scores divided by the threshold this tool gives the variants it does not score by
     the runtime's rule (99% of each source's validation images), so "above 1" is its refusal too."""
+    from export.scope_fit import direction_threshold
+
     def rescaled(tm, cm):
         scores = rule(tm, cm)
-        t = max(np.quantile(scores["val"][val_sources == s], KEEP, method="higher") for s in set(val_sources))
+        t = direction_threshold(scores["val"], val_sources)
         return {k: v / t for k, v in scores.items()}
     return rescaled
 
