@@ -57,8 +57,9 @@ def parse_artifacts(text: str) -> List[str]:
     return keys
 
 
-def serving_model(model, feature_layer: Optional[str], hidden_layer: Optional[str]):
-    """The model with named outputs: prob, and features / hidden for the runtime's Grad-CAM."""
+def serving_model(model, feature_layer: Optional[str], hidden_layer: Optional[str], scope_layers: Sequence[str] = ()):
+    """The model with named outputs: prob, features / hidden for the runtime's Grad-CAM, and
+    'pooled' for the out-of-scope gate (given `scope_layers`)."""
     import keras
 
     outputs = {"prob": model.output}
@@ -66,22 +67,29 @@ def serving_model(model, feature_layer: Optional[str], hidden_layer: Optional[st
         outputs["features"] = model.get_layer(feature_layer).output
     if hidden_layer:
         outputs["hidden"] = model.get_layer(hidden_layer).output
+    outputs.update(_pooled_output(model, scope_layers))
     return keras.Model(model.inputs, outputs, name=f"{model.name}_serving")
 
 
 def map_serving_model(model, scope_layers: Sequence[str] = ()):
     """A fracture-map model's serving form: the map of cell logits, which the runtime pools
-    (edge_runtime.fracture_map) and shows, so int8 never has to carry a pooling or a sigmoid; and,
-    given `scope_layers`, the global average of each one's features side by side ('pooled'), which
-    the out-of-scope gate measures (edge_runtime/scope.py)."""
+    (edge_runtime.fracture_map) and shows, so int8 never has to carry a pooling or a sigmoid; and
+    'pooled' for the out-of-scope gate (given `scope_layers`)."""
     import keras
 
-    outputs = {"map": model.get_layer("map").output}
-    if scope_layers:
-        pooled = [keras.layers.GlobalAveragePooling2D(name=f"pooled_{n}")(model.get_layer(n).output) for n in scope_layers]
-        outputs["pooled"] = (keras.layers.Concatenate(name="pooled")(pooled) if len(pooled) > 1
-                             else keras.layers.Identity(name="pooled")(pooled[0]))
+    outputs = {"map": model.get_layer("map").output, **_pooled_output(model, scope_layers)}
     return keras.Model(model.inputs, outputs, name=f"{model.name}_serving")
+
+
+def _pooled_output(model, scope_layers: Sequence[str]) -> Dict:
+    """{'pooled': the global average of each scope layer's features, side by side} (edge_runtime/scope.py)."""
+    import keras
+
+    if not scope_layers:
+        return {}
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"pooled_{n}")(model.get_layer(n).output) for n in scope_layers]
+    return {"pooled": (keras.layers.Concatenate(name="pooled")(pooled) if len(pooled) > 1
+                       else keras.layers.Identity(name="pooled")(pooled[0]))}
 
 
 def output_spec(serving) -> Dict[str, Dict[str, List[int]]]:

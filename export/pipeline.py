@@ -292,9 +292,14 @@ def prepare(source: Source, settings: Settings) -> Prepared:
 
     exported, rewrite = _rewrite(model, calib, calibration, tag)
     head, head_note, fmap = None, None, None
+    scope_layers = _scope_layers(exported, cfg.scope_layers) if settings.scope_size else []
+    if settings.scope_size and len(scope_layers) < len(cfg.scope_layers):
+        log(f"{tag} WARNING: the model lacks the gate's layers "
+            f"{sorted(set(cfg.scope_layers) - set(scope_layers))}: " + ("the gate reads the others" if scope_layers
+                                                                          else "no out-of-scope gate"))
     if cfg.is_map:
         pooling = _layer_pooling(model)
-        serving = converters.map_serving_model(exported, _scope_layers(exported) if settings.scope_size else ())
+        serving = converters.map_serving_model(exported, scope_layers)
         grid = [int(d) for d in model.get_layer("map").output.shape[1:3]]
         fmap = {"output": "map", "pooling": pooling.to_dict(), "grid": grid, "stride": spec.size // grid[0],
                 "heatmap": "sigmoid of each cell: P(fracture) there; the image's logit is the pooling of the "
@@ -306,7 +311,8 @@ def prepare(source: Source, settings: Settings) -> Prepared:
         except UnsupportedHead as exc:
             head_note = str(exc)
             log(f"{tag} no Grad-CAM head: {exc}")
-        serving = converters.serving_model(exported, head.layer if head else None, head.hidden_layer if head else None)
+        serving = converters.serving_model(exported, head.layer if head else None, head.hidden_layer if head else None,
+                                           scope_layers)
     prep = Prepared(source, tag, started, spec, cfg.gradcam_layer, model, serving, rewrite, head, head_note,
                     calibration, test, threshold, data, fmap, val)
     _fit_scope(prep, parts["train"], settings)
@@ -314,12 +320,10 @@ def prepare(source: Source, settings: Settings) -> Prepared:
     return prep
 
 
-def _scope_layers(model) -> List[str]:
+def _scope_layers(model, wanted: Sequence[str]) -> List[str]:
     """The layers whose pooled features the gate measures: the registry's, where the model has them."""
-    from train.models.fracture_map import SCOPE_LAYERS
-
     names = {layer.name for layer in model.layers}
-    return [n for n in SCOPE_LAYERS if n in names]
+    return [n for n in wanted if n in names]
 
 
 def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) -> None:
@@ -329,14 +333,14 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
         return
     records = choose_calibration(train_records, settings.scope_size, settings.seed)
     loaded = load_images(records, prep.spec, f"{prep.tag} out-of-scope fit images", settings.progress)
-    pooled = scope_fit.pooled_features(prep.serving, loaded.images)
+    pooled = scope_fit.pooled_features(prep.serving, prep.spec, loaded.images)
     train_groups = [scope_fit.group_of(r) for r in loaded.records]
     # Real radiographs processed as other X-ray systems would, in their radiograph's group: the gate
     # must keep those in scope (docs/results.md, "Radiographs from another X-ray system").
     copies = scope_sets.acquisition_copies(loaded, scope_fit.ACQUISITION_COPIES, settings.seed)
     row_records = list(loaded.records)  # each row's radiograph: its fold for the cross-fits
     if len(copies.images):
-        pooled = np.concatenate([pooled, scope_fit.pooled_features(prep.serving, copies.images)])
+        pooled = np.concatenate([pooled, scope_fit.pooled_features(prep.serving, prep.spec, copies.images)])
         train_groups += [scope_fit.group_of(r) for r in copies.records]
         row_records += copies.records
     val_groups = [scope_fit.group_of(r) for r in prep.val.records]
@@ -349,7 +353,7 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
                                                  f"{prep.tag} out-of-scope film photos ({split})", settings.progress,
                                                  settings.photo_workers)
         if shots["train"].records:
-            film_pooled = scope_fit.pooled_features(prep.serving, shots["train"].images)
+            film_pooled = scope_fit.pooled_features(prep.serving, prep.spec, shots["train"].images)
             pooled = np.concatenate([pooled, film_pooled])
             train_groups += shots["train"].groups
             row_records += shots["train"].records
@@ -370,7 +374,8 @@ def _fit_scope(prep: Prepared, train_records: List[Record], settings: Settings) 
     prep.scope_train = (loaded.images, loaded.records)
     if settings.scope_photos and shots["train"].records:
         prep.scope_train_photos = (shots["train"].images, shots["train"].records, shots["train"].groups)
-    prep.scope, prep.scope_blob = scope_fit.manifest_section(fitted, _scope_layers(prep.serving), film, outlier)
+    prep.scope, prep.scope_blob = scope_fit.manifest_section(fitted, scope_fit.pooled_layers(prep.serving), film,
+                                                             outlier)
     log(f"{prep.tag} out-of-scope gate fitted on {len(train_groups)} training images and photos "
         f"({', '.join(fitted['groups'])})")
     if film is not None and "film_groups" not in prep.scope:
@@ -390,14 +395,14 @@ def _fit_outlier(prep: Prepared, inside: np.ndarray, film_inside: np.ndarray, se
         folder = write_ood_set(Path(tmp), settings.scope_outliers, scope_fit.OUTLIER_SEED,
                                progress=settings.progress)
         files = scope_sets.read_ood(folder, prep.spec)
-        outside = [scope_fit.pooled_features(prep.serving, files.images)] if len(files.images) else []
+        outside = [scope_fit.pooled_features(prep.serving, prep.spec, files.images)] if len(files.images) else []
         photos = None
         if settings.scope_photos and len(film_inside):
             photos = scope_sets.photograph_ood(folder, prep.spec, settings.seed,
                                                f"{prep.tag} out-of-scope photos of generated images",
                                                settings.progress, settings.photo_workers)
             if len(photos.images):
-                outside.append(scope_fit.pooled_features(prep.serving, photos.images))
+                outside.append(scope_fit.pooled_features(prep.serving, prep.spec, photos.images))
     if not outside:
         log(f"{prep.tag} no outlier direction: none of the generated out-of-scope images could be read "
             f"(files: {files.unread}; photos: {photos.unread if photos is not None else 'none taken'})")

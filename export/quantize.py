@@ -60,15 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "choice (the map's weights are the same); the threshold is then chosen again on validation "
                          "(default: the run's)")
     ap.add_argument("--scope-size", type=int, default=5000, metavar="N",
-                    help="fracture maps: training-split images (at most) the out-of-scope gate's feature means and covariances "
-                         "are fitted on; 0 ships no gate (default: %(default)s)")
+                    help="training-split images (at most) the out-of-scope gate's feature means and covariances are "
+                         "fitted on (every model: the registry's scope layers); 0 ships no gate (default: %(default)s)")
     ap.add_argument("--scope-photos", type=int, default=150, metavar="N",
-                    help="fracture maps: radiographs per group (source, label) and split photographed by the film "
+                    help="radiographs per group (source, label) and split photographed by the film "
                          "simulator and read back by the device's film path, for the gate's film groups; 0 fits none, "
                          "and the device then records the gate's verdict on film photos without refusing them "
                          "(default: %(default)s)")
     ap.add_argument("--scope-outliers", type=int, default=40, metavar="N",
-                    help="fracture maps: generated out-of-scope images per kind (fracdata.ood, its own seed) that the "
+                    help="generated out-of-scope images per kind (fracdata.ood, its own seed) that the "
                          "gate's outlier direction is fitted on, as files and, with --scope-photos, photographed; 0 "
                          "ships the distance alone (default: %(default)s)")
     ap.add_argument("--photo-workers", type=int, metavar="N",

@@ -40,13 +40,24 @@ def group_of(record: Record) -> str:
     return f"{record_source(record)}/{'fractured' if record.label == 1 else 'non-fractured'}"
 
 
-def pooled_features(serving, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """The serving model's 'pooled' output for preprocessed images (n, size, size, 1)."""
-    out = []
+def pooled_features(serving, spec, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """The serving model's 'pooled' output for preprocessed images (n, size, size, 1), averaged over
+    the spec's views as the runtime averages them (edge_runtime.predictor)."""
+    from edge_runtime.preprocess import views
+
+    n_views, out = spec.n_views, []
     for start in range(0, len(images), 64):
-        out.append(np.asarray(serving.predict(images[start:start + 64], batch_size=batch_size, verbose=0)["pooled"],
-                              np.float64))
+        chunk = images[start:start + 64]
+        if n_views > 1:
+            chunk = np.concatenate([views(x, spec) for x in chunk])
+        pooled = np.asarray(serving.predict(chunk, batch_size=batch_size, verbose=0)["pooled"], np.float64)
+        out.append(pooled.reshape(-1, n_views, pooled.shape[-1]).mean(axis=1))
     return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def pooled_layers(serving) -> List[str]:
+    """The layers whose averages make up the serving model's 'pooled' output, in order."""
+    return [layer.name[len("pooled_"):] for layer in serving.layers if layer.name.startswith("pooled_")]
 
 
 def fit(pooled: np.ndarray, train_groups: Sequence[str], val_groups: Sequence[str] = ()) -> Dict:

@@ -22,7 +22,7 @@ def test_every_artifact_is_written_loads_and_is_checksummed(tiny_bundle):
     m = _manifest(tiny_bundle)
     # a classifier's bundle is version 2 (what runtimes before the fracture map read), unless its
     # probability is calibrated: then 4, which runtimes that would ignore the calibration refuse (5,
-    # the gate's outlier direction, is a fracture map's: a classifier bundle has no gate)
+    # the gate's outlier direction: this fixture is exported without a gate)
     calibrated = "calibration" in m["decision"]
     assert m["format_version"] == (4 if calibrated else 2) and m["status"] == "accepted"
     assert calibrated or "calibration_unavailable" in m["decision"]
@@ -64,7 +64,7 @@ def test_calibration_comes_from_the_training_split_only(tiny_bundle, tiny_run):
 @pytest.mark.heavy
 def test_rerun_writes_the_same_metrics(tiny_bundle, tiny_run, tmp_path):
     out = tmp_path / "again"
-    assert export_main([str(tiny_run), "--out", str(out), "--calibration-size", "20",
+    assert export_main([str(tiny_run), "--out", str(out), "--calibration-size", "20", "--scope-size", "0",
                         "--artifacts", "tflite_int8,onnx_float,onnx_int8,tflite_float", *OPEN_TOLERANCES]) == 0
     a, b = _manifest(tiny_bundle), _manifest(out)
     for key in a["artifacts"]:
@@ -77,7 +77,7 @@ def test_rerun_writes_the_same_metrics(tiny_bundle, tiny_run, tmp_path):
 @pytest.mark.heavy
 def test_zero_tolerance_rejects_and_ships_nothing(tiny_run, tmp_path, capsys):
     out = tmp_path / "strict"
-    rc = export_main([str(tiny_run), "--out", str(out), "--calibration-size", "20",
+    rc = export_main([str(tiny_run), "--out", str(out), "--calibration-size", "20", "--scope-size", "0",
                       "--artifacts", "tflite_int8", "--max-mean-abs-diff", "0"])
     assert rc == 1
     assert not out.exists()
@@ -139,7 +139,7 @@ def test_bare_keras_model_with_split_chooses_threshold_on_validation(tiny_run, p
     out = tmp_path / "bare"
     assert export_main([str(model), "--split", str(tiny_run / "split.csv"), "--data", str(phantom_dir),
                         "--out", str(out), "--calibration-size", "10", "--artifacts", "onnx_float",
-                        *OPEN_TOLERANCES]) == 0
+                        "--scope-size", "0", *OPEN_TOLERANCES]) == 0
     m = _manifest(out)
     assert m["decision"]["rule"] == "youden" and "at export" in m["decision"]["chosen_on"]
     assert m["demonstration_only"] is True

@@ -507,3 +507,61 @@ def test_exports_thresholds_count_training_images_scored_without_their_fold():
     # an image of a group the gate has no distance for counts for nothing
     d, _ = held_out(fits, train[:2], ["a", "tiny"], folds[:2], ["a"])
     assert np.isfinite(d[0]) and np.isnan(d[1])
+
+
+@pytest.mark.heavy
+@pytest.mark.slow
+def test_a_classifier_bundle_gets_the_gate_on_its_blocks_features(tiny_run, phantom_dir, tmp_path):
+    """The paper's CNN family ships the gate too: its three blocks' features, averaged over the
+    bundle's eight views as the runtime averages them, fitted, thresholded and self-tested."""
+    from conftest import OPEN_TOLERANCES
+    from edge_runtime import selftest
+    from edge_runtime.bundle import load_bundle
+    from edge_runtime.predictor import Predictor
+    from export.quantize import main as export_main
+    from fracdata.ood import write_ood_set
+
+    out = tmp_path / "bundle"
+    assert export_main([str(tiny_run), "--out", str(out), "--calibration-size", "16", "--scope-size", "60",
+                        "--scope-photos", "0", "--scope-outliers", "4", "--artifacts", "onnx_float,tflite_int8",
+                        *OPEN_TOLERANCES]) == 0
+    bundle = load_bundle(out)
+    m = bundle.manifest
+    assert bundle.spec.n_views == 8 and m["gradcam"] is not None  # a classifier: Grad-CAM, and now a gate
+    assert m["scope"]["features"]["layers"] == ["block1_conv", "block2_conv", "block3_conv"]
+    assert m["model"]["outputs"]["pooled"]["shape"] == [1, 32 + 64 + 128]
+    assert set(m["scope"]["thresholds"]) == set(m["artifacts"]) and m["scope"]["outlier"]["thresholds"]
+    for key in m["artifacts"]:
+        assert 0.9 <= m["artifacts"][key]["metrics"]["scope"]["training_out_of_fold_kept"] <= 1.0
+        st = selftest.run(bundle, artifact=key)
+        assert st["passed"] is True and st["scope_max_diff"] <= st["scope_tolerance"], st
+    # what the gate scores: radiographs of the kind it was fitted on kept, drawn text pages and CT
+    # slices refused
+    pred = Predictor(bundle, artifact="onnx_float")
+    near = [pred.predict_file(p) for p in sorted((phantom_dir / "images").rglob("*.jpg"))[:16]]
+    assert near and sum(r.scope["in_scope"] for r in near) >= 0.75 * len(near), [r.scope for r in near]
+    ood = write_ood_set(tmp_path / "ood", 3, 5, kinds=("text_page", "ct_slice"), progress=False)
+    far = [pred.predict_file(p) for p in sorted(ood.rglob("*")) if p.suffix in (".png", ".jpg")]
+    assert len(far) == 6 and sum(not r.scope["in_scope"] for r in far) >= 4, [r.scope for r in far]
+
+
+def test_the_gate_is_fitted_on_features_averaged_over_the_views_as_the_runtime_averages_them():
+    from edge_runtime.predictor import _mean_pooled
+    from edge_runtime.preprocess import PreprocessSpec, views
+    from export.scope_fit import pooled_features
+
+    class Serving:  # 'pooled': a feature that a turn or a mirror changes (the mean of the top-left quarter)
+        def predict(self, x, batch_size=32, verbose=0):
+            q = x[:, : x.shape[1] // 2, : x.shape[2] // 2, 0]
+            return {"pooled": np.stack([q.mean(axis=(1, 2)), x[..., 0].mean(axis=(1, 2))], axis=1)}
+
+    rng = np.random.default_rng(0)
+    images = rng.random((70, 16, 16, 1)).astype(np.float32)  # more than one chunk of 64
+    for mode in ("single", "dihedral"):
+        spec = PreprocessSpec(size=16, resize="letterbox", normalize="window", views=mode)
+        got = pooled_features(Serving(), spec, images)
+        want = [_mean_pooled([{"pooled": Serving().predict(v[None])["pooled"]} for v in views(x, spec)])
+                for x in images]
+        np.testing.assert_allclose(got, np.stack(want), rtol=1e-6)
+        if mode == "dihedral":  # the views matter: one view alone is not what the runtime measures
+            assert not np.allclose(got[:, 0], Serving().predict(images)["pooled"][:, 0])

@@ -10,6 +10,9 @@ from .registry import model_preprocess, register_model
 
 FILTERS = (32, 64, 128)
 PREPROCESS = model_preprocess(128)  # the input size of all three: the paper's 128 x 128
+# What the out-of-scope gate measures: each block's ReLU features (before BatchNorm, so never
+# negative), globally averaged: 32 + 64 + 128 values, edges to the last block, as the map's gate.
+SCOPE_LAYERS = tuple(f"block{i}_conv" for i in range(1, len(FILTERS) + 1))
 
 
 def _features(x, layers):
@@ -30,7 +33,7 @@ def _output(x, layers):
 
 
 @register_model("custom_cnn", preprocess=PREPROCESS, gradcam_layer="block3_conv", default_epochs=30,
-                pretrained=False, description="paper: 3x(Conv-BN-MaxPool-Dropout), Flatten, Dense(128), Dense(1)")
+                pretrained=False, scope_layers=SCOPE_LAYERS, description="paper: 3x(Conv-BN-MaxPool-Dropout), Flatten, Dense(128), Dense(1)")
 def custom_cnn(input_shape):
     import keras
     from keras import layers
@@ -56,12 +59,12 @@ def _lean(name: str, pooling: str, input_shape):
 
 
 @register_model("custom_cnn_gmp", preprocess=PREPROCESS, gradcam_layer="block3_conv", default_epochs=30,
-                pretrained=False, description="ours: same 3 blocks, GlobalMaxPooling head (~45x fewer params)")
+                pretrained=False, scope_layers=SCOPE_LAYERS, description="ours: same 3 blocks, GlobalMaxPooling head (~45x fewer params)")
 def custom_cnn_gmp(input_shape):
     return _lean("custom_cnn_gmp", "gmp", input_shape)
 
 
 @register_model("custom_cnn_gap", preprocess=PREPROCESS, gradcam_layer="block3_conv", default_epochs=30,
-                pretrained=False, description="ours: same 3 blocks, GlobalAveragePooling head (~45x fewer params)")
+                pretrained=False, scope_layers=SCOPE_LAYERS, description="ours: same 3 blocks, GlobalAveragePooling head (~45x fewer params)")
 def custom_cnn_gap(input_shape):
     return _lean("custom_cnn_gap", "gap", input_shape)

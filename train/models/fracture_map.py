@@ -65,7 +65,7 @@ def build_map_model(input_shape, pooling: MapPooling = POOLING, layout=LAYOUT, d
 
 
 @register_model("fracture_map", preprocess=PREPROCESS, gradcam_layer=FEATURE_LAYER, default_epochs=56,
-                pretrained=False, map_pooling=POOLING, map_stride=STRIDE, default_batch=16,
+                pretrained=False, map_pooling=POOLING, map_stride=STRIDE, default_batch=16, scope_layers=SCOPE_LAYERS,
                 description="ours: box-supervised fracture map (8 Conv-BN-ReLU, 3 pools, dilations 2 and 4; "
                             "1/8-resolution map; image logit = pooled map)")
 def fracture_map(input_shape, pooling: MapPooling = POOLING):

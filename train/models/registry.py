@@ -51,6 +51,9 @@ class ModelConfig:
     map_pooling: Optional[MapPooling] = None
     map_stride: int = 0  # input pixels per map cell
     default_batch: int = 32  # images per training batch unless --batch-size says otherwise
+    # What the out-of-scope gate measures (edge_runtime/scope.py): the global average of each of these
+    # layers' (non-negative) features, side by side; () ships no gate.
+    scope_layers: Tuple[str, ...] = ()
 
     @property
     def is_map(self) -> bool:
@@ -70,12 +73,12 @@ _REGISTRY: Dict[str, ModelConfig] = {}
 
 def register_model(name: str, *, preprocess: PreprocessSpec, gradcam_layer: str, default_epochs: int,
                    pretrained: bool, description: str, map_pooling: Optional[MapPooling] = None,
-                   map_stride: int = 0, default_batch: int = 32):
+                   map_stride: int = 0, default_batch: int = 32, scope_layers: Tuple[str, ...] = ()):
     def wrap(fn: Callable) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = ModelConfig(name, preprocess, gradcam_layer, default_epochs, pretrained, description, fn,
-                                      map_pooling, map_stride, default_batch)
+                                      map_pooling, map_stride, default_batch, tuple(scope_layers))
         return fn
     return wrap
 

@@ -13,6 +13,17 @@ from .registry import model_preprocess, register_model
 
 PREPROCESS = model_preprocess(224)  # the ImageNet bases' native input size
 
+# What the out-of-scope gate measures in each frozen base: two activations, one early and one
+# half-way down, globally averaged. Not the 1,280-2,048 values the head reads: the gate keeps a
+# precision matrix per group, 7-17 MB each at that width; at these 288-384 values, 0.3-0.6 MB.
+# Chosen by width and depth, not measured (no ImageNet weights or FracAtlas on the machines that
+# chose them): `python -m train.scope_evaluate RUN --bundle B` measures a bundle.
+SCOPE_LAYERS = {
+    "efficientnetb0": ("block2a_expand_activation", "block4a_activation"),  # 96 + 240
+    "mobilenetv2": ("block_1_expand_relu", "block_6_depthwise_relu"),  # 96 + 192
+    "resnet50": ("conv3_block4_2_relu", "conv4_block6_2_relu"),  # 128 + 256
+}
+
 # Keras's own file names for the no-top ImageNet weights, so `--weights DIR` can hold all three.
 WEIGHT_FILES = {
     "efficientnetb0": "efficientnetb0_notop.h5",
@@ -64,19 +75,19 @@ def _transfer(name: str, app: str, scale: float, offset, input_shape, weights: s
 
 
 @register_model("efficientnetb0", preprocess=PREPROCESS, gradcam_layer="top_activation", default_epochs=5,
-                pretrained=True, description="EfficientNetB0 base (expects 0-255)")
+                pretrained=True, scope_layers=SCOPE_LAYERS["efficientnetb0"], description="EfficientNetB0 base (expects 0-255)")
 def efficientnetb0(input_shape, weights: str = "imagenet"):
     return _transfer("efficientnetb0", "EfficientNetB0", 255.0, 0.0, input_shape, weights)
 
 
 @register_model("mobilenetv2", preprocess=PREPROCESS, gradcam_layer="out_relu", default_epochs=5,
-                pretrained=True, description="MobileNetV2 base (expects [-1, 1])")
+                pretrained=True, scope_layers=SCOPE_LAYERS["mobilenetv2"], description="MobileNetV2 base (expects [-1, 1])")
 def mobilenetv2(input_shape, weights: str = "imagenet"):
     return _transfer("mobilenetv2", "MobileNetV2", 2.0, -1.0, input_shape, weights)
 
 
 @register_model("resnet50", preprocess=PREPROCESS, gradcam_layer="conv5_block3_out", default_epochs=5,
-                pretrained=True, description="ResNet50 base (caffe: BGR means subtracted from 0-255)")
+                pretrained=True, scope_layers=SCOPE_LAYERS["resnet50"], description="ResNet50 base (caffe: BGR means subtracted from 0-255)")
 def resnet50(input_shape, weights: str = "imagenet"):
     # Gray replicated, so the BGR order of the caffe means only decides which channel gets which.
     return _transfer("resnet50", "ResNet50", 255.0, [-103.939, -116.779, -123.68], input_shape, weights)
