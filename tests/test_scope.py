@@ -543,6 +543,12 @@ def test_a_classifier_bundle_gets_the_gate_on_its_blocks_features(tiny_run, phan
     ood = write_ood_set(tmp_path / "ood", 3, 5, kinds=("text_page", "ct_slice"), progress=False)
     far = [pred.predict_file(p) for p in sorted(ood.rglob("*")) if p.suffix in (".png", ".jpg")]
     assert len(far) == 6 and sum(not r.scope["in_scope"] for r in far) >= 4, [r.scope for r in far]
+    # and the measuring tool reads a classifier bundle too (its alternatives: the binary energy and max-logit)
+    from train.scope_evaluate import evaluate
+
+    result = evaluate(tiny_run, out, ood, None, progress=False)
+    assert result["sets"]["ood/text_page"]["n"] == 3 and result["sets"]["ood/text_page"]["gate"] is not None
+    assert all(e["energy"] is not None for e in result["sets"].values())
 
 
 def test_the_gate_is_fitted_on_features_averaged_over_the_views_as_the_runtime_averages_them():

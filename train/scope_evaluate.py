@@ -7,7 +7,8 @@ validation and test radiographs, and reports per kind the fraction refused, and 
 fraction of in-scope radiographs refused. Beside the shipped gate it scores two alternatives on
 the same images, each thresholded by the same rule (keep 99% of validation): the energy score
 (-logsumexp of the map's cell logits; Liu et al. 2020) and the negative largest cell logit
-(Hendrycks and Gimpel's max-logit), so the choice of method stays a measurement.
+(Hendrycks and Gimpel's max-logit), so the choice of method stays a measurement; for a
+classifier bundle, the binary form of both (its one logit beside a fixed 0).
 """
 
 from __future__ import annotations
@@ -36,9 +37,14 @@ def _scores(pred, decoded) -> Optional[Dict]:
     x, problem, _ = checked_input(decoded.pixels, pred.spec)
     if problem:
         return {"content_refused": True}
-    _, logits, pooled = pred.map_answer(x)  # the runtime's own inference: views merged, pooled features averaged
+    if pred.map is not None:
+        _, logits, pooled = pred.map_answer(x)  # the runtime's own inference: views merged, pooled features averaged
+        z = logits.reshape(-1).astype(np.float64)
+    else:  # a classifier: its one logit against a fixed 0, the binary form of both scores
+        p, _, pooled = pred.assess(x)
+        p = min(max(p, 1e-12), 1 - 1e-12)
+        z = np.array([0.0, np.log(p / (1 - p))])
     rec_scope = pred.gate.check(pooled, decoded.colour)
-    z = logits.reshape(-1).astype(np.float64)
     lse = float(z.max() + np.log(np.exp(z - z.max()).sum()))
     distance, direction = pred.gate.ratios(pooled)
     return {"refused": not rec_scope["in_scope"], "code": rec_scope.get("code"),
