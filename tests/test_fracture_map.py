@@ -151,6 +151,95 @@ def test_acquisition_effects_reach_training_samples_only_when_asked_and_keep_the
     assert 0 < differ < 20
 
 
+def test_a_photographed_pair_is_the_unpaired_sample_and_the_same_film_photographed():
+    """--photo-consistency: the first of a pair is exactly what an unpaired run draws; the second
+    has its geometry, targets and labels, and differs only by a photo's effects drawn anew."""
+    from train.map_fit import map_set, sample, sources_with_both_classes
+
+    recs = [_rec(0, 1, ((0.4, 0.4, 0.5, 0.5),), "forearm"), _rec(1, 0, (), "phantom"),
+            _rec(2, 1, ((0.1, 0.1, 0.2, 0.2),), "phantom")]
+    ms = map_set(_loaded(recs), sources_with_both_classes(recs))
+    gaps = []
+    for i in range(3):
+        for k in range(8):
+            one = sample(ms, i, np.random.default_rng([5, k]), 8, True, True, acquisition=True)
+            pair = sample(ms, i, np.random.default_rng([5, k]), 8, True, True, acquisition=True, pair=True)
+            assert len(pair) == 4 and all(np.array_equal(a, b) for a, b in zip(one, pair[:3]))
+            assert pair[3].shape == pair[0].shape and pair[3].dtype == np.float32
+            gaps.append(float(np.abs(pair[3] - pair[0]).mean()))
+            # the same pixels, photographed: far closer to each other than to another geometry's draw
+            other = sample(ms, i, np.random.default_rng([6, k]), 8, True, True)[0]
+            assert np.corrcoef(pair[0].ravel(), pair[3].ravel())[0, 1] > np.corrcoef(pair[0].ravel(), other.ravel())[0, 1]
+    assert min(gaps) > 0.0, "the photo of a sample must differ from it"
+    with pytest.raises(ValueError, match="only with augmentation"):
+        sample(ms, 0, np.random.default_rng(0), 8, True, False, pair=True)
+
+
+def test_paired_batches_hold_half_the_images_twice_at_the_same_phantom_share():
+    from train.map_fit import batches, map_set, sources_with_both_classes
+
+    recs = ([_rec(i, 1, ((0.4, 0.4, 0.5, 0.5),), "forearm") for i in range(6)]
+            + [_rec(10 + i, i % 2, ((0.1, 0.1, 0.2, 0.2),) if i % 2 else (), "phantom") for i in range(6)])
+    ms = map_set(_loaded(recs), sources_with_both_classes(recs))
+    plain = batches({"train": ms}, 8, 0.5, 3, 8, 4, True)
+    paired = batches({"train": ms}, 8, 0.5, 3, 8, 4, True, consistency=0.7)
+    for step in (0, 5):
+        xp, yp = plain(step)
+        x, y = paired(step)
+        assert x.shape == xp.shape and y["logit"].shape == (8, 3)
+        assert np.all(yp["logit"][:, 2] == 0.0) and np.all(y["logit"][:, 2] == 0.7)
+        # the first half is every second sample of the unpaired batch, phantoms and real ones alike
+        assert np.array_equal(x[:4], xp[::2]) and np.array_equal(y["map"][:4], yp["map"][::2])
+        assert np.array_equal(y["map"][4:], y["map"][:4]) and np.array_equal(y["logit"][4:], y["logit"][:4])
+        assert not np.array_equal(x[4:], x[:4])
+    # with two replicas, each pairs its own samples
+    for r in range(2):
+        x, y = paired(1, r, 2)
+        assert len(x) == 4 and np.array_equal(y["map"][2:], y["map"][:2])
+    # a share of pairs: the first samples get their photo, the rest of that half is the draw's other places
+    half = batches({"train": ms}, 8, 0.5, 3, 8, 4, True, consistency=0.7, pair_share=0.5)
+    xp, yp = plain(2)
+    x, y = half(2)
+    assert np.array_equal(x[:4], xp[::2]) and np.array_equal(x[6:], xp[5::2])  # places 5 and 7 as drawn
+    assert np.array_equal(y["map"][4:6], y["map"][:2]) and not np.array_equal(x[4:6], x[:2])
+    assert y["logit"][:, 2].tolist() == [0.7, 0.7, 0.0, 0.0] * 2
+    # a replica's odd part still makes two equal halves: its last sample is photographed
+    x, y = batches({"train": ms}, 6, 0.5, 3, 8, 4, True, consistency=0.7, pair_share=0.5)(0, 0, 2)
+    assert len(x) == 4 and y["logit"][:, 2].tolist() == [0.7, 0.7] * 2
+
+
+def test_the_pair_term_weighs_each_pairs_logit_difference_and_nothing_unpaired():
+    import tensorflow as tf
+
+    from train.map_fit import IMAGE_WEIGHT, image_loss
+
+    logits = tf.constant([[1.0], [-2.0], [1.5], [0.0]])
+    label = [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]  # no image label counts: the pair term alone
+    paired = image_loss(tf.constant([r + [2.0] for r in label]), logits).numpy()
+    assert np.allclose(paired, [0.5, 8.0, 0.5, 8.0])  # 2 x 0.5^2, 2 x 2^2, counted on both members
+    assert np.allclose(image_loss(tf.constant([r + [0.0] for r in label]), logits).numpy(), 0.0)
+    # the sample is held fixed: only the photo's logit is pulled towards it
+    with tf.GradientTape() as tape:
+        z = tf.Variable(logits)
+        loss = tf.reduce_sum(image_loss(tf.constant([r + [2.0] for r in label]), z))
+    grad = tape.gradient(loss, z).numpy()[:, 0]
+    assert np.allclose(grad[:2], 0.0) and np.allclose(grad[2:], [2 * 2 * 2 * 0.5, 2 * 2 * 2 * 2.0])
+    # an odd batch (validation's last) adds no pair term to its last image; the BCE still counts
+    odd = image_loss(tf.constant([[1.0, 1.0, 0.0]] * 3), tf.constant([[0.0], [0.0], [0.0]])).numpy()
+    assert np.allclose(odd, IMAGE_WEIGHT * np.log(2.0))
+
+
+@pytest.mark.parametrize("kwargs, message", [({"photo_consistency": -1.0}, "0 \\(off\\) or more"),
+                                             ({"photo_pairs": 0.0}, "within \\(0, 1\\]"),
+                                             ({"photo_consistency": 1.0, "photo_augment": False}, "photo augmentation"),
+                                             ({"photo_consistency": 1.0, "batch_size": 7}, "must be even")])
+def test_photo_consistency_options_are_checked(kwargs, message):
+    from train.fit import TrainOptions
+
+    with pytest.raises(ValueError, match=message):
+        TrainOptions(**kwargs)
+
+
 def test_a_source_of_fractures_only_trains_no_image_label_but_its_box_free_crops_are_negatives():
     from train.map_fit import map_set, sample, sources_with_both_classes
 
@@ -276,6 +365,23 @@ def test_a_map_model_trains_on_mixed_sources_and_reports_them_apart(tiny_map_run
     assert "overlays-real/" in (Path(__file__).resolve().parents[1] / ".gitignore").read_text()
     split = (tiny_map_run / "split.csv").read_text()
     assert "phantom/" in split and "unboxed" not in split
+
+
+@pytest.mark.heavy
+@pytest.mark.slow
+def test_a_map_trains_with_photographed_pairs_and_records_the_term(phantom_dir, tmp_path):
+    from train.cli import main as train_main
+
+    yolo = _yolo_from_phantoms(phantom_dir, tmp_path / "fractures", n=12)
+    out = tmp_path / "run"
+    rc = train_main(["--model", "fracture_map", "--data", str(yolo), "--phantom-mix", "24", "--size", "64",
+                     "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--bootstrap", "20",
+                     "--photo-consistency", "0.5", "--out", str(out)])
+    assert rc == 0
+    run = json.loads((out / "run.json").read_text())
+    assert "0.5 x (pooled logit" in run["training"]["loss"]["photo_consistency"]
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert rows and all(np.isfinite(float(r["loss"])) and np.isfinite(float(r["val_loss"])) for r in rows)
 
 
 @pytest.mark.slow

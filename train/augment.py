@@ -248,9 +248,25 @@ def augment_with_boxes(x: np.ndarray, boxes, rng: np.random.Generator, photo: bo
     """One training image (size, size), resized but not normalised, and its pixel boxes -> both
     augmented: geometry, another system's processing and marks (`acquisition_effects`), then a
     photo's effects."""
+    out, moved, _ = _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_effects, False)
+    return out, moved
+
+
+def augment_pair_with_boxes(x: np.ndarray, boxes, rng: np.random.Generator, photo: bool = True,
+                            zoom_range: Tuple[float, float] = MAP_ZOOM, shift: float = MAP_SHIFT,
+                            acquisition_effects: bool = False) -> Tuple[np.ndarray, list, np.ndarray]:
+    """(augment_with_boxes's image, its boxes, a photo of the same film): the third is the second's
+    image before its photo effects, with a photo's effects always drawn anew, so the two differ
+    only in what photographing a film does, as a file and its photo do (--photo-consistency)."""
+    return _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_effects, True)
+
+
+def _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_effects, pair):
     out, moved = map_geometry(x, boxes, rng, PHOTOMETRIC.perspective if photo else 0.0, zoom_range, shift)
     if acquisition_effects and rng.random() < ACQUISITION.probability:
         out = acquisition(out, moved, rng)
+    film = out
     if photo and rng.random() < PHOTOMETRIC.probability:
         out = photometric(out, rng)
-    return out, moved
+    # drawn after the first view's, so the first view is what an unpaired run draws
+    return out, moved, (photometric(film, rng) if pair else None)

@@ -108,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fracture-map models: also augment with another X-ray system's processing and marks "
                          "(CLAHE, tone curves, unsharp masking, collimation bands, lead markers; train/augment.py, "
                          "Acquisition) on 40%% of training images (default: off; measured in docs/results.md)")
+    ap.add_argument("--photo-consistency", type=float, default=0.0, metavar="W",
+                    help="fracture-map models: draw each training image twice, as a sample and as the same "
+                         "sample photographed (the photo augmentation drawn anew), and add W x the squared "
+                         "difference of their pooled logits to the loss; a batch then holds half as many images "
+                         "(default: %(default)s, off; measured in docs/results.md)")
+    ap.add_argument("--photo-pairs", type=float, default=1.0, metavar="SHARE",
+                    help="with --photo-consistency: of half of each batch's samples, the share whose photo takes "
+                         "a place in the other half (the rest of that half: other images, as usual) "
+                         "(default: %(default)s)")
     ap.add_argument("--steps-per-epoch", type=int,
                     help="fracture-map models: batches per epoch (default: one pass over the real training "
                          "images at their share of each batch, or over the phantoms without real data)")
@@ -145,7 +154,8 @@ def options_from(args: argparse.Namespace, argv: List[str]) -> TrainOptions:
         photo_augment=args.photo_augment, threshold_rule=args.threshold_rule, bootstrap=args.bootstrap,
         size=args.size, resize=args.resize, normalize=args.normalize, views=args.views, split=args.split,
         phantom_share=args.phantom_share, steps_per_epoch=args.steps_per_epoch, pooling=args.pooling,
-        negative_crop=args.negative_crop, acquisition_augment=args.acquisition_augment, strategy=args.strategy,
+        negative_crop=args.negative_crop, acquisition_augment=args.acquisition_augment,
+        photo_consistency=args.photo_consistency, photo_pairs=args.photo_pairs, strategy=args.strategy,
         dropout=args.dropout, cache=args.cache,
         decode_workers=args.decode_workers, argv=tuple(argv),
         max_skip_fraction=args.max_skip_fraction, command=" ".join(["python -m train", *argv]),

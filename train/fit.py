@@ -63,6 +63,8 @@ class TrainOptions:
     pooling: Optional[str] = None  # map pooling: max | lse:R | topk:K; None: the registry entry's
     negative_crop: float = 0.5  # share of real boxed training images drawn as a close crop (box-free: a negative)
     acquisition_augment: bool = False  # fracture maps: another X-ray system's processing and marks (train/augment.py)
+    photo_consistency: float = 0.0  # fracture maps: weight of a sample's and its photo's pooled-logit difference
+    photo_pairs: float = 1.0  # of half of each batch's samples, the share photographed as the other half
     # Where and how training runs (train/distribute.py, train/backup.py):
     strategy: str = "default"  # default | mirrored | multiworker (TF_CONFIG)
     dropout: Optional[float] = None  # every Dropout layer's rate; None keeps the model's
@@ -84,6 +86,15 @@ class TrainOptions:
             raise ValueError(f"size must be within 32..1024, got {self.size}")
         if not 0.0 <= self.negative_crop <= 1.0:
             raise ValueError(f"negative_crop must be within [0, 1], got {self.negative_crop}")
+        if self.photo_consistency < 0.0:
+            raise ValueError(f"photo_consistency must be 0 (off) or more, got {self.photo_consistency}")
+        if not 0.0 < self.photo_pairs <= 1.0:
+            raise ValueError(f"photo_pairs must be within (0, 1], got {self.photo_pairs}")
+        if self.photo_consistency and not self.photo_augment:
+            raise ValueError("photo_consistency pairs a sample with its photo: it needs the photo augmentation on")
+        if self.photo_consistency and self.batch_size is not None and self.batch_size % 2:
+            raise ValueError(f"photo_consistency draws each image twice: the batch size must be even, "
+                             f"got {self.batch_size}")
         if not 0.0 <= self.phantom_share < 1.0:
             raise ValueError(f"phantom_share must be within [0, 1): a share of 1 would never show the real "
                              f"images, got {self.phantom_share}")

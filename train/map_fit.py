@@ -100,19 +100,24 @@ def _enlargement(before, after) -> float:
 
 
 def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool, augment: bool,
-           negative_crop: float = NEGATIVE_CROP, acquisition: bool = False):
-    """(model input (size, size, 1), cell targets (grid, grid, 2), image target (2,)) for image i."""
-    from .augment import MAP_SHIFT, MAP_ZOOM, augment_with_boxes
+           negative_crop: float = NEGATIVE_CROP, acquisition: bool = False, pair: bool = False):
+    """(model input (size, size, 1), cell targets (grid, grid, 2), image target (2,)) for image i;
+    `pair` (augmented only): a fourth item, the same sample photographed (augment_pair_with_boxes)."""
+    from .augment import MAP_SHIFT, MAP_ZOOM, augment_pair_with_boxes, augment_with_boxes
 
     x, boxes = ms.resized[i], ms.boxes[i]
     label, weight = float(ms.labels[i]), float(ms.image_weight[i])
     size = x.shape[0]
     margin = MARGIN_CELLS  # in cells of the model input; a zoom enlarges it with the pixels
+    photo_of = None
     if augment:
         crop = bool(ms.real[i]) and bool(boxes) and rng.random() < negative_crop
         zoom = NEGATIVE_CROP_ZOOM if crop else (UNKNOWN_ZOOM if boxes is None else MAP_ZOOM)
-        x, moved = augment_with_boxes(x, boxes or [], rng, photo, zoom, NEGATIVE_CROP_SHIFT if crop else MAP_SHIFT,
-                                      acquisition)
+        shift = NEGATIVE_CROP_SHIFT if crop else MAP_SHIFT
+        if pair:
+            x, moved, photo_of = augment_pair_with_boxes(x, boxes or [], rng, photo, zoom, shift, acquisition)
+        else:
+            x, moved = augment_with_boxes(x, boxes or [], rng, photo, zoom, shift, acquisition)
         if boxes:
             # one cell of the original input: a close crop enlarges the ring with the pixels
             margin = MARGIN_CELLS * _enlargement(boxes, moved)
@@ -124,17 +129,30 @@ def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool,
             elif not in_frame:  # only a box's margin is in view: neither fractured nor known intact
                 label, weight = 0.0, 0.0
             boxes = moved
+    elif pair:
+        raise ValueError("a photographed pair is drawn only with augmentation")
     target, cell_w = cell_targets(boxes, size, grid, margin)
     xn = normalize_intensity(x, ms.spec)[:, :, None].astype(np.float32)
-    return xn, np.stack([target, cell_w], axis=-1), np.array([label, weight], np.float32)
+    out = (xn, np.stack([target, cell_w], axis=-1), np.array([label, weight], np.float32))
+    if pair:
+        return out + (normalize_intensity(photo_of, ms.spec)[:, :, None].astype(np.float32),)
+    return out
 
 
 def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed: int, grid: int,
-            steps: int, photo: bool = True, negative_crop: float = NEGATIVE_CROP, acquisition: bool = False):
+            steps: int, photo: bool = True, negative_crop: float = NEGATIVE_CROP, acquisition: bool = False,
+            consistency: float = 0.0, pair_share: float = 1.0):
     """batch_of(step, replica, replicas): that replica's part of the global batch at `step`
     (counted from the first epoch). Epoch e's draw of images depends only on (seed, e) and each
     image's augmentation on (seed, e, step, place in the batch), so a resumed run, or R replicas
-    together, draw what one uninterrupted run does."""
+    together, draw what one uninterrupted run does.
+
+    `consistency` > 0: a replica's part is two halves, place k of the second half the partner of
+    place k of the first. The first half is every second place of the draw (so the phantom share
+    holds); of its samples, the first `pair_share` are photographed as their partners, and the
+    other partners are the draw's next places, as usual. The image targets' third column carries
+    the weight image_loss gives a photographed partner's difference (0 for the others, and in
+    validation)."""
     import functools
 
     pools = {"phantom": [], "real": []}
@@ -168,8 +186,20 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
         e, j = divmod(step, steps)
         idx = plan(e)[j]
         places = replica_slice(list(range(len(idx))), replica, replicas)
-        xs, ts, ys = zip(*(sample(ms, idx[k], np.random.default_rng([seed, e, j, k]), grid, photo, True,
-                                  negative_crop, acquisition) for k in places))
+        draw = lambda k, pair=False: sample(ms, idx[k], np.random.default_rng([seed, e, j, k]), grid,  # noqa: E731
+                                            photo, True, negative_crop, acquisition, pair)
+        if consistency <= 0:
+            xs, ts, ys = zip(*(draw(k) for k in places))
+            return np.stack(xs), {"map": np.stack(ts), "logit": np.stack([np.append(y, 0.0) for y in ys])}
+        first, rest = places[::2], places[1::2]
+        n_pairs = int(round(pair_share * len(first)))
+        twin = [i < n_pairs or i >= len(rest) for i in range(len(first))]  # an odd part: its last is twinned
+        firsts = [draw(k, pair=twin[i]) for i, k in enumerate(first)]
+        partners = [(f[3], f[1], f[2]) if twin[i] else draw(rest[i]) for i, f in enumerate(firsts)]
+        weights = [consistency if t else 0.0 for t in twin]
+        xs = [f[0] for f in firsts] + [q[0] for q in partners]
+        ts = [f[1] for f in firsts] + [q[1] for q in partners]
+        ys = [np.append(q[2], w) for q, w in zip(firsts + partners, weights + weights)]
         return np.stack(xs), {"map": np.stack(ts), "logit": np.stack(ys)}
     return batch_of
 
@@ -178,7 +208,7 @@ def fixed_set(ms: MapSet, grid: int) -> Tuple[np.ndarray, Dict[str, np.ndarray]]
     """Validation inputs and targets, not augmented."""
     out = [sample(ms, i, np.random.default_rng(0), grid, False, False) for i in range(len(ms.labels))]
     xs, ts, ys = zip(*out) if out else ((), (), ())
-    return np.stack(xs), {"map": np.stack(ts), "logit": np.stack(ys)}
+    return np.stack(xs), {"map": np.stack(ts), "logit": np.stack([np.append(y, 0.0) for y in ys])}
 
 
 # ----------------------------------------------------------------------------------------- losses
@@ -207,10 +237,18 @@ def map_loss(y_true, y_pred):
 
 
 def image_loss(y_true, y_pred):
-    """BCE of the pooled logit where the image label counts. y_true (batch, 2): label, weight."""
+    """BCE of the pooled logit where the image label counts, + for a batch with photographed
+    partners (batches()), weight x the squared difference of each photo's pooled logit from its
+    sample's, the sample's held fixed (the photo should read as the file does, not the file as a
+    photo), counted on both places. y_true (batch, 3): label, weight, the pair term's weight."""
+    import tensorflow as tf
     from keras import ops
 
-    return IMAGE_WEIGHT * ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0], from_logits=True) * y_true[:, 1]
+    bce = IMAGE_WEIGHT * ops.binary_crossentropy(y_true[:, 0], y_pred[:, 0], from_logits=True) * y_true[:, 1]
+    n = tf.shape(y_pred)[0]
+    h = n // 2
+    diff = tf.square(tf.stop_gradient(y_pred[:h, 0]) - y_pred[h:2 * h, 0]) * y_true[:h, 2]
+    return bce + tf.concat([diff, diff, tf.zeros([n - 2 * h], diff.dtype)], axis=0)
 
 
 def training_view(model):
@@ -221,12 +259,15 @@ def training_view(model):
                        name=f"{model.name}_training")
 
 
-def describe_loss() -> Dict:
+def describe_loss(consistency: float = 0.0, pair_share: float = 1.0) -> Dict:
     return {"map": "per image: mean BCE over positive cells + mean BCE over negative cells (margin ignored) + "
                    f"{HARD_WEIGHT} x BCE of the log-sum-exp (r={HARD_POOL_R}) over each class's cells + "
                    f"{WHERE_WEIGHT} x -log(softmax mass of the map inside the boxes)",
             "image": f"{IMAGE_WEIGHT} x BCE of the pooled logit, only for sources with both classes and for "
                      "box-free crops of real radiographs",
+            "photo_consistency": (f"{consistency} x (pooled logit of a sample, held fixed - that of the same "
+                                  f"sample photographed)^2, on both; {pair_share:g} of half the batch's samples "
+                                  "photographed in place of other images" if consistency else None),
             "negative_crop": {"zoom": list(NEGATIVE_CROP_ZOOM), "centre_anywhere_within": NEGATIVE_CROP_SHIFT},
             "cell_targets": f"fracdata/targets.py (positive cover 0.3, margin {MARGIN_CELLS} cell ignored)"}
 
@@ -308,9 +349,9 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
                  if not isinstance(c, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
     size = spec.size
     sig = (tf.TensorSpec((None, size, size, 1), tf.float32),
-           {"map": tf.TensorSpec((None, grid, grid, 2), tf.float32), "logit": tf.TensorSpec((None, 2), tf.float32)})
+           {"map": tf.TensorSpec((None, grid, grid, 2), tf.float32), "logit": tf.TensorSpec((None, 3), tf.float32)})
     batch_of = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop,
-                       o.acquisition_augment)
+                       o.acquisition_augment, o.photo_consistency, o.photo_pairs)
     train_ds = distributed(strategy, lambda k, n, local: step_dataset(batch_of, sig, start_epoch * steps,
                                                                       epochs * steps, k, n, local))
     xv, yv = fixed_set(sets["val"], grid)
@@ -321,7 +362,7 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
         view.fit(train_ds, steps_per_epoch=steps, validation_data=val_ds, epochs=epochs, initial_epoch=start_epoch,
                  callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     return view, {
-        "loss": describe_loss(), "validation_loss": "the same loss on the validation split, not augmented",
+        "loss": describe_loss(o.photo_consistency, o.photo_pairs), "validation_loss": "the same loss on the validation split, not augmented",
         "learning_rate_schedule": f"cosine decay from {o.lr} to {0.05 * o.lr:g} over {epochs * steps} steps",
         "augmentation": describe_map(o.photo_augment, o.acquisition_augment),
         "negative_crop_share": o.negative_crop,
