@@ -59,10 +59,9 @@ def measure_decode(records, spec, cache_dir: Path) -> Dict[str, object]:
 
 def measure_augment_and_step(loaded, name: str, batch: int, steps: int) -> Dict[str, object]:
     import numpy as np
-    import tensorflow as tf
 
     from train.dataset import step_dataset
-    from train.map_fit import batches, grid_of, map_set, training_view
+    from train.map_fit import batch_signature, batches, grid_of, map_set, training_view
     from train.models import build_model, get_config
 
     cfg = get_config(name)
@@ -74,8 +73,7 @@ def measure_augment_and_step(loaded, name: str, batch: int, steps: int) -> Dict[
     for s in range(steps):
         batch_of(s)
     serial = time.perf_counter() - t
-    sig = (tf.TensorSpec((None, spec.size, spec.size, 1), tf.float32),
-           {"map": tf.TensorSpec((None, grid, grid, 2), tf.float32), "logit": tf.TensorSpec((None, 2), tf.float32)})
+    sig = batch_signature(spec.size, grid)
     ds = step_dataset(batch_of, sig, steps, 2 * steps)  # other steps than above: nothing cached
     t = time.perf_counter()
     for _ in ds:

@@ -100,3 +100,15 @@ def test_the_training_benchmark_measures_every_stage_and_both_worker_counts(tmp_
         rel=1e-2)
     md = (out / "training.md").read_text()
     assert "| training, 2 local workers |" in md and md.strip() in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_onnx_formats_times_every_int8_format_against_the_float_file(tiny_bundle, tmp_path, capsys):
+    from benchmarks.onnx_formats import main
+
+    assert main([str(tiny_bundle), "--runs", "2", "--warmup", "0", "--calibration-images", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["ms_p50"]) == {"float", "qdq_s8s8", "qdq_u8s8", "qdq_u8s8_reduced", "qoperator_u8s8", "bundle_int8"}
+    assert all(v > 0 for v in result["ms_p50"].values()) and result["speed_vs_float"]["float"] == 1.0
+    (tmp_path / "manifest.json").write_text("{}")
+    assert main([str(tmp_path)]) == 2 and "no float ONNX file" in capsys.readouterr().err

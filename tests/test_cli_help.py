@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 CLIS = ["edge_runtime.cli", "device.cli", "benchmarks.cli", "benchmarks.webapp", "benchmarks.fuzz", "benchmarks.fsfuzz",
-        "benchmarks.page", "benchmarks.formats", "benchmarks.sizes", "export.signing", "train.cli", "train.evaluate", "train.report",
+        "benchmarks.page", "benchmarks.formats", "benchmarks.sizes", "benchmarks.onnx_formats", "export.signing", "train.cli", "train.evaluate", "train.report",
         "train.duplicates", "export.quantize", "train.scope_evaluate", "train.scope_compare", "train.acquisition_shift",
         "fracdata.ood"]
 ROOT = Path(__file__).resolve().parent.parent

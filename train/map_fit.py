@@ -204,6 +204,14 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
     return batch_of
 
 
+def batch_signature(size: int, grid: int):
+    """What batches() yields, as tf.TensorSpecs: inputs, and the map's and the image's targets."""
+    import tensorflow as tf
+
+    return (tf.TensorSpec((None, size, size, 1), tf.float32),
+            {"map": tf.TensorSpec((None, grid, grid, 2), tf.float32), "logit": tf.TensorSpec((None, 3), tf.float32)})
+
+
 def fixed_set(ms: MapSet, grid: int) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """Validation inputs and targets, not augmented."""
     out = [sample(ms, i, np.random.default_rng(0), grid, False, False) for i in range(len(ms.labels))]
@@ -347,9 +355,7 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
         view.compile(optimizer=keras.optimizers.Adam(schedule), loss={"map": map_loss, "logit": image_loss})
     callbacks = [c for c in callbacks
                  if not isinstance(c, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
-    size = spec.size
-    sig = (tf.TensorSpec((None, size, size, 1), tf.float32),
-           {"map": tf.TensorSpec((None, grid, grid, 2), tf.float32), "logit": tf.TensorSpec((None, 3), tf.float32)})
+    sig = batch_signature(spec.size, grid)
     batch_of = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop,
                        o.acquisition_augment, o.photo_consistency, o.photo_pairs)
     train_ds = distributed(strategy, lambda k, n, local: step_dataset(batch_of, sig, start_epoch * steps,
