@@ -69,6 +69,19 @@ def time_interleaved(paths: Dict[str, Path], shape, runs: int, warmup: int, seed
     return {k: float(np.median(v) * 1000) for k, v in times.items()}
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows: the ratios depend on it."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.onnx_formats", description=__doc__.split("\n\n")[0])
     ap.add_argument("bundle", type=Path, help="a bundle folder with model_float.onnx (and model_int8.onnx)")
@@ -94,13 +107,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if (args.bundle / "model_int8.onnx").is_file():
             paths["bundle_int8"] = args.bundle / "model_int8.onnx"
         ms = time_interleaved(paths, shape, args.runs, args.warmup, args.seed)
-    import platform
-
-    result = {"bundle": str(args.bundle), "cpu": platform.processor() or platform.machine(), "threads": 1,
+    result = {"bundle": str(args.bundle), "cpu": _cpu_name(), "threads": 1,
               "runs": args.runs, "ms_p50": ms, "speed_vs_float": {k: ms["float"] / v for k, v in ms.items()}}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        print(f"{result['cpu']}, one thread, median of {args.runs} interleaved rounds")
         print(f"{'model':16s} {'p50 ms':>8s} {'vs float':>9s}")
         for k, v in ms.items():
             print(f"{k:16s} {v:8.2f} {ms['float'] / v:8.2f}x")

@@ -11,8 +11,8 @@ answer is shown, with its own decision (labels.OUT_OF_SCOPE) and a reason code:
   the median, a tinted scan or a JPEG's chroma noise stays gray, and a red annotation arrow is too
   few pixels to count. Checked on the decoded file before the model runs (the film path's
   flattened film is gray by construction).
-- `unfamiliar`: the model's own pooled features (the global average of four of its layers, from
-  edges to the map's own features; square roots, which makes them nearer Gaussian) lie far from
+- `unfamiliar`: the model's own pooled features (the global average of a few of its layers, from
+  edges to the last features: the manifest's scope.features.layers; square roots, which makes them nearer Gaussian) lie far from
   every group of training radiographs. Each group (real fractures, phantom fractures, intact
   phantoms, ...) has its own mean and covariance (Lee et al. 2018, "A simple unified framework for
   detecting out-of-distribution samples", with per-group covariances) and its own distance, the

@@ -3,6 +3,7 @@ what each training image contributes, the manifest section, and a tiny map model
 (train -> export int8 + float -> the edge runtime's answer, heatmap and self-test)."""
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -152,8 +153,8 @@ def test_acquisition_effects_reach_training_samples_only_when_asked_and_keep_the
 
 
 def test_a_photographed_pair_is_the_unpaired_sample_and_the_same_film_photographed():
-    """--photo-consistency: the first of a pair is exactly what an unpaired run draws; the second
-    has its geometry, targets and labels, and differs only by a photo's effects drawn anew."""
+    """--photo-consistency: the first of a pair is the sample as a file (an unpaired draw's geometry,
+    acquisition effects and targets, no photo effects); the second is it photographed."""
     from train.map_fit import map_set, sample, sources_with_both_classes
 
     recs = [_rec(0, 1, ((0.4, 0.4, 0.5, 0.5),), "forearm"), _rec(1, 0, (), "phantom"),
@@ -164,7 +165,17 @@ def test_a_photographed_pair_is_the_unpaired_sample_and_the_same_film_photograph
         for k in range(8):
             one = sample(ms, i, np.random.default_rng([5, k]), 8, True, True, acquisition=True)
             pair = sample(ms, i, np.random.default_rng([5, k]), 8, True, True, acquisition=True, pair=True)
-            assert len(pair) == 4 and all(np.array_equal(a, b) for a, b in zip(one, pair[:3]))
+            assert len(pair) == 4 and all(np.array_equal(a, b) for a, b in zip(one[1:], pair[1:3]))
+            if k < 2:  # with the photo effects off, the unpaired draw is the pair's file, pixel for pixel
+                from train import augment
+
+                kept = augment.PHOTOMETRIC
+                try:
+                    augment.PHOTOMETRIC = dataclasses.replace(kept, probability=0.0)
+                    file_only = sample(ms, i, np.random.default_rng([5, k]), 8, True, True, acquisition=True)[0]
+                finally:
+                    augment.PHOTOMETRIC = kept
+                assert np.array_equal(file_only, pair[0])
             assert pair[3].shape == pair[0].shape and pair[3].dtype == np.float32
             gaps.append(float(np.abs(pair[3] - pair[0]).mean()))
             # the same pixels, photographed: far closer to each other than to another geometry's draw
@@ -188,24 +199,28 @@ def test_paired_batches_hold_half_the_images_twice_at_the_same_phantom_share():
         x, y = paired(step)
         assert x.shape == xp.shape and y["logit"].shape == (8, 3)
         assert np.all(yp["logit"][:, 2] == 0.0) and np.all(y["logit"][:, 2] == 0.7)
-        # the first half is every second sample of the unpaired batch, phantoms and real ones alike
-        assert np.array_equal(x[:4], xp[::2]) and np.array_equal(y["map"][:4], yp["map"][::2])
+        # the first half is every second sample of the unpaired batch (as files), phantoms and real ones alike
+        assert np.array_equal(y["map"][:4], yp["map"][::2]) and np.array_equal(y["logit"][:4, :2], yp["logit"][::2, :2])
         assert np.array_equal(y["map"][4:], y["map"][:4]) and np.array_equal(y["logit"][4:], y["logit"][:4])
         assert not np.array_equal(x[4:], x[:4])
     # with two replicas, each pairs its own samples
     for r in range(2):
         x, y = paired(1, r, 2)
         assert len(x) == 4 and np.array_equal(y["map"][2:], y["map"][:2])
-    # a share of pairs: the first samples get their photo, the rest of that half is the draw's other places
+    # a share of pairs, spread over the half: a draw puts its phantoms first (places 0-3 here), so
+    # the twins are places 2 (a phantom) and 6 (a real radiograph); the other partners, places 1 and 5
     half = batches({"train": ms}, 8, 0.5, 3, 8, 4, True, consistency=0.7, pair_share=0.5)
     xp, yp = plain(2)
     x, y = half(2)
-    assert np.array_equal(x[:4], xp[::2]) and np.array_equal(x[6:], xp[5::2])  # places 5 and 7 as drawn
-    assert np.array_equal(y["map"][4:6], y["map"][:2]) and not np.array_equal(x[4:6], x[:2])
-    assert y["logit"][:, 2].tolist() == [0.7, 0.7, 0.0, 0.0] * 2
+    assert np.array_equal(x[[0, 2]], xp[[0, 4]]) and np.array_equal(x[[4, 6]], xp[[1, 5]])  # unpaired: as drawn
+    assert np.array_equal(y["map"][[5, 7]], y["map"][[1, 3]]) and not np.array_equal(x[[5, 7]], x[[1, 3]])
+    assert y["logit"][:, 2].tolist() == [0.0, 0.7, 0.0, 0.7] * 2
     # a replica's odd part still makes two equal halves: its last sample is photographed
     x, y = batches({"train": ms}, 6, 0.5, 3, 8, 4, True, consistency=0.7, pair_share=0.5)(0, 0, 2)
-    assert len(x) == 4 and y["logit"][:, 2].tolist() == [0.7, 0.7] * 2
+    assert len(x) == 4 and y["logit"][:, 2].tolist() == [0.0, 0.7] * 2
+    # a small share still pairs one
+    x, y = batches({"train": ms}, 8, 0.5, 3, 8, 4, True, consistency=0.7, pair_share=0.1)(0)
+    assert y["logit"][:, 2].tolist().count(0.7) == 2
 
 
 def test_the_pair_term_weighs_each_pairs_logit_difference_and_nothing_unpaired():

@@ -543,7 +543,7 @@ def test_a_classifier_bundle_gets_the_gate_on_its_blocks_features(tiny_run, phan
     ood = write_ood_set(tmp_path / "ood", 3, 5, kinds=("text_page", "ct_slice"), progress=False)
     far = [pred.predict_file(p) for p in sorted(ood.rglob("*")) if p.suffix in (".png", ".jpg")]
     assert len(far) == 6 and sum(not r.scope["in_scope"] for r in far) >= 4, [r.scope for r in far]
-    # and the measuring tool reads a classifier bundle too (its alternatives: the binary energy and max-logit)
+    # and the measuring tool reads a classifier bundle too (its alternatives: the two-class energy and max-logit)
     from train.scope_evaluate import evaluate
 
     result = evaluate(tiny_run, out, ood, None, progress=False)

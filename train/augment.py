@@ -255,8 +255,8 @@ def augment_with_boxes(x: np.ndarray, boxes, rng: np.random.Generator, photo: bo
 def augment_pair_with_boxes(x: np.ndarray, boxes, rng: np.random.Generator, photo: bool = True,
                             zoom_range: Tuple[float, float] = MAP_ZOOM, shift: float = MAP_SHIFT,
                             acquisition_effects: bool = False) -> Tuple[np.ndarray, list, np.ndarray]:
-    """(augment_with_boxes's image, its boxes, a photo of the same film): the third is the second's
-    image before its photo effects, with a photo's effects always drawn anew, so the two differ
+    """(the sample as a file: augment_with_boxes's geometry and acquisition effects, no photo
+    effects; its boxes; the same photographed, the photo effects always on), so the two differ
     only in what photographing a film does, as a file and its photo do (--photo-consistency)."""
     return _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_effects, True)
 
@@ -265,8 +265,8 @@ def _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_eff
     out, moved = map_geometry(x, boxes, rng, PHOTOMETRIC.perspective if photo else 0.0, zoom_range, shift)
     if acquisition_effects and rng.random() < ACQUISITION.probability:
         out = acquisition(out, moved, rng)
-    film = out
+    if pair:  # the sample as a file (no photo effects), and its photo
+        return out, moved, photometric(out, rng)
     if photo and rng.random() < PHOTOMETRIC.probability:
         out = photometric(out, rng)
-    # drawn after the first view's, so the first view is what an unpaired run draws
-    return out, moved, (photometric(film, rng) if pair else None)
+    return out, moved, None

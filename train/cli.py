@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--photo-consistency", type=float, default=0.0, metavar="W",
                     help="fracture-map models: draw each training image twice, as a sample and as the same "
                          "sample photographed (the photo augmentation drawn anew), and add W x the squared "
-                         "difference of their pooled logits to the loss; a batch then holds half as many images "
+                         "difference of their pooled logits to the loss; a batch then holds fewer distinct images "
                          "(default: %(default)s, off; measured in docs/results.md)")
     ap.add_argument("--photo-pairs", type=float, default=1.0, metavar="SHARE",
                     help="with --photo-consistency: of half of each batch's samples, the share whose photo takes "

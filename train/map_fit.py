@@ -149,8 +149,9 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
 
     `consistency` > 0: a replica's part is two halves, place k of the second half the partner of
     place k of the first. The first half is every second place of the draw (so the phantom share
-    holds); of its samples, the first `pair_share` are photographed as their partners, and the
-    other partners are the draw's next places, as usual. The image targets' third column carries
+    holds); a `pair_share` of its samples, spread evenly over it (so over the sources), are drawn
+    unphotographed and photographed as their partners, and the other partners are the draw's
+    other places, as usual. The image targets' third column carries
     the weight image_loss gives a photographed partner's difference (0 for the others, and in
     validation)."""
     import functools
@@ -192,8 +193,11 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
             xs, ts, ys = zip(*(draw(k) for k in places))
             return np.stack(xs), {"map": np.stack(ts), "logit": np.stack([np.append(y, 0.0) for y in ys])}
         first, rest = places[::2], places[1::2]
-        n_pairs = int(round(pair_share * len(first)))
-        twin = [i < n_pairs or i >= len(rest) for i in range(len(first))]  # an odd part: its last is twinned
+        # twins spread evenly over the half (phantoms come first in a draw: every source gets its share);
+        # at least one, and an odd part's last place has no other partner
+        twin = [int((i + 1) * pair_share) > int(i * pair_share) or i >= len(rest) for i in range(len(first))]
+        if not any(twin):
+            twin[-1] = True
         firsts = [draw(k, pair=twin[i]) for i, k in enumerate(first)]
         partners = [(f[3], f[1], f[2]) if twin[i] else draw(rest[i]) for i, f in enumerate(firsts)]
         weights = [consistency if t else 0.0 for t in twin]

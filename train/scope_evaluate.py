@@ -8,7 +8,7 @@ fraction of in-scope radiographs refused. Beside the shipped gate it scores two 
 the same images, each thresholded by the same rule (keep 99% of validation): the energy score
 (-logsumexp of the map's cell logits; Liu et al. 2020) and the negative largest cell logit
 (Hendrycks and Gimpel's max-logit), so the choice of method stays a measurement; for a
-classifier bundle, the binary form of both (its one logit beside a fixed 0).
+classifier bundle, the two-class form of both (its logit l as logits -l/2 and l/2).
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ def _scores(pred, decoded) -> Optional[Dict]:
     if pred.map is not None:
         _, logits, pooled = pred.map_answer(x)  # the runtime's own inference: views merged, pooled features averaged
         z = logits.reshape(-1).astype(np.float64)
-    else:  # a classifier: its one logit against a fixed 0, the binary form of both scores
+    else:  # a classifier: its logit l as the two classes' logits -l/2 and l/2 (the same softmax), so
+        # both scores measure confidence either way, as a two-class head's would
         p, _, pooled = pred.assess(x)
         p = min(max(p, 1e-12), 1 - 1e-12)
-        z = np.array([0.0, np.log(p / (1 - p))])
+        z = np.array([-0.5, 0.5]) * np.log(p / (1 - p))
     rec_scope = pred.gate.check(pooled, decoded.colour)
     lse = float(z.max() + np.log(np.exp(z - z.max()).sum()))
     distance, direction = pred.gate.ratios(pooled)

@@ -52,7 +52,8 @@ class ModelConfig:
     map_stride: int = 0  # input pixels per map cell
     default_batch: int = 32  # images per training batch unless --batch-size says otherwise
     # What the out-of-scope gate measures (edge_runtime/scope.py): the global average of each of these
-    # layers' (non-negative) features, side by side; () ships no gate.
+    # layers' features (ReLU-like: the gate square-roots them and reads a negative average as 0),
+    # side by side; () ships no gate.
     scope_layers: Tuple[str, ...] = ()
 
     @property

@@ -19,7 +19,7 @@ PREPROCESS = model_preprocess(224)  # the ImageNet bases' native input size
 # Chosen by width and depth, not measured (no ImageNet weights or FracAtlas on the machines that
 # chose them): `python -m train.scope_evaluate RUN --bundle B` measures a bundle.
 SCOPE_LAYERS = {
-    "efficientnetb0": ("block2a_expand_activation", "block4a_activation"),  # 96 + 240
+    "efficientnetb0": ("block2a_expand_activation", "block4a_activation"),  # 96 + 240; swish: a negative mean reads 0
     "mobilenetv2": ("block_1_expand_relu", "block_6_depthwise_relu"),  # 96 + 192
     "resnet50": ("conv3_block4_2_relu", "conv4_block6_2_relu"),  # 128 + 256
 }
