@@ -29,26 +29,12 @@ VARIANTS = {"qdq_s8s8": ("QDQ", "QInt8", False), "qdq_u8s8": ("QDQ", "QUInt8", F
 
 
 def quantize_variants(float_path: Path, out: Path, shape, n_calibration: int, seed: int) -> Dict[str, Path]:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """Each of VARIANTS, by export's own quantizer (export.convert.to_onnx_int8)."""
+    from export.convert import to_onnx_int8
 
     images = np.random.default_rng(seed).random((n_calibration, *shape)).astype(np.float32)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter([{"image": images[i:i + 1]} for i in range(len(images))])
-
-        def get_next(self):
-            return next(self._it, None)
-
-    pre = out / "pre.onnx"
-    quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
-    paths = {}
-    for name, (fmt, act, reduced) in VARIANTS.items():
-        paths[name] = out / f"{name}.onnx"
-        quantize_static(str(pre), str(paths[name]), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
-                        activation_type=getattr(QuantType, act), weight_type=QuantType.QInt8, reduce_range=reduced)
-    return paths
+    return {name: to_onnx_int8(float_path, out / f"{name}.onnx", images, fmt, act, reduced)
+            for name, (fmt, act, reduced) in VARIANTS.items()}
 
 
 def time_interleaved(paths: Dict[str, Path], shape, runs: int, warmup: int, seed: int) -> Dict[str, float]:
@@ -67,19 +53,6 @@ def time_interleaved(paths: Dict[str, Path], shape, runs: int, warmup: int, seed
             if r >= warmup:
                 times[k].append(time.perf_counter() - t)
     return {k: float(np.median(v) * 1000) for k, v in times.items()}
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (Linux), else what platform knows: the ratios depend on it."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +80,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if (args.bundle / "model_int8.onnx").is_file():
             paths["bundle_int8"] = args.bundle / "model_int8.onnx"
         ms = time_interleaved(paths, shape, args.runs, args.warmup, args.seed)
-    result = {"bundle": str(args.bundle), "cpu": _cpu_name(), "threads": 1,
+    from .cli import device_info
+
+    result = {"bundle": str(args.bundle), "cpu": device_info()["cpu"], "threads": 1,
               "runs": args.runs, "ms_p50": ms, "speed_vs_float": {k: ms["float"] / v for k, v in ms.items()}}
     if args.json:
         print(json.dumps(result, indent=2))

@@ -160,14 +160,16 @@ def to_onnx_float(saved_model: Path, outputs: Dict[str, Dict[str, List[int]]], p
     return path
 
 
-def to_onnx_int8(float_path: Path, path: Path, calibration: np.ndarray) -> Path:
+def to_onnx_int8(float_path: Path, path: Path, calibration: np.ndarray, quant_format: str = "QDQ",
+                 activations: str = "QUInt8", reduce_range: bool = True) -> Path:
     """Static QDQ quantization, per-channel int8 weights, uint8 activations (MinMax calibration).
 
     Unsigned activations: with the gate's pooled output, the int8-activation graph ran 0.85x the
     float one on an AMD EPYC, this one 2.3x (docs/benchmarks.md), and x86's int8 dot product
     multiplies unsigned by signed bytes.
     reduce_range (7-bit weights) because x86 CPUs with AVX2 but no VNNI compute U8S8 with an
-    instruction that can saturate; export's check on this machine would not see that."""
+    instruction that can saturate; export's check on this machine would not see that. The other
+    formats are for benchmarks.onnx_formats, which compares them."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -184,8 +186,9 @@ def to_onnx_int8(float_path: Path, path: Path, calibration: np.ndarray) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
+        quantize_static(str(pre), str(path), reader, quant_format=getattr(QuantFormat, quant_format), per_channel=True,
+                        activation_type=getattr(QuantType, activations), weight_type=QuantType.QInt8,
+                        reduce_range=reduce_range)
     return path
 
 

@@ -43,16 +43,11 @@ def group_of(record: Record) -> str:
 def pooled_features(serving, spec, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """The serving model's 'pooled' output for preprocessed images (n, size, size, 1), averaged over
     the spec's views as the runtime averages them (edge_runtime.predictor)."""
-    from edge_runtime.preprocess import views
+    from train.reference import mean_over_views
 
-    n_views, out = spec.n_views, []
-    for start in range(0, len(images), 64):
-        chunk = images[start:start + 64]
-        if n_views > 1:
-            chunk = np.concatenate([views(x, spec) for x in chunk])
-        pooled = np.asarray(serving.predict(chunk, batch_size=batch_size, verbose=0)["pooled"], np.float64)
-        out.append(pooled.reshape(-1, n_views, pooled.shape[-1]).mean(axis=1))
-    return np.concatenate(out) if out else np.zeros((0, 0))
+    if not len(images):
+        return np.zeros((0, 0))
+    return mean_over_views(lambda x: serving.predict(x, batch_size=batch_size, verbose=0)["pooled"], images, spec)
 
 
 def pooled_layers(serving) -> List[str]:

@@ -59,11 +59,19 @@ def predict(model, images: np.ndarray, spec: Optional[PreprocessSpec] = None, ba
     n_views = spec.n_views if spec is not None else 1
     if n_views == 1:
         return np.asarray(model.predict(images, batch_size=batch_size, verbose=0), dtype=np.float64).reshape(-1)
-    out = []
-    for start in range(0, len(images), 64):  # eight views of a chunk at a time: bounded memory
-        chunk = np.concatenate([views(x, spec) for x in images[start:start + 64]])
-        p = np.asarray(model.predict(chunk, batch_size=batch_size, verbose=0), dtype=np.float64)
-        out.append(p.reshape(-1, n_views).mean(axis=1))
+    return mean_over_views(lambda x: model.predict(x, batch_size=batch_size, verbose=0).reshape(-1), images, spec)
+
+
+def mean_over_views(fn, images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """fn(inputs (m, size, size, 1)) -> (m, ...) per view; per image, the mean over the spec's views,
+    as the device averages them. Eight views of a chunk at a time: bounded memory."""
+    n_views, out = spec.n_views, []
+    for start in range(0, len(images), 64):
+        chunk = images[start:start + 64]
+        if n_views > 1:
+            chunk = np.concatenate([views(x, spec) for x in chunk])
+        a = np.asarray(fn(chunk), np.float64)
+        out.append(a.reshape(-1, n_views, *a.shape[1:]).mean(axis=1))
     return np.concatenate(out)
 
 
