@@ -282,6 +282,83 @@ def test_a_source_of_fractures_only_trains_no_image_label_but_its_box_free_crops
     assert seen_negative and seen_positive
 
 
+def test_a_training_window_is_part_of_the_whole_sample_on_its_cell_grid():
+    """--train-window: the same augmentation as the whole sample, then a window on the map's grid
+    whose pixels (normalised over the whole input, as the device normalises) and cells are the
+    whole sample's; its image label follows what the window holds."""
+    from train.map_fit import map_set, sample, sources_with_both_classes
+
+    recs = [_rec(0, 1, ((0.4, 0.4, 0.5, 0.5),), "forearm"), _rec(1, 0, (), "phantom"),
+            _rec(2, 1, ((0.1, 0.1, 0.2, 0.2),), "phantom"), _rec(3, 1, None, "phantom")]
+    ms = map_set(_loaded(recs), sources_with_both_classes(recs))
+    on_box, in_view = {0: 0, 2: 0}, {0: 0, 2: 0}
+    for i in range(4):
+        for k in range(48):
+            whole = sample(ms, i, np.random.default_rng([7, k]), 8, True, True, acquisition=True)
+            part = sample(ms, i, np.random.default_rng([7, k]), 8, True, True, acquisition=True, window=32)
+            assert part[0].shape == (32, 32, 1) and part[1].shape == (4, 4, 2)
+            at = [(t, l) for t in range(0, 33, 8) for l in range(0, 33, 8)
+                  if np.array_equal(whole[0][t:t + 32, l:l + 32], part[0])]
+            assert len(at) == 1, "the window is a cell-aligned part of the whole sample"
+            t, l = at[0]
+            assert np.array_equal(whole[1][t // 8:t // 8 + 4, l // 8:l // 8 + 4], part[1])
+            if i == 3:  # a fracture of unknown place: the window may have left it out
+                assert part[2][1] == 0.0 and not part[1][..., 1].any()
+            elif i == 1:
+                assert part[2].tolist() == [0.0, 1.0] and not part[1][..., 0].any()
+            else:
+                in_view[i] += bool(whole[1][..., 0].any())
+            if i in on_box and part[1][..., 0].any():
+                on_box[i] += 1
+                assert part[2][0] == 1.0
+            elif part[1][..., 1].all():  # nothing of a box nor its ring in view: a negative, the real one too
+                assert part[2].tolist() == [0.0, 1.0]
+    # half the windows are placed on the box where the input shows one, the rest by chance (~4 in 9 here)
+    assert all(on_box[i] >= 0.5 * in_view[i] > 0 for i in on_box), (on_box, in_view)
+    with pytest.raises(ValueError, match="only with augmentation"):
+        sample(ms, 0, np.random.default_rng(0), 8, True, False, window=32)
+
+
+def test_a_window_on_a_box_holds_the_centre_of_its_part_in_view_and_the_others_fall_anywhere():
+    from train.map_fit import window_of
+
+    rng = np.random.default_rng(1)
+    box = (70.0, 10.0, 90.0, 30.0)
+    for _ in range(50):
+        left, top = window_of([box], 128, 48, 8, rng, on_box=1.0)
+        assert left % 8 == 0 and top % 8 == 0 and 0 <= left <= 80 and 0 <= top <= 80
+        assert left <= 80 < left + 48 and top <= 20 < top + 48
+        left, top = window_of([(-30.0, 100.0, 10.0, 140.0)], 128, 48, 8, rng, on_box=1.0)  # the part in view
+        assert left <= 5 < left + 48 and top <= 114 < top + 48
+    anywhere = {window_of([box], 128, 48, 8, rng, on_box=0.0) for _ in range(2000)}
+    assert len(anywhere) == 121  # every placement on the 11 x 11 grid
+    assert {window_of([(200.0, 200.0, 220.0, 220.0)], 128, 48, 8, rng, on_box=1.0) for _ in range(2000)} == anywhere
+
+
+def test_training_window_options_are_checked():
+    from train.fit import TrainOptions
+
+    for bad in (30, 16, 0):
+        with pytest.raises(ValueError, match="train_window"):
+            TrainOptions(train_window=bad)
+    assert TrainOptions(train_window=160).train_window == 160
+
+
+def test_the_rest_of_a_real_radiograph_leaves_out_its_boxes_and_their_ring_and_every_phantom():
+    from train.map_evaluate import box_free_rest
+
+    recs = [_rec(0, 1, ((0.25, 0.25, 0.5, 0.5),), "forearm"), _rec(1, 1, ((0.1, 0.1, 0.2, 0.2),), "phantom"),
+            _rec(2, 1, None, "forearm"), _rec(3, 1, ((0.0, 0.0, 1.0, 1.0),), "forearm")]
+    split = _loaded(recs)  # 64 px, 8 x 8 cells of 8 px
+    maps = np.zeros((4, 8, 8), np.float32)
+    maps[0, 2:4, 2:4] = 9.0  # the box's cells
+    maps[0, 1, 1] = 7.0  # its ring
+    maps[0, 6, 6] = 3.0  # clear of both
+    idx, rests = box_free_rest(split, maps)
+    assert idx == [0]  # no phantom; no fracture of unknown place; nothing left of a box over everything
+    assert rests[0].size == 64 - 16 and rests[0].max() == 3.0
+
+
 def test_a_phantom_share_that_leaves_no_real_image_in_a_batch_is_refused():
     from train.fit import TrainOptions
     from train.map_fit import steps_for
@@ -397,6 +474,30 @@ def test_a_map_trains_with_photographed_pairs_and_records_the_term(phantom_dir, 
     assert "0.5 x (pooled logit" in run["training"]["loss"]["photo_consistency"]
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert rows and all(np.isfinite(float(r["loss"])) and np.isfinite(float(r["val_loss"])) for r in rows)
+
+
+@pytest.mark.heavy
+@pytest.mark.slow
+def test_a_map_trains_on_windows_and_is_saved_and_validated_whole(phantom_dir, tmp_path, capsys):
+    import keras
+
+    from train.cli import main as train_main
+
+    yolo = _yolo_from_phantoms(phantom_dir, tmp_path / "fractures", n=12)
+    out = tmp_path / "run"
+    common = ["--model", "fracture_map", "--data", str(yolo), "--phantom-mix", "24", "--size", "64", "--epochs", "1",
+              "--steps-per-epoch", "2", "--batch-size", "8", "--bootstrap", "20"]
+    assert train_main([*common, "--train-window", "32", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["training"]["train_window"].startswith("32 x 32 px windows of each augmented 64 px input")
+    model = keras.models.load_model(out / "model.keras", compile=False)
+    assert tuple(model.input.shape) == (None, 64, 64, 1)  # what export and the device take
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert rows and all(np.isfinite(float(r["val_loss"])) and 0.0 <= float(r["val_pointing"]) <= 1.0 for r in rows)
+    capsys.readouterr()
+    assert train_main([*common, "--train-window", "64", "--out", str(tmp_path / "whole")]) != 0
+    err = capsys.readouterr().err
+    assert "train_window 64" in err and "smaller than the input (64 px)" in err
 
 
 @pytest.mark.slow

@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --photo-consistency: of half of each batch's samples, the share whose photo takes "
                          "a place in the other half (the rest of that half: other images, as usual) "
                          "(default: %(default)s)")
+    ap.add_argument("--train-window", type=int, metavar="PIXELS",
+                    help="fracture-map models: train on windows of PIXELS x PIXELS of each augmented input (a "
+                         "multiple of the map's cell, half of them on a box) and validate on whole inputs: a "
+                         "window costs (PIXELS / size)^2 of a whole input, so more samples fit the same time "
+                         "(default: off, whole inputs; measured in docs/results.md)")
     ap.add_argument("--steps-per-epoch", type=int,
                     help="fracture-map models: batches per epoch (default: one pass over the real training "
                          "images at their share of each batch, or over the phantoms without real data)")
@@ -155,7 +160,8 @@ def options_from(args: argparse.Namespace, argv: List[str]) -> TrainOptions:
         size=args.size, resize=args.resize, normalize=args.normalize, views=args.views, split=args.split,
         phantom_share=args.phantom_share, steps_per_epoch=args.steps_per_epoch, pooling=args.pooling,
         negative_crop=args.negative_crop, acquisition_augment=args.acquisition_augment,
-        photo_consistency=args.photo_consistency, photo_pairs=args.photo_pairs, strategy=args.strategy,
+        photo_consistency=args.photo_consistency, photo_pairs=args.photo_pairs, train_window=args.train_window,
+        strategy=args.strategy,
         dropout=args.dropout, cache=args.cache,
         decode_workers=args.decode_workers, argv=tuple(argv),
         max_skip_fraction=args.max_skip_fraction, command=" ".join(["python -m train", *argv]),

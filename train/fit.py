@@ -65,6 +65,7 @@ class TrainOptions:
     acquisition_augment: bool = False  # fracture maps: another X-ray system's processing and marks (train/augment.py)
     photo_consistency: float = 0.0  # fracture maps: weight of a sample's and its photo's pooled-logit difference
     photo_pairs: float = 1.0  # of half of each batch's samples, the share photographed as the other half
+    train_window: Optional[int] = None  # fracture maps: train on windows of this many pixels (None: the whole input)
     # Where and how training runs (train/distribute.py, train/backup.py):
     strategy: str = "default"  # default | mirrored | multiworker (TF_CONFIG)
     dropout: Optional[float] = None  # every Dropout layer's rate; None keeps the model's
@@ -95,6 +96,9 @@ class TrainOptions:
         if self.photo_consistency and self.batch_size is not None and self.batch_size % 2:
             raise ValueError(f"photo_consistency draws each image twice: the batch size must be even, "
                              f"got {self.batch_size}")
+        if self.train_window is not None and (self.train_window < 32 or self.train_window % 8):
+            raise ValueError(f"train_window must be a multiple of 8 (the map's cell) and at least 32, "
+                             f"got {self.train_window}")
         if not 0.0 <= self.phantom_share < 1.0:
             raise ValueError(f"phantom_share must be within [0, 1): a share of 1 would never show the real "
                              f"images, got {self.phantom_share}")
@@ -244,7 +248,7 @@ def train_one(name: str, dataset: Dataset, parts: Dict[str, LoadedSplit], split_
             from .map_fit import fit_map
 
             with strategy.scope():
-                model = build_model(name, size=spec.size, pooling=pooling)
+                model = build_model(name, size=spec.size, pooling=pooling, any_size=o.train_window is not None)
             _for_training(model, o, n_replicas)
             fitted, training = fit_map(model, parts, spec, cfg.map_stride, o, epochs, callbacks, strategy, start,
                                        train=not finished)

@@ -51,6 +51,9 @@ NEGATIVE_CROP = 0.5  # share of real boxed images drawn as a close crop (the box
 NEGATIVE_CROP_ZOOM = (1.8, 3.5)
 NEGATIVE_CROP_SHIFT = 0.45  # a close crop may be centred anywhere on the image, mostly away from the box
 UNKNOWN_ZOOM = (0.8, 1.1)  # a fracture of unknown place must stay in the frame
+# --train-window: the share of windows placed on a box, where the input shows one; the rest fall
+# anywhere (a box covers ~2% of a real radiograph: most windows would hold no fracture).
+WINDOW_ON_BOX = 0.5
 
 
 @dataclass
@@ -100,16 +103,19 @@ def _enlargement(before, after) -> float:
 
 
 def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool, augment: bool,
-           negative_crop: float = NEGATIVE_CROP, acquisition: bool = False, pair: bool = False):
+           negative_crop: float = NEGATIVE_CROP, acquisition: bool = False, pair: bool = False,
+           window: Optional[int] = None):
     """(model input (size, size, 1), cell targets (grid, grid, 2), image target (2,)) for image i;
-    `pair` (augmented only): a fourth item, the same sample photographed (augment_pair_with_boxes)."""
+    `pair` (augmented only): a fourth item, the same sample photographed (augment_pair_with_boxes);
+    `window` (augmented only): the sample is a (window, window) part of the augmented input, its
+    cells those of the whole input's grid (window_of)."""
     from .augment import MAP_SHIFT, MAP_ZOOM, augment_pair_with_boxes, augment_with_boxes
 
     x, boxes = ms.resized[i], ms.boxes[i]
     label, weight = float(ms.labels[i]), float(ms.image_weight[i])
     size = x.shape[0]
     margin = MARGIN_CELLS  # in cells of the model input; a zoom enlarges it with the pixels
-    photo_of = None
+    photo_of, cut, cells = None, (slice(None), slice(None)), (slice(None), slice(None))
     if augment:
         crop = bool(ms.real[i]) and bool(boxes) and rng.random() < negative_crop
         zoom = NEGATIVE_CROP_ZOOM if crop else (UNKNOWN_ZOOM if boxes is None else MAP_ZOOM)
@@ -121,27 +127,61 @@ def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool,
         if boxes:
             # one cell of the original input: a close crop enlarges the ring with the pixels
             margin = MARGIN_CELLS * _enlargement(boxes, moved)
-            m = margin * size / grid
-            in_frame = [b for b in moved if b[2] > 0 and b[3] > 0 and b[0] < size and b[1] < size]
-            near = [b for b in moved if b[2] > -m and b[3] > -m and b[0] < size + m and b[1] < size + m]
+        view = moved  # the boxes on what the sample shows: the input, or a window of it
+        if window:
+            stride = size // grid
+            left, top = window_of(moved if boxes else [], size, window, stride, rng)
+            # pixels and cells are cut from the whole input's (normalising reads the whole input,
+            # as on the device; a cell's target does not depend on where the window falls)
+            cut = (slice(top, top + window), slice(left, left + window))
+            cells = (slice(top // stride, (top + window) // stride), slice(left // stride, (left + window) // stride))
+            view = [(b[0] - left, b[1] - top, b[2] - left, b[3] - top) for b in moved]
+            if boxes is None:  # where the fracture lies is unknown: the window may have left it out
+                weight = 0.0
+        if boxes:
+            side, m = x.shape[0] if not window else window, margin * size / grid
+            in_frame = [b for b in view if b[2] > 0 and b[3] > 0 and b[0] < side and b[1] < side]
+            near = [b for b in view if b[2] > -m and b[3] > -m and b[0] < side + m and b[1] < side + m]
             if not near:  # the crop holds no part of any fracture, nor the margin around one: a real negative
-                label, weight = 0.0, 1.0 if (crop or weight) else 0.0
+                label, weight = 0.0, 1.0 if (crop or window or weight) else 0.0
             elif not in_frame:  # only a box's margin is in view: neither fractured nor known intact
                 label, weight = 0.0, 0.0
             boxes = moved
-    elif pair:
-        raise ValueError("a photographed pair is drawn only with augmentation")
+    elif pair or window:
+        raise ValueError("a photographed pair, or a window, is drawn only with augmentation")
     target, cell_w = cell_targets(boxes, size, grid, margin)
-    xn = normalize_intensity(x, ms.spec)[:, :, None].astype(np.float32)
+    target, cell_w = target[cells], cell_w[cells]
+    xn = normalize_intensity(x, ms.spec)[cut][:, :, None].astype(np.float32)
     out = (xn, np.stack([target, cell_w], axis=-1), np.array([label, weight], np.float32))
     if pair:
-        return out + (normalize_intensity(photo_of, ms.spec)[:, :, None].astype(np.float32),)
+        return out + (normalize_intensity(photo_of, ms.spec)[cut][:, :, None].astype(np.float32),)
     return out
+
+
+def window_of(boxes, size: int, window: int, stride: int, rng: np.random.Generator,
+              on_box: float = WINDOW_ON_BOX) -> Tuple[int, int]:
+    """(left, top) of a training window, on the map's cell grid (so its cells are the whole
+    input's): `on_box` of the time, where a box shows in the input, one that holds the centre of
+    its part in view;
+    else anywhere. Drawn uniformly: a fracture is found at every place in a window."""
+    last = (size - window) // stride
+    seen = [(max(b[0], 0.0), max(b[1], 0.0), min(b[2], size), min(b[3], size)) for b in boxes]  # the part in view
+    centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in seen if b[2] > b[0] and b[3] > b[1]]
+    if centres and rng.random() < on_box:
+        cx, cy = centres[int(rng.integers(len(centres)))]
+        # cells k whose window [k * stride, k * stride + window) holds the centre
+        lo = lambda c: max(0, int(np.floor((c - window) / stride)) + 1)  # noqa: E731
+        hi = lambda c: min(last, int(np.floor(c / stride)))  # noqa: E731
+        kx = int(rng.integers(lo(cx), hi(cx) + 1)) if lo(cx) <= hi(cx) else int(rng.integers(0, last + 1))
+        ky = int(rng.integers(lo(cy), hi(cy) + 1)) if lo(cy) <= hi(cy) else int(rng.integers(0, last + 1))
+    else:
+        kx, ky = (int(v) for v in rng.integers(0, last + 1, 2))
+    return kx * stride, ky * stride
 
 
 def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed: int, grid: int,
             steps: int, photo: bool = True, negative_crop: float = NEGATIVE_CROP, acquisition: bool = False,
-            consistency: float = 0.0, pair_share: float = 1.0):
+            consistency: float = 0.0, pair_share: float = 1.0, window: Optional[int] = None):
     """batch_of(step, replica, replicas): that replica's part of the global batch at `step`
     (counted from the first epoch). Epoch e's draw of images depends only on (seed, e) and each
     image's augmentation on (seed, e, step, place in the batch), so a resumed run, or R replicas
@@ -153,7 +193,9 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
     unphotographed and photographed as their partners, and the other partners are the draw's
     other places, as usual. The image targets' third column carries
     the weight image_loss gives a photographed partner's difference (0 for the others, and in
-    validation)."""
+    validation).
+
+    `window`: every sample is a window of that many pixels of its augmented input (window_of)."""
     import functools
 
     pools = {"phantom": [], "real": []}
@@ -188,7 +230,7 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
         idx = plan(e)[j]
         places = replica_slice(list(range(len(idx))), replica, replicas)
         draw = lambda k, pair=False: sample(ms, idx[k], np.random.default_rng([seed, e, j, k]), grid,  # noqa: E731
-                                            photo, True, negative_crop, acquisition, pair)
+                                            photo, True, negative_crop, acquisition, pair, window)
         if consistency <= 0:
             xs, ts, ys = zip(*(draw(k) for k in places))
             return np.stack(xs), {"map": np.stack(ts), "logit": np.stack([np.append(y, 0.0) for y in ys])}
@@ -329,7 +371,8 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
     """Fit `model` (built under `strategy`; it shares its layers with the training view that is
     fitted) on the loaded splits, from `start_epoch` (a restored backup's); `train` False: build and
     compile only (the run had finished training). Returns (the fitted training view, what run.json
-    records about the training)."""
+    records about the training). With `options.train_window`, `model` must take any input size
+    (train.fit builds it so): it trains on windows and is validated on whole inputs."""
     import sys
 
     import keras
@@ -359,9 +402,13 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
         view.compile(optimizer=keras.optimizers.Adam(schedule), loss={"map": map_loss, "logit": image_loss})
     callbacks = [c for c in callbacks
                  if not isinstance(c, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
-    sig = batch_signature(spec.size, grid)
+    window = o.train_window
+    if window is not None and (window % stride or window >= spec.size):
+        raise ValueError(f"train_window {window}: must be a multiple of the map's cell ({stride} px) and smaller "
+                         f"than the input ({spec.size} px)")
+    sig = batch_signature(window or spec.size, (window or spec.size) // stride)
     batch_of = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop,
-                       o.acquisition_augment, o.photo_consistency, o.photo_pairs)
+                       o.acquisition_augment, o.photo_consistency, o.photo_pairs, window)
     train_ds = distributed(strategy, lambda k, n, local: step_dataset(batch_of, sig, start_epoch * steps,
                                                                       epochs * steps, k, n, local))
     xv, yv = fixed_set(sets["val"], grid)
@@ -373,6 +420,8 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
                  callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     return view, {
         "loss": describe_loss(o.photo_consistency, o.photo_pairs), "validation_loss": "the same loss on the validation split, not augmented",
+        "train_window": (f"{window} x {window} px windows of each augmented {spec.size} px input, on its cell grid; "
+                         f"{WINDOW_ON_BOX:g} of them on a box where the input shows one" if window else None),
         "learning_rate_schedule": f"cosine decay from {o.lr} to {0.05 * o.lr:g} over {epochs * steps} steps",
         "augmentation": describe_map(o.photo_augment, o.acquisition_augment),
         "negative_crop_share": o.negative_crop,

@@ -46,7 +46,7 @@ def build_map_model(input_shape, pooling: MapPooling = POOLING, layout=LAYOUT, d
 
     from .layers import MapPool
 
-    if input_shape[0] % STRIDE or input_shape[1] % STRIDE:
+    if input_shape[0] is not None and (input_shape[0] % STRIDE or input_shape[1] % STRIDE):
         raise ValueError(f"{name}: input size must be a multiple of {STRIDE}, got {input_shape[:2]}")
     inp = keras.Input(input_shape, name="image")
     x, k = inp, 0

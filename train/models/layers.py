@@ -23,7 +23,7 @@ class MapPool(keras.layers.Layer):
         if self.kind == "max":
             return ops.max(flat, axis=1, keepdims=True)
         if self.kind == "topk":
-            k = min(self.k, int(flat.shape[1]))
+            k = self.k if flat.shape[1] is None else min(self.k, int(flat.shape[1]))  # None: a model of any size
             return ops.mean(ops.top_k(flat, k)[0], axis=1, keepdims=True)
         top = ops.stop_gradient(ops.max(flat, axis=1, keepdims=True))  # a shift; the value is unchanged
         return top + ops.log(ops.mean(ops.exp(self.r * (flat - top)), axis=1, keepdims=True)) / self.r

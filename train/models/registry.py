@@ -96,11 +96,17 @@ def get_config(name: str) -> ModelConfig:
     return _REGISTRY[name]
 
 
-def build_model(name: str, weights: str = "none", size: Optional[int] = None, pooling: Optional[MapPooling] = None):
+def build_model(name: str, weights: str = "none", size: Optional[int] = None, pooling: Optional[MapPooling] = None,
+                any_size: bool = False):
     """Build an uncompiled keras.Model for the entry's input shape (or `size` x `size`, when a run
     chose another). Outputs: layer 'logit' (pre-sigmoid) feeds layer 'prob'; a fracture-map model's
-    'logit' is the pooling of its layer 'map' (`pooling` overrides the entry's)."""
+    'logit' is the pooling of its layer 'map' (`pooling` overrides the entry's). `any_size` (fracture
+    maps: training on windows): the input's height and width are left open."""
     cfg = get_config(name)
+    if any_size:
+        if not cfg.is_map:
+            raise ValueError(f"{name}: only a fracture-map model takes inputs of any size")
+        return cfg.builder((None, None, cfg.preprocess.channels), pooling=pooling or cfg.map_pooling)
     if not cfg.pretrained and weights not in ("none", None, "imagenet"):
         raise ValueError(f"{name} is trained from scratch; --weights {weights!r} applies to the "
                          "transfer-learning baselines only")
