@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fracture-map models: draw each training image twice, as a sample and as the same "
                          "sample photographed (the photo augmentation drawn anew), and add W x the squared "
                          "difference of their pooled logits to the loss; a batch then holds fewer distinct images "
-                         "(default: %(default)s, off: measured to make the map call everything fractured, docs/results.md)")
+                         "(default: %(default)s, off: measured to make the map call everything fractured, "
+                         "docs/results.md)")
     ap.add_argument("--photo-pairs", type=float, default=1.0, metavar="SHARE",
                     help="with --photo-consistency: of half of each batch's samples, the share whose photo takes "
                          "a place in the other half (the rest of that half: other images, as usual) "
