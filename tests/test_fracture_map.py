@@ -451,6 +451,12 @@ def test_a_map_model_trains_on_mixed_sources_and_reports_them_apart(tiny_map_run
     assert {"map", "gradcam_for_comparison"} <= set(loc)
     assert 0.0 <= loc["map"]["pointing_game"] <= 1.0 and "location_auc" in loc["map"]
     assert metrics["threshold"]["rule"] == "sensitivity=0.9" and "fractures" in metrics["threshold"]["per_source"]
+    # the two proxies for real negatives, at the threshold and threshold-free; none for phantoms
+    rest = sources["fractures"]["box_free_rest"]
+    assert rest["n"] == sources["fractures"]["fractured"] and 0.0 <= rest["called_fractured"] <= 1.0
+    assert 0.0 <= rest["auc_fractured_vs_rest"]["auc"] <= 1.0 and "box_free_rest" not in sources["phantom"]
+    for pooling in metrics["pooling_on_validation"]["compared"].values():
+        assert 0.0 <= pooling["auc_real_fractures_vs_rests"] <= 1.0 and pooling["n_real_rest"] > 0
     # Real radiographs' overlays are kept apart (overlays-real/ is never committed); the split names every source.
     real_overlays = [o for o in metrics["overlays"] if o.startswith("overlays-real/")]
     assert real_overlays and all((tiny_map_run / o).is_file() for o in real_overlays)

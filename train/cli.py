@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fracture-map models: train on windows of PIXELS x PIXELS of each augmented input (a "
                          "multiple of the map's cell, half of them on a box) and validate on whole inputs: a "
                          "window costs (PIXELS / size)^2 of a whole input, so more samples fit the same time "
-                         "(default: off, whole inputs; measured in docs/results.md)")
+                         "(default: off, whole inputs: measured no better at localising, docs/results.md)")
     ap.add_argument("--steps-per-epoch", type=int,
                     help="fracture-map models: batches per epoch (default: one pass over the real training "
                          "images at their share of each batch, or over the phantoms without real data)")

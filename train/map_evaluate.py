@@ -124,7 +124,12 @@ def compare_poolings(val_maps: np.ndarray, val: LoadedSplit, crop_maps: np.ndarr
         ts = [sensitivity_threshold(p[(src == s) & (y == 1)], target) for s in sorted(set(src[y == 1].tolist()))]
         t = min(t for t in ts if t is not None)
         neg = (y == 0)
+        real_pos = p[(src != PHANTOM) & (y == 1)]
+        both = lambda other: M.auc(np.r_[np.ones(len(real_pos)), np.zeros(len(other))],  # noqa: E731
+                                   np.r_[real_pos, other]) if len(real_pos) and len(other) else None
         out[name] = {"threshold": t,
+                     # threshold-free: real fractured radiographs ranked above the proxies of real negatives
+                     "auc_real_fractures_vs_crops": both(pc), "auc_real_fractures_vs_rests": both(pr),
                      "phantom_negatives_called_fractured": float((p[neg] >= t).mean()) if neg.any() else None,
                      "real_crops_called_fractured": float((pc >= t).mean()) if len(pc) else None,
                      "real_rest_called_fractured": float((pr >= t).mean()) if len(pr) else None,
@@ -258,12 +263,16 @@ def evaluate_map_model(model, model_name: str, feature_layer: str, val: LoadedSp
         if s != PHANTOM and mine:
             pr = np.array([sigmoid(_pooling(model).pool(rests[k])) for k in mine])
             fp = int((pr >= t).sum())
+            pf = p_test[[i for i in m if y[i] == 1]]
             entry["box_free_rest"] = {
                 "what": "each fractured test image's map without its boxes and their one-cell ring, pooled as the "
                         "device pools a whole map: the rest of a real radiograph at its own scale, a proxy for a "
                         "real radiograph without a fracture (unboxed fractures, casts and swelling stay in)",
                 "n": len(pr), "called_fractured": fp / len(pr), "called_fractured_ci95": M.wilson_interval(fp, len(pr)),
-                "median_p": float(np.median(pr))}
+                "median_p": float(np.median(pr)),
+                # threshold-free: this source's fractured radiographs ranked above the rests
+                "auc_fractured_vs_rest": M.bootstrap_auc_ci(np.r_[np.ones(len(pf)), np.zeros(len(pr))],
+                                                            np.r_[pf, pr], n_boot=n_boot, seed=seed)}
         by_source[s] = entry
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / "predictions.csv", val, p_val, test, p_test)
@@ -362,8 +371,9 @@ def summary_lines(name: str, m: Dict) -> List[str]:
         if "box_free_crops" in e:
             head += f"; box-free crops called fractured {fmt(e['box_free_crops']['called_fractured'])} of {e['box_free_crops']['n']}"
         if "box_free_rest" in e:
-            head += (f"; the rest of each radiograph called fractured {fmt(e['box_free_rest']['called_fractured'])} "
-                     f"of {e['box_free_rest']['n']}")
+            r_ = e["box_free_rest"]
+            head += (f"; the rest of each radiograph called fractured {fmt(r_['called_fractured'])} of {r_['n']} "
+                     f"(fractured vs rest AUC {fmt(r_['auc_fractured_vs_rest']['auc'])})")
         lines.append(head)
         loc = e.get("localisation")
         if loc:
