@@ -313,10 +313,30 @@ def test_a_training_window_is_part_of_the_whole_sample_on_its_cell_grid():
                 assert part[2][0] == 1.0
             elif part[1][..., 1].all():  # nothing of a box nor its ring in view: a negative, the real one too
                 assert part[2].tolist() == [0.0, 1.0]
+            else:  # a ring (or a sliver of a box) without a positive cell: neither fractured nor intact
+                assert part[2][1] == 0.0
     # half the windows are placed on the box where the input shows one, the rest by chance (~4 in 9 here)
     assert all(on_box[i] >= 0.5 * in_view[i] > 0 for i in on_box), (on_box, in_view)
     with pytest.raises(ValueError, match="only with augmentation"):
         sample(ms, 0, np.random.default_rng(0), 8, True, False, window=32)
+
+
+def test_a_window_that_shows_a_sliver_of_a_box_but_no_positive_cell_is_not_called_fractured(monkeypatch):
+    """The box is 1 px into the window; the whole input's cell there is not positive (it covers
+    1/8 of the cell), so the window shows the box's ring and no fracture: no image label."""
+    from train import augment, map_fit
+    from train.map_fit import map_set, sample, sources_with_both_classes
+
+    monkeypatch.setattr(augment, "augment_with_boxes", lambda x, boxes, *a, **k: (x, list(boxes)))
+    monkeypatch.setattr(map_fit, "window_of", lambda boxes, size, window, stride, rng, **k: (0, 0))
+    box = (159 / 256, 40 / 256, 180 / 256, 60 / 256)
+    recs = [_rec(0, 1, (box,), "phantom"), _rec(1, 0, (), "phantom")]
+    ms = map_set(_loaded(recs, size=256), sources_with_both_classes(recs))
+    _, cells, img = sample(ms, 0, np.random.default_rng(0), 32, False, True, window=160)
+    assert not cells[..., 0].any() and not cells[..., 1].all()
+    assert img[1] == 0.0, "a sliver without a positive cell teaches no image label"
+    whole = sample(ms, 0, np.random.default_rng(0), 32, False, True)
+    assert whole[1][..., 0].any() and whole[2].tolist() == [1.0, 1.0]  # the whole input shows the fracture
 
 
 def test_a_window_on_a_box_holds_the_centre_of_its_part_in_view_and_the_others_fall_anywhere():
@@ -455,6 +475,8 @@ def test_a_map_model_trains_on_mixed_sources_and_reports_them_apart(tiny_map_run
     rest = sources["fractures"]["box_free_rest"]
     assert rest["n"] == sources["fractures"]["fractured"] and 0.0 <= rest["called_fractured"] <= 1.0
     assert 0.0 <= rest["auc_fractured_vs_rest"]["auc"] <= 1.0 and "box_free_rest" not in sources["phantom"]
+    crops = sources["fractures"]["box_free_crops"]["auc_fractured_vs_crops"]
+    assert crops["ci_low"] <= crops["auc"] <= crops["ci_high"] and "owners" in crops["method"]
     for pooling in metrics["pooling_on_validation"]["compared"].values():
         assert 0.0 <= pooling["auc_real_fractures_vs_rests"] <= 1.0 and pooling["n_real_rest"] > 0
     # Real radiographs' overlays are kept apart (overlays-real/ is never committed); the split names every source.
@@ -504,6 +526,8 @@ def test_a_map_trains_on_windows_and_is_saved_and_validated_whole(phantom_dir, t
     assert train_main([*common, "--train-window", "64", "--out", str(tmp_path / "whole")]) != 0
     err = capsys.readouterr().err
     assert "train_window 64" in err and "smaller than the input (64 px)" in err
+    assert train_main([*common, "--train-window", "32", "--pooling", "topk:32", "--out", str(tmp_path / "k")]) != 0
+    assert "cannot pool the top 32" in capsys.readouterr().err
 
 
 @pytest.mark.slow

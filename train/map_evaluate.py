@@ -248,6 +248,7 @@ def evaluate_map_model(model, model_name: str, feature_layer: str, val: LoadedSp
         boxed = [int(i) for i in m if i in boxed_all]
         if boxed:
             entry["localisation"] = localisation(model, feature_layer, test, maps_test, boxed)
+        fractured = [int(i) for i in m if y[i] == 1]
         mine = np.isin(crops["test"][2], m)
         if s != PHANTOM and mine.any():
             pc = crops["test"][0][mine]
@@ -258,21 +259,23 @@ def evaluate_map_model(model, model_name: str, feature_layer: str, val: LoadedSp
                         "fracture (a proxy for real negatives, not whole radiographs; optimistic, since training's "
                         "negative crops are drawn the same way from the training images)",
                 "n": int(len(pc)), "called_fractured": fp / len(pc), "called_fractured_ci95": M.wilson_interval(fp, len(pc)),
-                "median_p": float(np.median(pc))}
+                "median_p": float(np.median(pc)),
+                # threshold-free, each radiograph drawn with its crops
+                "auc_fractured_vs_crops": M.clustered_auc_ci(p_test[fractured], fractured, pc, crops["test"][2][mine],
+                                                             n_boot, seed)}
         mine = [k for k, i in enumerate(rest_idx) if i in set(m.tolist())]
         if s != PHANTOM and mine:
             pr = np.array([sigmoid(_pooling(model).pool(rests[k])) for k in mine])
             fp = int((pr >= t).sum())
-            pf = p_test[[i for i in m if y[i] == 1]]
             entry["box_free_rest"] = {
                 "what": "each fractured test image's map without its boxes and their one-cell ring, pooled as the "
                         "device pools a whole map: the rest of a real radiograph at its own scale, a proxy for a "
                         "real radiograph without a fracture (unboxed fractures, casts and swelling stay in)",
                 "n": len(pr), "called_fractured": fp / len(pr), "called_fractured_ci95": M.wilson_interval(fp, len(pr)),
                 "median_p": float(np.median(pr)),
-                # threshold-free: this source's fractured radiographs ranked above the rests
-                "auc_fractured_vs_rest": M.bootstrap_auc_ci(np.r_[np.ones(len(pf)), np.zeros(len(pr))],
-                                                            np.r_[pf, pr], n_boot=n_boot, seed=seed)}
+                # threshold-free: this source's fractured radiographs ranked above the rests, each with its own
+                "auc_fractured_vs_rest": M.clustered_auc_ci(p_test[fractured], fractured, pr,
+                                                            [rest_idx[k] for k in mine], n_boot, seed)}
         by_source[s] = entry
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / "predictions.csv", val, p_val, test, p_test)

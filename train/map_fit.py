@@ -127,7 +127,6 @@ def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool,
         if boxes:
             # one cell of the original input: a close crop enlarges the ring with the pixels
             margin = MARGIN_CELLS * _enlargement(boxes, moved)
-        view = moved  # the boxes on what the sample shows: the input, or a window of it
         if window:
             stride = size // grid
             left, top = window_of(moved if boxes else [], size, window, stride, rng)
@@ -135,22 +134,27 @@ def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool,
             # as on the device; a cell's target does not depend on where the window falls)
             cut = (slice(top, top + window), slice(left, left + window))
             cells = (slice(top // stride, (top + window) // stride), slice(left // stride, (left + window) // stride))
-            view = [(b[0] - left, b[1] - top, b[2] - left, b[3] - top) for b in moved]
             if boxes is None:  # where the fracture lies is unknown: the window may have left it out
                 weight = 0.0
-        if boxes:
-            side, m = x.shape[0] if not window else window, margin * size / grid
-            in_frame = [b for b in view if b[2] > 0 and b[3] > 0 and b[0] < side and b[1] < side]
-            near = [b for b in view if b[2] > -m and b[3] > -m and b[0] < side + m and b[1] < side + m]
+        if boxes and not window:
+            m = margin * size / grid
+            in_frame = [b for b in moved if b[2] > 0 and b[3] > 0 and b[0] < size and b[1] < size]
+            near = [b for b in moved if b[2] > -m and b[3] > -m and b[0] < size + m and b[1] < size + m]
             if not near:  # the crop holds no part of any fracture, nor the margin around one: a real negative
-                label, weight = 0.0, 1.0 if (crop or window or weight) else 0.0
+                label, weight = 0.0, 1.0 if (crop or weight) else 0.0
             elif not in_frame:  # only a box's margin is in view: neither fractured nor known intact
                 label, weight = 0.0, 0.0
+        if boxes:
             boxes = moved
     elif pair or window:
         raise ValueError("a photographed pair, or a window, is drawn only with augmentation")
     target, cell_w = cell_targets(boxes, size, grid, margin)
     target, cell_w = target[cells], cell_w[cells]
+    if window and boxes and not target.any():
+        # a window's label follows its cells: no positive cell but an ignored one (a box's ring, or a
+        # sliver of a box at its edge) is neither fractured nor known intact; nothing of either, a
+        # negative, the real ones too (the real negatives at their own scale)
+        label, weight = (0.0, 0.0) if (cell_w == 0).any() else (0.0, 1.0)
     xn = normalize_intensity(x, ms.spec)[cut][:, :, None].astype(np.float32)
     out = (xn, np.stack([target, cell_w], axis=-1), np.array([label, weight], np.float32))
     if pair:
@@ -406,6 +410,10 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
     if window is not None and (window % stride or window >= spec.size):
         raise ValueError(f"train_window {window}: must be a multiple of the map's cell ({stride} px) and smaller "
                          f"than the input ({spec.size} px)")
+    pool = model.get_layer("logit")
+    if window is not None and pool.kind == "topk" and pool.k > (window // stride) ** 2:
+        raise ValueError(f"train_window {window}: a window of {(window // stride) ** 2} cells cannot pool the top "
+                         f"{pool.k} of them: widen the window or lower k")
     sig = batch_signature(window or spec.size, (window or spec.size) // stride)
     batch_of = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop,
                        o.acquisition_augment, o.photo_consistency, o.photo_pairs, window)
