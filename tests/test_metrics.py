@@ -61,9 +61,9 @@ def test_a_clustered_auc_draws_each_owner_with_all_its_values():
     rng = np.random.default_rng(0)
     pos, neg = rng.normal(1.0, 1, 30), np.repeat(rng.normal(0, 1, 30), 10) + rng.normal(0, 0.05, 300)
     owner_pos, owner_neg = np.arange(30), np.repeat(np.arange(30), 10)
-    c = M.clustered_auc_ci(pos, owner_pos, neg, owner_neg, n_boot=400, seed=1)
-    assert c == M.clustered_auc_ci(pos, owner_pos, neg, owner_neg, n_boot=400, seed=1)
-    flat = M.bootstrap_auc_ci(np.r_[np.ones(30), np.zeros(300)], np.r_[pos, neg], n_boot=400, seed=1)
+    c = M.clustered_auc_ci(pos, owner_pos, neg, owner_neg, n_boot=200, seed=1)
+    assert c == M.clustered_auc_ci(pos, owner_pos, neg, owner_neg, n_boot=200, seed=1)
+    flat = M.bootstrap_auc_ci(np.r_[np.ones(30), np.zeros(300)], np.r_[pos, neg], n_boot=200, seed=1)
     assert c["auc"] == pytest.approx(flat["auc"]) and c["ci_low"] < c["auc"] < c["ci_high"]
     assert c["ci_high"] - c["ci_low"] > flat["ci_high"] - flat["ci_low"]
     assert M.clustered_auc_ci([0.9], [0], [], [], n_boot=10)["auc"] is None
