@@ -155,6 +155,7 @@ def end_to_end(bundle, files: Dict[str, Path], repeats: int) -> Dict[str, Dict[s
         t: Dict[str, List[float]] = {k: [] for k in ["decode_full", *stages.values(), "predict_file_total",
                                                      "with_heatmap_total"]}
         overlay = path.with_name(f"{path.stem}_gradcam.jpg")
+        overlay.unlink(missing_ok=True)  # an earlier run's must not pass for this one's
         for _ in range(repeats):
             s = time.perf_counter()
             read_grayscale(path)
@@ -163,6 +164,9 @@ def end_to_end(bundle, files: Dict[str, Path], repeats: int) -> Dict[str, Dict[s
             rec = pred.predict_file(path)
             json.dumps(rec.to_dict())  # the whole answer, as the CLI makes it
             t["predict_file_total"].append((time.perf_counter() - s) * 1000.0)
+            if not rec.timings_ms or "inference" not in rec.timings_ms:
+                raise SystemExit(f"benchmark input {path}: answered {rec.decision!r} before the model ran: nothing "
+                                 "of the end-to-end path to time")
             for stage, name in stages.items():  # a fracture map's heatmap is timed as "heatmap", Grad-CAM's as "gradcam"
                 t[name].append(rec.timings_ms[stage] if stage != "gradcam" else
                                rec.timings_ms.get("gradcam", rec.timings_ms.get("heatmap", 0.0)))
@@ -172,7 +176,11 @@ def end_to_end(bundle, files: Dict[str, Path], repeats: int) -> Dict[str, Dict[s
         med = {f"{k}_ms": statistics.median(v) for k, v in t.items()}
         med["overhead_over_decode"] = (med["predict_file_total_ms"] - med["decode_fast_ms"]) / med["decode_fast_ms"]
         med["heatmap_ratio"] = med["with_heatmap_total_ms"] / med["predict_file_total_ms"]
-        med.update(file=str(path), bytes=path.stat().st_size, backend=pred.backend, artifact=pred.artifact)
+        if not overlay.is_file():  # refused (out of scope, retake): no overlay was drawn, so --heatmap was not timed
+            med["heatmap_ratio"] = None
+            med["heatmap_not_timed"] = f"the input was answered {rec.decision!r}, without an overlay"
+        med.update(file=str(path), bytes=path.stat().st_size, backend=pred.backend, artifact=pred.artifact,
+                   decision=rec.decision)
         out[kind] = med
     return out
 

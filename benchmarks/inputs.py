@@ -1,7 +1,9 @@
 """A full-size synthetic radiograph (about 2,000 x 2,500 px) as JPEG and PNG, for end-to-end timing.
 
-Made here with numpy so the benchmark needs no dataset and no other stage; its content only has to
-cost what a real radiograph costs to decode (smooth anatomy, sharp cortical edges, film grain).
+Made here with the phantom generator (fracdata/phantom.py) and film grain, so the benchmark needs no
+dataset and no other stage: its content has to cost what a real radiograph costs to decode (smooth
+anatomy, sharp cortical edges, grain), and it has to be a radiograph the bundle answers. A picture
+its out-of-scope gate refuses is answered without an overlay, and would time nothing of --heatmap.
 """
 
 from __future__ import annotations
@@ -10,22 +12,19 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
+
+GRAIN = 6.0  # gray levels (sd): a 2000 x 2500 JPEG at quality 92 then weighs ~1.5 MB, as a real one
 
 
 def synthetic_radiograph(size: Tuple[int, int] = (2000, 2500), seed: int = 0) -> np.ndarray:
+    """(h, w) uint8: a fractured phantom leg at full size (w, h = `size`), with film grain."""
+    from fracdata.phantom import render_phantom
+
     w, h = size
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    soft = 0.25 + 0.2 * np.exp(-(((xx - w / 2) / (0.35 * w)) ** 2))  # soft tissue
-    img = soft.copy()
-    for cx, half in ((0.42 * w, 0.07 * w), (0.6 * w, 0.05 * w)):  # two long bones
-        d = np.abs(xx - cx - 0.05 * (yy - h / 2))
-        img += np.where(d < half, 0.35 + 0.25 * (d > 0.7 * half), 0.0)
-    img[int(0.55 * h):int(0.56 * h), :] *= 0.8  # a fracture line
-    pil = Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3))
-    arr = np.asarray(pil, dtype=np.float32) + rng.normal(0, 6, (h, w)).astype(np.float32)
-    return np.clip(arr, 0, 255).astype(np.uint8)
+    img = render_phantom(rng, "leg", True, size=(h, w)).astype(np.float32)
+    return np.clip(img + rng.normal(0, GRAIN, (h, w)), 0, 255).astype(np.uint8)
 
 
 def write_inputs(out: Path, size: Tuple[int, int] = (2000, 2500)) -> Dict[str, Path]:

@@ -87,7 +87,8 @@ def twelve_mp_photo(tmp: Path) -> Path:
     return path
 
 
-def run(reps: int = 20, out: Optional[Path] = None, chromium: Optional[str] = None) -> Dict:
+def run(reps: int = 20, out: Optional[Path] = None, chromium: Optional[str] = None,
+        command: str = "python -m benchmarks.webapp") -> Dict:
     import base64
 
     from playwright.sync_api import sync_playwright
@@ -109,7 +110,8 @@ def run(reps: int = 20, out: Optional[Path] = None, chromium: Optional[str] = No
     srv = start_page(Ledger(tmp / "results.jsonl"), tmp, port=0, bundle=lambda: bundle)
     url = f"http://127.0.0.1:{srv.server_address[1]}/app/"
     photo = twelve_mp_photo(tmp)
-    res: Dict = {"date_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "reps": reps,
+    res: Dict = {"date_utc": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "command": command,
+                 "reps": reps,
                  "machine": f"{platform.processor() or platform.machine()}, {platform.machine()}",
                  "model": bundle.model_name, "artifact": site.artifact, "views_per_image": views,
                  "site_files": len(site.files), "site_bytes": site.size(compressed=False),
@@ -179,7 +181,7 @@ def markdown(r: Dict) -> str:
     mb = r["first_visit_transferred_bytes"] / 1e6
     return f"""# Web app benchmark — {r['model']} ({r['artifact']}, {r['views_per_image']} view{'s' if r['views_per_image'] != 1 else ''} per image)
 
-{r['date_utc']}; `python -m benchmarks.webapp --out runs/bench-webapp`; Chromium {r['chromium']} headless on
+{r['date_utc']}; `{r.get('command', 'python -m benchmarks.webapp')}`; Chromium {r['chromium']} headless on
 {r['machine']}; native: {r['native_backend']} {r['native_artifact']}, 1 thread, same run. Medians of {r['reps']}.
 
 | measure | browser | native | ratio | target |
@@ -206,7 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--chromium", help="browser binary (default: chromium on PATH)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
-    res = run(args.reps, args.out, args.chromium)
+    res = run(args.reps, args.out, args.chromium,
+              " ".join(["python -m benchmarks.webapp", *(argv if argv is not None else sys.argv[1:])]))
     print(json.dumps(res, indent=2) if args.json else markdown(res))
     return 0
 

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from benchmarks.cli import main as bench_main
@@ -31,6 +33,7 @@ def test_quick_benchmark_writes_complete_sane_json(tiny_bundle, tiny_run, tmp_pa
                                       "predict_file_total_ms"))
         assert e["predict_file_total_ms"] >= e["inference_ms"]
         assert e["with_heatmap_total_ms"] > 0 and e["heatmap_ratio"] > 0  # the overlay's cost, measured
+        assert e["decision"] in ("fractured", "non-fractured") and "heatmap_not_timed" not in e
     film = res["film_path"]["12MP"]
     assert film["pixels"] == [4000, 3000] and film["answered"] == film["runs"] >= 3
     assert film["total_ms"] >= film["decode_ms"] + film["film_ms"] > 0 and film["peak_rss_mb"] > 0
@@ -79,6 +82,52 @@ def test_the_int8_accuracy_target_is_not_met_by_a_bundle_without_int8():
     row = int8_row(res({**floats, "tflite_int8": {"delta_auc": -0.02}}))
     assert row["met"] is False and row["measured"] == 0.02
     assert int8_row(res({**floats, "onnx_int8": {"delta_auc": 0.004}}))["met"] is True
+
+
+def test_an_input_answered_without_an_overlay_does_not_pass_for_the_heatmaps_cost(tiny_bundle, tmp_path):
+    """An input the out-of-scope gate refuses (a generated skull) is answered without an overlay:
+    the --heatmap target is then not measured, not met by a ratio of ~1; one refused before the
+    model ran stops the benchmark."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from benchmarks.cli import end_to_end
+    from benchmarks.report import targets
+    from edge_runtime.bundle import load_bundle
+    from fracdata.ood import render_skull
+
+    bundle = load_bundle(Path(__file__).resolve().parents[1] / "models" / "reference-bundle")
+    skull = tmp_path / "skull.png"
+    render_skull(np.random.default_rng(0)).convert("L").save(skull)
+    e = end_to_end(bundle, {"jpeg": skull}, 2)["jpeg"]
+    assert e["decision"] == "out-of-scope"
+    assert e["heatmap_ratio"] is None and "without an overlay" in e["heatmap_not_timed"]
+    row = next(t for t in targets({"backends": [], "end_to_end": {"jpeg": {**e, "gradcam_ms": 0.0, "inference_ms": 1.0}},
+                                   "film_path": {}, "accuracy": {"artifacts": {}}}) if "--heatmap" in t["target"])
+    assert row["met"] is None and "without an overlay" in row["note"]
+    flat = tmp_path / "flat.png"  # the tiny bundle's content check refuses it before its model runs
+    Image.fromarray(np.full((300, 240), 128, np.uint8)).save(flat)
+    with pytest.raises(SystemExit, match="before the model ran"):
+        end_to_end(load_bundle(tiny_bundle), {"jpeg": flat}, 1)
+
+
+def test_the_benchmarks_radiograph_is_one_the_reference_bundle_answers(tmp_path):
+    from pathlib import Path
+
+    from benchmarks.inputs import synthetic_radiograph, write_inputs
+    from edge_runtime.bundle import load_bundle
+    from edge_runtime.predictor import Predictor
+
+    a = synthetic_radiograph((300, 375), seed=1)
+    assert a.shape == (375, 300) and a.dtype == np.uint8 and a.std() > 10
+    assert not np.array_equal(a, synthetic_radiograph((300, 375), seed=2))
+    paths = write_inputs(tmp_path, (800, 1000))
+    pred = Predictor(load_bundle(Path(__file__).resolve().parents[1] / "models" / "reference-bundle"), threads=1)
+    for path in paths.values():  # through its out-of-scope gate, with an overlay
+        rec = pred.predict_file(path, tmp_path / "overlay.jpg")
+        assert rec.decision in ("fractured", "non-fractured"), rec.to_dict()
+    assert (tmp_path / "overlay.jpg").is_file()
 
 
 @pytest.mark.heavy
