@@ -263,7 +263,8 @@ def evaluate_map_model(model, model_name: str, feature_layer: str, val: LoadedSp
                 # threshold-free, each radiograph drawn with its crops
                 "auc_fractured_vs_crops": M.clustered_auc_ci(p_test[fractured], fractured, pc, crops["test"][2][mine],
                                                              n_boot, seed)}
-        mine = [k for k, i in enumerate(rest_idx) if i in set(m.tolist())]
+        here = set(m.tolist())
+        mine = [k for k, i in enumerate(rest_idx) if i in here]
         if s != PHANTOM and mine:
             pr = np.array([sigmoid(_pooling(model).pool(rests[k])) for k in mine])
             fp = int((pr >= t).sum())

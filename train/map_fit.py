@@ -166,8 +166,8 @@ def window_of(boxes, size: int, window: int, stride: int, rng: np.random.Generat
               on_box: float = WINDOW_ON_BOX) -> Tuple[int, int]:
     """(left, top) of a training window, on the map's cell grid (so its cells are the whole
     input's): `on_box` of the time, where a box shows in the input, one that holds the centre of
-    its part in view;
-    else anywhere. Drawn uniformly: a fracture is found at every place in a window."""
+    the box's part in view, else anywhere; drawn uniformly, so a fracture is seen at every place
+    in a window."""
     last = (size - window) // stride
     seen = [(max(b[0], 0.0), max(b[1], 0.0), min(b[2], size), min(b[3], size)) for b in boxes]  # the part in view
     centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in seen if b[2] > b[0] and b[3] > b[1]]
