@@ -47,6 +47,7 @@ from .sources import Source
 HEAD_FILE = "gradcam_head.f32"
 EXPORT_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "numpy", "pillow")
 REPORT = "report.md"
+REST_BOOTSTRAP = 1000  # resamples for the rest proxy's AUC interval (reported, not gated)
 DECODE = ("edge_runtime.inputs.read_image (JPEG draft-decoded to at least size px; 16-bit scaled by its bit depth; "
           "DICOM windowed)")
 
@@ -544,6 +545,22 @@ def _run_artifact(bundle, key: str, test: LoadedSplit, with_cam: bool):
             (pooled if pred.gate is not None else None), pred)
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    """Cell probabilities (the runtime's heatmap) back to cell logits, for pooling as the device pools."""
+    q = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(q) - np.log1p(-q)
+
+
+def _rests(prep: Prepared, p: np.ndarray, logits: np.ndarray, threshold: float) -> Dict:
+    """Per real source: the rest of each fractured test radiograph (its boxes and their ring left
+    out) called fractured at the threshold, and the fractured images ranked above those rests
+    (train.map_evaluate.rest_by_source); the same for the float model and each artifact."""
+    from train.map_evaluate import rest_by_source
+
+    return rest_by_source(prep.test, p, logits, MapPooling.from_dict(prep.fracture_map["pooling"]), threshold,
+                          n_boot=REST_BOOTSTRAP)
+
+
 def _scope_threshold(prep: Prepared, pred, manifest: Dict, key: str, test_pooled: List) -> Dict:
     """One artifact's gate thresholds, chosen through the runtime (files for the file groups,
     photographed films for the film groups) on validation and on the training images each scored by
@@ -644,6 +661,10 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
         if loc_ref is not None:  # reported beside the float reference's, not gated
             scores, summary = localise(cams[boxed], boxed_records, spec, boxed_shapes)
             m["localisation"] = {**summary, "vs_float_keras": agreement(scores, loc_ref[0])}
+        if is_map:  # the rest of each real radiograph, its boxes left out (reported, not gated)
+            rest = _rests(prep, p_art, _logit(cams), threshold)
+            if rest:
+                m["box_free_rest"] = rest
         bad = failures(m, settings.tolerances, entry["precision"])
         passed &= not bad
         entry.update(metrics=m, check={"passed": not bad, "failures": bad, "backend": backend})
@@ -661,6 +682,10 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
         manifest["reference"]["float_keras"]["by_source"] = ref_by_source
     if loc_ref is not None:
         manifest["reference"]["float_keras"]["localisation"] = loc_ref[1]
+    if is_map:
+        rest = _rests(prep, p_float, logits, threshold)
+        if rest:
+            manifest["reference"]["float_keras"]["box_free_rest"] = rest
     if prep.platt is not None:
         manifest["decision"]["calibration"]["ece"] = {
             "validation": probability.summary(prep.val_probs, prep.val.labels, prep.platt,

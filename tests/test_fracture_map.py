@@ -784,6 +784,12 @@ def test_views_and_pooling_are_export_choices_each_with_its_own_threshold(tiny_m
     trained = json.loads((tiny_map_run / "metrics.json").read_text())["threshold"]
     assert "views=dihedral, pooling=topk:4" in m["decision"]["chosen_on"] and m["decision"]["rule"] == trained["rule"]
     assert set(m["decision"]["validation"]) == set(trained["per_source"])
+    # the rest of each real radiograph, the float model's and the artifact's (the same float map: the same answer)
+    ref, art = m["reference"]["float_keras"]["box_free_rest"], m["artifacts"]["onnx_float"]["metrics"]["box_free_rest"]
+    assert set(ref) == set(art) == {"fractures"} and ref["fractures"]["n"] == art["fractures"]["n"] > 0
+    assert art["fractures"]["called_fractured"] == ref["fractures"]["called_fractured"]
+    assert abs(art["fractures"]["auc_fractured_vs_rest"]["auc"] - ref["fractures"]["auc_fractured_vs_rest"]["auc"]) < 0.05
+    assert "| onnx_float (edge runtime) |" in (out / "report.md").read_text().split("The rest of each fractured")[1]
     assert export_main([str(tiny_map_run), "--out", str(tmp_path / "x"), "--pooling", "median"]) == 2
 
 

@@ -104,6 +104,32 @@ def box_free_rest(split: LoadedSplit, maps: np.ndarray) -> Tuple[List[int], List
     return idx, rests
 
 
+REST_WHAT = ("each fractured test image's map without its boxes and their one-cell ring, pooled as the device pools "
+             "a whole map: the rest of a real radiograph at its own scale, a proxy for a real radiograph without a "
+             "fracture (unboxed fractures, casts and swelling stay in)")
+
+
+def rest_by_source(split: LoadedSplit, p: np.ndarray, maps: np.ndarray, pooling: MapPooling, threshold: float,
+                   n_boot: int = 2000, seed: int = 0) -> Dict[str, Dict]:
+    """Per real source with boxed fractures: how many rests (box_free_rest) the threshold calls
+    fractured, and the AUC of the source's fractured images (`p`) above those rests, each
+    radiograph drawn with its own rest. `maps`: cell logits, as the device pools them."""
+    idx, rests = box_free_rest(split, maps)
+    src = np.array([record_source(r) for r in split.records])
+    y = np.array([r.label for r in split.records])
+    out = {}
+    for s in sorted(set(src[idx].tolist())) if idx else []:
+        mine = [k for k, i in enumerate(idx) if src[i] == s]
+        pr = np.array([sigmoid(pooling.pool(rests[k])) for k in mine])
+        fractured = np.flatnonzero((src == s) & (y == 1))
+        fp = int((pr >= threshold).sum())
+        out[s] = {"what": REST_WHAT, "n": len(pr), "called_fractured": fp / len(pr),
+                  "called_fractured_ci95": M.wilson_interval(fp, len(pr)), "median_p": float(np.median(pr)),
+                  "auc_fractured_vs_rest": M.clustered_auc_ci(p[fractured], fractured, pr, [idx[k] for k in mine],
+                                                              n_boot, seed)}
+    return out
+
+
 def compare_poolings(val_maps: np.ndarray, val: LoadedSplit, crop_maps: np.ndarray, target: float = 0.9) -> Dict:
     """For each pooling of the same validation maps: the threshold reaching `target` sensitivity on
     every validation source's fractures, and what it then calls fractured among phantom
@@ -235,7 +261,7 @@ def evaluate_map_model(model, model_name: str, feature_layer: str, val: LoadedSp
     poolings = compare_poolings(maps_val, val, crops["val"][1], target if kind == "sensitivity" else 0.9)
     y = test.labels.astype(int)
     src = np.array([record_source(r) for r in test.records])
-    rest_idx, rests = box_free_rest(test, maps_test)
+    rests = rest_by_source(test, p_test, maps_test, _pooling(model), t, n_boot, seed)
     by_source: Dict[str, Dict] = {}
     boxed_all = set(boxed_positives(test.records))  # indices of fractured test images with boxes
     for s in sorted(set(src.tolist())):
@@ -263,20 +289,8 @@ def evaluate_map_model(model, model_name: str, feature_layer: str, val: LoadedSp
                 # threshold-free, each radiograph drawn with its crops
                 "auc_fractured_vs_crops": M.clustered_auc_ci(p_test[fractured], fractured, pc, crops["test"][2][mine],
                                                              n_boot, seed)}
-        here = set(m.tolist())
-        mine = [k for k, i in enumerate(rest_idx) if i in here]
-        if s != PHANTOM and mine:
-            pr = np.array([sigmoid(_pooling(model).pool(rests[k])) for k in mine])
-            fp = int((pr >= t).sum())
-            entry["box_free_rest"] = {
-                "what": "each fractured test image's map without its boxes and their one-cell ring, pooled as the "
-                        "device pools a whole map: the rest of a real radiograph at its own scale, a proxy for a "
-                        "real radiograph without a fracture (unboxed fractures, casts and swelling stay in)",
-                "n": len(pr), "called_fractured": fp / len(pr), "called_fractured_ci95": M.wilson_interval(fp, len(pr)),
-                "median_p": float(np.median(pr)),
-                # threshold-free: this source's fractured radiographs ranked above the rests, each with its own
-                "auc_fractured_vs_rest": M.clustered_auc_ci(p_test[fractured], fractured, pr,
-                                                            [rest_idx[k] for k in mine], n_boot, seed)}
+        if s in rests:
+            entry["box_free_rest"] = rests[s]
         by_source[s] = entry
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / "predictions.csv", val, p_val, test, p_test)
