@@ -545,12 +545,6 @@ def _run_artifact(bundle, key: str, test: LoadedSplit, with_cam: bool):
             (pooled if pred.gate is not None else None), pred)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    """Cell probabilities (the runtime's heatmap) back to cell logits, for pooling as the device pools."""
-    q = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
-    return np.log(q) - np.log1p(-q)
-
-
 def _rests(prep: Prepared, p: np.ndarray, logits: np.ndarray, threshold: float) -> Dict:
     """Per real source: the rest of each fractured test radiograph (its boxes and their ring left
     out) called fractured at the threshold, and the fractured images ranked above those rests
@@ -662,7 +656,7 @@ def check(prep: Prepared, stage: Path, manifest: Dict, settings: Settings) -> bo
             scores, summary = localise(cams[boxed], boxed_records, spec, boxed_shapes)
             m["localisation"] = {**summary, "vs_float_keras": agreement(scores, loc_ref[0])}
         if is_map:  # the rest of each real radiograph, its boxes left out (reported, not gated)
-            rest = _rests(prep, p_art, _logit(cams), threshold)
+            rest = _rests(prep, p_art, probability.logit(cams), threshold)  # the heatmap's P back to cell logits
             if rest:
                 m["box_free_rest"] = rest
         bad = failures(m, settings.tolerances, entry["precision"])
