@@ -364,6 +364,143 @@ def test_training_window_options_are_checked():
     assert TrainOptions(train_window=160).train_window == 160
 
 
+def test_a_close_crop_on_a_box_shows_the_fracture_enlarged_near_the_crop_centre_anywhere_in_it():
+    """map_geometry(centre=...): the output's centre shows that input point, give or take
+    CENTRE_JITTER of the crop's side; the box moves with the pixels (enlarged by the zoom)."""
+    from train.augment import CENTRE_JITTER, map_geometry
+
+    rng = np.random.default_rng(3)
+    n = 128
+    x = np.zeros((n, n), np.float32)
+    box = (20.0, 90.0, 30.0, 100.0)
+    x[92:98, 22:28] = 1.0  # a bright mark inside the box, to see where the pixels went
+    offsets = []
+    for _ in range(200):
+        out, moved = map_geometry(x, [box], rng, 0.0, (2.5, 2.5), 0.45, centre=(25.0, 95.0))
+        (x0, y0, x1, y1), = moved
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        offsets.append((cx - n / 2, cy - n / 2))
+        # rotated by up to 20 degrees: the box around the corners is 2.5 x 10 px wide, or a little more
+        assert 25.0 <= x1 - x0 <= 25.0 * 1.4 and 25.0 <= y1 - y0 <= 25.0 * 1.4
+        ys, xs = np.nonzero(out > 0.5)
+        assert len(xs) and x0 - 2 <= xs.mean() <= x1 + 2 and y0 - 2 <= ys.mean() <= y1 + 2
+    off = np.abs(np.array(offsets))
+    # the jitter is CENTRE_JITTER of the crop's side (n / zoom input px = n output px), each axis,
+    # turned by the rotation: never farther than its corner, and not always in the middle
+    turned = np.cos(np.radians(20)) + np.sin(np.radians(20))  # the rotation reaches 20 degrees
+    assert off.max() <= CENTRE_JITTER * n * turned + 1.0
+    assert np.mean(np.hypot(off[:, 0], off[:, 1]) > 0.1 * n) > 0.5
+
+
+def test_close_crops_on_a_box_are_drawn_for_real_boxed_images_only_and_keep_their_cells():
+    from train.map_fit import map_set, sample, sources_with_both_classes
+
+    recs = [_rec(0, 1, ((0.1, 0.7, 0.2, 0.8),), "forearm"), _rec(1, 1, ((0.1, 0.7, 0.2, 0.8),), "phantom"),
+            _rec(2, 0, (), "phantom"), _rec(3, 1, None, "forearm")]
+    ms = map_set(_loaded(recs), sources_with_both_classes(recs))
+    positive = {True: [], False: []}
+    for k in range(60):
+        for on in (True, False):
+            _, cells, img = sample(ms, 0, np.random.default_rng([5, k]), 8, False, True, negative_crop=0.0,
+                                   close_on_box=1.0 if on else 0.0)
+            positive[on].append(float((cells[..., 0] * cells[..., 1]).sum()))
+            assert img[1] == 0.0  # the real source's image label never counts, close or not
+        for i in (1, 2, 3):  # a phantom, or a real image without boxes, draws what it would without the option
+            a = sample(ms, i, np.random.default_rng([5, k]), 8, True, True, close_on_box=1.0)
+            b = sample(ms, i, np.random.default_rng([5, k]), 8, True, True)
+            assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    on, off = np.array(positive[True]), np.array(positive[False])
+    assert (on > 0).all(), "a close crop on the box always shows the fracture"
+    assert np.median(on) >= 2 * max(np.median(off), 1.0), "and shows it enlarged: more positive cells"
+
+
+def test_the_where_term_is_minus_log_the_boxes_share_of_a_softmax_at_its_sharpness(monkeypatch):
+    """--where-sharpness R: -log(sum over box cells of e^(R m) / sum over scored cells of e^(R m));
+    everything else in the map loss is the same at every R. Sharper, a map whose box cells are all
+    fairly high but whose single peak is beside the box pays more than one with the peak in the box,
+    where at R = 1 the two pay the same."""
+    import tensorflow as tf
+
+    from train import map_fit
+
+    t = np.zeros((4, 4), np.float32)
+    t[1:3, 1:3] = 1.0
+    w = np.ones((4, 4), np.float32)
+    w[0, 0] = 0.0  # an ignored cell counts nowhere
+    y_true = tf.constant(np.stack([np.stack([t, w], -1)] * 2))
+
+    def want(mm, r):
+        z = r * mm.astype(np.float64)
+        return -np.log(np.exp(z)[(t * w) > 0].sum() / np.exp(z)[w > 0].sum())
+
+    def where(maps, r):  # the loss with the where term, less the loss without it
+        y_pred = tf.constant(np.stack(maps)[..., None].astype(np.float32))
+        full = map_fit.map_loss_with(r)(y_true, y_pred).numpy()
+        with monkeypatch.context() as mp:
+            mp.setattr(map_fit, "WHERE_WEIGHT", 0.0)
+            rest = map_fit.map_loss_with(r)(y_true, y_pred).numpy()
+        return full - rest
+
+    rng = np.random.default_rng(0)
+    maps = list(rng.normal(0, 2, (2, 4, 4)))
+    for r in (1.0, 0.5, 4.0):
+        assert np.allclose(where(maps, r), [want(m, r) for m in maps], atol=1e-4), r
+    # the reference's loss is R = 1's
+    y_pred = tf.constant(np.stack(maps)[..., None].astype(np.float32))
+    assert np.array_equal(map_fit.map_loss(y_true, y_pred).numpy(), map_fit.map_loss_with(1.0)(y_true, y_pred).numpy())
+    # the same share in the box at R = 1 (11 scored cells outside it), the peak in the box or beside it
+    inside = np.zeros((4, 4), np.float32)
+    inside[1:3, 1:3] = [[3.0, 0.0], [0.0, 0.0]]
+    beside = np.full((4, 4), np.log(0.1 * (11.0 - np.exp(2.0))), np.float32)
+    beside[1:3, 1:3] = np.log((np.exp(3.0) + 3.0) / 4.0)  # equal cells, the same total e^m as inside's box
+    beside[3, 3] = 2.0  # the peak, past the box
+    assert beside.max() > beside[1:3, 1:3].max() and inside.max() == inside[1:3, 1:3].max()
+    gap = {r: np.subtract(*where([beside, inside], r)) for r in (1.0, 4.0)}
+    assert abs(gap[1.0]) < 1e-4 and gap[4.0] > 0.4, gap
+
+
+def test_close_on_box_at_zero_draws_nothing_more(monkeypatch):
+    """Off (the default), a real boxed image's sample draws exactly what it did before the option
+    existed: one draw for "a crop anywhere?", then the geometry's; so runs made before it (the
+    committed reference) are drawn again the same."""
+    from train import augment
+    from train.map_fit import map_set, sample, sources_with_both_classes
+
+    seen = []
+
+    def record(x, boxes, rng, *a, **k):
+        seen.append(rng.bit_generator.state["state"]["state"])
+        return x, list(boxes)
+
+    monkeypatch.setattr(augment, "augment_with_boxes", record)
+    monkeypatch.setattr(augment, "augment_pair_with_boxes", lambda x, boxes, rng, *a, **k: record(x, boxes, rng) + (x,))
+    recs = [_rec(0, 1, ((0.1, 0.7, 0.2, 0.8),), "forearm")]
+    ms = map_set(_loaded(recs), sources_with_both_classes(recs))
+    for k in range(20):
+        for kw in ({}, {"pair": True}, {"window": 32}):
+            seen.clear()
+            sample(ms, 0, np.random.default_rng([1, k]), 8, True, True, close_on_box=0.0, **kw)
+            after_one = np.random.default_rng([1, k])
+            after_one.random()
+            assert seen == [after_one.bit_generator.state["state"]["state"]], kw
+        seen.clear()
+        sample(ms, 0, np.random.default_rng([1, k]), 8, True, True, negative_crop=0.0, close_on_box=1e-9)
+        assert seen != [after_one.bit_generator.state["state"]["state"]]  # on, it draws once more
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_close_on_box_option_is_checked(bad):
+    from train.cli import build_parser, options_from
+    from train.fit import TrainOptions
+
+    with pytest.raises(ValueError, match="close_on_box"):
+        TrainOptions(close_on_box=bad)
+    with pytest.raises(ValueError, match="where_sharpness"):
+        TrainOptions(where_sharpness=bad * 100)
+    args = build_parser().parse_args(["--model", "fracture_map", "--close-on-box", "0.5", "--where-sharpness", "4"])
+    assert (options_from(args, []).close_on_box, options_from(args, []).where_sharpness) == (0.5, 4.0)
+
+
 def test_the_rest_of_a_real_radiograph_leaves_out_its_boxes_and_their_ring_and_every_phantom():
     from train.map_evaluate import box_free_rest
 

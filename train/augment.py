@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -129,6 +129,10 @@ def augment(x: np.ndarray, rng: np.random.Generator, dihedral: bool, photo: bool
 MAP_ROTATION_DEGREES = 20.0
 MAP_ZOOM = (0.8, 1.8)  # log-uniform; above 1 crops in
 MAP_SHIFT = 0.2  # share of the side, each axis
+# A close crop centred on a box (train/map_fit.py, --close-on-box): the box's centre lands this far
+# from the crop's centre at most (a share of the crop's side along each of the crop's own axes,
+# before its rotation turns them), so a fracture is not always "the middle of a close crop".
+CENTRE_JITTER = 0.3
 
 
 def describe_map(photo: bool = True, acquisition_effects: bool = False) -> Dict:
@@ -146,15 +150,20 @@ def _project(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def map_geometry(x: np.ndarray, boxes, rng: np.random.Generator, perspective: float,
-                 zoom_range: Tuple[float, float] = MAP_ZOOM, shift: float = MAP_SHIFT) -> Tuple[np.ndarray, list]:
+                 zoom_range: Tuple[float, float] = MAP_ZOOM, shift: float = MAP_SHIFT,
+                 centre: Optional[Tuple[float, float]] = None) -> Tuple[np.ndarray, list]:
     """(augmented image, its boxes): rotation, zoom (crops in), shift, a perspective error, a mirror
     and a quarter turn in one resampling; each pixel box (x0, y0, x1, y1) becomes the box around
-    its four mapped corners."""
+    its four mapped corners. `centre` (input pixels): the output's centre shows that point, give or
+    take CENTRE_JITTER of the crop's side, in place of a random shift."""
     n = x.shape[0]
     c = n / 2.0
     ang = math.radians(rng.uniform(-MAP_ROTATION_DEGREES, MAP_ROTATION_DEGREES))
     zoom = math.exp(rng.uniform(math.log(zoom_range[0]), math.log(zoom_range[1])))
     tx, ty = rng.uniform(-shift, shift, 2) * n
+    if centre is not None:  # drawn after the usual draws, so runs without it draw what they always did
+        jx, jy = rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, 2) * n / zoom
+        tx, ty = centre[0] + jx - c, centre[1] + jy - c
     ca, sa = math.cos(ang) / zoom, math.sin(ang) / zoom
     rot = np.array([[ca, -sa, c - ca * c + sa * c + tx], [sa, ca, c - sa * c - ca * c + ty], [0, 0, 1]])
     square = np.array([[0, 0], [n, 0], [n, n], [0, n]], float)
@@ -244,25 +253,27 @@ def acquisition(x: np.ndarray, boxes, rng: np.random.Generator, a: Acquisition =
 
 def augment_with_boxes(x: np.ndarray, boxes, rng: np.random.Generator, photo: bool = True,
                        zoom_range: Tuple[float, float] = MAP_ZOOM, shift: float = MAP_SHIFT,
-                       acquisition_effects: bool = False) -> Tuple[np.ndarray, list]:
+                       acquisition_effects: bool = False,
+                       centre: Optional[Tuple[float, float]] = None) -> Tuple[np.ndarray, list]:
     """One training image (size, size), resized but not normalised, and its pixel boxes -> both
-    augmented: geometry, another system's processing and marks (`acquisition_effects`), then a
-    photo's effects."""
-    out, moved, _ = _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_effects, False)
+    augmented: geometry (`centre`: map_geometry's), another system's processing and marks
+    (`acquisition_effects`), then a photo's effects."""
+    out, moved, _ = _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_effects, False, centre)
     return out, moved
 
 
 def augment_pair_with_boxes(x: np.ndarray, boxes, rng: np.random.Generator, photo: bool = True,
                             zoom_range: Tuple[float, float] = MAP_ZOOM, shift: float = MAP_SHIFT,
-                            acquisition_effects: bool = False) -> Tuple[np.ndarray, list, np.ndarray]:
+                            acquisition_effects: bool = False,
+                            centre: Optional[Tuple[float, float]] = None) -> Tuple[np.ndarray, list, np.ndarray]:
     """(the sample as a file: augment_with_boxes's geometry and acquisition effects, no photo
     effects; its boxes; the same photographed, the photo effects always on), so the two differ
     only in what photographing a film does, as a file and its photo do (--photo-consistency)."""
-    return _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_effects, True)
+    return _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_effects, True, centre)
 
 
-def _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_effects, pair):
-    out, moved = map_geometry(x, boxes, rng, PHOTOMETRIC.perspective if photo else 0.0, zoom_range, shift)
+def _augment_with_boxes(x, boxes, rng, photo, zoom_range, shift, acquisition_effects, pair, centre=None):
+    out, moved = map_geometry(x, boxes, rng, PHOTOMETRIC.perspective if photo else 0.0, zoom_range, shift, centre)
     if acquisition_effects and rng.random() < ACQUISITION.probability:
         out = acquisition(out, moved, rng)
     if pair:  # the sample as a file (no photo effects), and its photo

@@ -123,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "multiple of the map's cell, half of them on a box) and validate on whole inputs: a "
                          "window costs (PIXELS / size)^2 of a whole input, so more samples fit the same time "
                          "(default: off, whole inputs: measured no better at localising, docs/results.md)")
+    ap.add_argument("--close-on-box", type=float, default=0.0, metavar="SHARE",
+                    help="fracture-map models: of the real boxed images not drawn as a crop anywhere "
+                         "(--negative-crop), the share drawn as a close crop centred on one of their boxes, so a "
+                         "fracture is seen enlarged, not only the bone around it (default: 0, off: measured no better against "
+                         "the rest of each radiograph, docs/results.md)")
+    ap.add_argument("--where-sharpness", type=float, default=1.0, metavar="R",
+                    help="fracture-map models: the loss's \"where\" term is -log of the share of a softmax of R x "
+                         "the map's logits inside the boxes; above 1 it asks for the peak itself in a box, and weighs "
+                         "more (about R x the gap between the highest logit and the highest in a box); 0.25 to 16 "
+                         "(default: %(default)s, the reference's)")
     ap.add_argument("--steps-per-epoch", type=int,
                     help="fracture-map models: batches per epoch (default: one pass over the real training "
                          "images at their share of each batch, or over the phantoms without real data)")
@@ -162,6 +172,7 @@ def options_from(args: argparse.Namespace, argv: List[str]) -> TrainOptions:
         phantom_share=args.phantom_share, steps_per_epoch=args.steps_per_epoch, pooling=args.pooling,
         negative_crop=args.negative_crop, acquisition_augment=args.acquisition_augment,
         photo_consistency=args.photo_consistency, photo_pairs=args.photo_pairs, train_window=args.train_window,
+        close_on_box=args.close_on_box, where_sharpness=args.where_sharpness,
         strategy=args.strategy,
         dropout=args.dropout, cache=args.cache,
         decode_workers=args.decode_workers, argv=tuple(argv),

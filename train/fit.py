@@ -66,6 +66,8 @@ class TrainOptions:
     photo_consistency: float = 0.0  # fracture maps: weight of a sample's and its photo's pooled-logit difference
     photo_pairs: float = 1.0  # of half of each batch's samples, the share photographed as the other half
     train_window: Optional[int] = None  # fracture maps: train on windows of this many pixels (None: the whole input)
+    close_on_box: float = 0.0  # fracture maps: share of real boxed draws (not a crop anywhere) made a close crop on a box
+    where_sharpness: float = 1.0  # fracture maps: the "where" term's softmax sharpness (1: the reference's)
     # Where and how training runs (train/distribute.py, train/backup.py):
     strategy: str = "default"  # default | mirrored | multiworker (TF_CONFIG)
     dropout: Optional[float] = None  # every Dropout layer's rate; None keeps the model's
@@ -87,6 +89,10 @@ class TrainOptions:
             raise ValueError(f"size must be within 32..1024, got {self.size}")
         if not 0.0 <= self.negative_crop <= 1.0:
             raise ValueError(f"negative_crop must be within [0, 1], got {self.negative_crop}")
+        if not 0.0 <= self.close_on_box <= 1.0:
+            raise ValueError(f"close_on_box must be within [0, 1], got {self.close_on_box}")
+        if not 0.25 <= self.where_sharpness <= 16.0:
+            raise ValueError(f"where_sharpness must be within [0.25, 16], got {self.where_sharpness}")
         if self.photo_consistency < 0.0:
             raise ValueError(f"photo_consistency must be 0 (off) or more, got {self.photo_consistency}")
         if not 0.0 < self.photo_pairs <= 1.0:

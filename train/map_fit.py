@@ -47,6 +47,11 @@ HARD_POOL_R = 4.0  # sharpness of the log-sum-exp over a class's cells
 # what the pointing game scores and what a clinician is shown; BCE alone leaves the peak anywhere
 # on bone that looks roughly like a fracture.
 WHERE_WEIGHT = 1.0
+# The softmax's sharpness (its inverse temperature): at 1 the mass inside a box can grow by lifting
+# every cell there a little; sharper, only the highest cells carry mass, so the term asks for the
+# peak itself. It weighs more too: for large R it grows as R x (the highest logit - the highest in a
+# box). --where-sharpness; measured in docs/results.md, "A sharper where term".
+WHERE_R = 1.0
 NEGATIVE_CROP = 0.5  # share of real boxed images drawn as a close crop (the box-free ones are negatives)
 NEGATIVE_CROP_ZOOM = (1.8, 3.5)
 NEGATIVE_CROP_SHIFT = 0.45  # a close crop may be centred anywhere on the image, mostly away from the box
@@ -104,11 +109,13 @@ def _enlargement(before, after) -> float:
 
 def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool, augment: bool,
            negative_crop: float = NEGATIVE_CROP, acquisition: bool = False, pair: bool = False,
-           window: Optional[int] = None):
+           window: Optional[int] = None, close_on_box: float = 0.0):
     """(model input (size, size, 1), cell targets (grid, grid, 2), image target (2,)) for image i;
     `pair` (augmented only): a fourth item, the same sample photographed (augment_pair_with_boxes);
     `window` (augmented only): the sample is a (window, window) part of the augmented input, its
-    cells those of the whole input's grid (window_of)."""
+    cells those of the whole input's grid (window_of); `close_on_box` (augmented only): the share
+    of a real boxed image's other draws (not a crop anywhere) made a close crop centred on one of
+    its boxes (map_geometry's `centre`)."""
     from .augment import MAP_SHIFT, MAP_ZOOM, augment_pair_with_boxes, augment_with_boxes
 
     x, boxes = ms.resized[i], ms.boxes[i]
@@ -118,12 +125,17 @@ def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool,
     photo_of, cut, cells = None, (slice(None), slice(None)), (slice(None), slice(None))
     if augment:
         crop = bool(ms.real[i]) and bool(boxes) and rng.random() < negative_crop
+        centre = None
+        # drawn only when asked, so runs without it draw what they always did
+        if close_on_box > 0 and not crop and bool(ms.real[i]) and boxes and rng.random() < close_on_box:
+            b = boxes[int(rng.integers(len(boxes)))]
+            crop, centre = True, ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
         zoom = NEGATIVE_CROP_ZOOM if crop else (UNKNOWN_ZOOM if boxes is None else MAP_ZOOM)
         shift = NEGATIVE_CROP_SHIFT if crop else MAP_SHIFT
         if pair:
-            x, moved, photo_of = augment_pair_with_boxes(x, boxes or [], rng, photo, zoom, shift, acquisition)
+            x, moved, photo_of = augment_pair_with_boxes(x, boxes or [], rng, photo, zoom, shift, acquisition, centre)
         else:
-            x, moved = augment_with_boxes(x, boxes or [], rng, photo, zoom, shift, acquisition)
+            x, moved = augment_with_boxes(x, boxes or [], rng, photo, zoom, shift, acquisition, centre)
         if boxes:
             # one cell of the original input: a close crop enlarges the ring with the pixels
             margin = MARGIN_CELLS * _enlargement(boxes, moved)
@@ -185,7 +197,8 @@ def window_of(boxes, size: int, window: int, stride: int, rng: np.random.Generat
 
 def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed: int, grid: int,
             steps: int, photo: bool = True, negative_crop: float = NEGATIVE_CROP, acquisition: bool = False,
-            consistency: float = 0.0, pair_share: float = 1.0, window: Optional[int] = None):
+            consistency: float = 0.0, pair_share: float = 1.0, window: Optional[int] = None,
+            close_on_box: float = 0.0):
     """batch_of(step, replica, replicas): that replica's part of the global batch at `step`
     (counted from the first epoch). Epoch e's draw of images depends only on (seed, e) and each
     image's augmentation on (seed, e, step, place in the batch), so a resumed run, or R replicas
@@ -199,7 +212,8 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
     the weight image_loss gives a photographed partner's difference (0 for the others, and in
     validation).
 
-    `window`: every sample is a window of that many pixels of its augmented input (window_of)."""
+    `window`: every sample is a window of that many pixels of its augmented input (window_of).
+    `close_on_box`: sample()'s."""
     import functools
 
     pools = {"phantom": [], "real": []}
@@ -234,7 +248,8 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
         idx = plan(e)[j]
         places = replica_slice(list(range(len(idx))), replica, replicas)
         draw = lambda k, pair=False: sample(ms, idx[k], np.random.default_rng([seed, e, j, k]), grid,  # noqa: E731
-                                            photo, True, negative_crop, acquisition, pair, window)
+                                            photo, True, negative_crop, acquisition, pair, window,
+                                            close_on_box)
         if consistency <= 0:
             xs, ts, ys = zip(*(draw(k) for k in places))
             return np.stack(xs), {"map": np.stack(ts), "logit": np.stack([np.append(y, 0.0) for y in ys])}
@@ -271,7 +286,14 @@ def fixed_set(ms: MapSet, grid: int) -> Tuple[np.ndarray, Dict[str, np.ndarray]]
 
 # ----------------------------------------------------------------------------------------- losses
 
-def map_loss(y_true, y_pred):
+def map_loss_with(where_r: float = WHERE_R):
+    """map_loss with the "where" softmax at sharpness `where_r`."""
+    def map_loss(y_true, y_pred):
+        return _map_loss(y_true, y_pred, where_r)
+    return map_loss
+
+
+def _map_loss(y_true, y_pred, where_r: float = WHERE_R):
     """Per image: mean BCE over positive cells + over negative cells, + the hardest of each pooled.
     y_true (batch, h, w, 2): target, weight; y_pred (batch, h, w, 1): cell logits."""
     from keras import ops
@@ -288,10 +310,14 @@ def map_loss(y_true, y_pred):
     hp, has_p = masked_pool(m, pos, HARD_POOL_R)
     hard = (ops.binary_crossentropy(ops.zeros_like(hn), hn, from_logits=True) * has_n
             + ops.binary_crossentropy(ops.ones_like(hp), hp, from_logits=True) * has_p)
-    # -log(softmax mass in the boxes) over the scored cells: log-sum-exp over all minus over positives.
-    where = (masked_pool(m, w, 1.0)[0] - masked_pool(m, pos, 1.0)[0]
+    # -log(softmax mass in the boxes) over the scored cells, the softmax of where_r x the logits:
+    # log-sum-exp over all minus over positives (masked_pool's are mean-normalised and divided by r).
+    where = (where_r * (masked_pool(m, w, where_r)[0] - masked_pool(m, pos, where_r)[0])
              + ops.log(ops.maximum(ops.sum(w, axis=(1, 2)), 1.0)) - ops.log(ops.maximum(ops.sum(pos, axis=(1, 2)), 1.0)))
     return lp + ln + HARD_WEIGHT * hard + WHERE_WEIGHT * where * has_p
+
+
+map_loss = map_loss_with(WHERE_R)
 
 
 def image_loss(y_true, y_pred):
@@ -317,10 +343,11 @@ def training_view(model):
                        name=f"{model.name}_training")
 
 
-def describe_loss(consistency: float = 0.0, pair_share: float = 1.0) -> Dict:
+def describe_loss(consistency: float = 0.0, pair_share: float = 1.0, where_r: float = WHERE_R) -> Dict:
+    sharp = "" if where_r == 1.0 else f" at sharpness {where_r:g} (softmax of {where_r:g} x the logits, not divided by it)"
     return {"map": "per image: mean BCE over positive cells + mean BCE over negative cells (margin ignored) + "
                    f"{HARD_WEIGHT} x BCE of the log-sum-exp (r={HARD_POOL_R}) over each class's cells + "
-                   f"{WHERE_WEIGHT} x -log(softmax mass of the map inside the boxes)",
+                   f"{WHERE_WEIGHT} x -log(softmax mass of the map inside the boxes){sharp}",
             "image": f"{IMAGE_WEIGHT} x BCE of the pooled logit, only for sources with both classes and for "
                      "box-free crops of real radiographs",
             "photo_consistency": (f"{consistency} x (pooled logit of a sample, held fixed - that of the same "
@@ -382,7 +409,7 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
     import keras
     import tensorflow as tf
 
-    from .augment import describe_map
+    from .augment import CENTRE_JITTER, describe_map
 
     o = options
     both = sources_with_both_classes(parts["train"].records + parts["val"].records)
@@ -403,7 +430,8 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
     with strategy.scope():
         view = training_view(model)
         schedule = keras.optimizers.schedules.CosineDecay(o.lr, decay_steps=epochs * steps, alpha=0.05)
-        view.compile(optimizer=keras.optimizers.Adam(schedule), loss={"map": map_loss, "logit": image_loss})
+        view.compile(optimizer=keras.optimizers.Adam(schedule), loss={"map": map_loss_with(o.where_sharpness),
+                                                                       "logit": image_loss})
     callbacks = [c for c in callbacks
                  if not isinstance(c, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
     window = o.train_window
@@ -416,7 +444,7 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
                          f"{pool.k} of them: widen the window or lower k")
     sig = batch_signature(window or spec.size, (window or spec.size) // stride)
     batch_of = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop,
-                       o.acquisition_augment, o.photo_consistency, o.photo_pairs, window)
+                       o.acquisition_augment, o.photo_consistency, o.photo_pairs, window, o.close_on_box)
     train_ds = distributed(strategy, lambda k, n, local: step_dataset(batch_of, sig, start_epoch * steps,
                                                                       epochs * steps, k, n, local))
     xv, yv = fixed_set(sets["val"], grid)
@@ -427,12 +455,15 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
         view.fit(train_ds, steps_per_epoch=steps, validation_data=val_ds, epochs=epochs, initial_epoch=start_epoch,
                  callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
     return view, {
-        "loss": describe_loss(o.photo_consistency, o.photo_pairs), "validation_loss": "the same loss on the validation split, not augmented",
+        "loss": describe_loss(o.photo_consistency, o.photo_pairs, o.where_sharpness), "validation_loss": "the same loss on the validation split, not augmented",
         "train_window": (f"{window} x {window} px windows of each augmented {spec.size} px input, on its cell grid; "
                          f"{WINDOW_ON_BOX:g} of them on a box where the input shows one" if window else None),
         "learning_rate_schedule": f"cosine decay from {o.lr} to {0.05 * o.lr:g} over {epochs * steps} steps",
         "augmentation": describe_map(o.photo_augment, o.acquisition_augment),
         "negative_crop_share": o.negative_crop,
+        "close_crop_on_box_share": (f"{o.close_on_box:g} of the real boxed draws that are not a crop anywhere: a close "
+                                    f"crop (zoom {list(NEGATIVE_CROP_ZOOM)}) centred on a box, within "
+                                    f"{CENTRE_JITTER:g} of its side" if o.close_on_box else None),
         "mix": {"real_train_images": n_real, "phantom_train_images": n_phantom, "phantom_share_of_each_batch": share,
                 "steps_per_epoch": steps,
                 "image_labels_from": sorted(both) or "none (every source is fractures only: boxes alone)"},
