@@ -124,10 +124,11 @@ def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool,
     margin = MARGIN_CELLS  # in cells of the model input; a zoom enlarges it with the pixels
     photo_of, cut, cells = None, (slice(None), slice(None)), (slice(None), slice(None))
     if augment:
-        crop = bool(ms.real[i]) and bool(boxes) and rng.random() < negative_crop
+        real_boxed = bool(ms.real[i]) and bool(boxes)
+        crop = real_boxed and rng.random() < negative_crop
         centre = None
         # drawn only when asked, so runs without it draw what they always did
-        if close_on_box > 0 and not crop and bool(ms.real[i]) and boxes and rng.random() < close_on_box:
+        if close_on_box > 0 and not crop and real_boxed and rng.random() < close_on_box:
             b = boxes[int(rng.integers(len(boxes)))]
             crop, centre = True, ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
         zoom = NEGATIVE_CROP_ZOOM if crop else (UNKNOWN_ZOOM if boxes is None else MAP_ZOOM)
@@ -286,15 +287,16 @@ def fixed_set(ms: MapSet, grid: int) -> Tuple[np.ndarray, Dict[str, np.ndarray]]
 
 # ----------------------------------------------------------------------------------------- losses
 
-def map_loss_with(where_r: float = WHERE_R):
-    """map_loss with the "where" softmax at sharpness `where_r`."""
-    def map_loss(y_true, y_pred):
-        return _map_loss(y_true, y_pred, where_r)
-    return map_loss
+def map_loss_with(where_r: float):
+    """map_loss with the "where" softmax at sharpness `where_r`, as Keras calls a loss."""
+    def loss(y_true, y_pred):
+        return map_loss(y_true, y_pred, where_r)
+    return loss
 
 
-def _map_loss(y_true, y_pred, where_r: float = WHERE_R):
-    """Per image: mean BCE over positive cells + over negative cells, + the hardest of each pooled.
+def map_loss(y_true, y_pred, where_r: float = WHERE_R):
+    """Per image: mean BCE over positive cells + over negative cells, + the hardest of each pooled,
+    + the "where" term at sharpness `where_r`.
     y_true (batch, h, w, 2): target, weight; y_pred (batch, h, w, 1): cell logits."""
     from keras import ops
 
@@ -315,9 +317,6 @@ def _map_loss(y_true, y_pred, where_r: float = WHERE_R):
     where = (where_r * (masked_pool(m, w, where_r)[0] - masked_pool(m, pos, where_r)[0])
              + ops.log(ops.maximum(ops.sum(w, axis=(1, 2)), 1.0)) - ops.log(ops.maximum(ops.sum(pos, axis=(1, 2)), 1.0)))
     return lp + ln + HARD_WEIGHT * hard + WHERE_WEIGHT * where * has_p
-
-
-map_loss = map_loss_with(WHERE_R)
 
 
 def image_loss(y_true, y_pred):
