@@ -25,7 +25,7 @@ from . import geometry as geo
 from .film_finder import FilmNotFound, Found, locate, working_copy
 from .imageops import dilate
 
-OUT_LONG_SIDE = 1024  # the rectified film's long side at most (far above any model's input: 128 px for ours, 224 for the baselines)
+OUT_LONG_SIDE = 1024  # the rectified film's long side at most (far above any model's input: 256 px for the fracture map, 128 for the paper's CNN, 224 for the baselines)
 INSET = 0.006  # share of each side dropped after rectifying: the film's edge, not its content
 PROFILE_OFFSETS = (0.015, 0.025, 0.035)  # where the lightbox is sampled outside each edge, x film size
 GRID = 48  # the light correction is computed on this grid over the film, then upsampled

@@ -24,6 +24,7 @@ Every choice is recorded in PreprocessSpec, hence in each run and bundle.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -42,6 +43,13 @@ CLAHE_CLIP = 3.0  # histogram bins are capped at this multiple of the mean bin
 # smallest structure ratio 0.71, far above these (tests/test_edge_runtime.py checks both ways).
 MIN_CONTRAST = 0.03  # 1st-99th percentile spread, as a share of full scale
 MIN_STRUCTURE = 0.35  # std of 8 x 8-block means / std of pixels: white noise ~0.125, radiographs ~0.8+
+# A file far smaller than the model's input is blown up from detail it does not hold: a 64-px
+# thumbnail of a wrist has no fracture line left in it, and "no fracture found" on it would be
+# false reassurance. The side that fills the input (the long one when letterboxed, the short one
+# when stretched) must reach MIN_FILL of the input size. Training enlarged real radiographs at most
+# ~1.6x (the smallest real long side, 296 px, zoomed up to 1.8x into 256), so 2x is already beyond
+# what the model was shown; a photographed film has its own, stricter bound (device.quality).
+MIN_FILL = 0.5
 
 
 @dataclass(frozen=True)
@@ -173,10 +181,12 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def checked_input(pixels: np.ndarray, spec: PreprocessSpec) -> Tuple[Optional[np.ndarray], Optional[str], np.ndarray]:
     """(model input (size, size, 1) or None, why there is nothing to read or None, the resized
-    image before normalisation): the content check between the two halves of preprocessing, as
-    every reader of decoded pixels needs it (the predictor, evaluation through a bundle)."""
+    image before normalisation): the resolution and content checks around the first half of
+    preprocessing, as every reader of decoded pixels needs them (the predictor, evaluation through
+    a bundle). Decoding reduces an image only while both sides stay >= the input size, so the
+    decoded shape is too small exactly when the file is."""
     small = resize_input(pixels, spec)
-    problem = content_problem(small)
+    problem = resolution_problem(np.shape(pixels), spec) or content_problem(small)
     if problem:
         return None, problem, small
     return normalize_intensity(small, spec)[:, :, None], None, small
@@ -190,6 +200,23 @@ def map_on_image(heat: np.ndarray, shape: Tuple[int, int], spec: PreprocessSpec)
         (size, size), Image.Resampling.BILINEAR), dtype=np.float32)
     top, left, nh, nw = content_box(shape, spec)
     return full[top:top + nh, left:left + nw]
+
+
+def min_filled_side(spec: PreprocessSpec) -> Tuple[str, int]:
+    """(which side of a file fills the model's input, the least length it may have in pixels)."""
+    return ("long" if spec.resize == "letterbox" else "short"), int(math.ceil(MIN_FILL * spec.size))
+
+
+def resolution_problem(shape: Tuple[int, ...], spec: PreprocessSpec) -> Optional[str]:
+    """Why an image of `shape` (height, width, ...) is too small for this model to read, or None."""
+    h, w = int(shape[0]), int(shape[1])
+    side, need = min_filled_side(spec)
+    have = max(h, w) if side == "long" else min(h, w)
+    if have >= need:
+        return None
+    return (f"image is {w}x{h} px, too small for this model: its {side} side is enlarged to the model's "
+            f"{spec.size}-px input and needs at least {need} px, or the detail a fracture shows is not "
+            "there to read (a thumbnail or a downscaled copy?); use the full-resolution file")
 
 
 def content_problem(x: np.ndarray) -> Optional[str]:

@@ -302,6 +302,49 @@ def test_no_real_radiograph_is_refused_as_blank_or_noise():
     refused = [f.name for f in sorted(FOREARM.glob("*.jpg"))
                if content_problem(resize_input(read_image(f, spec).pixels, spec))]
     assert refused == []
+    # Nor as too small for the reference model (its smallest, 296 x 153, is letterboxed into 256).
+    from edge_runtime.bundle import load_bundle
+    from edge_runtime.preprocess import checked_input
+
+    ref = load_bundle(Path(__file__).resolve().parents[1] / "models" / "reference-bundle").spec
+    assert [f.name for f in sorted(FOREARM.glob("*.jpg")) if checked_input(read_image(f, ref).pixels, ref)[1]] == []
+
+
+def test_the_side_that_fills_the_input_decides_too_small():
+    from edge_runtime.preprocess import PreprocessSpec, resolution_problem
+
+    box = PreprocessSpec(size=256, resize="letterbox")
+    assert resolution_problem((128, 40), box) is None  # the long side, 128, is half of 256: the bound passes
+    why = resolution_problem((127, 600 // 5), box)
+    assert why.startswith("image is 120x127 px, too small for this model") and "long side" in why and "128 px" in why
+    squash = PreprocessSpec(size=128, resize="stretch")
+    assert resolution_problem((63, 900), squash) is not None and "short side" in resolution_problem((63, 900), squash)
+    assert resolution_problem((64, 900), squash) is None
+
+
+def test_a_file_too_small_for_the_model_is_refused_not_answered(tiny_bundle, phantom_dir, tmp_path, capsys):
+    """A thumbnail holds no fracture line to read: an error naming the file and the reason, no
+    answer, and the batch goes on (the bound is half the input size, on the side that fills it)."""
+    from PIL import Image
+
+    from edge_runtime.bundle import load_bundle
+    from edge_runtime.cli import main as runtime_main
+
+    spec = load_bundle(tiny_bundle).spec
+    assert spec.resize == "stretch"  # the tiny classifier: its short side fills the input
+    need = -(-spec.size // 2)
+    src = Image.open(_images(phantom_dir, 1)[0]).convert("L")
+    paths = []
+    for short in (need - 1, need, 4 * spec.size):
+        im = src.resize((short, round(short * 1.3)), Image.Resampling.BILINEAR)
+        paths.append(tmp_path / f"short{short}.png")
+        im.save(paths[-1])
+    rc = runtime_main(["predict", "--bundle", str(tiny_bundle), "--json", *map(str, paths)])
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rc == 1 and len(recs) == 3
+    assert recs[0]["file"].endswith(f"short{need - 1}.png") and "probability" not in recs[0]
+    assert "too small for this model" in recs[0]["error"] and f"needs at least {need} px" in recs[0]["error"]
+    assert all("error" not in r and "probability" in r for r in recs[1:]), recs[1:]
 
 
 def test_content_check_works_at_every_input_size():

@@ -376,7 +376,7 @@ def test_the_out_of_scope_gate_refuses_the_same_images_in_the_browser(browser, s
 
 
 @needs_browser
-def test_bad_files_get_a_clear_reason_and_the_batch_goes_on(browser, server, tmp_path):
+def test_bad_files_get_a_clear_reason_and_the_batch_goes_on(browser, server, bundle, tmp_path):
     page = open_app(browser, server)
     good = io.BytesIO()
     Image.fromarray((np.random.default_rng(0).random((200, 160)) * 60 + np.linspace(0, 180, 160)).astype(np.uint8)).save(good, "JPEG")
@@ -398,6 +398,20 @@ def test_bad_files_get_a_clear_reason_and_the_batch_goes_on(browser, server, tmp
         rec = analyze(page, data, name)
         assert why in rec.get("error", ""), (name, rec)
         assert rec.get("probability") is None
+    # A thumbnail too small for the model (edge_runtime.preprocess.resolution_problem): the same
+    # sentence as Python's, and one pixel more on the side that fills the input is answered.
+    from edge_runtime.predictor import Predictor
+
+    need = -(-bundle.spec.size // 2)
+    yy, xx = np.mgrid[0:need, 0:need - 30] / need
+    for long_side in (need - 1, need):
+        arr = (40 + 150 * (np.abs(xx - 0.5) < 0.15) + 30 * np.sin(9 * yy))[:long_side].astype(np.uint8)
+        path = tmp_path / f"thumb{long_side}.png"
+        path.write_bytes(_png(arr))
+        py = Predictor(bundle, backend="onnx").predict_file(path)
+        rec = analyze(page, path.read_bytes(), path.name)
+        assert rec.get("error") == py.error, (rec, py.error)
+        assert (py.error is not None) == (long_side < need) and (long_side < need or "decision" in rec), rec
     assert not page.errors
 
 

@@ -7,7 +7,7 @@ import { rawMaps } from "./gradcam.js";
 import { poolMap, sigmoid } from "./fracturemap.js";
 import { calibrate, outlierLogit, scopeScore } from "./scope.js";
 import {
-  contentProblem, mergeMaps, normalizeIntensity, resizeInput, specFromManifest, views,
+  contentProblem, resolutionProblem, mergeMaps, normalizeIntensity, resizeInput, specFromManifest, views,
 } from "./preprocess.js";
 
 let ortModule = null;
@@ -90,7 +90,8 @@ export class Engine {
     }
     let t0 = performance.now();
     const small = resizeInput(pixels, w, h, this.spec);
-    const problem = contentProblem(small, this.spec.size, this.spec.size, this.config.CONTENT_LIMITS);
+    const problem = resolutionProblem(w, h, this.spec, this.config.CONTENT_LIMITS)
+      || contentProblem(small, this.spec.size, this.spec.size, this.config.CONTENT_LIMITS);
     if (problem) return { error: problem, warnings: [...warnings] };
     const x = normalizeIntensity(small, this.spec);
     const v = views(x, this.spec);

@@ -101,6 +101,17 @@ export function normalizeIntensity(x, spec) {
   return Float32Array.from(x);
 }
 
+/** Why a decoded w x h image is too small for the model to read, or null (preprocess.resolution_problem). */
+export function resolutionProblem(w, h, spec, limits) {
+  const side = spec.resize === "letterbox" ? "long" : "short";
+  const need = Math.ceil(limits.MIN_FILL * spec.size);
+  const have = side === "long" ? Math.max(w, h) : Math.min(w, h);
+  if (have >= need) return null;
+  return `image is ${w}x${h} px, too small for this model: its ${side} side is enlarged to the model's ` +
+    `${spec.size}-px input and needs at least ${need} px, or the detail a fracture shows is not ` +
+    "there to read (a thumbnail or a downscaled copy?); use the full-resolution file";
+}
+
 /** Why a resized input holds nothing to read, or null (preprocess.content_problem). */
 export function contentProblem(x, w, h, limits) {
   const [lo, hi] = percentiles(x, [1.0, 99.0]);
