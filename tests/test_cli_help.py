@@ -15,7 +15,7 @@ import pytest
 CLIS = ["edge_runtime.cli", "device.cli", "benchmarks.cli", "benchmarks.webapp", "benchmarks.fuzz", "benchmarks.fsfuzz",
         "benchmarks.page", "benchmarks.formats", "benchmarks.sizes", "benchmarks.onnx_formats", "export.signing", "train.cli", "train.evaluate", "train.report",
         "train.duplicates", "export.quantize", "train.scope_evaluate", "train.scope_compare", "train.acquisition_shift",
-        "fracdata.ood"]
+        "fracdata.ood", "fracdata.real_ood"]
 ROOT = Path(__file__).resolve().parent.parent
 
 

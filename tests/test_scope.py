@@ -549,6 +549,11 @@ def test_a_classifier_bundle_gets_the_gate_on_its_blocks_features(tiny_run, phan
     result = evaluate(tiny_run, out, ood, None, progress=False)
     assert result["sets"]["ood/text_page"]["n"] == 3 and result["sets"]["ood/text_page"]["gate"] is not None
     assert all(e["energy"] is not None for e in result["sets"].values())
+    # each out-of-scope image's verdict by name (a real set holds a handful), agreeing with the rate
+    files = result["sets"]["ood/text_page"]["files"]
+    assert sorted(files) == sorted(f"text_page/{p.name}" for p in (ood / "text_page").iterdir())
+    assert sum(v != "answered" for v in files.values()) == round(3 * result["sets"]["ood/text_page"]["gate"])
+    assert "files" not in result["sets"]["val/phantom"]
 
 
 def test_the_gate_is_fitted_on_features_averaged_over_the_views_as_the_runtime_averages_them():

@@ -79,7 +79,7 @@ def evaluate(run_dir: Path, bundle: Path, ood_dir: Path, artifact: Optional[str]
                 s = _scores(pred, read_image(ood_dir / f, pred.spec))
             except ImageReadError as exc:
                 s = {"unreadable": str(exc)}
-            rows.setdefault(f"ood/{kind}", []).append(s)
+            rows.setdefault(f"ood/{kind}", []).append({**s, "file": f})
     return summarise(rows, pred, bundle, ood_dir, meta)
 
 
@@ -149,6 +149,9 @@ def render_photos(result: Dict) -> str:
         lines.append(f"| {name} | {e['photos']} | {e['refused_by_film_path']} | {e['measured']} | "
                      f"{e['refused_by_gate']} ({rate}) | {e.get('beyond_groups', '—')} / {e.get('past_direction', '—')} "
                      f"| {e['answered']} | {med} |")
+    answered = [f for e in result["sets"].values() for f, v in e.get("files", {}).items() if v == "answered"]
+    if answered:
+        lines += ["", "Out-of-scope images answered: " + ", ".join(answered) + "."]
     lines += ["", "In-scope rows (test/...) are radiographs the gate should keep; out-of-scope rows (ood/...) are "
                   "generated images photographed as films (colour kinds as gray prints), which should be refused, by "
                   "either gate."]
@@ -157,6 +160,14 @@ def render_photos(result: Dict) -> str:
 
 def _rate(flags: List[bool]) -> Optional[float]:
     return float(np.mean(flags)) if flags else None
+
+
+def _verdict(s: Dict) -> str:
+    if s.get("unreadable"):
+        return "unreadable"
+    if s.get("content_refused"):
+        return "refused before the model"
+    return f"refused ({s['code']})" if s["refused"] else "answered"
 
 
 def summarise(rows: Dict[str, List[Dict]], pred, bundle: Path, ood_dir: Path, meta: Dict) -> Dict:
@@ -177,6 +188,8 @@ def summarise(rows: Dict[str, List[Dict]], pred, bundle: Path, ood_dir: Path, me
                  "past_direction": sum(1 for s in scored if s["code"] != "colour" and s["past_direction"])}
         for m in ("energy", "max_logit"):
             entry[m] = _rate([s[m] > limits[m] for s in scored] + [True] * len(before))
+        if name.startswith("ood/"):  # which image got which verdict: a real set holds a handful, each worth naming
+            entry["files"] = {s["file"]: _verdict(s) for s in items}
         sets[name] = entry
     return {"bundle": str(bundle), "artifact": pred.artifact, "backend": pred.backend,
             "ood": {"path": str(ood_dir), "seed": meta["seed"], "n_per_kind": meta["n_per_kind"],
@@ -185,8 +198,10 @@ def summarise(rows: Dict[str, List[Dict]], pred, bundle: Path, ood_dir: Path, me
 
 
 def render(result: Dict) -> str:
-    lines = [f"Out-of-scope gate of {result['bundle']} ({result['artifact']}, {result['backend']}); generated "
-             f"out-of-scope images: seed {result['ood']['seed']}, {result['ood']['n_per_kind']} per kind.", "",
+    ood = result["ood"]
+    what = (f"generated out-of-scope images: seed {ood['seed']}, {ood['n_per_kind']} per kind" if ood["seed"] >= 0
+            else f"real out-of-scope images from {ood['path']}")
+    lines = [f"Out-of-scope gate of {result['bundle']} ({result['artifact']}, {result['backend']}); {what}.", "",
              "| set | n | refused: the gate (colour / features) | features: beyond every group / past the direction "
              "| energy score | max-logit |", "|---|---:|---:|---:|---:|---:|"]
     for name, e in result["sets"].items():
@@ -195,6 +210,9 @@ def render(result: Dict) -> str:
                      + (f", {e['refused_before_the_model']} before the model" if e["refused_before_the_model"] else "")
                      + f") | {e.get('beyond_groups', '—')} / {e.get('past_direction', '—')} "
                        f"| {pct(e['energy'])} | {pct(e['max_logit'])} |")
+    answered = [f for e in result["sets"].values() for f, v in e.get("files", {}).items() if v == "answered"]
+    if answered:
+        lines += ["", "Out-of-scope images answered: " + ", ".join(answered) + "."]
     lines += ["", "In-scope rows (val/..., test/...) are radiographs the gate should keep: their rate is what it wrongly "
                   "refuses. The alternatives are thresholded to keep 99% of validation (the gate also counts its "
                   "training radiographs scored out of fold)."]
