@@ -497,8 +497,92 @@ def test_close_on_box_option_is_checked(bad):
         TrainOptions(close_on_box=bad)
     with pytest.raises(ValueError, match="where_sharpness"):
         TrainOptions(where_sharpness=bad * 100)
+    with pytest.raises(ValueError, match="hard_negatives"):
+        TrainOptions(hard_negatives=bad)
     args = build_parser().parse_args(["--model", "fracture_map", "--close-on-box", "0.5", "--where-sharpness", "4"])
     assert (options_from(args, []).close_on_box, options_from(args, []).where_sharpness) == (0.5, 4.0)
+
+
+def test_a_false_peak_is_the_highest_cell_allowed():
+    from train.map_fit import false_peaks
+
+    maps = np.zeros((2, 4, 4))
+    maps[0, 1, 1], maps[0, 3, 2] = 9.0, 5.0  # the highest cell (in a box) is not allowed; the next one is
+    allowed = np.ones((2, 4, 4), bool)
+    allowed[0, 1, 1] = False
+    allowed[1] = False  # nothing allowed: no place
+    got = false_peaks(maps, allowed, 8)
+    assert got[0].tolist() == [2.5 * 8, 3.5 * 8] and np.isnan(got[1]).all()
+
+
+def test_hard_negative_crops_are_centred_on_the_maps_false_peak(monkeypatch):
+    """--hard-negatives: a close crop anywhere becomes one centred on ms.hard; off, or before the
+    callback has found a place, the sample is drawn exactly as without the option."""
+    from train import augment
+    from train.map_fit import map_set, sample, sources_with_both_classes
+
+    centres = []
+
+    def record(x, boxes, rng, photo, zoom, shift, acquisition, centre=None):
+        centres.append(centre)
+        return x, list(boxes)
+
+    recs = [_rec(0, 1, ((0.1, 0.7, 0.2, 0.8),), "forearm"), _rec(1, 0, (), "phantom")]
+    ms = map_set(_loaded(recs), sources_with_both_classes(recs))
+    plain = [sample(ms, 0, np.random.default_rng([2, k]), 8, False, True) for k in range(10)]
+    ms.hard = np.full((2, 2), np.nan)  # not found yet: as if off
+    assert all(all(np.array_equal(u, v) for u, v in zip(a, sample(ms, 0, np.random.default_rng([2, k]), 8, False,
+                                                                      True, hard=1.0)))
+               for k, a in enumerate(plain))
+    ms.hard[0] = (50.0, 12.0)
+    monkeypatch.setattr(augment, "augment_with_boxes", record)
+    for k in range(30):
+        sample(ms, 0, np.random.default_rng([3, k]), 8, False, True, negative_crop=1.0, hard=1.0)
+        sample(ms, 0, np.random.default_rng([3, k]), 8, False, True, negative_crop=0.0, hard=1.0)  # no crop: none
+        sample(ms, 1, np.random.default_rng([3, k]), 8, False, True, negative_crop=1.0, hard=1.0)  # a phantom
+    assert centres == [(50.0, 12.0), None, None] * 30
+
+
+def test_the_hard_negative_callback_finds_each_real_boxed_radiographs_peak_away_from_its_boxes():
+    """A stand-in model whose map is each cell's mean brightness: brightest in the box, next in its
+    ring, then at one place beyond both; the callback must name that place, for real boxed
+    radiographs only."""
+    import keras
+
+    from train.map_fit import hard_negative_callback, map_set, sources_with_both_classes
+
+    recs = [_rec(0, 1, ((0.25, 0.25, 0.375, 0.375),), "forearm"), _rec(1, 0, (), "phantom"),
+            _rec(2, 1, ((0.5, 0.5, 0.625, 0.625),), "forearm"), _rec(3, 1, None, "forearm")]
+    loaded = _loaded(recs)
+    loaded.resized[:] = 0.2 + 0.01 * loaded.resized  # dim, with a little texture
+    for i, (bx, by), (px, py) in ((0, (16, 16), (52, 4)), (2, (32, 32), (4, 60))):
+        loaded.resized[i, by:by + 8, bx:bx + 8] = 1.0  # the box's cell, brightest
+        loaded.resized[i, by - 8:by, bx:bx + 8] = 0.9  # its ring, next
+        loaded.resized[i, py - 4:py + 4, px - 4:px + 4] = 0.6  # the place the callback should name
+    ms = map_set(loaded, sources_with_both_classes(recs))
+    inp = keras.Input((64, 64, 1))
+    model = keras.Model(inp, keras.layers.AveragePooling2D(8, name="map")(inp))
+    cb = hard_negative_callback(model, ms, 8)
+    assert np.isnan(ms.hard).all()
+    cb.on_epoch_begin(0)
+    assert np.isnan(ms.hard[[1, 3]]).all()  # a phantom, a real radiograph without boxes: no place
+    assert ms.hard[0].tolist() == [52.0, 4.0] and ms.hard[2].tolist() == [4.0, 60.0]
+
+
+def test_a_classifier_run_warns_that_it_ignores_the_map_options_set():
+    from train.cli import build_parser, options_from
+    from train.fit import MAP_ONLY, TrainOptions, ignored_by_classifiers
+
+    def warning(*argv):
+        args = build_parser().parse_args(list(argv))
+        return ignored_by_classifiers(options_from(args, []), args.model.split(","))
+
+    assert warning("--model", "custom_cnn", "--where-sharpness", "4", "--ema", "0.99") == \
+        "warning: --where-sharpness, --ema apply to fracture-map models only: ignored for custom_cnn"
+    assert warning("--model", "fracture_map,custom_cnn_gap", "--close-on-box", "0.5").endswith("ignored for custom_cnn_gap")
+    assert warning("--model", "fracture_map", "--close-on-box", "0.5") is None  # a map reads them all
+    assert warning("--model", "custom_cnn") is None  # nothing set
+    assert all(hasattr(TrainOptions(), n) for n in MAP_ONLY)
 
 
 def test_the_rest_of_a_real_radiograph_leaves_out_its_boxes_and_their_ring_and_every_phantom():
@@ -665,6 +749,36 @@ def test_a_map_trains_on_windows_and_is_saved_and_validated_whole(phantom_dir, t
     assert "train_window 64" in err and "smaller than the input (64 px)" in err
     assert train_main([*common, "--train-window", "32", "--pooling", "topk:32", "--out", str(tmp_path / "k")]) != 0
     assert "cannot pool the top 32" in capsys.readouterr().err
+
+
+@pytest.mark.heavy
+@pytest.mark.slow
+def test_with_ema_the_weights_average_is_validated_and_shipped(phantom_dir, tmp_path):
+    """--ema M: the same seeded run, averaged, ships other weights and validates them (the raw
+    weights' trajectory is the same: deterministic ops), and run.json says so; without it, nothing
+    changes."""
+    import keras
+
+    from train.cli import main as train_main
+    from train.fit import TrainOptions
+
+    yolo = _yolo_from_phantoms(phantom_dir, tmp_path / "fractures", n=12)
+    common = ["--model", "fracture_map", "--data", str(yolo), "--phantom-mix", "24", "--size", "64", "--epochs", "2",
+              "--steps-per-epoch", "2", "--batch-size", "8", "--bootstrap", "20"]
+    runs = {name: tmp_path / name for name in ("plain", "again", "ema")}
+    for name, out in runs.items():
+        assert train_main([*common, *(["--ema", "0.5"] if name == "ema" else []), "--out", str(out)]) == 0
+    weights = {n: keras.models.load_model(o / "model.keras", compile=False).get_layer("map").get_weights()[0]
+               for n, o in runs.items()}
+    val = {n: [float(r["val_loss"]) for r in csv.DictReader((o / "history.csv").open())] for n, o in runs.items()}
+    assert np.array_equal(weights["plain"], weights["again"]) and val["plain"] == val["again"]  # deterministic
+    assert not np.allclose(weights["plain"], weights["ema"]) and val["plain"] != val["ema"]
+    run = json.loads((runs["ema"] / "run.json").read_text())["training"]
+    assert run["weight_average"].startswith("exponential moving average of the weights, momentum 0.5")
+    assert json.loads((runs["plain"] / "run.json").read_text())["training"]["weight_average"] is None
+    for bad in (0.3, 1.0, -0.1):
+        with pytest.raises(ValueError, match="ema"):
+            TrainOptions(ema=bad)
 
 
 @pytest.mark.slow

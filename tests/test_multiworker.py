@@ -173,6 +173,24 @@ def test_a_resumed_run_with_dropout_ends_as_if_never_interrupted(tmp_path):
     assert one["model_weights_sha256"] == two["model_weights_sha256"]  # and the model that ships is the same
 
 
+def test_a_resumed_run_with_ema_ends_as_if_never_interrupted(tmp_path):
+    """--ema: a backup is written after the epoch's swap (the average in the weights' place); the
+    resumed run swaps them back first, so it ends with the weights of one never interrupted."""
+    args = [*ARGS, "--ema", "0.5"]
+    whole = subprocess.run([sys.executable, "-m", "train", *args, "--out", str(tmp_path / "whole")],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    out = tmp_path / "killed"
+    _kill_single_when(args, out, (out / "backup" / "latest").exists, poll=0.02)
+    resumed = subprocess.run([sys.executable, "-m", "train", "--resume", str(out)], capture_output=True, text=True,
+                             timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming fracture_map from the backup after epoch" in resumed.stderr
+    assert _digests(resumed.stderr)[-1] == _digests(whole.stderr)[-1]
+    one, two = (_history(d) for d in (tmp_path / "whole", out))
+    assert [r["val_loss"] for r in one] == [r["val_loss"] for r in two]  # validated on the same averages
+
+
 def test_the_paper_path_trains_on_two_workers(tmp_path):
     """The classifiers' path (class weights carried in the batches, EarlyStopping, ReduceLROnPlateau)."""
     args = ["--model", "custom_cnn_gap", "--data", "phantom", "--phantom-images", "60", "--size", "32", "--epochs",

@@ -13,7 +13,7 @@ from edge_runtime.preprocess import NORMALIZATIONS, RESIZE_MODES, VIEW_MODES
 from fracdata.readers import DEFAULT_UNBOXED, FORMATS, UNBOXED
 
 from .distribute import STRATEGIES
-from .fit import TrainOptions, run_training
+from .fit import TrainOptions, ignored_by_classifiers, run_training
 from .models.registry import DEFAULT_NORMALIZE, DEFAULT_RESIZE, DEFAULT_VIEWS, PAPER_MODELS
 
 EPILOG = """\
@@ -133,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "the map's logits inside the boxes; above 1 it asks for the peak itself in a box, and weighs "
                          "more (about R x the gap between the highest logit and the highest in a box); 0.25 to 16 "
                          "(default: %(default)s, the reference's)")
+    ap.add_argument("--hard-negatives", type=float, default=0.0, metavar="SHARE",
+                    help="fracture-map models: that share of the close crops drawn anywhere is centred instead on the "
+                         "map's current highest cell away from every box (found again each epoch): the anatomy it "
+                         "mistakes for a fracture, shown enlarged (default: 0, off: measured worse against the rest of each "
+                         "radiograph, docs/results.md)")
+    ap.add_argument("--ema", type=float, default=0.0, metavar="M",
+                    help="fracture-map models: keep an exponential moving average of the weights (Polyak averaging, "
+                         "momentum M per step, e.g. 0.99), validate and checkpoint it, and ship it "
+                         "(default: 0, off: measured no better, docs/results.md)")
     ap.add_argument("--steps-per-epoch", type=int,
                     help="fracture-map models: batches per epoch (default: one pass over the real training "
                          "images at their share of each batch, or over the phantoms without real data)")
@@ -172,7 +181,8 @@ def options_from(args: argparse.Namespace, argv: List[str]) -> TrainOptions:
         phantom_share=args.phantom_share, steps_per_epoch=args.steps_per_epoch, pooling=args.pooling,
         negative_crop=args.negative_crop, acquisition_augment=args.acquisition_augment,
         photo_consistency=args.photo_consistency, photo_pairs=args.photo_pairs, train_window=args.train_window,
-        close_on_box=args.close_on_box, where_sharpness=args.where_sharpness,
+        close_on_box=args.close_on_box, where_sharpness=args.where_sharpness, ema=args.ema,
+        hard_negatives=args.hard_negatives,
         strategy=args.strategy,
         dropout=args.dropout, cache=args.cache,
         decode_workers=args.decode_workers, argv=tuple(argv),
@@ -349,6 +359,9 @@ def _main(argv: Optional[List[str]], lock: List[int]) -> int:
             dataset.require_both_classes()
         if dataset.unlabelled:
             print(f"data: {len(dataset.unlabelled)} unlabelled image(s) left out of training (--unboxed)", file=sys.stderr)
+        ignored = ignored_by_classifiers(options, names)
+        if ignored:
+            print(ignored, file=sys.stderr)
         if args.unboxed == "negative" and any(get_config(n).is_map for n in names):
             print("warning: --unboxed negative trains every image without boxes as intact everywhere, and makes "
                   "its source one with both classes, so the image-level loss applies to it: only right when those "

@@ -68,6 +68,9 @@ class TrainOptions:
     train_window: Optional[int] = None  # fracture maps: train on windows of this many pixels (None: the whole input)
     close_on_box: float = 0.0  # fracture maps: share of real boxed draws (not a crop anywhere) made a close crop on a box
     where_sharpness: float = 1.0  # fracture maps: the "where" term's softmax sharpness (1: the reference's)
+    ema: float = 0.0  # fracture maps: momentum of the weights' moving average kept and shipped (0: off)
+    hard_negatives: float = 0.0  # fracture maps: share of close crops centred on the map's current false peak
+    # (MAP_ONLY below names these; a classifier's run warns when one is set)
     # Where and how training runs (train/distribute.py, train/backup.py):
     strategy: str = "default"  # default | mirrored | multiworker (TF_CONFIG)
     dropout: Optional[float] = None  # every Dropout layer's rate; None keeps the model's
@@ -93,6 +96,10 @@ class TrainOptions:
             raise ValueError(f"close_on_box must be within [0, 1], got {self.close_on_box}")
         if not 0.25 <= self.where_sharpness <= 16.0:
             raise ValueError(f"where_sharpness must be within [0.25, 16], got {self.where_sharpness}")
+        if not 0.0 <= self.hard_negatives <= 1.0:
+            raise ValueError(f"hard_negatives must be within [0, 1], got {self.hard_negatives}")
+        if not (self.ema == 0.0 or 0.5 <= self.ema < 1.0):
+            raise ValueError(f"ema must be 0 (off) or within [0.5, 1), got {self.ema}")
         if self.photo_consistency < 0.0:
             raise ValueError(f"photo_consistency must be 0 (off) or more, got {self.photo_consistency}")
         if not 0.0 < self.photo_pairs <= 1.0:
@@ -128,6 +135,24 @@ class TrainOptions:
         """The model's registry PreprocessSpec with these options' overrides."""
         overrides = {k: getattr(self, k) for k in ("size", "resize", "normalize", "views") if getattr(self, k) is not None}
         return replace(base, **overrides)
+
+
+MAP_ONLY = ("phantom_share", "steps_per_epoch", "pooling", "negative_crop", "acquisition_augment",
+            "photo_consistency", "photo_pairs", "train_window", "close_on_box", "where_sharpness", "ema", "hard_negatives")
+
+
+def ignored_by_classifiers(options: TrainOptions, names) -> Optional[str]:
+    """A warning naming the fracture-map options set away from their defaults, when some model to
+    train is a classifier, which ignores them (a silent no-op would pass for a measured choice)."""
+    from .models import get_config
+
+    defaults = TrainOptions()
+    changed = [f"--{n.replace('_', '-')}" for n in MAP_ONLY if getattr(options, n) != getattr(defaults, n)]
+    classifiers = [n for n in names if not get_config(n).is_map]
+    if not (changed and classifiers):
+        return None
+    return (f"warning: {', '.join(changed)} apply to fracture-map models only: ignored for "
+            f"{', '.join(classifiers)}")
 
 
 def parse_pooling(text: str):

@@ -71,6 +71,9 @@ class MapSet:
     real: np.ndarray  # (n,) bool: not a phantom
     spec: PreprocessSpec
     records: List[Record] = field(default_factory=list)
+    # --hard-negatives: per image, the input pixel (x, y) of the map's current highest cell away from
+    # every box and its ring (NaN until the first epoch's callback fills it; hard_negative_callback)
+    hard: Optional[np.ndarray] = None
 
 
 def sources_with_both_classes(records: Sequence[Record]) -> set:
@@ -109,13 +112,15 @@ def _enlargement(before, after) -> float:
 
 def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool, augment: bool,
            negative_crop: float = NEGATIVE_CROP, acquisition: bool = False, pair: bool = False,
-           window: Optional[int] = None, close_on_box: float = 0.0):
+           window: Optional[int] = None, close_on_box: float = 0.0, hard: float = 0.0):
     """(model input (size, size, 1), cell targets (grid, grid, 2), image target (2,)) for image i;
     `pair` (augmented only): a fourth item, the same sample photographed (augment_pair_with_boxes);
     `window` (augmented only): the sample is a (window, window) part of the augmented input, its
     cells those of the whole input's grid (window_of); `close_on_box` (augmented only): the share
     of a real boxed image's other draws (not a crop anywhere) made a close crop centred on one of
-    its boxes (map_geometry's `centre`)."""
+    its boxes (map_geometry's `centre`); `hard` (augmented only): the share of the close crops
+    anywhere centred instead on the map's current highest cell away from every box (`ms.hard`), so
+    the anatomy the map mistakes for a fracture is shown to it, enlarged and labelled by what it holds."""
     from .augment import MAP_SHIFT, MAP_ZOOM, augment_pair_with_boxes, augment_with_boxes
 
     x, boxes = ms.resized[i], ms.boxes[i]
@@ -127,7 +132,9 @@ def sample(ms: MapSet, i: int, rng: np.random.Generator, grid: int, photo: bool,
         real_boxed = bool(ms.real[i]) and bool(boxes)
         crop = real_boxed and rng.random() < negative_crop
         centre = None
-        # drawn only when asked, so runs without it draw what they always did
+        # each drawn only when asked, so runs without it draw what they always did
+        if hard > 0 and crop and ms.hard is not None and np.isfinite(ms.hard[i]).all() and rng.random() < hard:
+            centre = (float(ms.hard[i][0]), float(ms.hard[i][1]))
         if close_on_box > 0 and not crop and real_boxed and rng.random() < close_on_box:
             b = boxes[int(rng.integers(len(boxes)))]
             crop, centre = True, ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)
@@ -199,7 +206,7 @@ def window_of(boxes, size: int, window: int, stride: int, rng: np.random.Generat
 def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed: int, grid: int,
             steps: int, photo: bool = True, negative_crop: float = NEGATIVE_CROP, acquisition: bool = False,
             consistency: float = 0.0, pair_share: float = 1.0, window: Optional[int] = None,
-            close_on_box: float = 0.0):
+            close_on_box: float = 0.0, hard: float = 0.0):
     """batch_of(step, replica, replicas): that replica's part of the global batch at `step`
     (counted from the first epoch). Epoch e's draw of images depends only on (seed, e) and each
     image's augmentation on (seed, e, step, place in the batch), so a resumed run, or R replicas
@@ -214,7 +221,7 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
     validation).
 
     `window`: every sample is a window of that many pixels of its augmented input (window_of).
-    `close_on_box`: sample()'s."""
+    `close_on_box`, `hard`: sample()'s."""
     import functools
 
     pools = {"phantom": [], "real": []}
@@ -250,7 +257,7 @@ def batches(sets: Dict[str, MapSet], batch_size: int, phantom_share: float, seed
         places = replica_slice(list(range(len(idx))), replica, replicas)
         draw = lambda k, pair=False: sample(ms, idx[k], np.random.default_rng([seed, e, j, k]), grid,  # noqa: E731
                                             photo, True, negative_crop, acquisition, pair, window,
-                                            close_on_box)
+                                            close_on_box, hard)
         if consistency <= 0:
             xs, ts, ys = zip(*(draw(k) for k in places))
             return np.stack(xs), {"map": np.stack(ts), "logit": np.stack([np.append(y, 0.0) for y in ys])}
@@ -396,6 +403,47 @@ def localisation_callback(model, ms: MapSet, grid: int):
     return Localisation()
 
 
+def false_peaks(maps: np.ndarray, allowed: np.ndarray, stride: int) -> np.ndarray:
+    """(n, 2) input pixels (x, y) of each map's highest allowed cell, NaN where none is allowed."""
+    out = np.full((len(maps), 2), np.nan)
+    for k, (m, ok) in enumerate(zip(maps, allowed)):
+        if ok.any():
+            r, c = divmod(int(np.argmax(np.where(ok, m, -np.inf))), m.shape[1])
+            out[k] = ((c + 0.5) * stride, (r + 0.5) * stride)
+    return out
+
+
+def hard_negative_callback(model, ms: MapSet, grid: int):
+    """A Keras callback that, at each epoch's start, finds on each real boxed training radiograph (as
+    loaded, not augmented) the map's highest cell outside its boxes, their ignored ring and the
+    letterbox padding (`ms.hard`, which sample() reads for --hard-negatives). Batches drawn ahead
+    of the epoch's start may still use the epoch before's places."""
+    import keras
+
+    idx = [i for i in range(len(ms.labels)) if ms.real[i] and ms.boxes[i]]
+    ms.hard = np.full((len(ms.labels), 2), np.nan)
+    if not idx:
+        return keras.callbacks.Callback()
+    size = ms.spec.size
+    stride = size // grid
+    xs = np.stack([normalize_intensity(ms.resized[i], ms.spec)[:, :, None] for i in idx]).astype(np.float32)
+    allowed = []
+    for i in idx:
+        target, weight = cell_targets(ms.boxes[i], size, grid)
+        cells = ms.resized[i][:grid * stride, :grid * stride].reshape(grid, stride, grid, stride)
+        shown = cells.std(axis=(1, 3)) > 0  # the letterbox padding is one flat value
+        allowed.append((weight > 0) & (target == 0) & shown)
+    allowed = np.stack(allowed)
+    head = keras.Model(model.inputs, model.get_layer("map").output)
+
+    class HardNegatives(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            maps = np.asarray(head.predict(xs, batch_size=32, verbose=0))[..., 0]
+            ms.hard[idx] = false_peaks(maps, allowed, stride)
+
+    return HardNegatives()
+
+
 def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: int, options, epochs: int,
             callbacks: list, strategy=None, start_epoch: int = 0, train: bool = True):
     """Fit `model` (built under `strategy`; it shares its layers with the training view that is
@@ -429,8 +477,8 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
     with strategy.scope():
         view = training_view(model)
         schedule = keras.optimizers.schedules.CosineDecay(o.lr, decay_steps=epochs * steps, alpha=0.05)
-        view.compile(optimizer=keras.optimizers.Adam(schedule), loss={"map": map_loss_with(o.where_sharpness),
-                                                                       "logit": image_loss})
+        adam = keras.optimizers.Adam(schedule, use_ema=bool(o.ema), ema_momentum=o.ema or 0.99)
+        view.compile(optimizer=adam, loss={"map": map_loss_with(o.where_sharpness), "logit": image_loss})
     callbacks = [c for c in callbacks
                  if not isinstance(c, (keras.callbacks.ReduceLROnPlateau, keras.callbacks.EarlyStopping))]
     window = o.train_window
@@ -443,13 +491,22 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
                          f"{pool.k} of them: widen the window or lower k")
     sig = batch_signature(window or spec.size, (window or spec.size) // stride)
     batch_of = batches(sets, o.batch_size, share, o.seed, grid, steps, o.photo_augment, o.negative_crop,
-                       o.acquisition_augment, o.photo_consistency, o.photo_pairs, window, o.close_on_box)
+                       o.acquisition_augment, o.photo_consistency, o.photo_pairs, window, o.close_on_box,
+                       o.hard_negatives)
     train_ds = distributed(strategy, lambda k, n, local: step_dataset(batch_of, sig, start_epoch * steps,
                                                                       epochs * steps, k, n, local))
     xv, yv = fixed_set(sets["val"], grid)
     val_ds = evaluation_dataset((xv, yv), o.batch_size, strategy)
     # The localisation callback goes first, so CSVLogger and the stopping rules see its numbers.
     callbacks = [localisation_callback(model, sets["val"], grid), *callbacks]
+    if o.hard_negatives:
+        callbacks = [hard_negative_callback(model, tr, grid), *callbacks]
+    if o.ema:  # first of all: validation, the localisation numbers and the checkpoint then read the average
+        swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+        # The backup is written at an epoch's end, after the swap: it holds the average as the weights and
+        # the weights as the average. Resumed from it, the first epoch's swap puts them back.
+        swap._ema_weights_in_model = start_epoch > 0
+        callbacks = [swap, *callbacks]
     if train:  # else the interrupted run had trained to its end: only its evaluation is left
         view.fit(train_ds, steps_per_epoch=steps, validation_data=val_ds, epochs=epochs, initial_epoch=start_epoch,
                  callbacks=callbacks, verbose=1 if sys.stderr.isatty() else 2)
@@ -458,8 +515,13 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
         "train_window": (f"{window} x {window} px windows of each augmented {spec.size} px input, on its cell grid; "
                          f"{WINDOW_ON_BOX:g} of them on a box where the input shows one" if window else None),
         "learning_rate_schedule": f"cosine decay from {o.lr} to {0.05 * o.lr:g} over {epochs * steps} steps",
+        "weight_average": (f"exponential moving average of the weights, momentum {o.ema:g} per step: validated, "
+                           "checkpointed and shipped" if o.ema else None),
         "augmentation": describe_map(o.photo_augment, o.acquisition_augment),
         "negative_crop_share": o.negative_crop,
+        "hard_negative_share": (f"{o.hard_negatives:g} of the close crops anywhere centred on the map's highest cell "
+                                f"away from every box and its ring (found again at each epoch's start), within "
+                                f"{CENTRE_JITTER:g} of the crop's side" if o.hard_negatives else None),
         "close_crop_on_box_share": (f"{o.close_on_box:g} of the real boxed draws that are not a crop anywhere: a close "
                                     f"crop (zoom {list(NEGATIVE_CROP_ZOOM)}) centred on a box, within "
                                     f"{CENTRE_JITTER:g} of its side" if o.close_on_box else None),
