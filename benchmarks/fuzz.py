@@ -524,10 +524,10 @@ def crafted(scale: float = 1.0) -> Dict[str, Tuple[str, bytes]]:
 # --- targets ---------------------------------------------------------------------------------
 
 def image_target() -> Callable[[Path], str]:
-    """The runtime's input path: decode, then THE preprocessing's content check and normalisation."""
+    """The runtime's input path: decode, then THE preprocessing's resolution and content checks and normalisation."""
     from edge_runtime.errors import ImageReadError
     from edge_runtime.inputs import read_image
-    from edge_runtime.preprocess import PreprocessSpec, content_problem, normalize_intensity, resize_input
+    from edge_runtime.preprocess import PreprocessSpec, checked_input
 
     spec = PreprocessSpec(normalize="window", views="dihedral")
 
@@ -540,10 +540,10 @@ def image_target() -> Callable[[Path], str]:
             if str(path) not in str(exc):
                 raise AssertionError(f"error does not name the file: {exc}")
             return "refused"
-        small = resize_input(decoded.pixels, spec)
-        if content_problem(small):
+        x, problem, _ = checked_input(decoded.pixels, spec)
+        if problem:
             return "refused"
-        x = normalize_intensity(small, spec)
+        x = x[:, :, 0]
         if x.shape != (spec.size, spec.size) or not np.isfinite(x).all():
             raise AssertionError(f"preprocessed input has shape {x.shape} or non-finite values")
         return "answered"

@@ -19,7 +19,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edge_runtime.preprocess import PreprocessSpec, checked_input
+from edge_runtime.preprocess import PreprocessSpec, checked_input, min_filled_side
 
 from .simulate import ANSWER_CONDITIONS
 
@@ -72,10 +72,10 @@ def model_input(job: PhotoJob, spec: PreprocessSpec) -> Tuple[Optional[np.ndarra
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "photo.jpg"
         path.write_bytes(data)
-        got = read_film(open_photo(path), quality.film_minimum(spec.size, spec.resize))
+        got = read_film(open_photo(path), quality.film_minimum(spec.size, spec.resize), min_filled_side(spec)[1])
     if not got["quality"].ok:
         return None, f"{condition}: {','.join(r.code for r in got['quality'].reasons)}"
-    x, problem, _ = checked_input(got["flat"].pixels, spec)
+    x, problem, _ = checked_input(got["flat"].pixels, spec, file=False)
     return (x, condition) if problem is None else (None, f"{condition}: {problem}")
 
 

@@ -201,8 +201,12 @@ def not_found(rgb_small: np.ndarray) -> Reason:
     return reason("no_film")
 
 
-def assess(flat: Flattened, minimum: Optional[Tuple[str, int]] = None) -> Quality:
-    """The gate on a found, flattened film; `minimum`: film_minimum(...) of the model that will read it."""
+def assess(flat: Flattened, minimum: Optional[Tuple[str, int]] = None, flat_least: Optional[int] = None) -> Quality:
+    """The gate on a found, flattened film; `minimum`: film_minimum(...) of the model that will read it;
+    `flat_least`: the least pixels the flattened film itself must hold along that side (a file's
+    bound, edge_runtime.preprocess.min_filled_side). The film's size is measured in the photo's
+    own pixels, but the flattened film is sampled from the photo as decoded, which a large photo
+    is reduced for (photo.DECODE_SIDE): a film of 400 px in a 12 MP photo flattens to ~100 px."""
     side, least = minimum or film_minimum()
     m = {"sharpness": sharpness(flat.pixels), "edge_width": flat.edge_width if flat.edge_width is not None else float("nan"),
          "glare_share": flat.glare_share, "lightbox_level": flat.lightbox_level,
@@ -217,6 +221,12 @@ def assess(flat: Flattened, minimum: Optional[Tuple[str, int]] = None) -> Qualit
     shown = film_side_shown(flat.film_long_side_px if side == "long" else flat.film_short_side_px)
     if shown < least:  # the number the message shows is the number compared: "300, needs 300" passes
         reasons.append(reason("film_too_small", px=shown, side=side, min=least))
+    elif flat_least is not None:
+        h, w = flat.pixels.shape[:2]
+        read = max(h, w) if side == "long" else min(h, w)
+        if read < flat_least:  # said in the photo's pixels: the film's length that flattens to enough
+            reasons.append(reason("film_too_small", px=shown, side=side,
+                                  min=int(math.ceil(shown * flat_least / max(read, 1)))))
     over = flat.lightbox_level >= SATURATED_LEVEL or (flat.lightbox_level >= OVER_LEVEL
                                                       and flat.raw_peak_share > MAX_CLIPPED_SHARE)
     if over:

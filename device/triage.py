@@ -21,7 +21,7 @@ from edge_runtime.imageio import DecodedImage
 from edge_runtime.labels import RETAKE
 from edge_runtime.overlay import save_image
 from edge_runtime.predictor import Predictor
-from edge_runtime.preprocess import window
+from edge_runtime.preprocess import min_filled_side, window
 from edge_runtime.result import Result
 
 from . import quality
@@ -53,9 +53,10 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 2)
 
 
-def read_film(photo, minimum=None) -> Dict[str, Any]:
+def read_film(photo, minimum=None, flat_least=None) -> Dict[str, Any]:
     """{"quality": Quality, "flat": Flattened or None} for a decoded Photo; `minimum`: the film's
-    least size for the model that will read it (quality.film_minimum)."""
+    least size for the model that will read it (quality.film_minimum); `flat_least`: the least
+    pixels its flattened copy must hold (a file's bound: preprocess.min_filled_side)."""
     small, scale = working_copy(photo.image)
     gray_file = photo.source_mode in GRAYSCALE_MODES or chroma_spread(small) < quality.GRAY_CHROMA
     early = quality.before_finding(photo.original_size, small, gray_file)
@@ -65,7 +66,7 @@ def read_film(photo, minimum=None) -> Dict[str, Any]:
         flat = flatten_film(photo.image, original_size=photo.original_size, small=(small, scale))
     except FilmNotFound:
         return {"quality": quality.Quality(False, [quality.not_found(small)]), "flat": None}
-    return {"quality": quality.assess(flat, minimum), "flat": flat}
+    return {"quality": quality.assess(flat, minimum, flat_least), "flat": flat}
 
 
 def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
@@ -81,7 +82,8 @@ def triage_photo(predictor: Predictor, path: Path, keep_dir: Optional[Path],
         return rec
     timings = {"decode": _ms(t0)}
     t0 = time.perf_counter()
-    got = read_film(photo, quality.film_minimum(predictor.spec.size, predictor.spec.resize))
+    got = read_film(photo, quality.film_minimum(predictor.spec.size, predictor.spec.resize),
+                    min_filled_side(predictor.spec)[1])
     timings["film"] = _ms(t0)  # checks, finding, flattening and the gate
     q, flat = got["quality"], got["flat"]
     rec.quality = q.to_dict()

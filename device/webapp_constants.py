@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any, Dict
 
+from edge_runtime import preprocess
+
 from . import film, film_finder, photo, quality
 
 # (module, names): every module-level constant the port reads
@@ -25,6 +27,7 @@ _NAMES = (
                "OVER_LEVEL", "MAX_CLIPPED_SHARE", "MAX_GLARE_SHARE", "MAX_EDGE_WIDTH", "MIN_SHARPNESS",
                "GRAY_CHROMA", "TEXT")),
     (photo, ("DECODE_SIDE", "MAX_PHOTO_PIXELS", "MAX_DECODED_PIXELS", "GRAYSCALE_MODES")),
+    (preprocess, ("MIN_FILL",)),
 )
 
 

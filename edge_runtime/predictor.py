@@ -206,7 +206,9 @@ class Predictor:
         if refused:  # a colour picture: refused before the model runs
             return self._refused(rec, refused, timings, t_all)
         t0 = time.perf_counter()
-        x, problem, _ = checked_input(decoded.pixels, self.spec)
+        # a file's own size is checked (not a flattened film's, which the film path bounds, nor the
+        # self-test's drawn images)
+        x, problem, _ = checked_input(decoded.pixels, self.spec, file=gate and not film)
         if problem:
             rec.source = None
             rec.error = problem

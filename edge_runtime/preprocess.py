@@ -46,9 +46,10 @@ MIN_STRUCTURE = 0.35  # std of 8 x 8-block means / std of pixels: white noise ~0
 # A file far smaller than the model's input is blown up from detail it does not hold: a 64-px
 # thumbnail of a wrist has no fracture line left in it, and "no fracture found" on it would be
 # false reassurance. The side that fills the input (the long one when letterboxed, the short one
-# when stretched) must reach MIN_FILL of the input size. Training enlarged real radiographs at most
-# ~1.6x (the smallest real long side, 296 px, zoomed up to 1.8x into 256), so 2x is already beyond
-# what the model was shown; a photographed film has its own, stricter bound (device.quality).
+# when stretched) must reach MIN_FILL of the input size: below it, more than three quarters of the
+# input's pixels are interpolated. A choice, not a measurement: far below every real radiograph at
+# hand (the smallest real long side is 296 px) and above a thumbnail. A photographed film is
+# bounded by the film path instead (device.quality.film_minimum, in the photo's pixels).
 MIN_FILL = 0.5
 
 
@@ -179,14 +180,16 @@ def preprocess(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return normalize_intensity(resize_input(pixels, spec), spec)[:, :, None]
 
 
-def checked_input(pixels: np.ndarray, spec: PreprocessSpec) -> Tuple[Optional[np.ndarray], Optional[str], np.ndarray]:
+def checked_input(pixels: np.ndarray, spec: PreprocessSpec,
+                  file: bool = True) -> Tuple[Optional[np.ndarray], Optional[str], np.ndarray]:
     """(model input (size, size, 1) or None, why there is nothing to read or None, the resized
     image before normalisation): the resolution and content checks around the first half of
     preprocessing, as every reader of decoded pixels needs them (the predictor, evaluation through
-    a bundle). Decoding reduces an image only while both sides stay >= the input size, so the
-    decoded shape is too small exactly when the file is."""
+    a bundle). Decoding reduces a file only while both sides stay >= the input size, so the
+    decoded shape is too small exactly when the file is. `file` False (a flattened film, whose
+    size the film path bounds in the photo; the self-test's drawn images): no resolution check."""
     small = resize_input(pixels, spec)
-    problem = resolution_problem(np.shape(pixels), spec) or content_problem(small)
+    problem = (resolution_problem(np.shape(pixels), spec) if file else None) or content_problem(small)
     if problem:
         return None, problem, small
     return normalize_intensity(small, spec)[:, :, None], None, small

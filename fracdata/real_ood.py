@@ -22,7 +22,7 @@ from importlib import util as import_util
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .ood import MARKER
+from .ood import MARKER, _write_atomic
 
 # pydicom's test files that hold a real medical image and decode without optional codecs:
 # (file, kind, what it shows). Left out: the synthetic patterns, segmentations, dose grids, the
@@ -103,7 +103,7 @@ def write_real_set(out: Path) -> Path:
     record = {"generator_version": 0, "seed": -1, "n_per_kind": max(len(v) for v in files.values()),
               "kinds": list(files), "source": "sample files of installed packages (fracdata/real_ood.py); "
               "provenance and licences in each package", "files": files, "about": about}
-    (out / MARKER).write_text(json.dumps(record, indent=1) + "\n")
+    _write_atomic(out / MARKER, lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
     return out
 
 

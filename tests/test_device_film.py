@@ -431,6 +431,44 @@ def test_the_film_size_needed_follows_the_models_input():
     assert "film_too_small" in codes(*narrow, quality.film_minimum(256, "stretch"))  # 220 < 384
 
 
+def test_a_film_that_flattens_smaller_than_a_file_may_be_is_too_small_here_and_in_the_web_app(tmp_path):
+    """The film's size is measured in the photo's own pixels, but the model reads the flattened film,
+    sampled from the photo as decoded (a 12 MP photo at a quarter): a film long enough in the photo
+    can flatten to fewer pixels than a file may have. Refused as too small, with the film length
+    that would flatten to enough; the same sentence from the web app's port."""
+    from device import quality
+    from device.film import Flattened
+    from device.webapp_constants import film_constants
+    from tests.node_port import run_node
+
+    minimum, least = quality.film_minimum(256, "letterbox"), 128
+    rng = np.random.default_rng(2)
+    cases, want = [], []
+    for h, w, long_px in ((100, 40, 400.0), (127, 50, 508.0), (128, 40, 400.0), (300, 120, 600.0), (90, 30, 300.0)):
+        pixels = (0.3 + 0.4 * rng.random((h, w))).astype(np.float32)
+        flat = Flattened(pixels, np.zeros((4, 2)), long_px / 3, 0.2, 0.8, False, 0.0, 0.0, edge_width=0.001,
+                         film_long_side_px=long_px)
+        want.append(quality.assess(flat, minimum, least).to_dict())
+        cases.append({"pixels": pixels.ravel().tolist(), "width": w, "height": h, "edge_width": 0.001,
+                      "glare_share": 0.0, "lightbox_level": 0.8, "raw_peak_share": 0.0,
+                      "film_short_side_px": long_px / 3, "film_long_side_px": long_px, "film_share": 0.2,
+                      "cut_off": False, "off_lightbox": False})
+    texts = [" ".join(q["reasons"]) for q in want]
+    assert "film_too_small" in want[0]["codes"] and "400 px along its long side, needs 512" in texts[0]
+    assert "508 px along its long side, needs 512" in texts[1]  # 127 flattened pixels (a quarter): one short
+    assert "film_too_small" not in want[2]["codes"] and "film_too_small" not in want[3]["codes"]
+    assert "needs 384" in texts[4]  # too small in the photo already: that bound is the one said
+    assert "film_too_small" not in quality.assess(Flattened(np.zeros((100, 40), np.float32), np.zeros((4, 2)), 133.0,
+                                                            0.2, 0.8, False, 0.0, 0.0, edge_width=0.001,
+                                                            film_long_side_px=400.0), minimum).codes
+    C = film_constants()
+    got = run_node(tmp_path, "../film/quality.js", ["assess", "qualityDict"],
+                   f"(f) => {{ const C = {json.dumps(C)}; f.pixels = Float32Array.from(f.pixels); "
+                   f"const q = assess(f, C, {json.dumps(list(minimum))}, {least}); "
+                   "return qualityDict(q.ok, q.reasons); }", cases)
+    assert [(g["codes"], g["reasons"]) for g in got] == [(q["codes"], q["reasons"]) for q in want]
+
+
 def test_photographed_radiographs_reach_the_model_input_and_a_bad_file_is_counted_not_fatal(radiographs, tmp_path):
     """device/photo_round_trip (export's film groups, scope_evaluate --photos): each radiograph is
     photographed and read back as the model's input; an unreadable file, in a worker process or

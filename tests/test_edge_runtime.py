@@ -345,6 +345,16 @@ def test_a_file_too_small_for_the_model_is_refused_not_answered(tiny_bundle, pha
     assert recs[0]["file"].endswith(f"short{need - 1}.png") and "probability" not in recs[0]
     assert "too small for this model" in recs[0]["error"] and f"needs at least {need} px" in recs[0]["error"]
     assert all("error" not in r and "probability" in r for r in recs[1:]), recs[1:]
+    # A flattened film is bounded by the film path (in the photo's pixels), and the self-test's drawn
+    # images are not inputs: neither is held to a file's size.
+    from edge_runtime.imageio import read_grayscale
+    from edge_runtime.predictor import Predictor
+
+    small = read_grayscale(paths[0])
+    pred = Predictor(tiny_bundle, gradcam=False)
+    assert "too small for this model" in pred.predict_pixels(small, paths[0]).error
+    for kw in ({"film": True}, {"gate": False}):
+        assert pred.predict_pixels(small, paths[0], **kw).error is None, kw
 
 
 def test_content_check_works_at_every_input_size():

@@ -555,10 +555,11 @@ def test_the_hard_negative_callback_finds_each_real_boxed_radiographs_peak_away_
             _rec(2, 1, ((0.5, 0.5, 0.625, 0.625),), "forearm"), _rec(3, 1, None, "forearm")]
     loaded = _loaded(recs)
     loaded.resized[:] = 0.2 + 0.01 * loaded.resized  # dim, with a little texture
+    loaded.resized[0, :, :8] = 0.8  # a flat band, as letterbox padding is: brighter than the place, never named
     for i, (bx, by), (px, py) in ((0, (16, 16), (52, 4)), (2, (32, 32), (4, 60))):
         loaded.resized[i, by:by + 8, bx:bx + 8] = 1.0  # the box's cell, brightest
         loaded.resized[i, by - 8:by, bx:bx + 8] = 0.9  # its ring, next
-        loaded.resized[i, py - 4:py + 4, px - 4:px + 4] = 0.6  # the place the callback should name
+        loaded.resized[i, py - 4:py + 4, px - 4:px + 4] += 0.4  # the place the callback should name (textured)
     ms = map_set(loaded, sources_with_both_classes(recs))
     inp = keras.Input((64, 64, 1))
     model = keras.Model(inp, keras.layers.AveragePooling2D(8, name="map")(inp))
@@ -754,9 +755,8 @@ def test_a_map_trains_on_windows_and_is_saved_and_validated_whole(phantom_dir, t
 @pytest.mark.heavy
 @pytest.mark.slow
 def test_with_ema_the_weights_average_is_validated_and_shipped(phantom_dir, tmp_path):
-    """--ema M: the same seeded run, averaged, ships other weights and validates them (the raw
-    weights' trajectory is the same: deterministic ops), and run.json says so; without it, nothing
-    changes."""
+    """--ema M: the same seeded run, averaged, ships other weights and validates them, and run.json
+    says so; without it, a run is repeated exactly (deterministic ops)."""
     import keras
 
     from train.cli import main as train_main

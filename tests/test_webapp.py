@@ -412,6 +412,16 @@ def test_bad_files_get_a_clear_reason_and_the_batch_goes_on(browser, server, bun
         rec = analyze(page, path.read_bytes(), path.name)
         assert rec.get("error") == py.error, (rec, py.error)
         assert (py.error is not None) == (long_side < need) and (long_side < need or "decision" in rec), rec
+    # a flattened film (bounded by the film path, in the photo's pixels) and the self-test's drawn
+    # images are not held to a file's size
+    for opts in ("{film: true}", "{gate: false}", "{}"):
+        got = page.evaluate(f"""async () => {{
+          const n = {need - 1}, px = new Float32Array(n * n);
+          for (let i = 0; i < n * n; i++) px[i] = 0.2 + 0.6 * (Math.floor(i / n) % 17 < 8) + 0.1 * ((i * 7919) % 13) / 13;
+          const r = await fractureEdge.engine.predictPixels(px, n, n, {{heatmap: false, ...{opts}}});
+          return r.error || null;
+        }}""")
+        assert (got is not None and "too small for this model" in got) == (opts == "{}"), (opts, got)
     assert not page.errors
 
 

@@ -416,8 +416,9 @@ def false_peaks(maps: np.ndarray, allowed: np.ndarray, stride: int) -> np.ndarra
 def hard_negative_callback(model, ms: MapSet, grid: int):
     """A Keras callback that, at each epoch's start, finds on each real boxed training radiograph (as
     loaded, not augmented) the map's highest cell outside its boxes, their ignored ring and the
-    letterbox padding (`ms.hard`, which sample() reads for --hard-negatives). Batches drawn ahead
-    of the epoch's start may still use the epoch before's places."""
+    letterbox padding (`ms.hard`, which sample() reads for --hard-negatives). Batches that tf.data
+    built ahead of the epoch's start use the epoch before's places, how many depending on timing:
+    a run with this option is not repeated, nor resumed, exactly."""
     import keras
 
     idx = [i for i in range(len(ms.labels)) if ms.real[i] and ms.boxes[i]]
@@ -431,7 +432,7 @@ def hard_negative_callback(model, ms: MapSet, grid: int):
     for i in idx:
         target, weight = cell_targets(ms.boxes[i], size, grid)
         cells = ms.resized[i][:grid * stride, :grid * stride].reshape(grid, stride, grid, stride)
-        shown = cells.std(axis=(1, 3)) > 0  # the letterbox padding is one flat value
+        shown = cells.max(axis=(1, 3)) > cells.min(axis=(1, 3))  # the letterbox padding is one flat value
         allowed.append((weight > 0) & (target == 0) & shown)
     allowed = np.stack(allowed)
     head = keras.Model(model.inputs, model.get_layer("map").output)
@@ -504,7 +505,10 @@ def fit_map(model, parts: Dict[str, LoadedSplit], spec: PreprocessSpec, stride: 
     if o.ema:  # first of all: validation, the localisation numbers and the checkpoint then read the average
         swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
         # The backup is written at an epoch's end, after the swap: it holds the average as the weights and
-        # the weights as the average. Resumed from it, the first epoch's swap puts them back.
+        # the weights as the average. Resumed from it, the first epoch's swap puts them back (Keras's own
+        # flag, private: a Keras that renames it must fail here, not resume from the wrong weights).
+        if not hasattr(swap, "_ema_weights_in_model"):
+            raise RuntimeError("this Keras's SwapEMAWeights has no _ema_weights_in_model: --ema cannot resume safely")
         swap._ema_weights_in_model = start_epoch > 0
         callbacks = [swap, *callbacks]
     if train:  # else the interrupted run had trained to its end: only its evaluation is left

@@ -149,9 +149,6 @@ def render_photos(result: Dict) -> str:
         lines.append(f"| {name} | {e['photos']} | {e['refused_by_film_path']} | {e['measured']} | "
                      f"{e['refused_by_gate']} ({rate}) | {e.get('beyond_groups', '—')} / {e.get('past_direction', '—')} "
                      f"| {e['answered']} | {med} |")
-    answered = [f for e in result["sets"].values() for f, v in e.get("files", {}).items() if v == "answered"]
-    if answered:
-        lines += ["", "Out-of-scope images answered: " + ", ".join(answered) + "."]
     lines += ["", "In-scope rows (test/...) are radiographs the gate should keep; out-of-scope rows (ood/...) are "
                   "generated images photographed as films (colour kinds as gray prints), which should be refused, by "
                   "either gate."]

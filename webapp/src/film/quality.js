@@ -159,8 +159,9 @@ export function filmMinimum(spec, C) {
   return [spec.resize === 'letterbox' ? 'long' : 'short', Math.ceil(C.MIN_PX_PER_INPUT_PX * spec.size)];
 }
 
-/** The gate on a found, flattened film: {ok, reasons: [{code, text}], metrics}. */
-export function assess(flat, C, minimum = null) {
+/** The gate on a found, flattened film: {ok, reasons: [{code, text}], metrics}; `flatLeast`: the
+ * least pixels the flattened film itself must hold along the film's side (quality.assess). */
+export function assess(flat, C, minimum = null, flatLeast = null) {
   const [side, least] = minimum || filmMinimum(null, C);
   const m = {
     sharpness: sharpness(flat.pixels, flat.width, flat.height),
@@ -178,6 +179,12 @@ export function assess(flat, C, minimum = null) {
   // quality.film_side_shown: rounded half up once, compared as shown
   const shown = Math.floor((side === 'long' ? flat.film_long_side_px : flat.film_short_side_px) + 0.5);
   if (shown < least) reasons.push(reason('film_too_small', C, { px: shown, side, min: least }));
+  else if (flatLeast !== null) {
+    const read = side === 'long' ? Math.max(flat.width, flat.height) : Math.min(flat.width, flat.height);
+    if (read < flatLeast) {
+      reasons.push(reason('film_too_small', C, { px: shown, side, min: Math.ceil(shown * flatLeast / Math.max(read, 1)) }));
+    }
+  }
   const over = flat.lightbox_level >= C.SATURATED_LEVEL
     || (flat.lightbox_level >= C.OVER_LEVEL && flat.raw_peak_share > C.MAX_CLIPPED_SHARE);
   if (over) reasons.push(reason('over_exposed', C, { level: flat.lightbox_level, clipped: flat.raw_peak_share }));

@@ -24,7 +24,7 @@ export const REQUIRED_CONSTANTS = [
   'MAX_SATURATED', 'MIN_LIGHTBOX_LEVEL', 'SCREEN_EDGE', 'SCREEN_SURROUND', 'SCREEN_LIT_PANEL', 'SCREEN_WINDOW',
   'SCREEN_BRIGHT', 'SCREEN_FLAT', 'SATURATED_LEVEL', 'OVER_LEVEL', 'MAX_CLIPPED_SHARE',
   'MAX_GLARE_SHARE', 'MAX_EDGE_WIDTH', 'MIN_SHARPNESS', 'GRAY_CHROMA', 'TEXT', 'DECODE_SIDE',
-  'GRAYSCALE_MODES', 'MIN_PX_PER_INPUT_PX',
+  'GRAYSCALE_MODES', 'MIN_PX_PER_INPUT_PX', 'MIN_FILL',
 ];
 
 function checkConstants(C) {
@@ -67,7 +67,8 @@ export function readFilm(rgb, originalSize, { sourceGray = false, sourceMode = n
     if (e instanceof FilmNotFound) return { quality: qualityDict(false, [notFound(graySmall, small.w, small.h, C)]), flat: null };
     throw e;
   }
-  const q = assess(flat, C, filmMinimum(spec, C));
+  // the flattened film must hold what a file must (preprocess.min_filled_side)
+  const q = assess(flat, C, filmMinimum(spec, C), spec ? Math.ceil(C.MIN_FILL * spec.size) : null);
   return {
     quality: qualityDict(q.ok, q.reasons, q.metrics),
     flat: {

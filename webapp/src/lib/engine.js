@@ -90,7 +90,8 @@ export class Engine {
     }
     let t0 = performance.now();
     const small = resizeInput(pixels, w, h, this.spec);
-    const problem = resolutionProblem(w, h, this.spec, this.config.CONTENT_LIMITS)
+    // a file's own size is checked (not a flattened film's, which the film path bounds, nor the self-test's images)
+    const problem = (gate && !film ? resolutionProblem(w, h, this.spec, this.config.CONTENT_LIMITS) : null)
       || contentProblem(small, this.spec.size, this.spec.size, this.config.CONTENT_LIMITS);
     if (problem) return { error: problem, warnings: [...warnings] };
     const x = normalizeIntensity(small, this.spec);
