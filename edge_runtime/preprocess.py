@@ -49,7 +49,8 @@ MIN_STRUCTURE = 0.35  # std of 8 x 8-block means / std of pixels: white noise ~0
 # when stretched) must reach MIN_FILL of the input size: below it, more than three quarters of the
 # input's pixels are interpolated. A choice, not a measurement: far below every real radiograph at
 # hand (the smallest real long side is 296 px) and above a thumbnail. A photographed film is
-# bounded by the film path instead (device.quality.film_minimum, in the photo's pixels).
+# bounded by the film path instead (device.quality.assess: its size in the photo's pixels, and its
+# flattened copy held to this same bound, since a large photo is decoded reduced).
 MIN_FILL = 0.5
 
 
