@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from edge_runtime.preprocess import filled_side, length_along
+
 from .film import Flattened
 from .imageops import box_mean
 
@@ -146,7 +148,7 @@ def film_minimum(size: Optional[int] = None, resize: Optional[str] = None) -> Tu
     side and MIN_FILM_SIDE_PX."""
     if size is None:
         return "short", MIN_FILM_SIDE_PX
-    return ("long" if resize == "letterbox" else "short"), int(math.ceil(MIN_PX_PER_INPUT_PX * size))
+    return filled_side(resize), int(math.ceil(MIN_PX_PER_INPUT_PX * size))
 
 
 def film_side_shown(px: float) -> int:
@@ -222,8 +224,7 @@ def assess(flat: Flattened, minimum: Optional[Tuple[str, int]] = None, flat_leas
     if shown < least:  # the number the message shows is the number compared: "300, needs 300" passes
         reasons.append(reason("film_too_small", px=shown, side=side, min=least))
     elif flat_least is not None:
-        h, w = flat.pixels.shape[:2]
-        read = max(h, w) if side == "long" else min(h, w)
+        read = length_along(flat.pixels.shape, side)
         if read < flat_least:  # said in the photo's pixels: the film's length that flattens to enough
             reasons.append(reason("film_too_small", px=shown, side=side,
                                   min=int(math.ceil(shown * flat_least / max(read, 1)))))

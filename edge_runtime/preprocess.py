@@ -206,17 +206,28 @@ def map_on_image(heat: np.ndarray, shape: Tuple[int, int], spec: PreprocessSpec)
     return full[top:top + nh, left:left + nw]
 
 
+def filled_side(resize: str) -> str:
+    """Which side of an image fills the model's input: the long one when letterboxed, the short one
+    when stretched (a file here, a photographed film in device.quality)."""
+    return "long" if resize == "letterbox" else "short"
+
+
+def length_along(shape: Tuple[int, ...], side: str) -> int:
+    """An image's length in pixels along `side` ("long" or "short"), from its (height, width, ...)."""
+    h, w = int(shape[0]), int(shape[1])
+    return max(h, w) if side == "long" else min(h, w)
+
+
 def min_filled_side(spec: PreprocessSpec) -> Tuple[str, int]:
     """(which side of a file fills the model's input, the least length it may have in pixels)."""
-    return ("long" if spec.resize == "letterbox" else "short"), int(math.ceil(MIN_FILL * spec.size))
+    return filled_side(spec.resize), int(math.ceil(MIN_FILL * spec.size))
 
 
 def resolution_problem(shape: Tuple[int, ...], spec: PreprocessSpec) -> Optional[str]:
     """Why an image of `shape` (height, width, ...) is too small for this model to read, or None."""
     h, w = int(shape[0]), int(shape[1])
     side, need = min_filled_side(spec)
-    have = max(h, w) if side == "long" else min(h, w)
-    if have >= need:
+    if length_along(shape, side) >= need:
         return None
     return (f"image is {w}x{h} px, too small for this model: its {side} side is enlarged to the model's "
             f"{spec.size}-px input and needs at least {need} px, or the detail a fracture shows is not "
